@@ -1,0 +1,25 @@
+"""DVC stage `benchmark`: dense vs accelerated latency per batch size, eager and compiled."""
+from pathlib import Path
+
+from flows.common import stage_flow
+from stages.benchmark import run
+
+
+def latency_table(rows: list[dict]) -> list[dict]:
+    """One row per batch size, one column per variant_mode: the shape `dvc plots` draws as lines."""
+    table: dict[int, dict] = {}
+    for row in rows:
+        entry = table.setdefault(row["batch_size"], {"batch_size": row["batch_size"]})
+        entry[f"{row['variant']}_{row['mode']}"] = row["latency_ms"]
+    return [table[b] for b in sorted(table)]
+
+
+def work(params, out_dir):
+    metrics, latency_rows = run(params, Path("models/baseline"), Path("models/accelerated"))
+    return {**metrics, "latency": latency_table(latency_rows)}
+
+
+benchmark_flow = stage_flow("benchmark", work, plots=("latency",))
+
+if __name__ == "__main__":
+    benchmark_flow()

@@ -1,0 +1,80 @@
+"""Thin Prefect glue shared by the stage flows: one flow per DVC stage, same shape for all.
+
+A stage flow loads params.yaml (validated), runs the stage's work as a Prefect task under
+run facts (device, versions, wall time, peak memory), writes its output directory atomically,
+writes metrics/<stage>.json, plots/<stage>_<name>.json, and publishes the metrics as a Prefect
+table artifact.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+# No phoning home, and no chatter when no server is configured (Prefect's ephemeral mode).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from stages.common import atomic_dir, run_facts, write_json  # noqa: E402
+from stages.params import Params, load_params  # noqa: E402
+
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+
+Work = Callable[[Params, "Path | None"], dict]
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@task(name="publish metrics", cache_policy=NO_CACHE)
+def publish(stage: str, metrics: dict) -> None:
+    table = [{"metric": k, "value": str(v)} for k, v in flatten(metrics).items()]
+    create_table_artifact(key=f"{stage.replace('_', '-')}-metrics", table=table,
+                          description=f"twofour stage {stage}: metrics/{stage}.json")
+
+
+def run_stage(stage: str, work: Work, params: Params, out: str | None,
+              plots: tuple[str, ...], details: tuple[str, ...]) -> dict:
+    """The stage's work under run facts, with its outputs written atomically."""
+    with run_facts() as facts:
+        if out is None:
+            metrics = work(params, None)
+        else:
+            with atomic_dir(out) as tmp:
+                metrics = work(params, tmp)
+    for name in plots:
+        write_json(PLOTS_DIR / f"{stage}_{name}.json", metrics.pop(name))
+    extra = {name: metrics.pop(name) for name in details if name in metrics}
+    if extra:
+        write_json(REPORTS_DIR / f"{stage}.json", extra)
+    metrics["run"] = facts
+    write_json(METRICS_DIR / f"{stage}.json", metrics)
+    return metrics
+
+
+def stage_flow(stage: str, work: Work, out: str | None = None,
+               plots: tuple[str, ...] = (), details: tuple[str, ...] = ("layers",)):
+    """Build the Prefect flow for one stage; `work(params, out_dir)` returns its metrics."""
+
+    @flow(name=stage, log_prints=True, validate_parameters=False)
+    def stage_run(params_path: str = "params.yaml") -> dict:
+        params = load_params(params_path)
+        metrics = task(run_stage, name=stage, cache_policy=NO_CACHE)(stage, work, params, out, plots, details)
+        publish(stage, metrics)
+        return metrics
+
+    return stage_run

@@ -1,0 +1,132 @@
+"""Helpers every stage shares: atomic outputs, run facts, seeding, devices, JSON I/O."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+class StageError(RuntimeError):
+    """A failure caused by the stage's input (data, model, params); its message is the whole story."""
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success it replaces `path`, on failure it vanishes.
+
+    A killed or failed stage therefore never leaves a half-written artifact for DVC to cache.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found (did the stage that writes it run?)") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def device_facts(device: torch.device | None = None) -> dict:
+    """Device name, compute capability and library versions: what makes a figure comparable."""
+    import transformers
+
+    device = device or best_device()
+    facts = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        facts.update(
+            gpu=torch.cuda.get_device_name(device),
+            compute_capability=f"{major}.{minor}",
+            cuda=torch.version.cuda,
+            cusparselt=_cusparselt_version(),
+        )
+    else:
+        facts["cpu"] = platform.processor() or platform.machine()
+        facts["cpu_threads"] = torch.get_num_threads()
+    return facts
+
+
+def _cusparselt_version() -> str | None:
+    try:
+        return str(torch.backends.cusparselt.version())
+    except Exception:  # not built with cuSPARSELt
+        return None
+
+
+@contextlib.contextmanager
+def run_facts(device: torch.device | None = None) -> Iterator[dict]:
+    """Collect device/versions up front, then wall time and peak memory when the block ends."""
+    device = device or best_device()
+    facts = device_facts(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    yield facts
+    facts["wall_s"] = round(time.perf_counter() - start, 3)
+    if device.type == "cuda":
+        facts["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:
+        # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
+        facts["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,31 @@
+"""finetune_sparse: recover accuracy with the 2:4 masks held, then bake them in and check the pattern."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import torch
+
+from .common import StageError, seed_everything
+from .modeling import load_qa_model, load_tokenizer, save_model
+from .prune import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, summarize
+from .training import train_qa
+
+
+def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path) -> dict:
+    seed_everything(params["seed"])
+    model = load_qa_model(str(pruned_dir))
+    tokenizer = load_tokenizer(str(pruned_dir))
+    masks = torch.load(pruned_dir / MASKS_FILE)
+    sparsifier = attach_sparsifier(model, list(masks), params)
+    load_masks(sparsifier, masks)
+    train_features = datasets.load_from_disk(str(features_dir / "train"))
+    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"])
+    sparsifier.squash_mask()
+    summary = summarize(sparsity_report(model, list(masks)))
+    if not summary["pattern_2of4_holds"]:
+        bad = [n for n, r in summary["layers"].items() if r["violations_2of4"]]
+        raise StageError(f"2:4 pattern broken after fine-tuning in {len(bad)} layers, first: {bad[0]}")
+    save_model(model, tokenizer, out_dir)
+    torch.save(masks, out_dir / MASKS_FILE)
+    return {**stats, **summary}

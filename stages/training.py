@@ -1,0 +1,77 @@
+"""Fine-tuning with the Hugging Face Trainer, shared by train_baseline and finetune_sparse."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+from .common import StageError
+
+
+def training_arguments(section: dict, seed: int, output_dir: str, n_examples: int) -> TrainingArguments:
+    """TrainingArguments from a train/finetune params section; mixed precision only on CUDA."""
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    steps_per_epoch = max(1, -(-n_examples // section["batch_size"]))
+    total_steps = section["max_steps"] or max(1, int(steps_per_epoch * section["epochs"]))
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=section["batch_size"],
+        learning_rate=float(section["learning_rate"]),
+        num_train_epochs=float(section["epochs"]),
+        max_steps=section["max_steps"] or -1,
+        lr_scheduler_type=section["lr_scheduler"],
+        warmup_steps=float(section["warmup_ratio"]),  # a float in [0, 1) is a ratio of total steps
+        weight_decay=float(section["weight_decay"]),
+        seed=seed,
+        data_seed=seed,
+        logging_steps=max(1, total_steps // 50),
+        logging_first_step=True,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        dataloader_num_workers=0,
+    )
+
+
+def train_qa(model, tokenizer, train_features, section: dict, seed: int) -> dict:
+    """Train in place; return the loss history and throughput figures."""
+    if len(train_features) == 0:
+        raise StageError("the train features are empty: nothing to train on")
+    with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
+        args = training_arguments(section, seed, scratch, len(train_features))
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_features,
+            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        )
+        try:
+            result = trainer.train()
+        except torch.OutOfMemoryError:
+            raise StageError(
+                f"out of memory at batch_size={section['batch_size']}: lower it in params.yaml"
+            ) from None
+    history = [
+        {"step": entry["step"], "loss": round(entry["loss"], 5), "learning_rate": entry.get("learning_rate")}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    return {
+        "loss_history": history,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_loss": round(result.training_loss, 5),
+        "steps": result.global_step,
+        "samples_per_second": round(result.metrics["train_samples_per_second"], 3),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+    }
+
+
+def write_loss_csv(path: Path, history: list[dict]) -> None:
+    """The loss curve as CSV for `dvc plots`."""
+    lines = ["step,loss"] + [f"{h['step']},{h['loss']}" for h in history]
+    path.write_text("\n".join(lines) + "\n")
