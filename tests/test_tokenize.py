@@ -1,0 +1,158 @@
+"""Reading, splitting and tokenizing SQuAD-format data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.common import StageError
+from stages.modeling import load_tokenizer, resolve_model_source
+from stages.tokenize import (
+    EMBEDDED_DATA,
+    context_span,
+    load_splits,
+    prepare_train_features,
+    prepare_validation_features,
+    read_squad_json,
+    split_by_article,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model_source("embedded"))
+
+
+def squad_doc(context="Ada Lovelace was born in 1815 in London.", answer="1815", start=None, **qa_extra):
+    start = context.index(answer) if start is None else start
+    qa = {"id": "q1", "question": "When was Ada born?", "answers": [{"text": answer, "answer_start": start}]}
+    qa.update(qa_extra)
+    return {"version": "1.1", "data": [{"title": "Ada", "paragraphs": [{"context": context, "qas": [qa]}]}]}
+
+
+def write(tmp_path, doc, name="d.json"):
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def as_batch(examples):
+    return {key: [e[key] for e in examples] for key in examples[0]}
+
+
+def test_read_flattens_to_hub_layout(tmp_path):
+    [example] = read_squad_json(write(tmp_path, squad_doc()))
+    assert example == {
+        "id": "q1", "title": "Ada", "context": "Ada Lovelace was born in 1815 in London.",
+        "question": "When was Ada born?", "answers": {"text": ["1815"], "answer_start": [25]},
+    }
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"data": [', "malformed JSON at line 1"),
+    ('[1, 2]', "top level"),
+    ({"data": [{"paragraphs": "x"}]}, "data[0]: field 'paragraphs' must be a list"),
+    ({"data": [{"paragraphs": [{"context": "", "qas": []}]}]}, "data[0].paragraphs[0]: field 'context'"),
+    (squad_doc(start=3), "answer_start 3 does not point at its text '1815'"),
+    (squad_doc(start=400), "answer_start 400 is outside the context"),
+    (squad_doc(question=""), "field 'question' must be a non-empty string"),
+    (squad_doc(answers=[]), "field 'answers' must be a non-empty list"),
+    ({"data": []}, "no question/answer pairs"),
+])
+def test_bad_input_names_file_and_field(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(StageError) as err:
+        read_squad_json(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_non_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps(squad_doc()).replace("Ada", "Ad\u00e9").encode("latin-1"))
+    with pytest.raises(StageError, match="not UTF-8"):
+        read_squad_json(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StageError, match="file not found"):
+        read_squad_json(tmp_path / "nope.json")
+
+
+def test_split_by_article_is_seeded_and_disjoint():
+    examples = [{"title": f"t{i % 10}", "id": str(i)} for i in range(100)]
+    train, validation = split_by_article(examples, 0.2, seed=1)
+    again = split_by_article(examples, 0.2, seed=1)
+    assert (train, validation) == again
+    assert {e["title"] for e in train}.isdisjoint({e["title"] for e in validation})
+    assert len({e["title"] for e in validation}) == 2 and len(train) + len(validation) == 100
+    assert split_by_article(examples, 0.2, seed=2)[1] != validation
+
+
+def test_load_splits_switches_source(params, tmp_path, monkeypatch):
+    # embedded: the committed generator's file, split by article, capped by params.
+    train, validation = load_splits(params)
+    assert len(train) == 48 and len(validation) == 24
+    # json: the files named in params, relative to the repository root given.
+    write(tmp_path, squad_doc())
+    params["data"].update(source="json", json_files=["d.json"], max_train_examples=0)
+    with pytest.raises(StageError, match="the train split is empty"):
+        load_splits(params, root=tmp_path)  # one article cannot fill both splits
+    # squad: goes to the hub through datasets.load_dataset.
+    calls = []
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: calls.append(name) or {
+        "train": [{"id": "a"}], "validation": [{"id": "b"}]})
+    params["data"]["source"] = "squad"
+    assert load_splits(params) == ([{"id": "a"}], [{"id": "b"}]) and calls == ["squad"]
+
+
+def test_hub_failure_is_one_clear_line(params, monkeypatch):
+    import datasets
+
+    def offline(name):
+        raise ConnectionError("Couldn't reach the hub\nlong traceback text")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    params["data"]["source"] = "squad"
+    with pytest.raises(StageError, match=r"^data.source=squad: cannot load 'squad' from the hub: Couldn't reach the hub$"):
+        load_splits(params)
+
+
+def test_train_spans_round_trip_to_answer_text(tokenizer):
+    """Every labelled span decodes back to its answer; windows without the whole answer get (0, 0)."""
+    examples = read_squad_json(EMBEDDED_DATA)[:200]
+    batch = as_batch(examples)
+    # Short windows force many answers to be cut off or to sit in a later window.
+    features = prepare_train_features(batch, tokenizer, max_length=48, doc_stride=16)
+    enc = tokenizer([q.lstrip() for q in batch["question"]], batch["context"], truncation="only_second",
+                    max_length=48, stride=16, return_overflowing_tokens=True, return_offsets_mapping=True)
+    labelled = cut_off = 0
+    for i, (start, end) in enumerate(zip(features["start_positions"], features["end_positions"])):
+        example = examples[enc["overflow_to_sample_mapping"][i]]
+        answer = example["answers"]["text"][0]
+        if start == 0:
+            assert end == 0
+            cut_off += 1
+            continue
+        labelled += 1
+        context_ids = [k for k, s in enumerate(enc.sequence_ids(i)) if s == 1]
+        assert context_ids[0] <= start <= end <= context_ids[-1]  # never in question or padding
+        offsets = enc["offset_mapping"][i]
+        assert example["context"][offsets[start][0]:offsets[end][1]] == answer
+    assert labelled >= 200 and cut_off > 0  # every example is answerable in some window
+
+
+def test_validation_features_keep_context_offsets_only(tokenizer):
+    examples = read_squad_json(EMBEDDED_DATA)[:20]
+    features = prepare_validation_features(as_batch(examples), tokenizer, max_length=48, doc_stride=16)
+    assert set(features["example_id"]) == {e["id"] for e in examples}
+    assert len(features["example_id"]) > len(examples)  # long contexts overflow into several windows
+    for i, offsets in enumerate(features["offset_mapping"]):
+        sequence_ids = features.sequence_ids(i)
+        for k, offset in enumerate(offsets):
+            assert (offset is None) == (sequence_ids[k] != 1)
+
+
+def test_context_span():
+    assert context_span([None, 0, 0, None, 1, 1, 1, None], 1) == (4, 6)
