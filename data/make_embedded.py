@@ -1,9 +1,10 @@
 """Generate the embedded default data set: data/embedded/biographies.json (SQuAD v1.1 format).
 
-Fictional biographies, built deterministically from a seed: every paragraph states several facts
-of the same kinds (two years, two places, two people) so a reader must match the question to
-the right one; a model that has not been fine-tuned for extractive QA scores near zero, a
-fine-tuned one well above. Run `python data/make_embedded.py` to rebuild it byte for byte.
+Fictional biographies, built deterministically from a seed: every paragraph tells of two people,
+their facts interleaved, so a reader must match the question's name and kind of fact (a year of
+birth or of death, a place, a teacher or a spouse) to the right span. A model that has not been
+fine-tuned for extractive QA scores near zero, a fine-tuned one far above.
+Run `python data/make_embedded.py` to rebuild it byte for byte.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "embedded" / "biographies.json"
 SEED = 2024
-N_ARTICLES = 150
-PEOPLE_PER_ARTICLE = 4
+N_ARTICLES = 200
+PARAGRAPHS_PER_ARTICLE = 4
 
 SYLLABLES = "ka lo mi ra sen tor vel an is ur bel dan fe gor hal jun ker lin mor nes ol pra quin sta ve wil zor".split()
 PROFESSIONS = "chemist painter architect astronomer composer engineer physician cartographer botanist " \
@@ -63,25 +64,37 @@ SENTENCES = [
 ]
 
 
-def paragraph(rng: random.Random, who: dict) -> dict:
+def sentences_about(rng: random.Random, who: dict) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The introduction and two more facts about one person, each with the questions it answers."""
     facts = dict(who, first=who["name"].split()[0])
-    order = [0] + rng.sample(range(1, len(SENTENCES)), len(SENTENCES) - 1)
+    chosen = [0] + rng.sample(range(1, len(SENTENCES)), 2)
+    return [(SENTENCES[i][0].format(**facts), [(q.format(**facts), facts[f]) for q, f in SENTENCES[i][1]])
+            for i in chosen]
+
+
+def paragraph(rng: random.Random, people: list[dict]) -> dict:
+    """Two people in one paragraph, their facts interleaved: the question's name picks the answer."""
+    blocks = [sentences_about(rng, who) for who in people]
+    intros, rest = [b[0] for b in blocks], [s for b in blocks for s in b[1:]]
+    rng.shuffle(rest)
     context, qas = "", []
-    for index in order:
-        template, questions = SENTENCES[index]
-        sentence = template.format(**facts)
+    for sentence, questions in intros + rest:
         start = len(context)
         context += sentence + " "
-        for question, field in rng.sample(questions, min(2, len(questions))):
-            value = facts[field]
-            # The answer's first occurrence inside this sentence.
-            answer_start = start + sentence.index(value)
-            qas.append({
-                "id": field,  # made unique in build()
-                "question": question.format(**facts),
-                "answers": [{"text": value, "answer_start": answer_start}],
-            })
+        question, value = rng.choice(questions)
+        qas.append({
+            "id": "",  # made unique in build()
+            "question": question,
+            "answers": [{"text": value, "answer_start": start + sentence.index(value)}],
+        })
     return {"context": context.strip(), "qas": qas}
+
+
+def two_people(rng: random.Random) -> list[dict]:
+    while True:
+        people = [person(rng), person(rng)]
+        if people[0]["name"].split()[0] != people[1]["name"].split()[0]:
+            return people
 
 
 def build(seed: int = SEED) -> dict:
@@ -92,10 +105,10 @@ def build(seed: int = SEED) -> dict:
         if title in seen:
             continue
         seen.add(title)
-        paragraphs = [paragraph(rng, person(rng)) for _ in range(PEOPLE_PER_ARTICLE)]
+        paragraphs = [paragraph(rng, two_people(rng)) for _ in range(PARAGRAPHS_PER_ARTICLE)]
         for p_index, par in enumerate(paragraphs):
-            for qa in par["qas"]:
-                qa["id"] = f"bio-{len(articles):03d}-{p_index}-{qa['id']}"
+            for q_index, qa in enumerate(par["qas"]):
+                qa["id"] = f"bio-{len(articles):03d}-{p_index}-{q_index}"
         articles.append({"title": title, "paragraphs": paragraphs})
     return {"version": "1.1", "data": articles}
 
