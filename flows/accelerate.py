@@ -1,11 +1,11 @@
 """DVC stage `accelerate`: models/sparse -> models/accelerated (model + per-layer kernel plan)."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.accelerate import run
 
 accelerate_flow = stage_flow("accelerate", lambda params, out: run(params, Path("models/sparse"), out),
                              out="models/accelerated")
 
 if __name__ == "__main__":
-    accelerate_flow()
+    main(accelerate_flow)

@@ -1,7 +1,7 @@
 """DVC stage `benchmark`: dense vs accelerated latency per batch size, eager and compiled."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.benchmark import run
 
 
@@ -22,4 +22,4 @@ def work(params, out_dir):
 benchmark_flow = stage_flow("benchmark", work, plots=("latency",))
 
 if __name__ == "__main__":
-    benchmark_flow()
+    main(benchmark_flow)

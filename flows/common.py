@@ -8,6 +8,7 @@ table artifact.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +20,8 @@ from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from stages.common import atomic_dir, run_facts, write_json  # noqa: E402
-from stages.params import Params, load_params  # noqa: E402
+from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
+from stages.params import ParamError, Params, load_params  # noqa: E402
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
@@ -78,3 +79,12 @@ def stage_flow(stage: str, work: Work, out: str | None = None,
         return metrics
 
     return stage_run
+
+
+def main(stage_run) -> None:
+    """Command-line entry of a stage flow: bad input ends in one clear line and exit status 1."""
+    try:
+        stage_run()
+    except (StageError, ParamError) as err:
+        print(f"twofour {stage_run.name}: error: {err}", file=sys.stderr)
+        sys.exit(1)

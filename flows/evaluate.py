@@ -1,7 +1,7 @@
 """DVC stage `evaluate`: exact match and F1 of every model variant on the validation split."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.evaluate import evaluate
 
 MODEL_DIRS = {
@@ -14,4 +14,4 @@ MODEL_DIRS = {
 evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS))
 
 if __name__ == "__main__":
-    evaluate_flow()
+    main(evaluate_flow)

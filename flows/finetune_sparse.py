@@ -1,7 +1,7 @@
 """DVC stage `finetune_sparse`: models/pruned -> models/sparse (fine-tuned with the masks held)."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.finetune_sparse import finetune_sparse
 
 finetune_sparse_flow = stage_flow(
@@ -12,4 +12,4 @@ finetune_sparse_flow = stage_flow(
 )
 
 if __name__ == "__main__":
-    finetune_sparse_flow()
+    main(finetune_sparse_flow)

@@ -1,10 +1,10 @@
 """DVC stage `prune`: models/baseline -> models/pruned (2:4 masks baked in, masks.pt beside)."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.prune import prune
 
 prune_flow = stage_flow("prune", lambda params, out: prune(params, Path("models/baseline"), out), out="models/pruned")
 
 if __name__ == "__main__":
-    prune_flow()
+    main(prune_flow)

@@ -1,5 +1,5 @@
 """DVC stage `tokenize`: data source -> features/ (train, validation, validation_examples)."""
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.modeling import load_tokenizer, resolve_model_source
 from stages.tokenize import tokenize
 
@@ -12,4 +12,4 @@ def work(params, out_dir):
 tokenize_flow = stage_flow("tokenize", work, out="features")
 
 if __name__ == "__main__":
-    tokenize_flow()
+    main(tokenize_flow)

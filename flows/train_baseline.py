@@ -1,7 +1,7 @@
 """DVC stage `train_baseline`: features + model -> models/baseline (dense, fine-tuned)."""
 from pathlib import Path
 
-from flows.common import stage_flow
+from flows.common import main, stage_flow
 from stages.train_baseline import train_baseline
 
 train_baseline_flow = stage_flow(
@@ -12,4 +12,4 @@ train_baseline_flow = stage_flow(
 )
 
 if __name__ == "__main__":
-    train_baseline_flow()
+    main(train_baseline_flow)
