@@ -3,20 +3,25 @@
 A stage flow loads params.yaml (validated), runs the stage's work as a Prefect task under
 run facts (device, versions, wall time, peak memory), writes its output directory atomically,
 writes metrics/<stage>.json, plots/<stage>_<name>.json, and publishes the metrics as a Prefect
-table artifact.
+table artifact. Its flow run is tagged with the git commit (and DVC experiment, and the
+whole-pipeline run that started it), so the stages of one `dvc repro` are found together.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
-# No phoning home, and no chatter when no server is configured (Prefect's ephemeral mode).
+# No phoning home; and with no server configured (Prefect's ephemeral mode), no INFO chatter.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if not os.environ.get("PREFECT_API_URL"):
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, tags, task  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
@@ -26,6 +31,7 @@ from stages.params import ParamError, Params, load_params  # noqa: E402
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
+PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
 
 Work = Callable[[Params, "Path | None"], dict]
 
@@ -39,6 +45,37 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+def git_commit() -> str | None:
+    """The commit the run belongs to: DVC's experiment baseline, else HEAD."""
+    rev = os.environ.get("DVC_EXP_BASELINE_REV")
+    if not rev:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        rev = result.stdout.strip() if result.returncode == 0 else None
+    return rev[:8] if rev else None
+
+
+def run_tags() -> list[str]:
+    found = ["twofour"]
+    if commit := git_commit():
+        found.append(f"git:{commit}")
+    if experiment := os.environ.get("DVC_EXP_NAME"):
+        found.append(f"exp:{experiment}")
+    if pipeline_run := os.environ.get(PIPELINE_RUN_ENV):
+        found.append(f"pipeline:{pipeline_run}")
+    return found
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry only what may pass on a second try: never bad input or bad params."""
+    try:
+        state.result()
+    except (StageError, ParamError):
+        return False
+    except Exception:
+        return True
+    return False
 
 
 @task(name="publish metrics", cache_policy=NO_CACHE)
@@ -71,10 +108,15 @@ def stage_flow(stage: str, work: Work, out: str | None = None,
                plots: tuple[str, ...] = (), details: tuple[str, ...] = ("layers",)):
     """Build the Prefect flow for one stage; `work(params, out_dir)` returns its metrics."""
 
-    @flow(name=stage, log_prints=True, validate_parameters=False)
+    @flow(name=stage, log_prints=True, validate_parameters=False,
+          flow_run_name=f"{stage}@{git_commit() or 'no-git'}")
     def stage_run(params_path: str = "params.yaml") -> dict:
         params = load_params(params_path)
-        metrics = task(run_stage, name=stage, cache_policy=NO_CACHE)(stage, work, params, out, plots, details)
+        work_task = task(run_stage, name=stage, cache_policy=NO_CACHE,
+                         retries=params["orchestration.retries"],
+                         retry_delay_seconds=params["orchestration.retry_delay_s"],
+                         retry_condition_fn=is_transient)
+        metrics = work_task(stage, work, params, out, plots, details)
         publish(stage, metrics)
         return metrics
 
@@ -84,7 +126,8 @@ def stage_flow(stage: str, work: Work, out: str | None = None,
 def main(stage_run) -> None:
     """Command-line entry of a stage flow: bad input ends in one clear line and exit status 1."""
     try:
-        stage_run()
+        with tags(*run_tags()):
+            stage_run()
     except (StageError, ParamError) as err:
         print(f"twofour {stage_run.name}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -77,6 +77,8 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "evaluate.n_best": (int, _positive),
     "evaluate.max_answer_length": (int, _positive),
     "evaluate.batch_size": (int, _positive),
+    "orchestration.retries": (int, lambda v: 0 <= v <= 10),
+    "orchestration.retry_delay_s": ((int, float), _non_negative),
     "benchmark.batch_sizes": (list, _list_of(int, _positive)),
     "benchmark.cpu_batch_sizes": (list, _list_of(int, _positive)),
     "benchmark.seq_length": (int, lambda v: 8 <= v <= 4096),
@@ -87,6 +89,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
 }
 _CHECK_DOCS = {
     "tokenize.max_length": "between 32 and 4096",
+    "orchestration.retries": "between 0 and 10",
     "model.name": "a non-empty string",
     "prune.sparse_block_shape": "[1, 4] (2:4 along the input dimension)",
     "prune.zeros_per_block": "2 (2:4 sparsity)",

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,33 @@ def params(tiny_model):
     from stages.params import validate
 
     return validate(tiny_params(tiny_model))
+
+
+def sh(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]:
+    """A git + DVC copy of the repository in `root`, params turned down to a tiny model and data."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    make_tiny_model(root / "tiny-model")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params("tiny-model"), sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / ".prefect-home"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PREFECT_API_URL", None)  # Prefect's ephemeral mode, as on a fresh machine
+    env.update(extra_env or {})
+    with open(root / ".gitignore", "a") as gitignore:
+        gitignore.write("/tiny-model/\n/.prefect-home/\n")
+    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
+    sh(["git", "init", "-q"], root, env)
+    sh(git + ["add", "-A"], root, env)
+    sh(git + ["commit", "-qm", "tiny"], root, env)
+    return root, env

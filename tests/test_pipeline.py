@@ -2,53 +2,24 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, make_tiny_model, tiny_params
+from conftest import make_project, sh
+from flows.pipeline import summarize_repro
 
 STAGES = ["tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark"]
 
 
-def sh(args, cwd, env, check=True):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
 def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
+    return summarize_repro(output)["ran"]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A git + DVC copy of the repository, with params turned down to a tiny model and tiny data."""
-    root = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    make_tiny_model(root / "tiny-model")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params("tiny-model"), sort_keys=False))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / ".prefect-home"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PREFECT_API_URL", None)  # Prefect's ephemeral mode, as on a fresh machine
-    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "/tiny-model/\n/.prefect-home/\n")
-    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
-    sh(["git", "init", "-q"], root, env)
-    sh(git + ["add", "-A"], root, env)
-    sh(git + ["commit", "-qm", "tiny"], root, env)
-    return root, env
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 def dvc(project, *args):
@@ -86,8 +57,7 @@ def test_repro_runs_all_stages_and_writes_metrics(project):
 
 def test_second_repro_runs_nothing(project):
     result = dvc(project, "repro")
-    assert ran_stages(result.stdout) == []
-    assert "up to date" in result.stdout
+    assert summarize_repro(result.stdout) == {"ran": [], "cached": STAGES}
 
 
 def test_prune_param_change_reruns_from_prune_only(project):

@@ -1,0 +1,105 @@
+"""The whole pipeline as one Prefect flow: DVC decides what is stale, Prefect schedules and shows it.
+
+    python -m flows.pipeline                      # run once: `dvc repro`
+    python -m flows.pipeline -S prune.exclude=x   # run once as `dvc exp run -S prune.exclude=x`
+    python -m flows.pipeline serve --cron "0 3 * * *"   # a deployment: scheduled, and startable
+                                                        # by hand from the UI (parameter set_params)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows.common import PIPELINE_RUN_ENV, run_tags
+
+RAN = re.compile(r"Running stage '(\w+)'")
+SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
+
+
+def summarize_repro(output: str) -> dict[str, list[str]]:
+    """Which stages DVC ran and which it skipped as up to date or restored from its run cache."""
+    return {"ran": RAN.findall(output), "cached": SKIPPED.findall(output)}
+
+
+def dvc_command(set_params: list[str]) -> list[str]:
+    if not set_params:
+        return [sys.executable, "-m", "dvc", "repro"]
+    return [sys.executable, "-m", "dvc", "exp", "run", *(arg for value in set_params for arg in ("-S", value))]
+
+
+@task(name="dvc", cache_policy=NO_CACHE)
+def run_dvc(command: list[str], run_id: str) -> str:
+    env = dict(os.environ, **{PIPELINE_RUN_ENV: run_id})
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    print(result.stdout[-4000:])
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{' '.join(command[1:])} failed: {last}")
+    return result.stdout
+
+
+def metrics_table(metrics: dict) -> str:
+    """Markdown: EM/F1 per variant and speedups, from `dvc metrics show --json`."""
+    rows = ["| metric | value |", "|---|---|"]
+    for workspace in metrics.values():
+        for path, content in workspace.get("data", {}).items():
+            data = content.get("data", {})
+            if path.endswith("evaluate.json"):
+                rows += [f"| {v} F1 / EM | {s['f1']} / {s['exact_match']} |" for v, s in data.items() if "f1" in s]
+            if path.endswith("benchmark.json"):
+                rows += [f"| {k} | {v} |" for k, v in _speedups(data)]
+    return "\n".join(rows)
+
+
+def _speedups(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _speedups(value, f"{prefix}{key}.")
+        elif "speedup" in key:
+            yield f"{prefix}{key}", value
+
+
+@flow(name="twofour-pipeline", log_prints=True)
+def pipeline(set_params: list[str] | None = None) -> dict:
+    """Run the stale stages (as an experiment when params are set); report what ran and was cached."""
+    run_id = str(flow_run.get_id() or "local")[:8]
+    output = run_dvc(dvc_command(set_params or []), run_id)
+    summary = summarize_repro(output)
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"],
+                           capture_output=True, text=True, check=True).stdout
+    metrics_dir = Path("metrics").resolve()
+    create_markdown_artifact(
+        key="pipeline-summary",
+        markdown=(f"**ran:** {', '.join(summary['ran']) or 'nothing'}  \n"
+                  f"**cached:** {', '.join(summary['cached']) or 'nothing'}  \n"
+                  f"**metrics:** [{metrics_dir}](file://{metrics_dir})\n\n{metrics_table(json.loads(shown))}"),
+        description="twofour: what this pipeline run ran, what DVC had cached, and the resulting metrics",
+    )
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=["run", "serve"], default="run")
+    parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
+    parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
+    args = parser.parse_args(argv)
+    if args.mode == "serve":
+        pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
+                       parameters={"set_params": args.set_param})
+    else:
+        print(pipeline(args.set_param))
+
+
+if __name__ == "__main__":
+    cli()
