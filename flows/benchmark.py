@@ -19,7 +19,13 @@ def work(params, out_dir):
     return {**metrics, "latency": latency_table(latency_rows)}
 
 
-benchmark_flow = stage_flow("benchmark", work, plots=("latency",))
+def batch_table(metrics: dict) -> list[dict]:
+    """The Prefect artifact: per batch size, each latency (ms) and the speedups."""
+    return [{"batch_size": batch, **row, **{f"speedup_{mode}": s for mode, s in metrics["speedup"][batch].items()}}
+            for batch, row in metrics["latency_ms"].items()]
+
+
+benchmark_flow = stage_flow("benchmark", work, plots=("latency",), table=batch_table)
 
 if __name__ == "__main__":
     main(benchmark_flow)

@@ -78,9 +78,13 @@ def is_transient(task, task_run, state) -> bool:
     return False
 
 
+def metric_rows(metrics: dict) -> list[dict]:
+    """The default artifact table: one row per (flattened) metric."""
+    return [{"metric": k, "value": str(v)} for k, v in flatten(metrics).items()]
+
+
 @task(name="publish metrics", cache_policy=NO_CACHE)
-def publish(stage: str, metrics: dict) -> None:
-    table = [{"metric": k, "value": str(v)} for k, v in flatten(metrics).items()]
+def publish(stage: str, table: list[dict]) -> None:
     create_table_artifact(key=f"{stage.replace('_', '-')}-metrics", table=table,
                           description=f"twofour stage {stage}: metrics/{stage}.json")
 
@@ -104,9 +108,10 @@ def run_stage(stage: str, work: Work, params: Params, out: str | None,
     return metrics
 
 
-def stage_flow(stage: str, work: Work, out: str | None = None,
-               plots: tuple[str, ...] = (), details: tuple[str, ...] = ("layers",)):
-    """Build the Prefect flow for one stage; `work(params, out_dir)` returns its metrics."""
+def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
+               details: tuple[str, ...] = ("layers",), table: Callable[[dict], list[dict]] = metric_rows):
+    """Build the Prefect flow for one stage; `work(params, out_dir)` returns its metrics and
+    `table(metrics)` the rows of its Prefect artifact."""
 
     @flow(name=stage, log_prints=True, validate_parameters=False,
           flow_run_name=f"{stage}@{git_commit() or 'no-git'}")
@@ -117,7 +122,7 @@ def stage_flow(stage: str, work: Work, out: str | None = None,
                          retry_delay_seconds=params["orchestration.retry_delay_s"],
                          retry_condition_fn=is_transient)
         metrics = work_task(stage, work, params, out, plots, details)
-        publish(stage, metrics)
+        publish(stage, table(metrics))
         return metrics
 
     return stage_run

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from flows.common import main, stage_flow
-from stages.evaluate import evaluate
+from stages.evaluate import VARIANTS, evaluate
 
 MODEL_DIRS = {
     "dense": Path("models/baseline"),
@@ -11,7 +11,15 @@ MODEL_DIRS = {
     "accelerated": Path("models/accelerated"),
 }
 
-evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS))
+
+
+def variant_table(metrics: dict) -> list[dict]:
+    """The Prefect artifact: the variants side by side."""
+    return [{"variant": name, **metrics[name]} for name in VARIANTS if name in metrics]
+
+
+evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS),
+                           table=variant_table)
 
 if __name__ == "__main__":
     main(evaluate_flow)

@@ -1,6 +1,7 @@
 """A real Prefect server on a free loopback port: stage flow runs, artifacts, the pipeline flow."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -83,8 +84,12 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
         assert any(t.startswith("git:") for t in run.tags)
         [artifact] = artifacts_by_key(server, f"{stage.replace('_', '-')}-metrics")
         assert artifact.type == "table" and artifact.flow_run_id == run.id
-    evaluate_table = artifacts_by_key(server, "evaluate-metrics")[0].data
-    assert any(row["metric"] == "sparse.f1" for row in evaluate_table)
+    evaluate_table = json.loads(artifacts_by_key(server, "evaluate-metrics")[0].data)
+    assert [row["variant"] for row in evaluate_table] == ["dense", "pruned", "sparse", "accelerated"]
+    assert all(0 <= row["f1"] <= 100 for row in evaluate_table)
+    benchmark_table = json.loads(artifacts_by_key(server, "benchmark-metrics")[0].data)
+    assert [row["batch_size"] for row in benchmark_table] == ["bs1", "bs2"]
+    assert all(row["speedup_eager"] > 0 for row in benchmark_table)
 
     second = sh([sys.executable, "-m", "flows.pipeline"], root, env)
     assert "'ran': []" in second.stdout
