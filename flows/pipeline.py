@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import PIPELINE_RUN_ENV, run_tags
+from flows.common import PIPELINE_RUN_ENV, git_commit, run_tags
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -69,7 +69,7 @@ def _speedups(data: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-@flow(name="twofour-pipeline", log_prints=True)
+@flow(name="twofour-pipeline", log_prints=True, flow_run_name=f"pipeline@{git_commit() or 'no-git'}")
 def pipeline(set_params: list[str] | None = None) -> dict:
     """Run the stale stages (as an experiment when params are set); report what ran and was cached."""
     run_id = str(flow_run.get_id() or "local")[:8]
