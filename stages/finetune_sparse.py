@@ -1,4 +1,8 @@
-"""finetune_sparse: recover accuracy with the 2:4 masks held, then bake them in and check the pattern."""
+"""finetune_sparse: recover accuracy with the 2:4 masks held, then bake them in and check the pattern.
+
+With finetune.distill, the dense baseline is the teacher: the sparse model learns its start/end
+distributions as well as the labels.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +16,8 @@ from .prune import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, s
 from .training import train_qa
 
 
-def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path) -> dict:
+def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
+                    baseline_dir: Path = Path("models/baseline")) -> dict:
     seed_everything(params["seed"])
     model = load_qa_model(str(pruned_dir))
     tokenizer = load_tokenizer(str(pruned_dir))
@@ -20,7 +25,8 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path)
     sparsifier = attach_sparsifier(model, list(masks), params)
     load_masks(sparsifier, masks)
     train_features = datasets.load_from_disk(str(features_dir / "train"))
-    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"])
+    teacher = load_qa_model(str(baseline_dir)) if params["finetune.distill"] else None
+    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher)
     sparsifier.squash_mask()
     summary = summarize(sparsity_report(model, list(masks)))
     if not summary["pattern_2of4_holds"]:

@@ -1,4 +1,9 @@
-"""prune: 2:4 masks on the encoder's Linears with torch.ao.pruning (magnitude, per block of 4).
+"""prune: 2:4 masks on the encoder's Linears with torch.ao.pruning, per block of 4 inputs.
+
+magnitude keeps the 2 largest |W| of every 4; wanda (Sun et al. 2023, "A Simple and Effective
+Pruning Approach for Large Language Models") keeps the 2 largest |W_ij| * ||X_j||_2, where ||X_j||_2
+is the L2 norm of input channel j over the tokens of a few seeded calibration batches: a weight
+that meets large activations matters more than its magnitude alone says.
 
 The filter is "every nn.Linear inside the model's transformer body, minus prune.exclude", so it
 works for BERT-family models without a layer name wired in; the QA head is never pruned.
@@ -16,6 +21,7 @@ from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
 
 GROUP = 4  # 2:4 = at least 2 zeros in every 4 consecutive weights along the input dimension
 MASKS_FILE = "masks.pt"
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def prunable_linears(model: torch.nn.Module, exclude: str) -> dict[str, torch.nn.Linear]:
@@ -32,15 +38,74 @@ def prunable_linears(model: torch.nn.Module, exclude: str) -> dict[str, torch.nn
     return layers
 
 
-def attach_sparsifier(model: torch.nn.Module, layer_names: list[str], params) -> WeightNormSparsifier:
-    """Parametrize the layers' weights with 2:4 masks (all ones until step() or a load)."""
-    sparsifier = WeightNormSparsifier(
-        sparsity_level=1.0,  # every block gets its zeros_per_block zeros
-        sparse_block_shape=tuple(params["prune.sparse_block_shape"]),
-        zeros_per_block=params["prune.zeros_per_block"],
-    )
+class WandaSparsifier(WeightNormSparsifier):
+    """WeightNormSparsifier's per-block choice, fed Wanda's scores |W_ij| * ||X_j||_2 instead of |W_ij|."""
+
+    def __init__(self, input_norms: dict[str, torch.Tensor], sparse_block_shape: tuple[int, int], zeros_per_block: int):
+        super().__init__(sparsity_level=1.0, sparse_block_shape=sparse_block_shape, zeros_per_block=zeros_per_block)
+        self.input_norms = input_norms  # layer name -> (in_features,) L2 norms of its inputs
+
+    def update_mask(self, module, tensor_name, sparse_block_shape, zeros_per_block, module_fqn, **kwargs):
+        scores = getattr(module, tensor_name).abs() * self.input_norms[module_fqn]  # broadcast over output rows
+        block_mask = self._make_block_mask(scores, sparse_block_shape, zeros_per_block)
+        getattr(module.parametrizations, tensor_name)[0].mask.data = block_mask.bool()
+
+
+def attach_sparsifier(model: torch.nn.Module, layer_names: list[str], params,
+                      input_norms: dict[str, torch.Tensor] | None = None) -> WeightNormSparsifier:
+    """Parametrize the layers' weights with 2:4 masks (all ones until step() or a load).
+
+    step() then scores by magnitude, or by Wanda when the layers' input norms are given.
+    """
+    block = {
+        "sparse_block_shape": tuple(params["prune.sparse_block_shape"]),
+        "zeros_per_block": params["prune.zeros_per_block"],
+    }
+    if input_norms is None:
+        sparsifier = WeightNormSparsifier(sparsity_level=1.0, **block)  # every block gets its zeros
+    else:
+        sparsifier = WandaSparsifier(input_norms, **block)
     sparsifier.prepare(model, [{"tensor_fqn": f"{name}.weight"} for name in layer_names])
     return sparsifier
+
+
+def calibration_batches(features, tokenizer, n_batches: int, batch_size: int, seed: int) -> list[dict]:
+    """n_batches padded batches of model inputs, drawn from the features without replacement (seeded)."""
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    picked = order[:n_batches * batch_size].tolist()
+    inputs = features.select_columns([c for c in MODEL_INPUTS if c in features.column_names])
+    return [tokenizer.pad(inputs[picked[i:i + batch_size]], return_tensors="pt")
+            for i in range(0, len(picked), batch_size)]
+
+
+@torch.no_grad()
+def input_channel_norms(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
+                        batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Per layer, the L2 norm of each input channel over every real token of the batches.
+
+    Padding tokens are left out: they are an artefact of batching, not activations the model sees.
+    """
+    squares = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+    real_tokens = None  # the current batch's attention mask, read by the hooks
+
+    def recorder(name):
+        def record(module, args):
+            inputs = args[0]
+            # Token-level inputs drop their padding; pooled inputs (one row per sequence) count whole.
+            rows = inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape else inputs.reshape(-1, inputs.shape[-1])
+            squares[name] += rows.double().pow(2).sum(dim=0).cpu()
+        return record
+
+    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
+    model.eval()
+    try:
+        for batch in batches:
+            real_tokens = batch["attention_mask"].bool()
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total.sqrt().float() for name, total in squares.items()}
 
 
 def current_masks(sparsifier: WeightNormSparsifier) -> dict[str, torch.Tensor]:
@@ -89,14 +154,24 @@ def summarize(report: dict[str, dict]) -> dict:
     }
 
 
-def prune(params, baseline_dir: Path, out_dir: Path) -> dict:
-    if params["prune.method"] != "magnitude":
-        raise StageError(f"params.yaml: prune.method={params['prune.method']!r} is not implemented")
+def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("features")) -> dict:
+    """2:4-prune the baseline by params' prune.method; wanda calibrates on features_dir/train."""
     model = load_qa_model(str(baseline_dir))
     tokenizer = load_tokenizer(str(baseline_dir))
-    names = list(prunable_linears(model, params["prune.exclude"]))
-    sparsifier = attach_sparsifier(model, names, params)
-    sparsifier.step()  # magnitude: keep the 2 largest |w| of every 4
+    layers = prunable_linears(model, params["prune.exclude"])
+    names = list(layers)
+    calibration, input_norms = {}, None
+    if params["prune.method"] == "wanda":
+        import datasets  # here, not at the top: the GPU box that runs accelerate has no datasets
+
+        train_features = datasets.load_from_disk(str(features_dir / "train"))
+        batches = calibration_batches(train_features, tokenizer, params["prune.calibration_batches"],
+                                      params["prune.calibration_batch_size"], params["seed"])
+        input_norms = input_channel_norms(model, layers, batches)
+        calibration = {"calibration_sequences": sum(len(b["input_ids"]) for b in batches),
+                       "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
+    sparsifier = attach_sparsifier(model, names, params, input_norms)
+    sparsifier.step()  # keep the 2 highest-scoring weights of every 4
     masks = current_masks(sparsifier)
     sparsifier.squash_mask()
     summary = summarize(sparsity_report(model, names))
@@ -104,4 +179,4 @@ def prune(params, baseline_dir: Path, out_dir: Path) -> dict:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
     save_model(model, tokenizer, out_dir)
     torch.save(masks, out_dir / MASKS_FILE)
-    return {"method": params["prune.method"], **summary}
+    return {"method": params["prune.method"], **calibration, **summary}

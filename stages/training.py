@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from .common import StageError
@@ -38,18 +39,63 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
     )
 
 
-def train_qa(model, tokenizer, train_features, section: dict, seed: int) -> dict:
-    """Train in place; return the loss history and throughput figures."""
+LABELS = ("start_positions", "end_positions")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) between their softmax(logits / T) over the positions, batch mean.
+
+    Times T^2 (Hinton et al. 2015), so the gradients keep their scale when T changes.
+    """
+    return F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * temperature**2
+
+
+class DistillationTrainer(Trainer):
+    """The Trainer, with the QA loss mixed with distillation from a teacher's start/end logits:
+    alpha * (KL_start + KL_end) / 2 + (1 - alpha) * QA loss (itself (CE_start + CE_end) / 2)."""
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval()  # eval: no dropout in the targets
+        self.temperature, self.alpha = temperature, alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            targets = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS})
+        distill = (distillation_loss(outputs.start_logits, targets.start_logits, self.temperature)
+                   + distillation_loss(outputs.end_logits, targets.end_logits, self.temperature)) / 2
+        loss = self.alpha * distill + (1 - self.alpha) * outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None) -> dict:
+    """Train in place; return the loss history and throughput figures.
+
+    With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).
+    """
     if len(train_features) == 0:
         raise StageError("the train features are empty: nothing to train on")
     with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
         args = training_arguments(section, seed, scratch, len(train_features))
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_features,
-            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        )
+        setup = {
+            "model": model,
+            "args": args,
+            "train_dataset": train_features,
+            "data_collator": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        }
+        if teacher is None:
+            trainer = Trainer(**setup)
+        else:
+            trainer = DistillationTrainer(**setup, teacher=teacher, temperature=float(section["distill_temperature"]),
+                                          alpha=float(section["distill_alpha"]))
         try:
             result = trainer.train()
         except torch.OutOfMemoryError:

@@ -1,0 +1,116 @@
+"""Wanda 2:4 pruning: scores |W| * ||x|| from calibration activations, through torch.ao.pruning."""
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from conftest import tiny_params
+from stages.modeling import load_qa_model, load_tokenizer
+from stages.params import validate
+from stages.prune import (MASKS_FILE, attach_sparsifier, calibration_batches, current_masks, input_channel_norms,
+                          prune)
+from stages.tokenize import tokenize
+
+
+@pytest.fixture(scope="module")
+def features(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features")
+    tokenize(validate(tiny_params(tiny_model)), load_tokenizer(str(tiny_model)), out)
+    return out
+
+
+@pytest.fixture
+def wanda_params(params):
+    params["prune"].update(method="wanda", calibration_batches=2, calibration_batch_size=4)
+    return params
+
+
+def one_layer(weight: list[list[float]]) -> torch.nn.Sequential:
+    model = torch.nn.Sequential(torch.nn.Linear(len(weight[0]), len(weight), bias=False))
+    model[0].weight.data = torch.tensor(weight)
+    return model
+
+
+def test_wanda_and_magnitude_disagree_where_activations_say_so(params):
+    # Magnitude keeps inputs 2 and 3 of the first group (|w| 3, 4); inputs 0 and 1 carry activations
+    # 100x larger, so Wanda keeps them (scores 10, 20 vs 0.3, 0.4). In the second group the
+    # activations are equal and both keep the two largest weights.
+    weight = [[1.0, 2.0, 3.0, 4.0, 0.5, -8.0, 0.1, 7.0]]
+    norms = {"0": torch.tensor([10.0, 10.0, 0.1, 0.1, 1.0, 1.0, 1.0, 1.0])}
+    kept = {}
+    for method, input_norms in (("magnitude", None), ("wanda", norms)):
+        model = one_layer(weight)
+        sparsifier = attach_sparsifier(model, ["0"], params, input_norms)
+        sparsifier.step()
+        mask = current_masks(sparsifier)["0"]
+        sparsifier.squash_mask()
+        assert torch.equal(model[0].weight != 0, mask)
+        kept[method] = mask[0].nonzero().flatten().tolist()
+    assert kept == {"magnitude": [2, 3, 5, 7], "wanda": [0, 1, 5, 7]}
+
+
+class TokenwiseLinear(torch.nn.Module):
+    """A model whose only Linear sees the (float) token vectors it is given, as an encoder Linear would."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = torch.nn.Linear(2, 1)
+
+    def forward(self, input_ids, attention_mask):
+        return self.dense(input_ids)
+
+
+def test_input_norms_are_per_channel_l2_over_real_tokens_only():
+    model = TokenwiseLinear()
+    batches = [
+        {"input_ids": torch.tensor([[[3.0, 1.0], [4.0, 2.0]], [[0.0, 2.0], [99.0, 99.0]]]),
+         "attention_mask": torch.tensor([[1, 1], [1, 0]])},  # the 99s are padding
+        {"input_ids": torch.tensor([[[0.0, 4.0]]]), "attention_mask": torch.tensor([[1]])},
+    ]
+    norms = input_channel_norms(model, {"dense": model.dense}, batches)
+    # channel 0: 3, 4, 0, 0 -> 5; channel 1: 1, 2, 2, 4 -> 5
+    assert torch.allclose(norms["dense"], torch.tensor([5.0, 5.0]))
+    assert not model.dense._forward_pre_hooks  # hooks removed
+
+
+def test_calibration_batches_are_seeded_samples_of_the_features(features, tiny_model):
+    train = datasets.load_from_disk(str(features / "train"))
+    tokenizer = load_tokenizer(str(tiny_model))
+    first = calibration_batches(train, tokenizer, n_batches=3, batch_size=4, seed=1)
+    again = calibration_batches(train, tokenizer, n_batches=3, batch_size=4, seed=1)
+    other = calibration_batches(train, tokenizer, n_batches=3, batch_size=4, seed=2)
+    assert [b["input_ids"].shape[0] for b in first] == [4, 4, 4]
+    assert set(first[0]) == {"input_ids", "token_type_ids", "attention_mask"}  # no labels
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))
+    assert not torch.equal(first[0]["input_ids"], other[0]["input_ids"])
+    assert sum(len(b["input_ids"]) for b in calibration_batches(train, tokenizer, 1000, 4, seed=1)) == len(train)
+
+
+def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params, tiny_model, features, tmp_path):
+    metrics = prune(wanda_params, tiny_model, tmp_path, features)
+    assert metrics["method"] == "wanda" and metrics["pattern_2of4_holds"]
+    assert metrics["sparsity_of_pruned_layers"] == 0.5 and metrics["calibration_sequences"] == 8
+
+    # Independently of the hooks: layer 0's query sees the embeddings' output (hidden_states[0]).
+    dense = load_qa_model(str(tiny_model))
+    tokenizer = load_tokenizer(str(tiny_model))
+    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), tokenizer, 2, 4, wanda_params["seed"])
+    with torch.no_grad():
+        tokens = torch.cat([dense(**b, output_hidden_states=True).hidden_states[0][b["attention_mask"].bool()]
+                            for b in batches])
+    query = "bert.encoder.layer.0.attention.self.query"
+    scores = dense.get_submodule(query).weight.detach().abs() * tokens.norm(dim=0)
+    expected = torch.zeros_like(scores, dtype=torch.bool).reshape(-1, 4)
+    expected.scatter_(1, scores.reshape(-1, 4).topk(2, dim=1).indices, True)
+    assert torch.equal(torch.load(tmp_path / MASKS_FILE)[query], expected.reshape(scores.shape))
+
+
+def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny_model, features, tmp_path):
+    runs = {}
+    for name, run_params in (("magnitude", validate(tiny_params(tiny_model))), ("wanda", wanda_params),
+                             ("wanda again", wanda_params)):
+        prune(run_params, tiny_model, tmp_path / name, features)
+        runs[name] = torch.load(tmp_path / name / MASKS_FILE)
+    assert all(torch.equal(runs["wanda"][k], runs["wanda again"][k]) for k in runs["wanda"])
+    assert any(not torch.equal(runs["wanda"][k], runs["magnitude"][k]) for k in runs["wanda"])
