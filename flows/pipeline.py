@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import PIPELINE_RUN_ENV, git_commit, run_tags
+from flows.common import PIPELINE_RUN_ENV, flatten, git_commit, run_tags
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -57,16 +57,8 @@ def metrics_table(metrics: dict) -> str:
             if path.endswith("evaluate.json"):
                 rows += [f"| {v} F1 / EM | {s['f1']} / {s['exact_match']} |" for v, s in data.items() if "f1" in s]
             if path.endswith("benchmark.json"):
-                rows += [f"| {k} | {v} |" for k, v in _speedups(data)]
+                rows += [f"| {k} | {v} |" for k, v in flatten(data).items() if "speedup" in k]
     return "\n".join(rows)
-
-
-def _speedups(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _speedups(value, f"{prefix}{key}.")
-        elif "speedup" in key:
-            yield f"{prefix}{key}", value
 
 
 @flow(name="twofour-pipeline", log_prints=True, flow_run_name=f"pipeline@{git_commit() or 'no-git'}")

@@ -1,0 +1,89 @@
+"""The Prefect glue's own logic: atomic stage outputs, metrics files, tags, retries, repro summaries."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.states import Failed
+
+from flows import common
+from flows.benchmark import latency_table
+from flows.common import is_transient, run_stage, run_tags
+from flows.pipeline import dvc_command, metrics_table, summarize_repro
+from stages.common import StageError
+from stages.params import ParamError
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_run_stage_writes_outputs_metrics_plots_and_details(in_tmp, params):
+    def work(p, out):
+        (out / "model.bin").write_text("weights")
+        return {"f1": 50.0, "layers": {"a": 1}, "loss_history": [{"step": 1, "loss": 2.0}]}
+
+    metrics = run_stage("demo", work, params, "models/demo", plots=("loss_history",), details=("layers",))
+    assert (in_tmp / "models/demo/model.bin").read_text() == "weights"
+    saved = json.loads((in_tmp / "metrics/demo.json").read_text())
+    assert saved == metrics and saved["f1"] == 50.0 and saved["run"]["device"] == "cpu"
+    assert "layers" not in saved and "loss_history" not in saved
+    assert json.loads((in_tmp / "plots/demo_loss_history.json").read_text()) == [{"step": 1, "loss": 2.0}]
+    assert json.loads((in_tmp / "reports/demo.json").read_text()) == {"layers": {"a": 1}}
+
+
+def test_failed_stage_leaves_the_previous_output_and_no_temp(in_tmp, params):
+    (in_tmp / "models/demo").mkdir(parents=True)
+    (in_tmp / "models/demo/model.bin").write_text("good")
+
+    def half_written(p, out):
+        (out / "model.bin").write_text("half")
+        raise StageError("bad input")
+
+    with pytest.raises(StageError):
+        run_stage("demo", half_written, params, "models/demo", plots=(), details=())
+    assert (in_tmp / "models/demo/model.bin").read_text() == "good"
+    assert sorted(p.name for p in (in_tmp / "models").iterdir()) == ["demo"]
+    assert not (in_tmp / "metrics/demo.json").exists()
+
+
+def test_only_unexpected_failures_are_retried():
+    assert not is_transient(None, None, Failed(data=StageError("answer_start 3 does not point at its text")))
+    assert not is_transient(None, None, Failed(data=ParamError("train.batch_size")))
+    assert is_transient(None, None, Failed(data=OSError("connection reset")))
+    assert is_transient(None, None, Failed(data=RuntimeError("CUDA error: unspecified launch failure")))
+
+
+def test_run_tags(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123456789abcdef")
+    monkeypatch.setenv("DVC_EXP_NAME", "wanda-try")
+    monkeypatch.setenv(common.PIPELINE_RUN_ENV, "feedbeef")
+    assert run_tags() == ["twofour", "git:01234567", "exp:wanda-try", "pipeline:feedbeef"]
+
+
+def test_summarize_repro_reads_dvc_output():
+    output = ("Stage 'tokenize' didn't change, skipping\n"
+              "Stage 'train_baseline' is cached - skipping run, checking out outputs\n"
+              "Running stage 'prune':\n> python -m flows.prune\nRunning stage 'evaluate':\n")
+    assert summarize_repro(output) == {"ran": ["prune", "evaluate"], "cached": ["tokenize", "train_baseline"]}
+
+
+def test_dvc_command():
+    assert dvc_command([])[-2:] == ["dvc", "repro"]
+    assert dvc_command(["prune.method=wanda", "seed=1"])[-6:] == [
+        "exp", "run", "-S", "prune.method=wanda", "-S", "seed=1"]
+
+
+def test_metrics_table_and_latency_table():
+    shown = {"workspace": {"data": {
+        "metrics/evaluate.json": {"data": {"dense": {"f1": 60.1, "exact_match": 55.0}, "run": {"wall_s": 3}}},
+        "metrics/benchmark.json": {"data": {"speedup": {"bs4": {"eager": 1.1}}, "latency_ms": {"bs4": {}}}},
+    }}}
+    assert metrics_table(shown).splitlines()[2:] == ["| dense F1 / EM | 60.1 / 55.0 |", "| speedup.bs4.eager | 1.1 |"]
+    rows = [{"batch_size": 4, "variant": "dense", "mode": "eager", "latency_ms": 2.0},
+            {"batch_size": 1, "variant": "accelerated", "mode": "eager", "latency_ms": 1.0},
+            {"batch_size": 4, "variant": "accelerated", "mode": "eager", "latency_ms": 1.5}]
+    assert latency_table(rows) == [{"batch_size": 1, "accelerated_eager": 1.0},
+                                   {"batch_size": 4, "dense_eager": 2.0, "accelerated_eager": 1.5}]
