@@ -9,6 +9,7 @@ whole-pipeline run that started it), so the stages of one `dvc repro` are found 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,11 @@ def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str,
 
 
 def main(stage_run) -> None:
-    """Command-line entry of a stage flow: bad input ends in one clear line and exit status 1."""
+    """Command-line entry of a stage flow: bad input ends in one clear line and exit status 1.
+
+    SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with tags(*run_tags()):
             stage_run()

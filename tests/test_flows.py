@@ -87,3 +87,11 @@ def test_metrics_table_and_latency_table():
             {"batch_size": 4, "variant": "accelerated", "mode": "eager", "latency_ms": 1.5}]
     assert latency_table(rows) == [{"batch_size": 1, "accelerated_eager": 1.0},
                                    {"batch_size": 4, "dense_eager": 2.0, "accelerated_eager": 1.5}]
+
+
+def test_temp_output_of_a_killed_run_is_cleared_next_time(in_tmp, params):
+    stale = in_tmp / "models/.demo.tmp-killed"
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_text("half")
+    run_stage("demo", lambda p, out: {"ok": 1}, params, "models/demo", plots=(), details=())
+    assert sorted(p.name for p in (in_tmp / "models").iterdir()) == ["demo"]
