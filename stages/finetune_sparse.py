@@ -13,7 +13,7 @@ import torch
 from .common import StageError, seed_everything
 from .modeling import load_qa_model, load_tokenizer, save_model
 from .prune import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, summarize
-from .training import train_qa
+from .training import checkpoint_dir, train_qa
 
 
 def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
@@ -26,7 +26,8 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     load_masks(sparsifier, masks)
     train_features = datasets.load_from_disk(str(features_dir / "train"))
     teacher = load_qa_model(str(baseline_dir)) if params["finetune.distill"] else None
-    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher)
+    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher,
+                     checkpoints=checkpoint_dir("finetune_sparse", params, train_features))
     sparsifier.squash_mask()
     summary = summarize(sparsity_report(model, list(masks)))
     if not summary["pattern_2of4_holds"]:

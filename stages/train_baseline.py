@@ -7,7 +7,7 @@ import datasets
 
 from .common import seed_everything
 from .modeling import load_qa_model, load_tokenizer, resolve_model_source, save_model
-from .training import train_qa
+from .training import checkpoint_dir, train_qa
 
 
 def train_baseline(params, features_dir: Path, out_dir: Path) -> dict:
@@ -16,6 +16,7 @@ def train_baseline(params, features_dir: Path, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(source)
     model = load_qa_model(source)
     train_features = datasets.load_from_disk(str(features_dir / "train"))
-    stats = train_qa(model, tokenizer, train_features, params["train"], params["seed"])
+    stats = train_qa(model, tokenizer, train_features, params["train"], params["seed"],
+                     checkpoints=checkpoint_dir("train_baseline", params, train_features))
     save_model(model, tokenizer, out_dir)
     return {"model": params["model.name"], **stats}

@@ -1,6 +1,9 @@
 """Fine-tuning with the Hugging Face Trainer, shared by train_baseline and finetune_sparse."""
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,8 +14,16 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from .common import StageError
 
 
-def training_arguments(section: dict, seed: int, output_dir: str, n_examples: int) -> TrainingArguments:
-    """TrainingArguments from a train/finetune params section; mixed precision only on CUDA."""
+CHECKPOINTS = Path(".checkpoints")  # outside every DVC output: only an interrupted run leaves one
+CHECKPOINTS_PER_RUN = 10
+
+
+def training_arguments(section: dict, seed: int, output_dir: str, n_examples: int,
+                       checkpoints: bool = False) -> TrainingArguments:
+    """TrainingArguments from a train/finetune params section; mixed precision only on CUDA.
+
+    With `checkpoints`, the full training state (model, optimizer, scheduler, RNG) is saved about
+    CHECKPOINTS_PER_RUN times a run, the last one kept, so a killed run resumes where it was."""
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     steps_per_epoch = max(1, -(-n_examples // section["batch_size"]))
@@ -30,7 +41,9 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         data_seed=seed,
         logging_steps=max(1, total_steps // 50),
         logging_first_step=True,
-        save_strategy="no",
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=max(1, total_steps // CHECKPOINTS_PER_RUN),
+        save_total_limit=1,
         report_to="none",
         use_cpu=not cuda,
         bf16=bf16,
@@ -76,15 +89,39 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None) -> dict:
+def checkpoint_dir(stage: str, params, train_features) -> Path:
+    """Where `stage` keeps its checkpoints for one configuration (all params and the features):
+    a run with anything changed never resumes from them, and their stale ones are removed."""
+    identity = json.dumps([params, train_features._fingerprint], sort_keys=True, default=str)
+    directory = CHECKPOINTS / f"{stage}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    for stale in CHECKPOINTS.glob(f"{stage}-*"):
+        if stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
+def last_complete_checkpoint(directory: Path | None) -> Path | None:
+    """The newest checkpoint whose trainer state (written last by the Trainer) is there."""
+    if directory is None:
+        return None
+    complete = [c for c in directory.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return max(complete, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
+
+
+def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None,
+             checkpoints: Path | None = None) -> dict:
     """Train in place; return the loss history and throughput figures.
 
     With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).
+    With `checkpoints` (a directory), training resumes from its last complete checkpoint and
+    saves new ones as it goes; the directory is removed once training has finished.
     """
     if len(train_features) == 0:
         raise StageError("the train features are empty: nothing to train on")
     with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
-        args = training_arguments(section, seed, scratch, len(train_features))
+        resume_from = last_complete_checkpoint(checkpoints)
+        args = training_arguments(section, seed, str(checkpoints or scratch), len(train_features),
+                                  checkpoints=checkpoints is not None)
         setup = {
             "model": model,
             "args": args,
@@ -97,11 +134,13 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             trainer = DistillationTrainer(**setup, teacher=teacher, temperature=float(section["distill_temperature"]),
                                           alpha=float(section["distill_alpha"]))
         try:
-            result = trainer.train()
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError:
             raise StageError(
                 f"out of memory at batch_size={section['batch_size']}: lower it in params.yaml"
             ) from None
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     history = [
         {"step": entry["step"], "loss": round(entry["loss"], 5), "learning_rate": entry.get("learning_rate")}
         for entry in trainer.state.log_history
@@ -114,10 +153,6 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         "steps": result.global_step,
         "samples_per_second": round(result.metrics["train_samples_per_second"], 3),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
     }
 
-
-def write_loss_csv(path: Path, history: list[dict]) -> None:
-    """The loss curve as CSV for `dvc plots`."""
-    lines = ["step,loss"] + [f"{h['step']},{h['loss']}" for h in history]
-    path.write_text("\n".join(lines) + "\n")
