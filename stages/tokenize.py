@@ -136,6 +136,12 @@ def _load_hub_squad() -> tuple[list[dict], list[dict]]:
 def _tokenize_pairs(examples: dict, tokenizer, max_length: int, doc_stride: int):
     question_first = tokenizer.padding_side == "right"
     questions = [q.lstrip() for q in examples["question"]]
+    # Every window holds the whole question: it must leave more than doc_stride tokens of context.
+    room = max_length - doc_stride - tokenizer.num_special_tokens_to_add(pair=True)
+    for qid, ids in zip(examples["id"], tokenizer(questions, add_special_tokens=False)["input_ids"]):
+        if len(ids) >= room:
+            raise StageError(f"question {qid!r} is {len(ids)} tokens: too long for tokenize.max_length={max_length} "
+                             f"with doc_stride={doc_stride} (a question may take at most {room - 1})")
     return tokenizer(
         questions if question_first else examples["context"],
         examples["context"] if question_first else questions,

@@ -27,7 +27,7 @@ def qa_examples(draw):
     context = " ".join(words)
     start = len(" ".join(words[:first])) + (1 if first else 0)
     answer = " ".join(words[first:last + 1])
-    return {"question": [draw(st.sampled_from(["Who?", "When was it?", "Where did the river go?"]))],
+    return {"id": ["q"], "question": [draw(st.sampled_from(["Who?", "When was it?", "Where did the river go?"]))],
             "context": [context], "answers": [{"text": [answer], "answer_start": [start]}]}
 
 

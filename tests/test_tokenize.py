@@ -156,3 +156,19 @@ def test_validation_features_keep_context_offsets_only(tokenizer):
 
 def test_context_span():
     assert context_span([None, 0, 0, None, 1, 1, 1, None], 1) == (4, 6)
+
+
+def test_question_longer_than_a_window_is_one_clear_error(tokenizer):
+    batch = {"id": ["long-q"], "question": ["word " * 100], "context": ["Ada was born in 1815."],
+             "answers": [{"text": ["1815"], "answer_start": [16]}]}
+    with pytest.raises(StageError, match=r"question 'long-q' is 100 tokens: too long for tokenize.max_length=64"):
+        prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
+
+
+def test_context_far_longer_than_a_window_becomes_many_windows(tokenizer):
+    context = "filler text here. " * 300 + "Ada was born in 1815."
+    batch = {"id": ["long-c"], "question": ["When was Ada born?"], "context": [context],
+             "answers": [{"text": ["1815"], "answer_start": [context.index("1815")]}]}
+    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
+    assert len(features["input_ids"]) > 20 and all(len(ids) <= 64 for ids in features["input_ids"])
+    assert sum(s > 0 for s in features["start_positions"]) >= 1  # the answer sits in a late window
