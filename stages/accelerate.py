@@ -1,115 +1,312 @@
-"""accelerate: turn the sparse model into an inference model with a per-layer kernel plan.
+"""accelerate: turn the sparse model into an inference model with a measured per-layer kernel plan.
 
-On a CUDA GPU with 2:4 tensor cores (compute capability >= 8.0) the pruned Linears are
-converted for semi-structured sparse kernels, backend chosen by the device (CUTLASS's forced
-path fails on 9.x); everywhere else every layer is planned "dense" with the reason, and the
-stage still succeeds. The plan is saved beside the model and applied again when it is loaded.
+On a GPU with 2:4 tensor cores and cuSPARSELt, every 2:4 Linear of the encoder is timed (once per
+weight shape) against cuBLAS at the benchmark's token counts (batch x sequence), each cuSPARSELt
+kernel config in turn; `accelerate.mode=auto` keeps 2:4 per layer and batch-size bucket only where
+it measured faster, then times the whole model (as CUDA graphs) dense, per-layer and all-2:4 per
+bucket and keeps the fastest, so the result is never slower than dense at the shapes it was made
+for. Everywhere else (no CUDA, compute capability < 8.0, mode none) every layer is planned dense
+with the reason, and the stage succeeds. The plan is saved beside the model and applied when it is
+loaded; the stage checks the accelerated outputs against the masked dense model before it ends.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import torch
 
 from .common import StageError, best_device, device_facts, read_json, write_json
-from .modeling import load_qa_model
-from .prune import MASKS_FILE, two_four_violations
+from .modeling import encoder_linears, load_qa_model
+from .prune import two_four_violations
+from .sparse_engine import (
+    CudaGraphRunner,
+    best_alg,
+    choose_alg,
+    choose_variant,
+    device_backend,
+    median_ms,
+    swap_linears,
+    tune_linears,
+    token_buckets,
+)
 
 PLAN_FILE = "plan.json"
 MAX_RELATIVE_ERROR = 2e-3
+# auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (timing noise
+# is ~1%), and a whole-model variant only when it beats dense end to end by this much.
+MIN_LAYER_SPEEDUP = 1.02
+MIN_MODEL_SPEEDUP = 1.01
+MODEL_TIMING_WARMUP, MODEL_TIMING_REPEATS = 3, 20
+# cuSPARSELt's smallest fp16/bf16 sparse operand dimension.
+SPARSE_DIM_MULTIPLE = 16
+VARIANTS = ("dense", "per_layer", "all_2of4")
+
+Kernels = dict[int, "int | None"]  # token bucket -> cuSPARSELt alg_id, None = dense matmul
 
 
-def sparse_backend(device: torch.device) -> tuple[str | None, str]:
-    """(backend, why): the 2:4 kernel library this device can use, or None with the reason."""
-    if device.type != "cuda":
-        return None, "dense: no CUDA device"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return None, f"dense: compute capability {major}.{minor} < 8.0 has no 2:4 sparse tensor cores"
-    if major == 8:
-        return "cutlass", f"compute capability {major}.{minor}: CUTLASS 2:4 kernels"
-    if getattr(torch.backends, "cusparselt", None) is None or not torch.backends.cusparselt.is_available():
-        return None, f"dense: compute capability {major}.{minor} needs cuSPARSELt, which this torch lacks"
-    return "cusparselt", f"compute capability {major}.{minor}: cuSPARSELt 2:4 kernels"
+# --------------------------------------------------------------------------- pure plan logic
+def shape_key(weight_shape) -> str:
+    out_features, in_features = weight_shape
+    return f"{out_features}x{in_features}"
 
 
-def build_plan(layers: dict[str, torch.nn.Linear], mode: str, device: torch.device) -> dict:
-    """Which layers get 2:4 kernels and why; a pure function of the device and the mode."""
-    backend, reason = sparse_backend(device)
-    if mode == "none":
-        backend, reason = None, "dense: accelerate.mode=none"
-    plan = {"mode": mode, "backend": backend, "reason": reason, "layers": {}}
-    for name, linear in layers.items():
-        if backend is None:
-            plan["layers"][name] = {"backend": "dense", "reason": reason}
-        elif two_four_violations(linear.weight):
-            plan["layers"][name] = {"backend": "dense", "reason": "dense: weight is not 2:4 sparse"}
-        else:
-            plan["layers"][name] = {"backend": backend}
-    return plan
+def why_dense(weight: torch.Tensor) -> str | None:
+    """Why a layer cannot take the 2:4 kernel, or None when it can."""
+    if any(dim % SPARSE_DIM_MULTIPLE for dim in weight.shape):
+        return f"dense: shape {tuple(weight.shape)} is not a multiple of {SPARSE_DIM_MULTIPLE} (cuSPARSELt)"
+    if two_four_violations(weight):
+        return "dense: weight is not 2:4 sparse"
+    return None
 
 
-def apply_plan(model: torch.nn.Module, plan: dict) -> torch.nn.Module:
-    """Swap the planned Linears' weights for semi-structured sparse tensors (GPU only)."""
-    sparse = [name for name, entry in plan["layers"].items() if entry["backend"] != "dense"]
-    if not sparse:
-        return model
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+def layer_kernels(shapes: dict[str, str], timings: dict[str, dict[int, dict]], mode: str) -> dict[str, Kernels]:
+    """Per layer and bucket, the kernel each layer's measured shape earned (see choose_alg)."""
+    return {
+        name: {bucket: choose_alg(timing, mode, MIN_LAYER_SPEEDUP) for bucket, timing in timings[shape].items()}
+        for name, shape in shapes.items()
+    }
 
-    SparseSemiStructuredTensor._FORCE_CUTLASS = plan["backend"] == "cutlass"
+
+def variant_kernels(variant: str, bucket: int, per_layer: dict[str, Kernels], shapes: dict[str, str],
+                    timings: dict[str, dict[int, dict]]) -> dict[str, int | None]:
+    """Each layer's kernel at one bucket under a whole-model variant."""
+    if variant == "dense":
+        return {name: None for name in per_layer}
+    if variant == "per_layer":
+        return {name: kernels[bucket] for name, kernels in per_layer.items()}
+    return {name: best_alg(timings[shapes[name]][bucket]) for name in per_layer}
+
+
+def distinct_variants(bucket: int, per_layer: dict[str, Kernels], shapes: dict[str, str],
+                      timings: dict[str, dict[int, dict]]) -> list[str]:
+    """The variants worth timing at a bucket: the ones whose kernels differ."""
+    seen, kept = [], []
+    for variant in VARIANTS:
+        kernels = variant_kernels(variant, bucket, per_layer, shapes, timings)
+        if kernels not in seen:
+            seen.append(kernels)
+            kept.append(variant)
+    return kept
+
+
+def final_kernels(mode: str, per_layer: dict[str, Kernels], shapes: dict[str, str],
+                  timings: dict[str, dict[int, dict]], model_ms: dict[int, dict[str, float]]) -> tuple[dict, dict]:
+    """(kernels per layer, variant per bucket): auto takes each bucket's fastest whole-model variant;
+    all and none keep the per-layer choice (timed as "dense" when it is the same kernels)."""
+    chosen = {bucket: (choose_variant(ms, MIN_MODEL_SPEEDUP) if mode == "auto" else
+                       "per_layer" if "per_layer" in ms else "dense")
+              for bucket, ms in model_ms.items()}
+    kernels: dict[str, Kernels] = {name: {} for name in per_layer}
+    for bucket, variant in chosen.items():
+        for name, alg_id in variant_kernels(variant, bucket, per_layer, shapes, timings).items():
+            kernels[name][bucket] = alg_id
+    return kernels, chosen
+
+
+def sparse_layer_names(plan: dict) -> list[str]:
+    return [name for name, entry in plan["layers"].items()
+            if any(alg_id is not None for alg_id in entry["kernels"].values())]
+
+
+def plan_kernels(plan: dict) -> dict[str, Kernels]:
+    """The saved plan's kernels of the layers that run 2:4 somewhere (JSON keys back to ints)."""
+    return {name: {int(bucket): alg_id for bucket, alg_id in plan["layers"][name]["kernels"].items()}
+            for name in sparse_layer_names(plan)}
+
+
+def summarize(plan: dict) -> dict:
+    """The stage's metrics: counts of 2:4 vs dense layers, per bucket the whole-model and per-layer timings."""
+    seq = plan["seq_length"]
+    layers = plan["layers"]
+    sparse = sparse_layer_names(plan)
+    metrics = {
+        "mode": plan["mode"],
+        "backend": plan["backend"] or "dense",
+        "reason": plan["reason"],
+        "dtype": plan["dtype"],
+        "layers_2of4": len(sparse),
+        "layers_dense": len(layers) - len(sparse),
+    }
+    if not plan["model_ms"]:
+        return metrics
+    metrics["by_batch"] = {}
+    for bucket, ms in plan["model_ms"].items():
+        chosen = plan["variants"][bucket]
+        metrics["by_batch"][f"bs{int(bucket) // seq}"] = {
+            "variant": chosen,
+            "layers_2of4": sum(layers[name]["kernels"][bucket] is not None for name in layers),
+            "model_dense_ms": round(ms["dense"], 4),
+            "model_accelerated_ms": round(ms[chosen], 4),
+            "model_speedup": round(ms["dense"] / ms[chosen], 3),
+        }
+    metrics["layers"] = {}
+    for name, entry in layers.items():
+        if "reason" in entry:
+            metrics["layers"][name] = {"kernel": "dense", "reason": entry["reason"]}
+            continue
+        per_bucket = {}
+        for bucket, alg_id in entry["kernels"].items():
+            timing = plan["shape_timings"][entry["shape"]][bucket]
+            sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
+            per_bucket[f"bs{int(bucket) // seq}"] = {
+                "kernel": "dense" if alg_id is None else f"cusparselt alg_id {alg_id}",
+                "dense_ms": round(timing["dense_ms"], 4),
+                "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
+                "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
+            }
+        metrics["layers"][name] = per_bucket
+    return metrics
+
+
+# --------------------------------------------------------------------------- GPU measurement
+def measure_shapes(layers: dict[str, torch.nn.Linear], buckets: list[int], dtype: torch.dtype) -> tuple[dict, list[str]]:
+    """Per weight shape ("outxin") and bucket: cuBLAS vs every cuSPARSELt config, and notes on failures."""
+    shapes = sorted({tuple(linear.weight.shape) for linear in layers.values()})
+    results, notes = tune_linears([(out, inp, bucket) for out, inp in shapes for bucket in buckets], dtype)
+    return {shape_key(shape): {bucket: results[(*shape, bucket)] for bucket in buckets} for shape in shapes}, notes
+
+
+def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, seq_length), generator=generator).to(device)
+
+
+def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kernels], shapes: dict[str, str],
+                        timings: dict, seq_length: int) -> dict[int, dict[str, float]]:
+    """Whole-model latency (ms, CUDA graph replay) per bucket of each distinct variant."""
+    model = swap_linears(copy.deepcopy(dense_model), {name: {} for name in per_layer}, keep_dense=True)
     modules = dict(model.named_modules())
-    for name in sparse:
-        linear = modules[name]
-        linear.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
-    return model
-
-
-def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The accelerate artifact: the model with its saved plan applied."""
-    model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
-    return apply_plan(model, read_json(Path(model_dir) / PLAN_FILE))
+    vocab = dense_model.config.vocab_size
+    result = {}
+    for bucket in sorted(next(iter(timings.values()))):
+        input_ids = random_ids(bucket // seq_length, seq_length, vocab, next(model.parameters()).device)
+        result[bucket] = {}
+        for variant in distinct_variants(bucket, per_layer, shapes, timings):
+            for name, alg_id in variant_kernels(variant, bucket, per_layer, shapes, timings).items():
+                modules[name].kernels = {bucket: alg_id}
+                modules[name].buckets = [bucket]
+            runner = CudaGraphRunner(model)
+            result[bucket][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
+                                                MODEL_TIMING_REPEATS, input_ids.device)
+            del runner
+            torch.cuda.empty_cache()
+    return result
 
 
 def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
     return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
 
 
-@torch.inference_mode()
-def check_outputs(dense: torch.nn.Module, accelerated: torch.nn.Module, device: torch.device, seq_length: int) -> float:
-    """Relative error of the accelerated model against the masked dense one on a sample batch."""
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1000, dense.config.vocab_size, (8, seq_length), generator=generator).to(device)
-    reference, output = dense(input_ids=input_ids), accelerated(input_ids=input_ids)
+def logits_error(reference, output) -> float:
     return max(relative_error(reference.start_logits, output.start_logits),
                relative_error(reference.end_logits, output.end_logits))
 
 
+@torch.inference_mode()
+def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: dict) -> dict[str, float]:
+    """Relative error of the accelerated logits vs the masked dense model, per bucket that runs 2:4.
+
+    Each such bucket runs eagerly at seq_length - 1 (an odd token count: the padding path), and the
+    smallest one also as its captured CUDA graph.
+    """
+    seq, vocab = plan["seq_length"], dense.config.vocab_size
+    device = next(dense.parameters()).device
+    sparse_buckets = sorted({int(bucket) for name in sparse_layer_names(plan)
+                             for bucket, alg_id in plan["layers"][name]["kernels"].items() if alg_id is not None})
+    errors = {}
+    for bucket in sparse_buckets:
+        batch = bucket // seq
+        input_ids = random_ids(batch, seq - 1, vocab, device, seed=bucket)
+        errors[f"bs{batch}_seq{seq - 1}_eager"] = logits_error(dense(input_ids=input_ids),
+                                                               accelerated.model(input_ids=input_ids))
+    if sparse_buckets:
+        batch = sparse_buckets[0] // seq
+        input_ids = random_ids(batch, seq, vocab, device, seed=1)
+        errors[f"bs{batch}_seq{seq}_graphed"] = logits_error(dense(input_ids=input_ids), accelerated(input_ids=input_ids))
+    return errors
+
+
+# --------------------------------------------------------------------------- stage
 def run(params, sparse_dir: Path, out_dir: Path) -> dict:
     device = best_device()
+    mode = params["accelerate.mode"]
+    backend, reason = device_backend(device)
+    if mode == "none":
+        backend, reason = None, "dense: accelerate.mode=none"
     dtype = getattr(torch, params["accelerate.dtype"]) if device.type == "cuda" else torch.float32
+    seq_length = params["benchmark.seq_length"]
+    buckets = token_buckets(params["benchmark.batch_sizes"], seq_length)
+
     model = load_qa_model(str(sparse_dir), dtype=dtype).to(device).eval()
-    masks = torch.load(sparse_dir / MASKS_FILE)
-    modules = dict(model.named_modules())
-    plan = build_plan({name: modules[name] for name in masks}, params["accelerate.mode"], device)
+    linears = encoder_linears(model)
+    blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
+    candidates = {name: linear for name, linear in linears.items() if name not in blocked}
+    shapes = {name: shape_key(linear.weight.shape) for name, linear in candidates.items()}
+
+    timings, notes, model_ms, variants, kernels = {}, [], {}, {}, {name: {} for name in candidates}
+    if backend is not None and candidates:
+        timings, notes = measure_shapes(candidates, buckets, dtype)
+        per_layer = layer_kernels(shapes, timings, mode)
+        model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length)
+        kernels, variants = final_kernels(mode, per_layer, shapes, timings, model_ms)
+
+    plan = {
+        "mode": mode,
+        "backend": backend,
+        "reason": reason,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_sizes": params["benchmark.batch_sizes"],
+        "seq_length": seq_length,
+        "token_buckets": buckets,
+        "device": device_facts(device),
+        "kernel_timing_notes": notes,
+        "variants": {str(b): v for b, v in variants.items()},
+        "model_ms": {str(b): ms for b, ms in model_ms.items()},
+        "shape_timings": {shape: {str(b): {**t, "sparse_ms": {str(a): ms for a, ms in t["sparse_ms"].items()}}
+                                  for b, t in per_bucket.items()} for shape, per_bucket in timings.items()},
+        "layers": {},
+    }
+    for name, linear in linears.items():
+        entry = {"shape": shape_key(linear.weight.shape), "kernels": {str(b): a for b, a in kernels.get(name, {}).items()}}
+        if backend is None or name in blocked:
+            entry["reason"] = reason if backend is None else blocked[name]
+        plan["layers"][name] = entry
+
     for item in sparse_dir.iterdir():
-        shutil.copy2(item, out_dir / item.name)
+        if item.is_file():
+            shutil.copy2(item, out_dir / item.name)
     write_json(out_dir / PLAN_FILE, plan)
 
-    error = None
-    if plan["backend"] is not None:
-        accelerated = load_accelerated(out_dir, device, dtype)
-        error = check_outputs(model, accelerated, device, min(128, params["benchmark.seq_length"]))
-        if error > MAX_RELATIVE_ERROR:
-            raise StageError(f"accelerated outputs differ from the masked dense model: "
-                             f"relative error {error:.2e} > {MAX_RELATIVE_ERROR}")
-    decisions = [entry["backend"] for entry in plan["layers"].values()]
-    return {
-        "mode": plan["mode"],
-        "backend": plan["backend"] or "dense",
-        "reason": plan["reason"],
-        "layers_sparse": sum(d != "dense" for d in decisions),
-        "layers_dense": decisions.count("dense"),
-        "output_relative_error": error,
-        "device": device_facts(device),
-    }
+    metrics = summarize(plan)
+    metrics["output_relative_error"] = None
+    if sparse_layer_names(plan):
+        errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan)
+        metrics["output_relative_error"] = {key: round(err, 6) for key, err in errors.items()}
+        worst = max(errors, key=errors.__getitem__)
+        if errors[worst] > MAX_RELATIVE_ERROR:
+            raise StageError(f"accelerated outputs differ from the masked dense model at {worst}: relative error "
+                             f"{errors[worst]:.2e} > {MAX_RELATIVE_ERROR} (plan in {out_dir / PLAN_FILE})")
+    metrics["device"] = device_facts(device)
+    return metrics
+
+
+def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, graphs: bool = True) -> torch.nn.Module:
+    """The accelerate artifact: the model with its plan's 2:4 Linears swapped in.
+
+    With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs,
+    any other shape runs eagerly. Without a CUDA device that has 2:4 kernels, or under a dense
+    plan, it is the plain model.
+    """
+    model_dir = Path(model_dir)
+    model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
+    plan = read_json(model_dir / PLAN_FILE)
+    kernels = plan_kernels(plan)
+    if not kernels or device_backend(device)[0] is None:
+        return model
+    swap_linears(model, kernels)
+    if not graphs:
+        return model
+    tuned = {(batch, plan["seq_length"]) for batch in plan["batch_sizes"]}
+    return CudaGraphRunner(model, capturable=lambda shape: tuple(shape) in tuned)

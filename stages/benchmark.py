@@ -1,50 +1,128 @@
-"""benchmark: dense vs accelerated forward latency per batch size, eager and torch.compile.
+"""benchmark: dense vs accelerated forward latency per batch size: eager, compiled and (GPU) graphed.
 
-Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU); speedup is
-dense / accelerated. An out-of-memory at one batch size is recorded and the others still run.
+Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU, a host clock on a CPU);
+speedup is dense / accelerated. Modes: eager (module calls; on a GPU this includes cuSPARSELt's
+per-call host planning), compiled (torch.compile; on a GPU with mode="reduce-overhead", i.e.
+with CUDA graphs) and, on a GPU, graphed (the eager modules captured as one CUDA graph per batch
+size). An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
+runs the tutorial's single-Linear microbenchmark.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import subprocess
 from pathlib import Path
 
 import torch
 
-from .accelerate import load_accelerated
+from .accelerate import load_accelerated, relative_error
 from .common import best_device, device_facts
 from .modeling import load_qa_model
+from .sparse_engine import (
+    CudaGraphRunner,
+    SparseLinear,
+    best_alg,
+    device_backend,
+    median_ms,
+    tune_linears,
+)
+
+VARIANTS = ("dense", "accelerated")
+# The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
+TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
 
 
-def median_latency_ms(forward, warmup: int, repeats: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        forward()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            forward()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            forward()
-            times.append((time.perf_counter() - begin) * 1000)
-    return statistics.median(times)
+def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
+    return ["eager"] + (["compiled"] if compile_enabled else []) + (["graphed"] if on_gpu else [])
 
 
-def speedups(latency: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
+    """The callable a mode times. Compiled shapes stay static: one graph per batch size."""
+    if mode == "compiled":
+        return torch.compile(model, dynamic=False, mode="reduce-overhead" if on_gpu else None)
+    if mode == "graphed":
+        return CudaGraphRunner(model)
+    return model
+
+
+def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
     """dense / accelerated per batch size and mode, where both were measured."""
     result = {}
     for batch, row in latency.items():
-        modes = {key.split("_", 1)[1] for key in row if key.startswith("dense_")}
-        result[batch] = {
-            mode: round(row[f"dense_{mode}"] / row[f"accelerated_{mode}"], 3)
-            for mode in sorted(modes) if f"accelerated_{mode}" in row
-        }
+        modes_seen = [key.split("_", 1)[1] for key in row if key.startswith("dense_")]
+        result[batch] = {mode: round(row[f"dense_{mode}"] / row[f"accelerated_{mode}"], 3)
+                         for mode in modes_seen if f"accelerated_{mode}" in row}
     return result
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver version (torch reports only the CUDA runtime's)."""
+    try:
+        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        pass
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
+
+
+def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params, device) -> tuple[dict, dict]:
+    """(latency ms, peak memory MiB) per variant_mode at one batch size; raises OutOfMemoryError."""
+    vocab = models["dense"]["eager"].config.vocab_size
+    input_ids = torch.randint(0, vocab, (batch, seq_length), device=device)
+    latency, peak = {}, {}
+    for mode in mode_names:
+        for variant in VARIANTS:
+            forward = models[variant][mode]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                ms = median_ms(lambda: forward(input_ids=input_ids), params["benchmark.warmup"],
+                               params["benchmark.repeats"], device)
+            latency[f"{variant}_{mode}"] = round(ms, 3)
+            if device.type == "cuda":
+                peak[f"{variant}_{mode}"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return latency, peak
+
+
+@torch.no_grad()
+def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
+    """The tutorial's Linear, dense (cuBLAS) vs 2:4 (cuSPARSELt, tuned config), GPU time and eager."""
+    from torch.sparse import to_sparse_semi_structured
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
+    linear.weight.mul_(torch.tensor([0, 0, 1, 1], dtype=dtype, device=device).tile(TUTORIAL_OUT, TUTORIAL_IN // 4))
+    x = torch.rand(TUTORIAL_TOKENS, TUTORIAL_IN, device=device, dtype=dtype)
+    results, notes = tune_linears([(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)], dtype)
+    timing = results[(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)]
+    alg_id = best_alg(timing)
+    sparse = SparseLinear(linear, {TUTORIAL_TOKENS: alg_id})
+    subclass = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
+    subclass.bias.copy_(linear.bias)
+    subclass.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+    warmup, repeats = params["benchmark.warmup"], params["benchmark.repeats"]
+    return {
+        "shape": f"x {TUTORIAL_TOKENS}x{TUTORIAL_IN} @ W {TUTORIAL_OUT}x{TUTORIAL_IN} ({str(dtype).removeprefix('torch.')})",
+        "dense_ms": round(timing["dense_ms"], 4),
+        "sparse_ms": round(timing["sparse_ms"][alg_id], 4),
+        "speedup": round(timing["dense_ms"] / timing["sparse_ms"][alg_id], 3),
+        "alg_id": alg_id,
+        "sparse_ms_by_alg_id": {str(a): round(ms, 4) for a, ms in timing["sparse_ms"].items()},
+        "search": timing["search"],
+        "kernel_timing_notes": notes,
+        "timing": "GPU time per call, CUDA-graph replay (no host overhead), random 2:4 weights",
+        "eager_dense_ms": round(median_ms(lambda: linear(x), warmup, repeats, device), 4),
+        "eager_sparse_ms": round(median_ms(lambda: sparse(x), warmup, repeats, device), 4),
+        "eager_torch_subclass_ms": round(median_ms(lambda: subclass(x), warmup, repeats, device), 4),
+        "relative_error": round(relative_error(linear(x), sparse(x)), 6),
+    }
 
 
 def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict]]:
@@ -53,40 +131,46 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
     dtype = getattr(torch, params["accelerate.dtype"]) if on_gpu else torch.float32
     batch_sizes = params["benchmark.batch_sizes" if on_gpu else "benchmark.cpu_batch_sizes"]
     seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
-    variants = {
+    mode_names = modes(on_gpu, params["benchmark.compile"])
+    plain = {
         "dense": load_qa_model(str(dense_dir), dtype=dtype).to(device).eval(),
-        "accelerated": load_accelerated(accelerated_dir, device, dtype),
+        "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
     }
-    modes = {"eager": lambda m: m}
-    if params["benchmark.compile"]:
-        modes["compiled"] = torch.compile
-    vocab = variants["dense"].config.vocab_size
-    latency: dict[str, dict[str, float]] = {}
-    errors: dict[str, str] = {}
-    rows = []
-    for mode, wrap in modes.items():
-        for name, model in variants.items():
-            forward_model = wrap(model)
-            for batch in batch_sizes:
-                key = f"bs{batch}"
-                input_ids = torch.randint(1000, vocab, (batch, seq_length), device=device)
-                try:
-                    with torch.inference_mode():
-                        ms = median_latency_ms(lambda: forward_model(input_ids=input_ids), params["benchmark.warmup"],
-                                               params["benchmark.repeats"], device)
-                except torch.OutOfMemoryError:
-                    errors[f"{key}.{name}_{mode}"] = "out of memory"
-                    torch.cuda.empty_cache()
-                    continue
-                latency.setdefault(key, {})[f"{name}_{mode}"] = round(ms, 3)
-                rows.append({"batch_size": batch, "variant": name, "mode": mode, "latency_ms": round(ms, 3)})
+    latency, peak_memory, rows = {}, {}, []
+    for batch in batch_sizes:
+        key = f"bs{batch}"
+        # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
+        models = {variant: {mode: wrap(model, mode, on_gpu) for mode in mode_names} for variant, model in plain.items()}
+        try:
+            latency[key], peak = measure_batch(models, batch, seq_length, mode_names, params, device)
+        except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
+            if not is_out_of_memory(err):
+                raise
+            latency[key] = {"error": "out of memory"}
+            continue
+        finally:
+            del models
+            if on_gpu:
+                torch.compiler.reset()
+                torch.cuda.empty_cache()
+        if peak:
+            peak_memory[key] = peak
+        rows += [{"batch_size": batch, "variant": variant, "mode": mode, "latency_ms": ms}
+                 for variant_mode, ms in latency[key].items()
+                 for variant, mode in [variant_mode.split("_", 1)]]
     metrics = {
         "seq_length": seq_length,
         "dtype": str(dtype).removeprefix("torch."),
+        "modes": mode_names,
+        "warmup": params["benchmark.warmup"],
+        "repeats": params["benchmark.repeats"],
         "latency_ms": latency,
         "speedup": speedups(latency),
         "device": device_facts(device),
     }
-    if errors:
-        metrics["errors"] = errors
+    if on_gpu:
+        metrics["peak_memory_mb"] = peak_memory
+        metrics["device"]["driver"] = gpu_driver_version()
+        if device_backend(device)[0] is not None:
+            metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
     return metrics, rows

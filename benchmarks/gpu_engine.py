@@ -1,0 +1,125 @@
+"""The GPU targets of the 2:4 engine, measured through the pipeline's own accelerate and benchmark stages.
+
+Builds a bert-base-cased-shaped QA model from a BertConfig (hidden 768, 12 layers, 12 heads,
+intermediate 3072; random weights, no hub access), applies 2:4 magnitude masks to its encoder
+Linears, runs stages.accelerate.run on it, then stages.benchmark.run (dense = the same model
+unmasked), and prints the plan, the latency table, the speedups and the tutorial's single-Linear
+microbenchmark. Run from the repository root on a GPU:
+
+    python benchmarks/gpu_engine.py --out gpu-results.json            # params.yaml's benchmark sizes
+    python benchmarks/gpu_engine.py --repeats 50 --no-compile --mode all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stages import accelerate, benchmark  # noqa: E402
+from stages.modeling import encoder_linears  # noqa: E402
+from stages.params import load_params  # noqa: E402
+
+BERT_BASE_CASED = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, max_position_embeddings=512)
+
+
+def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| of every 4 consecutive weights along the input dimension."""
+    groups = weight.abs().reshape(weight.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    return keep.reshape(weight.shape)
+
+
+def build_models(root: Path) -> tuple[Path, Path]:
+    """(dense_dir, sparse_dir): the random bert-base-shaped model, unmasked and 2:4-masked."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**BERT_BASE_CASED)).eval()
+    model.save_pretrained(root / "dense")
+    with torch.no_grad():
+        for linear in encoder_linears(model).values():
+            linear.weight.mul_(two_four_mask(linear.weight))
+    model.save_pretrained(root / "sparse")
+    return root / "dense", root / "sparse"
+
+
+def print_results(plan_metrics: dict, bench: dict) -> None:
+    print("\n== accelerate: whole model per batch size (CUDA graphs) ==")
+    for batch, row in plan_metrics.get("by_batch", {}).items():
+        print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3}  "
+              f"dense {row['model_dense_ms']:8.3f} ms  accelerated {row['model_accelerated_ms']:8.3f} ms  "
+              f"x{row['model_speedup']:.3f}")
+    print(f"output check (relative error): {plan_metrics['output_relative_error']}")
+    first_layer = {name: row for name, row in plan_metrics.get("layers", {}).items() if ".layer.0." in name}
+    print("\n== accelerate: layer 0's Linears (GPU time per call, best 2:4 config vs cuBLAS) ==")
+    for name, per_batch in first_layer.items():
+        cells = "  ".join(f"{b}: x{r['speedup']} {'2:4' if r['kernel'] != 'dense' else 'dense'}"
+                          for b, r in per_batch.items())
+        print(f"{name.split('layer.0.')[1]:<28} {cells}")
+    print(f"\n== benchmark: latency (ms, median of {bench['repeats']}), seq {bench['seq_length']}, {bench['dtype']} ==")
+    for batch, row in bench["latency_ms"].items():
+        print(f"{batch:>6}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    print("\n== benchmark: speedup dense/accelerated ==")
+    for batch, row in bench["speedup"].items():
+        print(f"{batch:>6}  " + "  ".join(f"{mode}=x{s}" for mode, s in row.items()))
+    if "tutorial_linear" in bench:
+        t = bench["tutorial_linear"]
+        print(f"\n== tutorial Linear {t['shape']} ==\n"
+              f"GPU time: dense {t['dense_ms']} ms, 2:4 {t['sparse_ms']} ms (alg_id {t['alg_id']}), x{t['speedup']}\n"
+              f"eager: dense {t['eager_dense_ms']} ms, 2:4 {t['eager_sparse_ms']} ms, "
+              f"torch subclass {t['eager_torch_subclass_ms']} ms; {t['search']}")
+    print(f"\ndevice: {json.dumps(bench['device'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write every figure here as JSON")
+    parser.add_argument("--mode", choices=["auto", "all", "none"], default="auto")
+    parser.add_argument("--batch-sizes", type=int, nargs="+")
+    parser.add_argument("--seq-length", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_engine.py measures GPU targets: no CUDA device here")
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params["accelerate"]["mode"] = args.mode
+    for key, value in (("batch_sizes", args.batch_sizes), ("seq_length", args.seq_length),
+                       ("warmup", args.warmup), ("repeats", args.repeats)):
+        if value is not None:
+            params["benchmark"][key] = value
+    params["benchmark"]["compile"] = params["benchmark"]["compile"] and not args.no_compile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_dir, sparse_dir = build_models(Path(tmp))
+        accelerated_dir = Path(tmp) / "accelerated"
+        accelerated_dir.mkdir()
+        start = time.perf_counter()
+        plan_metrics = accelerate.run(params, sparse_dir, accelerated_dir)
+        accelerate_s = time.perf_counter() - start
+        plan = json.loads((accelerated_dir / accelerate.PLAN_FILE).read_text())
+        start = time.perf_counter()
+        bench, rows = benchmark.run(params, dense_dir, accelerated_dir)
+        benchmark_s = time.perf_counter() - start
+
+    print_results(plan_metrics, bench)
+    print(f"accelerate stage {accelerate_s:.1f} s, benchmark stage {benchmark_s:.1f} s")
+    if args.out:
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "accelerate": plan_metrics, "plan": plan,
+                                        "benchmark": bench, "rows": rows,
+                                        "stage_seconds": {"accelerate": accelerate_s, "benchmark": benchmark_s}},
+                                       indent=2))
+
+
+if __name__ == "__main__":
+    main()

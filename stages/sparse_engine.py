@@ -1,0 +1,365 @@
+"""The GPU 2:4 engine: a Linear that calls cuSPARSELt directly, per-shape kernel timing, CUDA graphs.
+
+Pure torch (no transformers), so every decision here is testable on a CPU with fake timings.
+
+Why not `torch.sparse.to_sparse_semi_structured`: measured on an H100 (torch 2.11, cuSPARSELt
+0.8) its default kernel config (alg_id 0) is among the slowest, the tensor subclass adds copies
+around every matmul, and each cuSPARSELt call pays milliseconds of host-side planning. Here the
+weight is packed once, the kernel config is chosen per shape by timing, and a model runs as a
+replayed CUDA graph, which leaves the host work out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import _pytree as pytree
+
+CUSPARSELT = "cusparselt"
+MIN_CAPABILITY = (8, 0)
+# cuSPARSELt's fp16/bf16 dense operand needs a multiple of 8 rows (here: tokens).
+TOKEN_ALIGNMENT = 8
+# torch does not report cuSPARSELt 0.8's number of kernel configs (get_max_alg_id() is None);
+# timing goes up to here or to the first id that fails (on an H100: 0..35 run, 36 fails).
+MAX_ALG_ID = 63
+
+
+# --------------------------------------------------------------------------- decisions (pure)
+def sparse_backend(capability: tuple[int, int] | None, cusparselt_available: bool) -> tuple[str | None, str]:
+    """(backend, why) for a device: the 2:4 kernel library to use, or None and why it stays dense.
+
+    cuSPARSELt runs 2:4 on compute capability 8.x and 9.x alike and takes a kernel config per
+    call; the CUTLASS path the tutorial forces runs on 8.x only (it raises on 9.x), so it is not used.
+    """
+    if capability is None:
+        return None, "dense: no CUDA device"
+    major, minor = capability
+    if (major, minor) < MIN_CAPABILITY:
+        return None, f"dense: compute capability {major}.{minor} < 8.0 has no 2:4 sparse tensor cores"
+    if not cusparselt_available:
+        return None, f"dense: compute capability {major}.{minor}, but this torch build has no cuSPARSELt"
+    return CUSPARSELT, f"compute capability {major}.{minor}: cuSPARSELt 2:4 kernels"
+
+
+def device_backend(device: torch.device) -> tuple[str | None, str]:
+    if device.type != "cuda":
+        return sparse_backend(None, False)
+    return sparse_backend(torch.cuda.get_device_capability(device), torch.backends.cusparselt.is_available())
+
+
+def token_buckets(batch_sizes: list[int], seq_length: int) -> list[int]:
+    """The token counts (batch x sequence) the kernels are tuned for, ascending."""
+    return sorted({batch * seq_length for batch in batch_sizes})
+
+
+def bucket_for(tokens: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds `tokens`; past the largest, the largest."""
+    return next((bucket for bucket in buckets if tokens <= bucket), buckets[-1])
+
+
+def best_alg(timing: dict) -> int | None:
+    """The fastest cuSPARSELt config in a tune_linears result, or None when none ran."""
+    sparse = timing["sparse_ms"]
+    return min(sparse, key=sparse.__getitem__) if sparse else None
+
+
+def choose_alg(timing: dict, mode: str, min_speedup: float) -> int | None:
+    """The cuSPARSELt config (alg_id) a layer runs at one bucket, or None for the dense matmul.
+
+    `timing` is a tune_linears result. auto keeps 2:4 only where its fastest config beats dense by
+    `min_speedup`; all takes the fastest config wherever one ran; none is always dense.
+    """
+    best = best_alg(timing)
+    if mode == "none" or best is None:
+        return None
+    if mode == "all" or timing["dense_ms"] / timing["sparse_ms"][best] >= min_speedup:
+        return best
+    return None
+
+
+def choose_variant(latency_ms: dict[str, float], min_speedup: float, baseline: str = "dense") -> str:
+    """The fastest of several whole-model variants; the baseline unless another beats it by min_speedup."""
+    best = min(latency_ms, key=latency_ms.__getitem__)
+    return best if latency_ms[baseline] / latency_ms[best] >= min_speedup else baseline
+
+
+def rotation_count(bytes_per_call: int, l2_bytes: int, limit: int = 8) -> int:
+    """Input sets a timing loop cycles through so that it reads memory, not L2, as a model's layer does."""
+    return max(1, min(limit, math.ceil(2 * l2_bytes / max(bytes_per_call, 1))))
+
+
+# --------------------------------------------------------------------------- the sparse Linear
+def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
+    """x2d @ W.t() + bias with W packed by torch._cslt_compress: no transposed copies.
+
+    cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
+    place, and transpose_result hands back the (tokens, out) row-major result.
+    """
+    tokens = x2d.shape[0]
+    pad = -tokens % TOKEN_ALIGNMENT
+    if pad:
+        x2d = F.pad(x2d, (0, 0, 0, pad))
+    out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, transpose_result=True, alg_id=alg_id)
+    return out[:tokens] if pad else out
+
+
+class SparseLinear(nn.Module):
+    """An inference Linear that runs its 2:4 weight on cuSPARSELt where that measured faster.
+
+    `kernels` maps each token bucket to a cuSPARSELt alg_id, or to None where the dense matmul
+    won; the dense weight is kept only when some bucket (or a later re-plan) needs it.
+    """
+
+    def __init__(self, linear: nn.Linear, kernels: dict[int, int | None], keep_dense: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kernels = dict(kernels)
+        self.buckets = sorted(self.kernels)
+        weight = linear.weight.detach()
+        self.register_buffer("packed", torch._cslt_compress(weight))
+        self.register_buffer("weight", weight if keep_dense or None in self.kernels.values() else None)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2d = x.reshape(-1, self.in_features).contiguous()
+        alg_id = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
+        if alg_id is None:
+            out = F.linear(x2d, self.weight, self.bias)
+        else:
+            out = sparse_mm(self.packed, x2d, self.bias, alg_id)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
+
+
+def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | None]],
+                 keep_dense: bool = False) -> nn.Module:
+    """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place)."""
+    for name, kernels in kernels_by_layer.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, SparseLinear(getattr(parent, child), kernels, keep_dense))
+    return model
+
+
+# --------------------------------------------------------------------------- timing
+def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU."""
+    for _ in range(warmup):
+        forward()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            forward()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            forward()
+            times.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(times)
+
+
+def graph_time_ms(step: Callable[[int], object], count: int, replays: int = 10) -> float:
+    """GPU time of one step: median replay time of a CUDA graph holding `count` steps, divided by count.
+
+    step(0) runs eagerly first, so handles and cuSPARSELt's plan are made before the capture; the
+    graph keeps the host's per-call work out of the figure.
+    """
+    step(0)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(count):
+            step(i)
+    replay_ms = median_ms(graph.replay, warmup=2, repeats=replays, device=torch.device("cuda"))
+    del graph
+    return replay_ms / count
+
+
+class LinearProblem:
+    """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with."""
+
+    def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype):
+        device = torch.device("cuda")
+        bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize
+        self.sets = rotation_count(bytes_per_call, torch.cuda.get_device_properties(device).L2_cache_size)
+        pattern = torch.tensor([0, 0, 1, 1], device=device, dtype=dtype).tile(out_features, in_features // 4)
+        self.weights = [torch.randn(out_features, in_features, device=device, dtype=dtype) * pattern
+                        for _ in range(self.sets)]
+        self.packed = [torch._cslt_compress(w) for w in self.weights]
+        self.inputs = [torch.randn(tokens, in_features, device=device, dtype=dtype) for _ in range(self.sets)]
+        self.bias = torch.randn(out_features, device=device, dtype=dtype)
+        self.count = max(self.sets, 4)
+
+    def dense_ms(self) -> float:
+        return graph_time_ms(lambda i: F.linear(self.inputs[i % self.sets], self.weights[i % self.sets], self.bias),
+                             self.count)
+
+    def sparse_ms(self, alg_id: int) -> float:
+        return graph_time_ms(
+            lambda i: sparse_mm(self.packed[i % self.sets], self.inputs[i % self.sets], self.bias, alg_id), self.count)
+
+    def search(self) -> int:
+        return int(torch._cslt_sparse_mm_search(self.packed[0], self.inputs[0].t(), bias=self.bias,
+                                                transpose_result=True))
+
+
+Problem = tuple[int, int, int]  # (out_features, in_features, tokens)
+EVENT = "@@event "
+
+
+def _timing_child() -> None:
+    """`python -m stages.sparse_engine`: time the jobs read from stdin, one JSON event per line on stdout.
+
+    Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
+    parent reads the last "try" event to learn what failed and starts a fresh child without it.
+    """
+    spec = json.load(sys.stdin)
+    dtype = getattr(torch, spec["dtype"])
+
+    def emit(kind: str, problem, **fields) -> None:
+        print(EVENT + json.dumps({"kind": kind, "problem": problem, **fields}), flush=True)
+
+    with torch.inference_mode():
+        for job in spec["jobs"]:
+            problem = job["problem"]
+            timer = LinearProblem(*problem, dtype)
+            if job["dense"]:
+                emit("dense", problem, ms=timer.dense_ms())
+            alg_ids = range(job["first_alg"], spec["alg_limit"])
+            if job["search"]:
+                emit("try", problem, what="search")
+                alg_ids = [timer.search()]
+                emit("search", problem, alg_id=alg_ids[0])
+            for alg_id in alg_ids:
+                emit("try", problem, what=alg_id)
+                emit("alg", problem, alg_id=alg_id, ms=timer.sparse_ms(alg_id))
+            emit("done", problem)
+
+
+def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool = True,
+                 max_alg_id: int = MAX_ALG_ID) -> tuple[dict[Problem, dict], list[str]]:
+    """GPU time (ms) of cuBLAS dense vs each cuSPARSELt config, per (out, in, tokens) problem.
+
+    Runs in child processes (`python -m stages.sparse_engine`): on an H100 with cuSPARSELt 0.8 the
+    kernel search and an out-of-range alg_id each kill the CUDA context (illegal instruction),
+    which no exception handler undoes. A failed search is dropped for hand timing of alg_id 0, 1,
+    ...; a failed alg_id k ends that problem's configs at k and caps later problems' ids below k.
+    Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search"}}, notes on what failed).
+    """
+    results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried"} for p in problems}
+    pending, notes, search, alg_limit = list(problems), [], try_search, max_alg_id + 1
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                    os.environ.get("PYTHONPATH")])))
+    while pending:
+        spec = {"dtype": str(dtype).removeprefix("torch."), "alg_limit": alg_limit, "jobs": [
+            {"problem": p, "dense": results[p]["dense_ms"] is None, "search": search,
+             "first_alg": len(results[p]["sparse_ms"])} for p in pending]}
+        child = subprocess.run([sys.executable, "-m", "stages.sparse_engine"], input=json.dumps(spec),
+                               capture_output=True, text=True, env=env)
+        last_try = None
+        for line in child.stdout.splitlines():
+            if not line.startswith(EVENT):
+                continue
+            event = json.loads(line.removeprefix(EVENT))
+            problem = tuple(event["problem"])
+            if event["kind"] == "try":
+                last_try = (problem, event["what"])
+            elif event["kind"] == "dense":
+                results[problem]["dense_ms"] = event["ms"]
+            elif event["kind"] == "search":
+                results[problem]["search"] = f"search chose alg_id {event['alg_id']}"
+            elif event["kind"] == "alg":
+                results[problem]["sparse_ms"][event["alg_id"]] = event["ms"]
+            else:  # done
+                pending.remove(problem)
+        if child.returncode == 0:
+            continue
+        error = next((ln for ln in reversed(child.stderr.splitlines()) if "Error" in ln), "no error message")[:200]
+        if last_try is None:
+            raise RuntimeError(f"kernel timing process failed before timing anything: {error}")
+        problem, what = last_try
+        if what == "search":
+            search = False
+            notes.append(f"cuSPARSELt search failed ({error}); alg_ids timed by hand")
+            for p in problems:
+                results[p]["search"] = "failed; alg_ids timed by hand"
+        else:
+            pending.remove(problem)
+            if what > 0:
+                alg_limit = min(alg_limit, what)
+            notes.append(f"{problem}: alg_id {what} failed ({error}); ids from {what} on not used")
+    return results, notes
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+def _clone_tensors(output):
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, output)
+
+
+class CudaGraphRunner(nn.Module):
+    """Runs a QA-style model as one replayed CUDA graph per input signature (shapes + which inputs).
+
+    A signature is captured on its first call when `capturable(input_ids.shape)` says so (the
+    shapes the kernels were tuned for); any other call runs the model eagerly. Graphs share one
+    memory pool; outputs are cloned, so they stay valid after the next call.
+    """
+
+    def __init__(self, model: nn.Module, capturable: Callable[[torch.Size], bool] = lambda shape: True):
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+        self.capturable = capturable
+        self.graphs: dict[tuple, tuple[dict, torch.cuda.CUDAGraph, object]] = {}
+        self.pool = None
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None):
+        inputs = {name: tensor for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                                                    ("token_type_ids", token_type_ids)) if tensor is not None}
+        signature = tuple((name, tuple(t.shape), t.dtype) for name, t in inputs.items())
+        entry = self.graphs.get(signature)
+        if entry is None:
+            if not self.capturable(input_ids.shape):
+                return self.model(**inputs)
+            entry = self.graphs[signature] = self._capture(inputs)
+        static_inputs, graph, static_output = entry
+        for name, tensor in inputs.items():
+            static_inputs[name].copy_(tensor)
+        graph.replay()
+        return _clone_tensors(static_output)
+
+    def _capture(self, inputs: dict[str, torch.Tensor]):
+        static_inputs = {name: tensor.clone() for name, tensor in inputs.items()}
+        # Warm up on a side stream (cuBLAS/cuSPARSELt handles and plans), as graph capture requires.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.model(**static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_output = self.model(**static_inputs)
+        self.pool = graph.pool()
+        return static_inputs, graph, static_output
+
+
+if __name__ == "__main__":
+    _timing_child()

@@ -1,0 +1,185 @@
+"""The GPU engine's decisions, tested on a CPU: backend by device, buckets, kernel and variant choice,
+the plan's round trip, the stage's dense plan without a GPU, and benchmark's out-of-memory record."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stages import accelerate, benchmark
+from stages.accelerate import (
+    MIN_LAYER_SPEEDUP,
+    distinct_variants,
+    final_kernels,
+    layer_kernels,
+    plan_kernels,
+    summarize,
+    why_dense,
+)
+from stages.sparse_engine import (
+    best_alg,
+    bucket_for,
+    choose_alg,
+    choose_variant,
+    rotation_count,
+    sparse_backend,
+    token_buckets,
+)
+
+
+@pytest.mark.parametrize("capability, cusparselt, backend, reason", [
+    (None, False, None, "dense: no CUDA device"),
+    ((7, 5), True, None, "dense: compute capability 7.5 < 8.0 has no 2:4 sparse tensor cores"),
+    ((8, 0), False, None, "dense: compute capability 8.0, but this torch build has no cuSPARSELt"),
+    ((8, 0), True, "cusparselt", "compute capability 8.0: cuSPARSELt 2:4 kernels"),
+    ((8, 6), True, "cusparselt", "compute capability 8.6: cuSPARSELt 2:4 kernels"),
+    # Hopper: the tutorial's forced CUTLASS raises there; cuSPARSELt runs.
+    ((9, 0), True, "cusparselt", "compute capability 9.0: cuSPARSELt 2:4 kernels"),
+])
+def test_backend_by_compute_capability(capability, cusparselt, backend, reason):
+    assert sparse_backend(capability, cusparselt) == (backend, reason)
+
+
+def test_token_buckets_and_bucket_selection():
+    buckets = token_buckets([64, 4, 16, 4], 384)
+    assert buckets == [1536, 6144, 24576]
+    assert bucket_for(1, buckets) == 1536
+    assert bucket_for(1536, buckets) == 1536
+    assert bucket_for(1537, buckets) == 6144
+    assert bucket_for(24576, buckets) == 24576
+    assert bucket_for(10**6, buckets) == 24576  # past the largest: the largest
+
+
+def timing(dense_ms, **sparse_ms):
+    return {"dense_ms": dense_ms, "sparse_ms": {int(k[1:]): v for k, v in sparse_ms.items()}, "search": "x"}
+
+
+def test_kernel_choice_by_mode():
+    faster = timing(1.0, a0=1.2, a3=0.8, a5=0.9)
+    marginal = timing(1.0, a1=0.995)  # 1.005x: inside timing noise
+    slower = timing(1.0, a0=1.3)
+    assert best_alg(faster) == 3 and best_alg(timing(1.0)) is None
+    assert [choose_alg(faster, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [3, 3, None]
+    assert [choose_alg(marginal, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, 1, None]
+    assert [choose_alg(slower, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, 0, None]
+    # No config ran (every alg_id failed): dense in every mode.
+    assert choose_alg(timing(1.0), "all", MIN_LAYER_SPEEDUP) is None
+
+
+def test_variant_choice_keeps_dense_unless_clearly_faster():
+    assert choose_variant({"dense": 10.0, "per_layer": 9.0, "all_2of4": 9.5}, 1.01) == "per_layer"
+    assert choose_variant({"dense": 10.0, "per_layer": 9.95}, 1.01) == "dense"
+    assert choose_variant({"dense": 10.0, "all_2of4": 12.0}, 1.01) == "dense"
+
+
+def test_rotation_count_spills_l2():
+    assert rotation_count(bytes_per_call=100 * 2**20, l2_bytes=50 * 2**20) == 1
+    assert rotation_count(bytes_per_call=10 * 2**20, l2_bytes=50 * 2**20) == 8  # capped
+    assert rotation_count(bytes_per_call=30 * 2**20, l2_bytes=50 * 2**20) == 4
+
+
+def test_why_dense_names_the_reason():
+    two_four = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(32, 8)  # 32 x 32
+    assert why_dense(two_four) is None
+    assert "not a multiple of 16" in why_dense(torch.zeros(24, 32))
+    dense = torch.ones(32, 32)
+    assert why_dense(dense) == "dense: weight is not 2:4 sparse"
+
+
+def plan_for(mode: str):
+    """A two-layer plan built from fake timings: FFN1 wins at the big bucket only, attention never."""
+    shapes = {"encoder.layer.0.intermediate.dense": "3072x768", "encoder.layer.0.attention.self.query": "768x768"}
+    timings = {
+        "3072x768": {1536: timing(1.0, a0=1.3, a2=1.1), 98304: timing(10.0, a0=9.8, a4=8.0)},
+        "768x768": {1536: timing(0.3, a0=0.5), 98304: timing(3.0, a1=3.5)},
+    }
+    per_layer = layer_kernels(shapes, timings, mode)
+    model_ms = {1536: {"dense": 5.0, "all_2of4": 6.0}, 98304: {"dense": 100.0, "per_layer": 92.0, "all_2of4": 97.0}}
+    if mode != "auto":  # all: per-layer kernels are each shape's fastest, the same as all_2of4
+        model_ms = {1536: {"dense": 5.0, "per_layer": 6.0}, 98304: {"dense": 100.0, "per_layer": 97.0}}
+    return shapes, timings, per_layer, model_ms
+
+
+def test_auto_plan_keeps_2of4_only_where_it_won():
+    shapes, timings, per_layer, model_ms = plan_for("auto")
+    assert per_layer == {"encoder.layer.0.intermediate.dense": {1536: None, 98304: 4},
+                         "encoder.layer.0.attention.self.query": {1536: None, 98304: None}}
+    kernels, variants = final_kernels("auto", per_layer, shapes, timings, model_ms)
+    assert distinct_variants(98304, per_layer, shapes, timings) == ["dense", "per_layer", "all_2of4"]
+    assert distinct_variants(1536, per_layer, shapes, timings) == ["dense", "all_2of4"]
+    assert variants == {1536: "dense", 98304: "per_layer"}
+    assert kernels == per_layer
+
+
+def test_all_plan_takes_every_fastest_config():
+    shapes, timings, per_layer, model_ms = plan_for("all")
+    assert distinct_variants(1536, per_layer, shapes, timings) == ["dense", "per_layer"]
+    kernels, variants = final_kernels("all", per_layer, shapes, timings, model_ms)
+    assert kernels == {"encoder.layer.0.intermediate.dense": {1536: 2, 98304: 4},
+                       "encoder.layer.0.attention.self.query": {1536: 0, 98304: 1}}
+    assert variants == {1536: "per_layer", 98304: "per_layer"}  # all keeps 2:4 even where it is slower
+
+
+def test_plan_round_trips_through_json_and_summary():
+    shapes, timings, per_layer, model_ms = plan_for("auto")
+    kernels, variants = final_kernels("auto", per_layer, shapes, timings, model_ms)
+    plan = {
+        "mode": "auto", "backend": "cusparselt", "reason": "r", "dtype": "float16", "seq_length": 384,
+        "variants": {str(b): v for b, v in variants.items()},
+        "model_ms": {str(b): ms for b, ms in model_ms.items()},
+        "shape_timings": {s: {str(b): {**t, "sparse_ms": {str(a): v for a, v in t["sparse_ms"].items()}}
+                              for b, t in per.items()} for s, per in timings.items()},
+        "layers": {name: {"shape": shapes[name], "kernels": {str(b): a for b, a in kernels[name].items()}}
+                   for name in shapes},
+    }
+    plan = json.loads(json.dumps(plan))
+    assert plan_kernels(plan) == {"encoder.layer.0.intermediate.dense": {1536: None, 98304: 4}}
+    metrics = summarize(plan)
+    assert (metrics["layers_2of4"], metrics["layers_dense"]) == (1, 1)
+    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "model_dense_ms": 5.0,
+                                          "model_accelerated_ms": 5.0, "model_speedup": 1.0}
+    assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
+    ffn = metrics["layers"]["encoder.layer.0.intermediate.dense"]["bs256"]
+    assert ffn == {"kernel": "cusparselt alg_id 4", "dense_ms": 10.0, "sparse_ms": 8.0, "speedup": 1.25}
+
+
+def test_stage_without_gpu_writes_a_dense_plan_with_its_reason(params, tiny_model, tmp_path):
+    from stages.modeling import load_qa_model
+
+    out = tmp_path / "accelerated"
+    out.mkdir()
+    metrics = accelerate.run(params, tiny_model, out)
+    assert (metrics["backend"], metrics["reason"]) == ("dense", "dense: no CUDA device")
+    assert metrics["layers_2of4"] == 0 and metrics["output_relative_error"] is None
+    plan = json.loads((out / accelerate.PLAN_FILE).read_text())
+    assert plan["layers"] and all(entry["reason"] == "dense: no CUDA device" for entry in plan["layers"].values())
+    loaded = accelerate.load_accelerated(out, torch.device("cpu"), torch.float32)
+    reference = load_qa_model(str(tiny_model))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
+
+
+def test_benchmark_records_out_of_memory_and_runs_the_other_sizes(params, tiny_model, tmp_path, monkeypatch):
+    (tmp_path / "accelerated").mkdir()
+    accelerate.run(params, tiny_model, tmp_path / "accelerated")
+    real_measure = benchmark.measure_batch
+
+    def out_of_memory_at_batch_1(models, batch, *args):
+        if batch == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_measure(models, batch, *args)
+
+    monkeypatch.setattr(benchmark, "measure_batch", out_of_memory_at_batch_1)
+    metrics, rows = benchmark.run(params, tiny_model, tmp_path / "accelerated")
+    assert metrics["latency_ms"]["bs1"] == {"error": "out of memory"}
+    assert metrics["latency_ms"]["bs2"]["dense_eager"] > 0
+    assert metrics["speedup"]["bs1"] == {} and metrics["speedup"]["bs2"]["eager"] > 0
+    assert {row["batch_size"] for row in rows} == {2}
+
+
+def test_benchmark_reraises_errors_that_are_not_out_of_memory(params, tiny_model, tmp_path, monkeypatch):
+    (tmp_path / "accelerated").mkdir()
+    accelerate.run(params, tiny_model, tmp_path / "accelerated")
+    monkeypatch.setattr(benchmark, "measure_batch", lambda *args: (_ for _ in ()).throw(RuntimeError("bad shape")))
+    with pytest.raises(RuntimeError, match="bad shape"):
+        benchmark.run(params, tiny_model, tmp_path / "accelerated")
