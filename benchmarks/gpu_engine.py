@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--max-alg-id", type=int, help="cuSPARSELt configs to time: 0..this")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -94,6 +95,8 @@ def main() -> None:
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     params["accelerate"]["mode"] = args.mode
+    if args.max_alg_id is not None:
+        params["accelerate"]["max_alg_id"] = args.max_alg_id
     for key, value in (("batch_sizes", args.batch_sizes), ("seq_length", args.seq_length),
                        ("warmup", args.warmup), ("repeats", args.repeats)):
         if value is not None:

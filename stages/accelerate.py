@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .common import StageError, best_device, device_facts, read_json, write_json
 from .modeling import encoder_linears, load_qa_model
@@ -161,10 +162,12 @@ def summarize(plan: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- GPU measurement
-def measure_shapes(layers: dict[str, torch.nn.Linear], buckets: list[int], dtype: torch.dtype) -> tuple[dict, list[str]]:
+def measure_shapes(layers: dict[str, torch.nn.Linear], buckets: list[int], dtype: torch.dtype,
+                   max_alg_id: int) -> tuple[dict, list[str]]:
     """Per weight shape ("outxin") and bucket: cuBLAS vs every cuSPARSELt config, and notes on failures."""
     shapes = sorted({tuple(linear.weight.shape) for linear in layers.values()})
-    results, notes = tune_linears([(out, inp, bucket) for out, inp in shapes for bucket in buckets], dtype)
+    results, notes = tune_linears([(out, inp, bucket) for out, inp in shapes for bucket in buckets], dtype,
+                                  max_alg_id=max_alg_id)
     return {shape_key(shape): {bucket: results[(*shape, bucket)] for bucket in buckets} for shape in shapes}, notes
 
 
@@ -180,7 +183,7 @@ def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kerne
     modules = dict(model.named_modules())
     vocab = dense_model.config.vocab_size
     result = {}
-    for bucket in sorted(next(iter(timings.values()))):
+    for bucket in tqdm(sorted(next(iter(timings.values()))), desc="timing whole-model variants", unit="batch size"):
         input_ids = random_ids(bucket // seq_length, seq_length, vocab, next(model.parameters()).device)
         result[bucket] = {}
         for variant in distinct_variants(bucket, per_layer, shapes, timings):
@@ -247,7 +250,7 @@ def run(params, sparse_dir: Path, out_dir: Path) -> dict:
 
     timings, notes, model_ms, variants, kernels = {}, [], {}, {}, {name: {} for name in candidates}
     if backend is not None and candidates:
-        timings, notes = measure_shapes(candidates, buckets, dtype)
+        timings, notes = measure_shapes(candidates, buckets, dtype, params["accelerate.max_alg_id"])
         per_layer = layer_kernels(shapes, timings, mode)
         model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length)
         kernels, variants = final_kernels(mode, per_layer, shapes, timings, model_ms)

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .accelerate import load_accelerated, relative_error
 from .common import best_device, device_facts
@@ -100,7 +101,8 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     linear = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
     linear.weight.mul_(torch.tensor([0, 0, 1, 1], dtype=dtype, device=device).tile(TUTORIAL_OUT, TUTORIAL_IN // 4))
     x = torch.rand(TUTORIAL_TOKENS, TUTORIAL_IN, device=device, dtype=dtype)
-    results, notes = tune_linears([(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)], dtype)
+    results, notes = tune_linears([(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)], dtype,
+                                  max_alg_id=params["accelerate.max_alg_id"])
     timing = results[(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)]
     alg_id = best_alg(timing)
     sparse = SparseLinear(linear, {TUTORIAL_TOKENS: alg_id})
@@ -137,7 +139,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
     }
     latency, peak_memory, rows = {}, {}, []
-    for batch in batch_sizes:
+    for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
         models = {variant: {mode: wrap(model, mode, on_gpu) for mode in mode_names} for variant, model in plain.items()}

@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
+from tqdm.auto import tqdm
 
 CUSPARSELT = "cusparselt"
 MIN_CAPABILITY = (8, 0)
 # cuSPARSELt's fp16/bf16 dense operand needs a multiple of 8 rows (here: tokens).
 TOKEN_ALIGNMENT = 8
-# torch does not report cuSPARSELt 0.8's number of kernel configs (get_max_alg_id() is None);
-# timing goes up to here or to the first id that fails (on an H100: 0..35 run, 36 fails).
-MAX_ALG_ID = 63
+# A kernel config that makes no progress for this long is treated as failed.
+STALL_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------- decisions (pure)
@@ -252,47 +255,82 @@ def _timing_child() -> None:
             emit("done", problem)
 
 
+def _events(child: subprocess.Popen, stall_timeout_s: float):
+    """The child's events as they come; stops at its exit, or kills it after `stall_timeout_s` of silence."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in child.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=stall_timeout_s)
+        except queue.Empty:
+            child.kill()
+            raise TimeoutError(f"no progress for {stall_timeout_s:.0f} s") from None
+        if line is None:
+            return
+        if line.startswith(EVENT):
+            yield json.loads(line.removeprefix(EVENT))
+
+
 def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool = True,
-                 max_alg_id: int = MAX_ALG_ID) -> tuple[dict[Problem, dict], list[str]]:
+                 max_alg_id: int = 15, stall_timeout_s: float = STALL_TIMEOUT_S,
+                 ) -> tuple[dict[Problem, dict], list[str]]:
     """GPU time (ms) of cuBLAS dense vs each cuSPARSELt config, per (out, in, tokens) problem.
 
     Runs in child processes (`python -m stages.sparse_engine`): on an H100 with cuSPARSELt 0.8 the
-    kernel search and an out-of-range alg_id each kill the CUDA context (illegal instruction),
-    which no exception handler undoes. A failed search is dropped for hand timing of alg_id 0, 1,
-    ...; a failed alg_id k ends that problem's configs at k and caps later problems' ids below k.
+    kernel search fails (an internal error) and an out-of-range alg_id can kill the CUDA context,
+    which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
+    without an event). A failed search is dropped for hand timing of alg_id 0..max_alg_id (torch
+    reports no count of configs for cuSPARSELt 0.8: get_max_alg_id() is None; an H100 has 0..35);
+    a failed alg_id k ends that problem's configs at k and caps later problems' ids below k.
+    Each config costs ~1-2 s there (plan set-up and graph capture), hence the small default range.
     Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search"}}, notes on what failed).
     """
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried"} for p in problems}
     pending, notes, search, alg_limit = list(problems), [], try_search, max_alg_id + 1
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                     os.environ.get("PYTHONPATH")])))
+    progress = tqdm(total=len(problems), desc="timing 2:4 kernels", unit="shape")
     while pending:
         spec = {"dtype": str(dtype).removeprefix("torch."), "alg_limit": alg_limit, "jobs": [
             {"problem": p, "dense": results[p]["dense_ms"] is None, "search": search,
              "first_alg": len(results[p]["sparse_ms"])} for p in pending]}
-        child = subprocess.run([sys.executable, "-m", "stages.sparse_engine"], input=json.dumps(spec),
-                               capture_output=True, text=True, env=env)
-        last_try = None
-        for line in child.stdout.splitlines():
-            if not line.startswith(EVENT):
+        with tempfile.TemporaryFile("w+") as stderr:
+            child = subprocess.Popen([sys.executable, "-m", "stages.sparse_engine"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+            child.stdin.write(json.dumps(spec))
+            child.stdin.close()
+            last_try, error = None, None
+            try:
+                for event in _events(child, stall_timeout_s):
+                    problem = tuple(event["problem"])
+                    if event["kind"] == "try":
+                        last_try = (problem, event["what"])
+                        progress.set_postfix_str(f"{problem} {event['what']}")
+                    elif event["kind"] == "dense":
+                        results[problem]["dense_ms"] = event["ms"]
+                    elif event["kind"] == "search":
+                        results[problem]["search"] = f"search chose alg_id {event['alg_id']}"
+                    elif event["kind"] == "alg":
+                        results[problem]["sparse_ms"][event["alg_id"]] = event["ms"]
+                    else:  # done
+                        pending.remove(problem)
+                        last_try = None
+                        progress.update()
+            except TimeoutError as stalled:
+                error = str(stalled)
+            if child.wait() == 0:
                 continue
-            event = json.loads(line.removeprefix(EVENT))
-            problem = tuple(event["problem"])
-            if event["kind"] == "try":
-                last_try = (problem, event["what"])
-            elif event["kind"] == "dense":
-                results[problem]["dense_ms"] = event["ms"]
-            elif event["kind"] == "search":
-                results[problem]["search"] = f"search chose alg_id {event['alg_id']}"
-            elif event["kind"] == "alg":
-                results[problem]["sparse_ms"][event["alg_id"]] = event["ms"]
-            else:  # done
-                pending.remove(problem)
-        if child.returncode == 0:
-            continue
-        error = next((ln for ln in reversed(child.stderr.splitlines()) if "Error" in ln), "no error message")[:200]
+            stderr.seek(0)
+            error = error or next((ln for ln in reversed(stderr.read().splitlines()) if "Error" in ln),
+                                  "no error message")[:200]
         if last_try is None:
-            raise RuntimeError(f"kernel timing process failed before timing anything: {error}")
+            raise RuntimeError(f"kernel timing process failed outside a kernel config: {error}")
         problem, what = last_try
         if what == "search":
             search = False
@@ -301,9 +339,11 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
                 results[p]["search"] = "failed; alg_ids timed by hand"
         else:
             pending.remove(problem)
+            progress.update()
             if what > 0:
                 alg_limit = min(alg_limit, what)
             notes.append(f"{problem}: alg_id {what} failed ({error}); ids from {what} on not used")
+    progress.close()
     return results, notes
 
 

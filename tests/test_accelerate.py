@@ -183,3 +183,27 @@ def test_benchmark_reraises_errors_that_are_not_out_of_memory(params, tiny_model
     monkeypatch.setattr(benchmark, "measure_batch", lambda *args: (_ for _ in ()).throw(RuntimeError("bad shape")))
     with pytest.raises(RuntimeError, match="bad shape"):
         benchmark.run(params, tiny_model, tmp_path / "accelerated")
+
+
+def test_kernel_timing_child_that_stalls_is_killed():
+    import subprocess
+    import sys
+
+    from stages.sparse_engine import EVENT, _events
+
+    script = f"import time; print({EVENT!r} + '{{\"kind\": \"try\"}}', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    events = _events(child, stall_timeout_s=2.0)
+    assert next(events) == {"kind": "try"}
+    with pytest.raises(TimeoutError, match="no progress for 2 s"):
+        next(events)
+    assert child.wait(timeout=10) != 0  # killed, not left running
+
+
+def test_kernel_timing_without_gpu_fails_with_the_childs_error():
+    from stages.sparse_engine import tune_linears
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the message on a machine without CUDA")
+    with pytest.raises(RuntimeError, match="kernel timing process failed outside a kernel config: .*Error"):
+        tune_linears([(32, 32, 64)], torch.float16)
