@@ -4,7 +4,7 @@ from pathlib import Path
 from flows.common import main, stage_flow
 from stages.accelerate import run
 
-accelerate_flow = stage_flow("accelerate", lambda params, out: run(params, Path("models/sparse"), out),
+accelerate_flow = stage_flow("accelerate", lambda params, out: run(params, Path("models/sparse"), out, Path("features")),
                              out="models/accelerated")
 
 if __name__ == "__main__":

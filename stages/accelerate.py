@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import int8
 from .common import StageError, best_device, device_facts, read_json, write_json
-from .modeling import encoder_linears, load_qa_model
-from .prune import two_four_violations
+from .modeling import encoder_linears, load_qa_model, load_tokenizer
+from .prune import calibration_batches, two_four_violations
 from .sparse_engine import (
     CudaGraphRunner,
     best_alg,
@@ -124,6 +125,7 @@ def summarize(plan: dict) -> dict:
     sparse = sparse_layer_names(plan)
     metrics = {
         "mode": plan["mode"],
+        "precision": plan["precision"],
         "backend": plan["backend"] or "dense",
         "reason": plan["reason"],
         "dtype": plan["dtype"],
@@ -232,12 +234,42 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: di
 
 
 # --------------------------------------------------------------------------- stage
-def run(params, sparse_dir: Path, out_dir: Path) -> dict:
+def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, vocab_size: int,
+                       device: torch.device) -> tuple[dict[str, torch.Tensor], str]:
+    """One seeded batch of model inputs for the int8 check: train features where they exist (the
+    pipeline), random tokens where they do not (a bare GPU box, benchmarks/gpu_engine.py)."""
+    size, seed = params["prune.calibration_batch_size"], params["seed"]
+    if features_dir is not None and (features_dir / "train").exists():
+        import datasets  # here, not at the top: the GPU box has no datasets
+
+        batch = calibration_batches(datasets.load_from_disk(str(features_dir / "train")),
+                                    load_tokenizer(str(sparse_dir)), 1, size, seed)[0]
+        return {name: tensor.to(device) for name, tensor in batch.items()}, f"{size} train features"
+    return {"input_ids": random_ids(size, 128, vocab_size, device, seed)}, f"{size} x 128 random tokens"
+
+
+def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None) -> tuple[dict, dict]:
+    """(per-layer int8 errors for the plan, summary for the metrics) on one calibration batch."""
+    inputs, source = calibration_inputs(params, sparse_dir, features_dir, model.config.vocab_size,
+                                        next(model.parameters()).device)
+    errors = int8.sensitivity(model, linears, inputs)
+    allowed = int8.int8_layers(errors)
+    worst = max(errors, key=errors.__getitem__)
+    summary = {"calibration": source, "max_layer_error": int8.MAX_LAYER_ERROR,
+               "layers_int8_ok": sum(allowed.values()), "layers_checked": len(allowed),
+               "worst_layer": worst, "worst_error": round(errors[worst], 6)}
+    return {name: round(error, 6) for name, error in errors.items()}, summary
+
+
+def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None) -> dict:
     device = best_device()
-    mode = params["accelerate.mode"]
+    mode, precision = params["accelerate.mode"], params["accelerate.precision"]
     backend, reason = device_backend(device)
     if mode == "none":
         backend, reason = None, "dense: accelerate.mode=none"
+    if precision == "int8" and backend is not None:
+        raise StageError("params.yaml accelerate.precision=int8: the int8 2:4 GPU kernel path is not built yet "
+                         "(the int8 accuracy check runs without a GPU); use fp16 on this device")
     dtype = getattr(torch, params["accelerate.dtype"]) if device.type == "cuda" else torch.float32
     seq_length = params["benchmark.seq_length"]
     buckets = token_buckets(params["benchmark.batch_sizes"], seq_length)
@@ -247,6 +279,12 @@ def run(params, sparse_dir: Path, out_dir: Path) -> dict:
     blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
     candidates = {name: linear for name, linear in linears.items() if name not in blocked}
     shapes = {name: shape_key(linear.weight.shape) for name, linear in candidates.items()}
+
+    int8_errors, int8_summary = {}, None
+    if precision == "int8":
+        reason = f"{reason}; no int8 2:4 kernel on this device, int8 accuracy checked only"
+        if candidates:
+            int8_errors, int8_summary = int8_check(params, model, candidates, Path(sparse_dir), features_dir)
 
     timings, notes, model_ms, variants, kernels = {}, [], {}, {}, {name: {} for name in candidates}
     if backend is not None and candidates:
@@ -265,6 +303,8 @@ def run(params, sparse_dir: Path, out_dir: Path) -> dict:
         "token_buckets": buckets,
         "device": device_facts(device),
         "kernel_timing_notes": notes,
+        "precision": precision,
+        "int8_layer_error": int8_errors,
         "variants": {str(b): v for b, v in variants.items()},
         "model_ms": {str(b): ms for b, ms in model_ms.items()},
         "shape_timings": {shape: {str(b): {**t, "sparse_ms": {str(a): ms for a, ms in t["sparse_ms"].items()}}
@@ -283,6 +323,8 @@ def run(params, sparse_dir: Path, out_dir: Path) -> dict:
     write_json(out_dir / PLAN_FILE, plan)
 
     metrics = summarize(plan)
+    if int8_summary is not None:
+        metrics["int8"] = int8_summary
     metrics["output_relative_error"] = None
     if sparse_layer_names(plan):
         errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan)

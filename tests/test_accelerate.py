@@ -125,7 +125,8 @@ def test_plan_round_trips_through_json_and_summary():
     shapes, timings, per_layer, model_ms = plan_for("auto")
     kernels, variants = final_kernels("auto", per_layer, shapes, timings, model_ms)
     plan = {
-        "mode": "auto", "backend": "cusparselt", "reason": "r", "dtype": "float16", "seq_length": 384,
+        "mode": "auto", "precision": "fp16", "backend": "cusparselt", "reason": "r", "dtype": "float16",
+        "seq_length": 384,
         "variants": {str(b): v for b, v in variants.items()},
         "model_ms": {str(b): ms for b, ms in model_ms.items()},
         "shape_timings": {s: {str(b): {**t, "sparse_ms": {str(a): v for a, v in t["sparse_ms"].items()}}

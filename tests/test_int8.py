@@ -1,0 +1,105 @@
+"""int8 x 2:4 quantization math against a float reference, and the accelerate stage's int8 check on a CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from stages import accelerate
+from stages.int8 import (
+    INT8_MAX,
+    MAX_LAYER_ERROR,
+    absmax_scales,
+    int8_layers,
+    layer_error,
+    quantize,
+    reference_linear,
+    sensitivity,
+)
+
+
+def test_scales_map_each_rows_absmax_to_127():
+    t = torch.tensor([[0.5, -2.54, 1.0], [0.0, 0.0, 0.0], [3.0, 0.1, -0.2]])
+    scales = absmax_scales(t)
+    assert torch.allclose(scales, torch.tensor([2.54 / 127, 1.0, 3.0 / 127]))
+    q = quantize(t, scales)
+    assert q.dtype == torch.int8
+    assert q[0].tolist() == [25, -127, 50]  # 0.5 / 0.02 = 25, 1.0 / 0.02 = 50
+    assert q[1].tolist() == [0, 0, 0]  # an all-zero row stays zero, no division by zero
+    assert q[2].tolist() == [127, 4, -8]  # 0.1 / (3/127) = 4.23 -> 4, -0.2 / (3/127) = -8.47 -> -8
+
+
+def test_rounding_is_to_nearest_even_and_clamps_to_symmetric_range():
+    scales = torch.ones(1)
+    assert quantize(torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5]]), scales).tolist() == [[0, 2, 2, 0, -2]]
+    # Values past the scale's range clamp to +-127, never -128.
+    assert quantize(torch.tensor([[300.0, -300.0, 127.4, -127.6]]), scales).tolist() == [[127, -127, 127, -127]]
+
+
+def test_quantization_keeps_the_2of4_zeros():
+    weight = torch.randn(8, 16) * torch.tensor([0.0, 1.0, 0.0, 1.0]).repeat(8, 4)
+    q = quantize(weight, absmax_scales(weight))
+    assert bool((q.reshape(8, -1, 4) == 0).sum(-1).ge(2).all())
+
+
+def test_reference_matches_integer_arithmetic_exactly():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(5, 64), torch.randn(6, 64), torch.randn(6)
+    w_scales = absmax_scales(weight)
+    w_q = quantize(weight, w_scales)
+    x_scales = absmax_scales(x)
+    x_q = quantize(x, x_scales)
+    integer = x_q.long() @ w_q.long().t()  # what the kernel accumulates in int32
+    expected = integer.double() * x_scales.double()[:, None] * w_scales.double()[None, :] + bias.double()
+    assert torch.allclose(reference_linear(x, w_q, w_scales, bias).double(), expected, rtol=1e-6, atol=1e-6)
+    assert integer.abs().max() <= INT8_MAX * INT8_MAX * 64
+
+
+def test_int8_error_is_small_for_gaussian_and_large_for_outlier_activations():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 128)
+    gaussian = torch.randn(32, 256)
+    assert 1e-3 < layer_error(linear, gaussian) < 1e-2
+    # One huge channel per token (as in BERT's outlier dimensions) crushes every other channel
+    # into a few int8 steps: per-token scales cannot save it, so the layer must stay fp16.
+    outliers = gaussian.clone()
+    outliers[:, 7] = 500.0
+    errors = {"gaussian": layer_error(linear, gaussian), "outliers": layer_error(linear, outliers)}
+    assert errors["outliers"] > MAX_LAYER_ERROR
+    assert int8_layers(errors) == {"gaussian": True, "outliers": False}
+
+
+def test_sensitivity_hooks_every_layer_and_removes_its_hooks():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    model.forward = lambda input_ids: nn.Sequential.forward(model, input_ids)  # QA models take input_ids=
+    linears = {"0": model[0], "2": model[2]}
+    errors = sensitivity(model, linears, {"input_ids": torch.randn(4, 16)})
+    assert set(errors) == {"0", "2"} and all(0 < e < 0.05 for e in errors.values())
+    assert not model[0]._forward_hooks and not model[2]._forward_hooks
+
+
+def test_stage_int8_without_gpu_checks_accuracy_and_stays_dense(params, tiny_model, tmp_path):
+    from stages.prune import prune
+
+    params["accelerate"]["precision"] = "int8"
+    (tmp_path / "pruned").mkdir()
+    prune(params, tiny_model, tmp_path / "pruned")  # magnitude 2:4: every encoder Linear can take the kernel
+    out = tmp_path / "accelerated"
+    out.mkdir()
+    metrics = accelerate.run(params, tmp_path / "pruned", out)
+    assert metrics["precision"] == "int8" and metrics["layers_2of4"] == 0
+    assert metrics["reason"] == "dense: no CUDA device; no int8 2:4 kernel on this device, int8 accuracy checked only"
+    assert metrics["int8"]["calibration"] == "16 x 128 random tokens"
+    assert metrics["int8"]["layers_checked"] == 12  # 2 layers x (q, k, v, attention out, FFN in, FFN out)
+    plan = json.loads((out / accelerate.PLAN_FILE).read_text())
+    assert set(plan["int8_layer_error"]) == set(plan["layers"])
+    assert max(plan["int8_layer_error"].values()) == metrics["int8"]["worst_error"] > 0
+
+
+def test_stage_refuses_int8_on_a_gpu_until_the_kernel_path_exists(params, tiny_model, tmp_path, monkeypatch):
+    params["accelerate"]["precision"] = "int8"
+    monkeypatch.setattr(accelerate, "device_backend", lambda device: ("cusparselt", "compute capability 9.0"))
+    with pytest.raises(accelerate.StageError, match="accelerate.precision=int8: the int8 2:4 GPU kernel path"):
+        accelerate.run(params, tiny_model, tmp_path)
