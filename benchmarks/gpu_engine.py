@@ -51,7 +51,7 @@ def build_models(root: Path) -> tuple[Path, Path]:
     return root / "dense", root / "sparse"
 
 
-def print_results(plan_metrics: dict, bench: dict) -> None:
+def print_plan(plan_metrics: dict) -> None:
     print("\n== accelerate: whole model per batch size (CUDA graphs) ==")
     for batch, row in plan_metrics.get("by_batch", {}).items():
         print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3}  "
@@ -64,6 +64,9 @@ def print_results(plan_metrics: dict, bench: dict) -> None:
         cells = "  ".join(f"{b}: x{r['speedup']} {'2:4' if r['kernel'] != 'dense' else 'dense'}"
                           for b, r in per_batch.items())
         print(f"{name.split('layer.0.')[1]:<28} {cells}")
+
+
+def print_benchmark(bench: dict) -> None:
     print(f"\n== benchmark: latency (ms, median of {bench['repeats']}), seq {bench['seq_length']}, {bench['dtype']} ==")
     for batch, row in bench["latency_ms"].items():
         print(f"{batch:>6}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
@@ -103,26 +106,28 @@ def main() -> None:
             params["benchmark"][key] = value
     params["benchmark"]["compile"] = params["benchmark"]["compile"] and not args.no_compile
 
+    results = {"command": " ".join(sys.argv), "stage_seconds": {}}
+
+    def save() -> None:  # after each stage, so a run cut short still leaves its figures
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         dense_dir, sparse_dir = build_models(Path(tmp))
         accelerated_dir = Path(tmp) / "accelerated"
         accelerated_dir.mkdir()
         start = time.perf_counter()
-        plan_metrics = accelerate.run(params, sparse_dir, accelerated_dir)
-        accelerate_s = time.perf_counter() - start
-        plan = json.loads((accelerated_dir / accelerate.PLAN_FILE).read_text())
+        results["accelerate"] = accelerate.run(params, sparse_dir, accelerated_dir)
+        results["stage_seconds"]["accelerate"] = time.perf_counter() - start
+        results["plan"] = json.loads((accelerated_dir / accelerate.PLAN_FILE).read_text())
+        save()
+        print_plan(results["accelerate"])
         start = time.perf_counter()
-        bench, rows = benchmark.run(params, dense_dir, accelerated_dir)
-        benchmark_s = time.perf_counter() - start
-
-    print_results(plan_metrics, bench)
-    print(f"accelerate stage {accelerate_s:.1f} s, benchmark stage {benchmark_s:.1f} s")
-    if args.out:
-        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "accelerate": plan_metrics, "plan": plan,
-                                        "benchmark": bench, "rows": rows,
-                                        "stage_seconds": {"accelerate": accelerate_s, "benchmark": benchmark_s}},
-                                       indent=2))
-
+        results["benchmark"], results["rows"] = benchmark.run(params, dense_dir, accelerated_dir)
+        results["stage_seconds"]["benchmark"] = time.perf_counter() - start
+        save()
+    print_benchmark(results["benchmark"])
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_seconds"].items()))
 
 if __name__ == "__main__":
     main()
