@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import int8
-from .common import StageError, best_device, device_facts, read_json, write_json
+from .common import StageError, best_device, device_facts, read_json, relative_error, write_json
 from .modeling import encoder_linears, load_qa_model, load_tokenizer
 from .prune import calibration_batches, two_four_violations
 from .sparse_engine import (
@@ -198,10 +198,6 @@ def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kerne
             del runner
             torch.cuda.empty_cache()
     return result
-
-
-def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
-    return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
 
 
 def logits_error(reference, output) -> float:

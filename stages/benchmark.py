@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .accelerate import load_accelerated, relative_error
-from .common import best_device, device_facts
+from .accelerate import load_accelerated
+from .common import best_device, device_facts, relative_error
 from .modeling import load_qa_model
 from .sparse_engine import (
     CudaGraphRunner,

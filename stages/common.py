@@ -132,3 +132,8 @@ def run_facts(device: torch.device | None = None) -> Iterator[dict]:
     else:
         # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
         facts["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
+    """||output - reference|| / ||reference|| (Frobenius), in float32."""
+    return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import relative_error
+
 INT8_MAX = 127
 # A layer keeps int8 when its output on the calibration batch differs from the float layer's by
 # at most this relative (Frobenius) error; fp16 rounding alone is ~5e-4.
@@ -42,10 +44,6 @@ def reference_linear(x2d: torch.Tensor, weight_q: torch.Tensor, weight_scales: t
     acc = x_q.double() @ weight_q.double().t()
     out = (acc * token_scales.double().unsqueeze(-1) * weight_scales.double()).float()
     return out if bias is None else out + bias.float()
-
-
-def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
-    return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
 
 
 def layer_error(linear: nn.Linear, inputs: torch.Tensor) -> float:
