@@ -73,8 +73,10 @@ def print_benchmark(bench: dict) -> None:
     print("\n== benchmark: speedup dense/accelerated ==")
     for batch, row in bench["speedup"].items():
         print(f"{batch:>6}  " + "  ".join(f"{mode}=x{s}" for mode, s in row.items()))
-    if "tutorial_linear" in bench:
-        t = bench["tutorial_linear"]
+    t = bench.get("tutorial_linear", {})
+    if "error" in t:
+        print(f"\n== tutorial Linear {t['shape']} ==\n{t['error']}: {t['kernel_timing_notes']}")
+    elif t:
         print(f"\n== tutorial Linear {t['shape']} ==\n"
               f"GPU time: dense {t['dense_ms']} ms, 2:4 {t['sparse_ms']} ms (alg_id {t['alg_id']}), x{t['speedup']}\n"
               f"eager: dense {t['eager_dense_ms']} ms, 2:4 {t['eager_sparse_ms']} ms, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .accelerate import load_accelerated
+from .accelerate import load_accelerated, random_ids
 from .common import best_device, device_facts, relative_error
 from .modeling import load_qa_model
 from .sparse_engine import (
@@ -75,8 +75,7 @@ def gpu_driver_version() -> str | None:
 
 def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params, device) -> tuple[dict, dict]:
     """(latency ms, peak memory MiB) per variant_mode at one batch size; raises OutOfMemoryError."""
-    vocab = models["dense"]["eager"].config.vocab_size
-    input_ids = torch.randint(0, vocab, (batch, seq_length), device=device)
+    input_ids = random_ids(batch, seq_length, models["dense"]["eager"].config.vocab_size, device, seed=batch)
     latency, peak = {}, {}
     for mode in mode_names:
         for variant in VARIANTS:
@@ -105,13 +104,16 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
                                   max_alg_id=params["accelerate.max_alg_id"])
     timing = results[(TUTORIAL_OUT, TUTORIAL_IN, TUTORIAL_TOKENS)]
     alg_id = best_alg(timing)
+    shape = f"x {TUTORIAL_TOKENS}x{TUTORIAL_IN} @ W {TUTORIAL_OUT}x{TUTORIAL_IN} ({str(dtype).removeprefix('torch.')})"
+    if alg_id is None:
+        return {"shape": shape, "error": "no cuSPARSELt kernel config ran", "kernel_timing_notes": notes}
     sparse = SparseLinear(linear, {TUTORIAL_TOKENS: alg_id})
     subclass = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
     subclass.bias.copy_(linear.bias)
     subclass.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
     warmup, repeats = params["benchmark.warmup"], params["benchmark.repeats"]
     return {
-        "shape": f"x {TUTORIAL_TOKENS}x{TUTORIAL_IN} @ W {TUTORIAL_OUT}x{TUTORIAL_IN} ({str(dtype).removeprefix('torch.')})",
+        "shape": shape,
         "dense_ms": round(timing["dense_ms"], 4),
         "sparse_ms": round(timing["sparse_ms"][alg_id], 4),
         "speedup": round(timing["dense_ms"] / timing["sparse_ms"][alg_id], 3),
