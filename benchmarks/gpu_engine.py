@@ -8,6 +8,7 @@ microbenchmark. Run from the repository root on a GPU:
 
     python benchmarks/gpu_engine.py --out gpu-results.json            # params.yaml's benchmark sizes
     python benchmarks/gpu_engine.py --repeats 50 --no-compile --mode all
+    python benchmarks/gpu_engine.py --precision int8 --out gpu-results-int8.json
 """
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
     parser.add_argument("--mode", choices=["auto", "all", "none"], default="auto")
+    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16",
+                        help="int8: int8 2:4 kernels where the layer's int8 check passes")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
     parser.add_argument("--seq-length", type=int)
     parser.add_argument("--warmup", type=int)
@@ -100,6 +103,7 @@ def main() -> None:
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     params["accelerate"]["mode"] = args.mode
+    params["accelerate"]["precision"] = args.precision
     if args.max_alg_id is not None:
         params["accelerate"]["max_alg_id"] = args.max_alg_id
     for key, value in (("batch_sizes", args.batch_sizes), ("seq_length", args.seq_length),

@@ -73,3 +73,29 @@ def sensitivity(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[st
 def int8_layers(errors: dict[str, float], max_error: float = MAX_LAYER_ERROR) -> dict[str, bool]:
     """Per layer, whether it may run int8 (its error within max_error)."""
     return {name: error <= max_error for name, error in errors.items()}
+
+
+class Int8ReferenceLinear(nn.Module):
+    """A Linear that computes what the int8 2:4 kernel computes, on any device (reference_linear):
+    where no int8 kernel runs, the pipeline still scores the int8 model's accuracy."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        self.register_buffer("weight_scales", absmax_scales(weight))
+        self.register_buffer("weight_q", quantize(weight, self.weight_scales))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = reference_linear(x.reshape(-1, self.in_features), self.weight_q, self.weight_scales, self.bias)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+def emulate(model: nn.Module, names: set[str]) -> nn.Module:
+    """Replace the named nn.Linears by Int8ReferenceLinears (in place)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, Int8ReferenceLinear(getattr(parent, child)))
+    return model

@@ -29,10 +29,12 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
+from . import int8
+
 CUSPARSELT = "cusparselt"
 MIN_CAPABILITY = (8, 0)
-# cuSPARSELt's fp16/bf16 dense operand needs a multiple of 8 rows (here: tokens).
-TOKEN_ALIGNMENT = 8
+# cuSPARSELt's dense operand needs its rows (here: tokens) to fill 16 bytes: 8 fp16 or 16 int8 values.
+TOKEN_ALIGNMENT = {torch.float16: 8, torch.bfloat16: 8, torch.int8: 16}
 # A kernel config that makes no progress for this long is treated as failed.
 STALL_TIMEOUT_S = 60.0
 
@@ -106,13 +108,30 @@ def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None
     """x2d @ W.t() + bias with W packed by torch._cslt_compress: no transposed copies.
 
     cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
-    place, and transpose_result hands back the (tokens, out) row-major result.
+    place, and transpose_result hands back the (tokens, out) row-major result. Measured on an H100
+    (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends ~200 ms planning on the
+    host (~1 ms without), so this Linear is for CUDA-graph replay, where the host work is gone;
+    without it, every consumer would need a transposing copy of the output.
     """
     tokens = x2d.shape[0]
-    pad = -tokens % TOKEN_ALIGNMENT
+    pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
     out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, transpose_result=True, alg_id=alg_id)
+    return out[:tokens] if pad else out
+
+
+def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, weight_scales: torch.Tensor, alg_id: int) -> torch.Tensor:
+    """(x_q @ W_q.t()) * weight_scales for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
+    torch._cslt_compress: int32 accumulation, the per-output-channel weight scale applied by the
+    kernel (its alpha vector). bf16 out: before the token scale, values reach 127 x the layer's
+    output over its input's max, past fp16's range on outlier channels."""
+    tokens = x_q.shape[0]
+    pad = -tokens % TOKEN_ALIGNMENT[torch.int8]
+    if pad:
+        x_q = F.pad(x_q, (0, 0, 0, pad))
+    out = torch._cslt_sparse_mm(packed, x_q.t(), alpha=weight_scales, out_dtype=torch.bfloat16,
+                                transpose_result=True, alg_id=alg_id)
     return out[:tokens] if pad else out
 
 
@@ -129,9 +148,15 @@ class SparseLinear(nn.Module):
         self.kernels = dict(kernels)
         self.buckets = sorted(self.kernels)
         weight = linear.weight.detach()
-        self.register_buffer("packed", torch._cslt_compress(weight))
+        self.pack(weight)
         self.register_buffer("weight", weight if keep_dense or None in self.kernels.values() else None)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    def pack(self, weight: torch.Tensor) -> None:
+        self.register_buffer("packed", torch._cslt_compress(weight))
+
+    def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
+        return sparse_mm(self.packed, x2d, self.bias, alg_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d = x.reshape(-1, self.in_features).contiguous()
@@ -139,30 +164,63 @@ class SparseLinear(nn.Module):
         if alg_id is None:
             out = F.linear(x2d, self.weight, self.bias)
         else:
-            out = sparse_mm(self.packed, x2d, self.bias, alg_id)
+            out = self.sparse_matmul(x2d, alg_id)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
 
 
+class Int8SparseLinear(SparseLinear):
+    """A SparseLinear whose 2:4 kernel is int8: weights quantized once per output channel,
+    activations per token on the fly (the math is stages/int8.py's; `kernels` holds int8 alg_ids).
+
+    The token scale and bias are applied after the kernel as plain torch ops, which torch.compile
+    can fuse into the next elementwise op; under CUDA-graph replay they are one extra pass.
+    """
+
+    def pack(self, weight: torch.Tensor) -> None:
+        weight_scales = int8.absmax_scales(weight)
+        self.register_buffer("packed", torch._cslt_compress(int8.quantize(weight, weight_scales)))
+        self.register_buffer("weight_scales", weight_scales)
+
+    def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
+        token_scales = int8.absmax_scales(x2d)
+        out = int8_sparse_mm(self.packed, int8.quantize(x2d, token_scales), self.weight_scales, alg_id)
+        out = out * token_scales.unsqueeze(-1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(x2d.dtype)
+
+
 def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | None]],
-                 keep_dense: bool = False) -> nn.Module:
-    """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place)."""
+                 keep_dense: bool = False, int8_layers: set[str] = frozenset()) -> nn.Module:
+    """Replace the named nn.Linears by SparseLinears (Int8SparseLinears for `int8_layers`) with
+    their per-bucket kernels (in place)."""
     for name, kernels in kernels_by_layer.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, SparseLinear(getattr(parent, child), kernels, keep_dense))
+        module = Int8SparseLinear if name in int8_layers else SparseLinear
+        setattr(parent, child, module(getattr(parent, child), kernels, keep_dense))
     return model
 
 
 # --------------------------------------------------------------------------- timing
-def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU."""
+def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: torch.device,
+              budget_s: float | None = None) -> float:
+    """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU.
+
+    With `budget_s`, warm-up and timing stop early once that much time is spent (3 timed calls at
+    least): eager cuSPARSELt calls can take 200 ms each on the host (see sparse_mm).
+    """
+    begin_all = time.perf_counter()
+    spent = lambda: budget_s is not None and time.perf_counter() - begin_all > budget_s  # noqa: E731
     for _ in range(warmup):
         forward()
+        if spent():
+            break
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and not (len(times) >= 3 and spent()):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -195,18 +253,29 @@ def graph_time_ms(step: Callable[[int], object], count: int, replays: int = 10) 
 
 
 class LinearProblem:
-    """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with."""
+    """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with.
 
-    def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype):
+    Dense is always cuBLAS in `dtype`; the 2:4 kernel runs in `dtype`, or in int8 (int8 weights
+    and tokens, the kernel's per-channel scale on) when `int8` is set.
+    """
+
+    def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype, int8: bool = False):
         device = torch.device("cuda")
         bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize
         self.sets = rotation_count(bytes_per_call, torch.cuda.get_device_properties(device).L2_cache_size)
         pattern = torch.tensor([0, 0, 1, 1], device=device, dtype=dtype).tile(out_features, in_features // 4)
         self.weights = [torch.randn(out_features, in_features, device=device, dtype=dtype) * pattern
                         for _ in range(self.sets)]
-        self.packed = [torch._cslt_compress(w) for w in self.weights]
         self.inputs = [torch.randn(tokens, in_features, device=device, dtype=dtype) for _ in range(self.sets)]
         self.bias = torch.randn(out_features, device=device, dtype=dtype)
+        self.int8 = int8
+        if int8:
+            self.scales = torch.rand(out_features, device=device) / 100
+            self.sparse_inputs = [(x * 30).clamp(-127, 127).to(torch.int8) for x in self.inputs]
+            self.packed = [torch._cslt_compress((w * 30).clamp(-127, 127).to(torch.int8)) for w in self.weights]
+        else:
+            self.sparse_inputs = self.inputs
+            self.packed = [torch._cslt_compress(w) for w in self.weights]
         self.count = max(self.sets, 4)
 
     def dense_ms(self) -> float:
@@ -214,10 +283,17 @@ class LinearProblem:
                              self.count)
 
     def sparse_ms(self, alg_id: int) -> float:
-        return graph_time_ms(
-            lambda i: sparse_mm(self.packed[i % self.sets], self.inputs[i % self.sets], self.bias, alg_id), self.count)
+        def step(i: int):
+            packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
+            if self.int8:
+                return int8_sparse_mm(packed, x, self.scales, alg_id)
+            return sparse_mm(packed, x, self.bias, alg_id)
+        return graph_time_ms(step, self.count)
 
     def search(self) -> int:
+        if self.int8:
+            return int(torch._cslt_sparse_mm_search(self.packed[0], self.sparse_inputs[0].t(), alpha=self.scales,
+                                                    out_dtype=torch.bfloat16, transpose_result=True))
         return int(torch._cslt_sparse_mm_search(self.packed[0], self.inputs[0].t(), bias=self.bias,
                                                 transpose_result=True))
 
@@ -241,10 +317,10 @@ def _timing_child() -> None:
     with torch.inference_mode():
         for job in spec["jobs"]:
             problem = job["problem"]
-            timer = LinearProblem(*problem, dtype)
+            timer = LinearProblem(*problem, dtype, int8=spec["int8"])
             if job["dense"]:
                 emit("dense", problem, ms=timer.dense_ms())
-            alg_ids = range(job["first_alg"], spec["alg_limit"])
+            alg_ids = job["alg_ids"]
             if job["search"]:
                 emit("try", problem, what="search")
                 alg_ids = [timer.search()]
@@ -278,28 +354,31 @@ def _events(child: subprocess.Popen, stall_timeout_s: float):
 
 
 def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool = True,
-                 max_alg_id: int = 15, stall_timeout_s: float = STALL_TIMEOUT_S,
-                 ) -> tuple[dict[Problem, dict], list[str]]:
+                 max_alg_id: int = 15, stall_timeout_s: float = STALL_TIMEOUT_S, int8: bool = False,
+                 alg_ids: dict[Problem, list[int]] | None = None) -> tuple[dict[Problem, dict], list[str]]:
     """GPU time (ms) of cuBLAS dense vs each cuSPARSELt config, per (out, in, tokens) problem.
 
     Runs in child processes (`python -m stages.sparse_engine`): on an H100 with cuSPARSELt 0.8 the
     kernel search fails (an internal error) and an out-of-range alg_id can kill the CUDA context,
     which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
-    without an event). A failed search is dropped for hand timing of alg_id 0..max_alg_id (torch
-    reports no count of configs for cuSPARSELt 0.8: get_max_alg_id() is None; an H100 has 0..35);
-    a failed alg_id k ends that problem's configs at k and caps later problems' ids below k.
-    Each config costs ~1-2 s there (plan set-up and graph capture), hence the small default range.
+    without an event). A failed search is dropped for hand timing of alg_id 0..max_alg_id, or the
+    ids `alg_ids` names for a problem (torch reports no count of configs for cuSPARSELt 0.8:
+    get_max_alg_id() is None; an H100 has 0..35); a failed alg_id k ends every problem's ids at k.
+    An fp16 config costs ~1 s to time there (host planning, see sparse_mm), an int8 one ~0.1 s.
+    `int8` times the int8 2:4 kernel against cuBLAS in `dtype`.
     Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search"}}, notes on what failed).
     """
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried"} for p in problems}
     pending, notes, search, alg_limit = list(problems), [], try_search, max_alg_id + 1
+    wanted = {p: list(range(max_alg_id + 1)) if alg_ids is None else alg_ids[p] for p in problems}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                     os.environ.get("PYTHONPATH")])))
     progress = tqdm(total=len(problems), desc="timing 2:4 kernels", unit="shape")
     while pending:
-        spec = {"dtype": str(dtype).removeprefix("torch."), "alg_limit": alg_limit, "jobs": [
+        spec = {"dtype": str(dtype).removeprefix("torch."), "int8": int8, "jobs": [
             {"problem": p, "dense": results[p]["dense_ms"] is None, "search": search,
-             "first_alg": len(results[p]["sparse_ms"])} for p in pending]}
+             "alg_ids": [a for a in wanted[p] if a < alg_limit and a not in results[p]["sparse_ms"]]}
+            for p in pending]}
         with tempfile.TemporaryFile("w+") as stderr:
             child = subprocess.Popen([sys.executable, "-m", "stages.sparse_engine"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -387,12 +466,11 @@ class CudaGraphRunner(nn.Module):
 
     def _capture(self, inputs: dict[str, torch.Tensor]):
         static_inputs = {name: tensor.clone() for name, tensor in inputs.items()}
-        # Warm up on a side stream (cuBLAS/cuSPARSELt handles and plans), as graph capture requires.
+        # Warm up once on a side stream (cuBLAS/cuSPARSELt handles, workspaces), as graph capture requires.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self.model(**static_inputs)
+            self.model(**static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):

@@ -131,7 +131,7 @@ def test_plan_round_trips_through_json_and_summary():
         "model_ms": {str(b): ms for b, ms in model_ms.items()},
         "shape_timings": {s: {str(b): {**t, "sparse_ms": {str(a): v for a, v in t["sparse_ms"].items()}}
                               for b, t in per.items()} for s, per in timings.items()},
-        "layers": {name: {"shape": shapes[name], "kernels": {str(b): a for b, a in kernels[name].items()}}
+        "layers": {name: {"shape": shapes[name], "precision": "fp16", "kernels": {str(b): a for b, a in kernels[name].items()}}
                    for name in shapes},
     }
     plan = json.loads(json.dumps(plan))
@@ -208,3 +208,61 @@ def test_kernel_timing_without_gpu_fails_with_the_childs_error():
         pytest.skip("this checks the message on a machine without CUDA")
     with pytest.raises(RuntimeError, match="kernel timing process failed outside a kernel config: .*Error"):
         tune_linears([(32, 32, 64)], torch.float16)
+
+
+def test_measure_shapes_times_every_config_at_the_largest_bucket_and_the_best_few_elsewhere(monkeypatch):
+    calls = []
+
+    def fake_tune(problems, dtype, try_search=True, max_alg_id=15, int8=False, alg_ids=None, **_):
+        calls.append({"problems": problems, "try_search": try_search, "int8": int8, "alg_ids": alg_ids})
+        results = {}
+        for p in problems:
+            ids = range(max_alg_id + 1) if alg_ids is None else alg_ids[p]
+            # alg_id 4 fastest, then 2, then 7; the rest slower
+            order = {4: 0.5, 2: 0.6, 7: 0.7}
+            results[p] = {"dense_ms": 1.0, "sparse_ms": {a: order.get(a, 0.9 + a / 100) for a in ids},
+                          "search": "failed; alg_ids timed by hand"}
+        return results, []
+
+    monkeypatch.setattr(accelerate, "tune_linears", fake_tune)
+    layers = {"a": torch.nn.Linear(8, 16), "b": torch.nn.Linear(16, 8), "c": torch.nn.Linear(8, 16)}
+    timings, _ = accelerate.measure_shapes(layers, [64, 256, 1024], torch.float16, max_alg_id=9, precision="int8")
+    assert calls[0]["problems"] == [(8, 16, 1024), (16, 8, 1024)] and calls[0]["alg_ids"] is None
+    assert calls[1]["problems"] == [(8, 16, 64), (8, 16, 256), (16, 8, 64), (16, 8, 256)]
+    assert calls[1]["alg_ids"] == {p: [4, 2, 7] for p in calls[1]["problems"]}
+    assert not calls[1]["try_search"] and calls[1]["int8"]  # the search failed once: not tried again
+    assert set(timings) == {"int8:16x8", "int8:8x16"}
+    assert set(timings["int8:16x8"][64]["sparse_ms"]) == {4, 2, 7}
+    assert len(timings["int8:16x8"][1024]["sparse_ms"]) == 10
+
+
+def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from stages.modeling import FUSED_SDPA, _sdpa_fused_mask, use_fused_attention
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, vocab_size=100)).eval()
+    input_ids = torch.randint(0, 100, (2, 12))
+    attention_mask = torch.ones(2, 12, dtype=torch.long)
+    attention_mask[1, 8:] = 0
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask).start_logits
+        use_fused_attention(model)
+        after = model(input_ids=input_ids, attention_mask=attention_mask).start_logits
+    assert model.config._attn_implementation == FUSED_SDPA
+    assert torch.allclose(before, after, atol=1e-6)
+
+    seen = []
+    monkey_forward = lambda module, q, k, v, mask, **kw: seen.append(mask)  # noqa: E731
+    import transformers.integrations.sdpa_attention as sdpa
+    original, sdpa.sdpa_attention_forward = sdpa.sdpa_attention_forward, monkey_forward
+    try:
+        q = torch.randn(2, 2, 12, 16)
+        _sdpa_fused_mask(None, q, q, q, torch.tensor(True).expand(2, 1, 12, 12))
+        _sdpa_fused_mask(None, q, q, q, torch.ones(2, 1, 12, 1, dtype=torch.bool).expand(2, 1, 12, 12))
+    finally:
+        sdpa.sdpa_attention_forward = original
+    assert seen[0] is None  # one value broadcast everywhere: nothing masked
+    assert seen[1].stride(-1) == 1 and seen[1].shape == (2, 1, 12, 12)
