@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import int8
 from .common import StageError, best_device, device_facts, read_json, relative_error, write_json
-from .modeling import encoder_linears, load_qa_model, load_tokenizer, use_fused_attention
+from .modeling import capture_context, encoder_linears, load_qa_model, load_tokenizer, use_fused_attention
 from .prune import calibration_batches, two_four_violations
 from .sparse_engine import (
     CudaGraphRunner,
@@ -217,7 +217,7 @@ def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kerne
             for name, alg_id in variant_kernels(variant, bucket, per_layer, shapes, timings).items():
                 modules[name].kernels = {bucket: alg_id}
                 modules[name].buckets = [bucket]
-            runner = CudaGraphRunner(model)
+            runner = CudaGraphRunner(model, capture_context=capture_context)
             result[bucket][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
                                                 MODEL_TIMING_REPEATS, input_ids.device)
             del runner
@@ -387,4 +387,4 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, 
     if not graphs:
         return model
     tuned = {(batch, plan["seq_length"]) for batch in plan["batch_sizes"]}
-    return CudaGraphRunner(model, capturable=lambda shape: tuple(shape) in tuned)
+    return CudaGraphRunner(model, capturable=lambda shape: tuple(shape) in tuned, capture_context=capture_context)
