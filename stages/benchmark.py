@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .accelerate import load_accelerated, random_ids
 from .common import best_device, device_facts, relative_error
-from .modeling import capture_context, load_qa_model, use_fused_attention
+from .attention import capture_context, use_fused_attention
+from .modeling import load_qa_model
 from .sparse_engine import (
     CudaGraphRunner,
     SparseLinear,

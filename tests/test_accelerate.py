@@ -239,7 +239,7 @@ def test_measure_shapes_times_every_config_at_the_largest_bucket_and_the_best_fe
 def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
     from transformers import BertConfig, BertForQuestionAnswering
 
-    from stages.modeling import FUSED_SDPA, _sdpa_fused_mask, use_fused_attention
+    from stages.attention import FUSED_SDPA, _sdpa_fused_mask, use_fused_attention
 
     torch.manual_seed(0)
     model = BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

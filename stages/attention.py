@@ -1,0 +1,58 @@
+"""Attention for GPU inference: transformers' sdpa with masks that PyTorch's fused kernels accept.
+
+Used where models run as CUDA graphs or compiled (accelerate, benchmark), not in training.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+from transformers import PreTrainedModel
+
+FUSED_SDPA = "sdpa_fused_mask"
+_NOTHING_MASKED = contextvars.ContextVar("nothing_masked", default=False)
+
+
+@contextlib.contextmanager
+def capture_context(inputs: dict):
+    """For CudaGraphRunner: inputs without an attention_mask have no padding, so while their graph is
+    captured the attention masks transformers builds (it cannot read values then) are dropped."""
+    token = _NOTHING_MASKED.set("attention_mask" not in inputs)
+    try:
+        yield
+    finally:
+        _NOTHING_MASKED.reset(token)
+
+
+def _sdpa_fused_mask(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention, with a mask that PyTorch's fused kernels accept.
+
+    While a CUDA graph is captured or torch.compile traces, transformers cannot look at the
+    padding mask's values, so it builds a 4-D mask even when nothing is masked: one True broadcast
+    to every position (all strides 0). The fused SDPA kernels need the mask's last stride to be 1
+    and fall back to the math kernel; on an H100 that made bert-base at batch 64 run 49 ms graphed
+    against 11.6 ms eager. A mask broadcast from one value masks nothing (all False would leave
+    attention undefined), so it is dropped, as is every mask while capture_context says the inputs
+    have no padding; any other mask is made contiguous in its last dimension.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None:
+        if _NOTHING_MASKED.get() or not any(attention_mask.stride()):
+            attention_mask = None
+        elif attention_mask.stride(-1) != 1:
+            attention_mask = attention_mask.contiguous()
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def use_fused_attention(model: PreTrainedModel) -> PreTrainedModel:
+    """Run the model's attention through _sdpa_fused_mask (models on sdpa only; others are left as they are)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if model.config._attn_implementation not in ("sdpa", FUSED_SDPA):
+        return model
+    AttentionInterface.register(FUSED_SDPA, _sdpa_fused_mask)
+    AttentionMaskInterface.register(FUSED_SDPA, sdpa_mask)
+    model.config._attn_implementation = FUSED_SDPA
+    return model
