@@ -161,7 +161,7 @@ def summarize(plan: dict) -> dict:
             timing = plan["shape_timings"][shape_key(entry["shape"].split("x"), entry["precision"])][bucket]
             sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
             per_bucket[f"bs{int(bucket) // seq}"] = {
-                "kernel": "dense" if alg_id is None else f"cusparselt alg_id {alg_id}",
+                "kernel": "dense" if alg_id is None else f"cusparselt {entry['precision']} alg_id {alg_id}",
                 "dense_ms": round(timing["dense_ms"], 4),
                 "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
                 "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),

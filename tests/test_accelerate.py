@@ -142,7 +142,7 @@ def test_plan_round_trips_through_json_and_summary():
                                           "model_accelerated_ms": 5.0, "model_speedup": 1.0}
     assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
     ffn = metrics["layers"]["encoder.layer.0.intermediate.dense"]["bs256"]
-    assert ffn == {"kernel": "cusparselt alg_id 4", "dense_ms": 10.0, "sparse_ms": 8.0, "speedup": 1.25}
+    assert ffn == {"kernel": "cusparselt fp16 alg_id 4", "dense_ms": 10.0, "sparse_ms": 8.0, "speedup": 1.25}
 
 
 def test_stage_without_gpu_writes_a_dense_plan_with_its_reason(params, tiny_model, tmp_path):
