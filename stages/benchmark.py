@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .accelerate import load_accelerated, random_ids
-from .common import best_device, device_facts, relative_error
+from .accelerate import PLAN_FILE, load_accelerated, random_ids
 from .attention import capture_context, use_fused_attention
+from .common import best_device, device_facts, read_json, relative_error
 from .modeling import load_qa_model
 from .sparse_engine import (
     CudaGraphRunner,
@@ -180,6 +180,8 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "speedup": speedups(latency),
         "device": device_facts(device),
     }
+    if device_backend(device)[0] is None and read_json(Path(accelerated_dir) / PLAN_FILE)["precision"] == "int8":
+        metrics["note"] = "accelerated computes its int8 layers in a float64 emulation here: not a speed figure"
     if on_gpu:
         metrics["peak_memory_mb"] = peak_memory
         metrics["device"]["driver"] = gpu_driver_version()
