@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import int8
-from .common import StageError, best_device, device_facts, read_json, relative_error, write_json
 from .attention import capture_context, use_fused_attention
+from .common import StageError, best_device, device_facts, read_json, relative_error, write_json
 from .modeling import encoder_linears, load_qa_model, load_tokenizer
 from .prune import calibration_batches, two_four_violations
 from .sparse_engine import (
