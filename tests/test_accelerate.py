@@ -266,3 +266,25 @@ def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
         sdpa.sdpa_attention_forward = original
     assert seen[0] is None  # one value broadcast everywhere: nothing masked
     assert seen[1].stride(-1) == 1 and seen[1].shape == (2, 1, 12, 12)
+
+
+def test_timing_budget_stops_slow_calls_after_one_timed_call():
+    import time
+
+    from stages.sparse_engine import median_ms
+
+    calls = []
+    slow = lambda: (calls.append(1), time.sleep(0.2))  # noqa: E731
+    assert median_ms(slow, warmup=5, repeats=20, device=torch.device("cpu"), budget_s=0.3) >= 200
+    assert len(calls) == 3  # 2 warm-ups spend the budget, then the one timed call
+    calls.clear()
+    median_ms(lambda: calls.append(1), warmup=2, repeats=20, device=torch.device("cpu"), budget_s=5)
+    assert len(calls) == 22  # fast calls: the whole count
+
+
+def test_driver_version_read_from_the_kernel_module(monkeypatch):
+    from pathlib import Path
+
+    text = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)\n"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: text)
+    assert benchmark.gpu_driver_version() == "580.159.04"

@@ -6,7 +6,7 @@ import json
 import torch
 from torch import nn
 
-from stages import accelerate
+from stages import accelerate, benchmark
 from stages.common import relative_error
 from stages.int8 import (
     INT8_MAX,
@@ -110,6 +110,8 @@ def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, 
     with torch.no_grad():
         ref, got = plain(input_ids=input_ids).start_logits, model(input_ids=input_ids).start_logits
     assert 0 < relative_error(ref, got) < 0.05
+    bench, _ = benchmark.run(params, tmp_path / "pruned", out)
+    assert bench["note"] == "accelerated computes its int8 layers in a float64 emulation here: not a speed figure"
 
 
 def test_int8_reference_linear_is_the_kernel_math():
