@@ -176,8 +176,9 @@ class Int8SparseLinear(SparseLinear):
     """A SparseLinear whose 2:4 kernel is int8: weights quantized once per output channel,
     activations per token on the fly (the math is stages/int8.py's; `kernels` holds int8 alg_ids).
 
-    The token scale and bias are applied after the kernel as plain torch ops, which torch.compile
-    can fuse into the next elementwise op; under CUDA-graph replay they are one extra pass.
+    Quantizing the tokens and applying their scale and the bias are plain torch ops around the
+    kernel. On an H100 they cost more than the int8 kernel saves (docs/gpu-results.md): 6-12x
+    slower than cuBLAS as torch ops, 1.3-2x compiled, so `auto` keeps such layers dense there.
     """
 
     def pack(self, weight: torch.Tensor) -> None:
@@ -215,7 +216,10 @@ def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: 
     least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see sparse_mm).
     """
     begin_all = time.perf_counter()
-    spent = lambda: budget_s is not None and time.perf_counter() - begin_all > budget_s  # noqa: E731
+
+    def spent() -> bool:
+        return budget_s is not None and time.perf_counter() - begin_all > budget_s
+
     for _ in range(warmup):
         forward()
         if spent():
@@ -471,18 +475,15 @@ class CudaGraphRunner(nn.Module):
     def _capture(self, inputs: dict[str, torch.Tensor]):
         static_inputs = {name: tensor.clone() for name, tensor in inputs.items()}
         with self.capture_context(inputs):
-            return self._warm_up_and_capture(static_inputs)
-
-    def _warm_up_and_capture(self, static_inputs: dict[str, torch.Tensor]):
-        # Warm up once on a side stream (cuBLAS/cuSPARSELt handles, workspaces), as graph capture requires.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.model(**static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_output = self.model(**static_inputs)
+            # Warm up once on a side stream (cuBLAS/cuSPARSELt handles, workspaces), as capture requires.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.model(**static_inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_output = self.model(**static_inputs)
         self.pool = graph.pool()
         return static_inputs, graph, static_output
 
