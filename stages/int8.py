@@ -95,7 +95,5 @@ class Int8ReferenceLinear(nn.Module):
 def emulate(model: nn.Module, names: set[str]) -> nn.Module:
     """Replace the named nn.Linears by Int8ReferenceLinears (in place)."""
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, Int8ReferenceLinear(getattr(parent, child)))
+        model.set_submodule(name, Int8ReferenceLinear(model.get_submodule(name)))
     return model

@@ -200,10 +200,8 @@ def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | N
     """Replace the named nn.Linears by SparseLinears (Int8SparseLinears for `int8_layers`) with
     their per-bucket kernels (in place)."""
     for name, kernels in kernels_by_layer.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
         module = Int8SparseLinear if name in int8_layers else SparseLinear
-        setattr(parent, child, module(getattr(parent, child), kernels, keep_dense))
+        model.set_submodule(name, module(model.get_submodule(name), kernels, keep_dense))
     return model
 
 

@@ -288,3 +288,17 @@ def test_driver_version_read_from_the_kernel_module(monkeypatch):
     text = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)\n"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: text)
     assert benchmark.gpu_driver_version() == "580.159.04"
+
+
+def test_swap_linears_puts_each_kind_in_place_and_dense_buckets_match_the_linear(monkeypatch):
+    from stages.sparse_engine import Int8SparseLinear, SparseLinear, swap_linears
+
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())  # packing is CUDA-only
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU()), torch.nn.Linear(16, 4))
+    x = torch.randn(3, 5, 8)
+    expected = model(x)
+    swap_linears(model, {"0.0": {64: None}, "1": {64: None}}, int8_layers={"1"})
+    assert type(model[0][0]) is SparseLinear and type(model[1]) is Int8SparseLinear
+    assert model[1].packed.dtype == torch.int8 and model[1].weight_scales.shape == (4,)
+    assert torch.allclose(model(x), expected)  # every bucket dense: the plain Linear's result
