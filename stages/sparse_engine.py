@@ -105,21 +105,27 @@ def rotation_count(bytes_per_call: int, l2_bytes: int, limit: int = 8) -> int:
 
 
 # --------------------------------------------------------------------------- the sparse Linear
-def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
-    """x2d @ W.t() + bias with W packed by torch._cslt_compress: no transposed copies.
+def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, **kernel_args) -> torch.Tensor:
+    """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
+    kernel's alignment and cut back after.
 
     cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
-    place, and transpose_result hands back the (tokens, out) row-major result. Measured on an H100
-    (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends ~200 ms planning on the
-    host (~1 ms without), so this Linear is for CUDA-graph replay, where the host work is gone;
-    without it, every consumer would need a transposing copy of the output.
+    place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
+    Measured on an H100 (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends
+    ~200 ms planning on the host (~1 ms without), so this is for CUDA-graph replay, where the host
+    work is gone; without it, every consumer would need a transposing copy of the output.
     """
     tokens = x2d.shape[0]
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
-    out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, transpose_result=True, alg_id=alg_id)
+    out = torch._cslt_sparse_mm(packed, x2d.t(), transpose_result=True, **kernel_args)
     return out[:tokens] if pad else out
+
+
+def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
+    """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
+    return _cslt_tokens_mm(packed, x2d, bias=bias, alg_id=alg_id)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, weight_scales: torch.Tensor, alg_id: int) -> torch.Tensor:
@@ -127,13 +133,7 @@ def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, weight_scales: torch
     torch._cslt_compress: int32 accumulation, the per-output-channel weight scale applied by the
     kernel (its alpha vector). bf16 out: before the token scale, values reach 127 x the layer's
     output over its input's max, past fp16's range on outlier channels."""
-    tokens = x_q.shape[0]
-    pad = -tokens % TOKEN_ALIGNMENT[torch.int8]
-    if pad:
-        x_q = F.pad(x_q, (0, 0, 0, pad))
-    out = torch._cslt_sparse_mm(packed, x_q.t(), alpha=weight_scales, out_dtype=torch.bfloat16,
-                                transpose_result=True, alg_id=alg_id)
-    return out[:tokens] if pad else out
+    return _cslt_tokens_mm(packed, x_q, alpha=weight_scales, out_dtype=torch.bfloat16, alg_id=alg_id)
 
 
 class SparseLinear(nn.Module):
@@ -211,7 +211,7 @@ def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: 
     """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU.
 
     With `budget_s`, warm-up and timing stop early once that much time is spent (one timed call at
-    least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see sparse_mm).
+    least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see _cslt_tokens_mm).
     """
     begin_all = time.perf_counter()
 
@@ -367,7 +367,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
     without an event). A failed search is dropped for hand timing of alg_id 0..max_alg_id, or the
     ids `alg_ids` names for a problem (torch reports no count of configs for cuSPARSELt 0.8:
     get_max_alg_id() is None; an H100 has 0..35); a failed alg_id k ends every problem's ids at k.
-    An fp16 config costs ~1 s to time there (host planning, see sparse_mm), an int8 one ~0.1 s.
+    An fp16 config costs ~1 s to time there (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s.
     `int8` times the int8 2:4 kernel against cuBLAS in `dtype`.
     Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search"}}, notes on what failed).
     """
