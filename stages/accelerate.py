@@ -3,8 +3,8 @@
 On a GPU with 2:4 tensor cores and cuSPARSELt, every 2:4 Linear of the encoder is timed (once per
 weight shape) against cuBLAS at the benchmark's token counts (batch x sequence), each cuSPARSELt
 kernel config in turn; `accelerate.mode=auto` keeps 2:4 per layer and batch-size bucket only where
-it measured faster, then times the whole model (as CUDA graphs) dense, per-layer and all-2:4 per
-bucket and keeps the fastest, so the result is never slower than dense at the shapes it was made
+it measured faster, then times the whole model (as CUDA graphs, of the torch.compile'd model with
+`accelerate.compile`) dense, per-layer and all-2:4 per bucket and keeps the fastest, so the result is never slower than dense at the shapes it was made
 for. Everywhere else (no CUDA, compute capability < 8.0, mode none) every layer is planned dense
 with the reason, and the stage succeeds. The plan is saved beside the model and applied when it is
 loaded; the stage checks the accelerated outputs against the masked dense model before it ends.
@@ -204,10 +204,11 @@ def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.devic
 
 
 def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kernels], shapes: dict[str, str],
-                        timings: dict, seq_length: int, int8_layers: set[str]) -> dict[int, dict[str, float]]:
-    """Whole-model latency (ms, CUDA graph replay) per bucket of each distinct variant."""
+                        timings: dict, seq_length: int, int8_scales: dict[str, float],
+                        compile: bool) -> dict[int, dict[str, float]]:
+    """Whole-model latency (ms, CUDA graph replay, compiled or not) per bucket of each distinct variant."""
     model = swap_linears(copy.deepcopy(dense_model), {name: {} for name in per_layer}, keep_dense=True,
-                         int8_layers=int8_layers)
+                         int8_scales=int8_scales)
     modules = dict(model.named_modules())
     vocab = dense_model.config.vocab_size
     result = {}
@@ -218,10 +219,11 @@ def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kerne
             for name, alg_id in variant_kernels(variant, bucket, per_layer, shapes, timings).items():
                 modules[name].kernels = {bucket: alg_id}
                 modules[name].buckets = [bucket]
-            runner = CudaGraphRunner(model, capture_context=capture_context)
+            runner = CudaGraphRunner(model, capture_context=capture_context, compile=compile)
             result[bucket][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
                                                 MODEL_TIMING_REPEATS, input_ids.device)
             del runner
+            torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
             torch.cuda.empty_cache()
     return result
 
@@ -270,17 +272,20 @@ def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, voca
     return {"input_ids": random_ids(size, 128, vocab_size, device, seed)}, f"{size} x 128 random tokens"
 
 
-def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None) -> tuple[dict, dict]:
-    """(per-layer int8 errors for the plan, summary for the metrics) on one calibration batch."""
+def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None) -> tuple[dict, dict, dict]:
+    """(per-layer int8 errors and static input scales for the plan, summary for the metrics) on one
+    calibration batch."""
     inputs, source = calibration_inputs(params, sparse_dir, features_dir, model.config.vocab_size,
                                         next(model.parameters()).device)
-    errors = int8.sensitivity(model, linears, inputs)
+    calibrated = int8.calibrate(model, linears, inputs)
+    errors = {name: error for name, (_, error) in calibrated.items()}
     allowed = int8.int8_layers(errors)
     worst = max(errors, key=errors.__getitem__)
     summary = {"calibration": source, "max_layer_error": int8.MAX_LAYER_ERROR,
                "layers_int8_ok": sum(allowed.values()), "layers_checked": len(allowed),
                "worst_layer": worst, "worst_error": round(errors[worst], 6)}
-    return {name: round(error, 6) for name, error in errors.items()}, summary
+    scales = {name: scale for name, (scale, _) in calibrated.items()}
+    return {name: round(error, 6) for name, error in errors.items()}, scales, summary
 
 
 def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None) -> dict:
@@ -300,13 +305,13 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
     candidates = {name: linear for name, linear in linears.items() if name not in blocked}
 
-    int8_errors, int8_summary, int8_names = {}, None, set()
+    int8_errors, int8_summary, int8_scales = {}, None, {}
     if precision == "int8" and candidates:
-        int8_errors, int8_summary = int8_check(params, model, candidates, Path(sparse_dir), features_dir)
-        int8_names = {name for name, ok in int8.int8_layers(int8_errors).items() if ok}
+        int8_errors, scales, int8_summary = int8_check(params, model, candidates, Path(sparse_dir), features_dir)
+        int8_scales = {name: scales[name] for name, ok in int8.int8_layers(int8_errors).items() if ok}
         if backend is None:
             reason = f"{reason}; int8 layers emulated exactly (float64) so evaluate scores them"
-    layer_precision = {name: "int8" if name in int8_names else "fp16" for name in candidates}
+    layer_precision = {name: "int8" if name in int8_scales else "fp16" for name in candidates}
     shapes = {name: shape_key(linear.weight.shape, layer_precision[name]) for name, linear in candidates.items()}
 
     timings, notes, model_ms, variants, kernels = {}, [], {}, {}, {name: {} for name in candidates}
@@ -317,7 +322,8 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
                 buckets, dtype, params["accelerate.max_alg_id"], kind)
             timings, notes = {**timings, **kind_timings}, notes + kind_notes
         per_layer = layer_kernels(shapes, timings, mode)
-        model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length, int8_names)
+        model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length, int8_scales,
+                                       params["accelerate.compile"])
         kernels, variants = final_kernels(mode, per_layer, shapes, timings, model_ms)
 
     plan = {
@@ -331,6 +337,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         "device": device_facts(device),
         "kernel_timing_notes": notes,
         "precision": precision,
+        "compiled": params["accelerate.compile"],
         "int8_layer_error": int8_errors,
         "variants": {str(b): v for b, v in variants.items()},
         "model_ms": {str(b): ms for b, ms in model_ms.items()},
@@ -341,6 +348,8 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     for name, linear in linears.items():
         entry = {"shape": shape_key(linear.weight.shape), "precision": layer_precision.get(name, "fp16"),
                  "kernels": {str(b): a for b, a in kernels.get(name, {}).items()}}
+        if name in int8_scales:
+            entry["input_scale"] = int8_scales[name]
         if backend is None or name in blocked:
             entry["reason"] = reason if backend is None else blocked[name]
         plan["layers"][name] = entry
@@ -358,7 +367,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan)
         metrics["output_relative_error"] = {key: round(err, 6) for key, err in errors.items()}
         worst = max(errors, key=errors.__getitem__)
-        bound = MAX_INT8_RELATIVE_ERROR if int8_names else MAX_RELATIVE_ERROR
+        bound = MAX_INT8_RELATIVE_ERROR if int8_scales else MAX_RELATIVE_ERROR
         if errors[worst] > bound:
             raise StageError(f"accelerated outputs differ from the masked dense model at {worst}: relative error "
                              f"{errors[worst]:.2e} > {bound} (plan in {out_dir / PLAN_FILE})")
@@ -369,23 +378,24 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
 def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, graphs: bool = True) -> torch.nn.Module:
     """The accelerate artifact: the model with its plan's 2:4 Linears swapped in.
 
-    With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs,
-    any other shape runs eagerly. Under a dense plan it is the plain model; without a CUDA device
+    With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs (of
+    the torch.compile'd model where the plan was timed compiled), any other shape runs eagerly. Under a dense plan it is the plain model; without a CUDA device
     that has 2:4 kernels too, except that layers the plan puts on int8 compute the int8 kernel's
     math exactly (stages/int8.py), so evaluate scores what the GPU would.
     """
     model_dir = Path(model_dir)
     model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
     plan = read_json(model_dir / PLAN_FILE)
-    int8_names = {name for name, entry in plan["layers"].items() if entry.get("precision") == "int8"}
+    int8_scales = {name: entry["input_scale"] for name, entry in plan["layers"].items() if "input_scale" in entry}
     if device_backend(device)[0] is None:
-        return int8.emulate(model, int8_names)
+        return int8.emulate(model, int8_scales)
     use_fused_attention(model)
     kernels = plan_kernels(plan)
     if not kernels:
         return model
-    swap_linears(model, kernels, int8_layers=int8_names)
+    swap_linears(model, kernels, int8_scales=int8_scales)
     if not graphs:
         return model
     tuned = {(batch, plan["seq_length"]) for batch in plan["batch_sizes"]}
-    return CudaGraphRunner(model, capturable=lambda shape: tuple(shape) in tuned, capture_context=capture_context)
+    return CudaGraphRunner(model, capturable=lambda shape: tuple(shape) in tuned, capture_context=capture_context,
+                           compile=plan["compiled"])

@@ -5,23 +5,26 @@ Used where models run as CUDA graphs or compiled (accelerate, benchmark), not in
 from __future__ import annotations
 
 import contextlib
-import contextvars
 
 from transformers import PreTrainedModel
 
 FUSED_SDPA = "sdpa_fused_mask"
-_NOTHING_MASKED = contextvars.ContextVar("nothing_masked", default=False)
+# A module global, not a ContextVar: torch.compile traces reading a global (and guards on its
+# value) but breaks the graph at ContextVar.get, which on an H100 cost int8 bert-base its fusions.
+# Graphs are captured by one thread at a time, so nothing else sees it set.
+_nothing_masked = False
 
 
 @contextlib.contextmanager
 def capture_context(inputs: dict):
     """For CudaGraphRunner: inputs without an attention_mask have no padding, so while their graph is
     captured the attention masks transformers builds (it cannot read values then) are dropped."""
-    token = _NOTHING_MASKED.set("attention_mask" not in inputs)
+    global _nothing_masked
+    before, _nothing_masked = _nothing_masked, "attention_mask" not in inputs
     try:
         yield
     finally:
-        _NOTHING_MASKED.reset(token)
+        _nothing_masked = before
 
 
 def _sdpa_fused_mask(module, query, key, value, attention_mask, **kwargs):
@@ -37,7 +40,7 @@ def _sdpa_fused_mask(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if attention_mask is not None:
-        if _NOTHING_MASKED.get() or not any(attention_mask.stride()):
+        if _nothing_masked or not any(attention_mask.stride()):
             attention_mask = None
         elif attention_mask.stride(-1) != 1:
             attention_mask = attention_mask.contiguous()

@@ -2,9 +2,9 @@
 
 Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU, a host clock on a CPU);
 speedup is dense / accelerated. Modes: eager (module calls; on a GPU this includes cuSPARSELt's
-per-call host planning), compiled (torch.compile; on a GPU with mode="reduce-overhead", i.e.
-with CUDA graphs) and, on a GPU, graphed (the eager modules captured as one CUDA graph per batch
-size). An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
+per-call host planning), compiled (torch.compile; on a GPU the compiled model captured as one
+CUDA graph per batch size, which on an H100 ran dense bert-base 10% faster than
+mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
 runs the tutorial's single-Linear microbenchmark.
 """
 from __future__ import annotations
@@ -44,8 +44,10 @@ def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
 
 def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
     """The callable a mode times. Compiled shapes stay static: one graph per batch size."""
+    if mode == "compiled" and on_gpu:
+        return CudaGraphRunner(model, capture_context=capture_context, compile=True)
     if mode == "compiled":
-        return torch.compile(model, dynamic=False, mode="reduce-overhead" if on_gpu else None)
+        return torch.compile(model, dynamic=False)
     if mode == "graphed":
         return CudaGraphRunner(model, capture_context=capture_context)
     return model

@@ -81,6 +81,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "accelerate.dtype": (str, _one_of("float16", "bfloat16")),
     "accelerate.max_alg_id": (int, _non_negative),
     "accelerate.precision": (str, _one_of("fp16", "int8")),
+    "accelerate.compile": (bool, None),
     "evaluate.n_best": (int, _positive),
     "evaluate.max_answer_length": (int, _positive),
     "evaluate.batch_size": (int, _positive),

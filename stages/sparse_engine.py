@@ -6,7 +6,7 @@ Why not `torch.sparse.to_sparse_semi_structured`: measured on an H100 (torch 2.1
 0.8) its default kernel config (alg_id 0) is among the slowest, the tensor subclass adds copies
 around every matmul, and each cuSPARSELt call pays milliseconds of host-side planning. Here the
 weight is packed once, the kernel config is chosen per shape by timing, and a model runs as a
-replayed CUDA graph, which leaves the host work out.
+replayed CUDA graph (optionally of the torch.compile'd model), which leaves the host work out.
 """
 from __future__ import annotations
 
@@ -69,8 +69,12 @@ def token_buckets(batch_sizes: list[int], seq_length: int) -> list[int]:
 
 
 def bucket_for(tokens: int, buckets: list[int]) -> int:
-    """The smallest bucket that holds `tokens`; past the largest, the largest."""
-    return next((bucket for bucket in buckets if tokens <= bucket), buckets[-1])
+    """The smallest bucket that holds `tokens`; past the largest, the largest.
+    A plain loop: torch.compile traces it without a graph break."""
+    for bucket in buckets:
+        if tokens <= bucket:
+            return bucket
+    return buckets[-1]
 
 
 def best_alg(timing: dict) -> int | None:
@@ -128,12 +132,12 @@ def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None
     return _cslt_tokens_mm(packed, x2d, bias=bias, alg_id=alg_id)
 
 
-def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, weight_scales: torch.Tensor, alg_id: int) -> torch.Tensor:
-    """(x_q @ W_q.t()) * weight_scales for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
-    torch._cslt_compress: int32 accumulation, the per-output-channel weight scale applied by the
-    kernel (its alpha vector). bf16 out: before the token scale, values reach 127 x the layer's
-    output over its input's max, past fp16's range on outlier channels."""
-    return _cslt_tokens_mm(packed, x_q, alpha=weight_scales, out_dtype=torch.bfloat16, alg_id=alg_id)
+def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+                   alg_id: int) -> torch.Tensor:
+    """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
+    torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
+    scale) and the bias applied by the kernel, out in the bias's dtype (fp16: no pass after it)."""
+    return _cslt_tokens_mm(packed, x_q, alpha=alpha, bias=bias, out_dtype=bias.dtype, alg_id=alg_id)
 
 
 class SparseLinear(nn.Module):
@@ -173,13 +177,17 @@ class SparseLinear(nn.Module):
 
 
 class Int8SparseLinear(SparseLinear):
-    """A SparseLinear whose 2:4 kernel is int8: weights quantized once per output channel,
-    activations per token on the fly (the math is stages/int8.py's; `kernels` holds int8 alg_ids).
+    """A SparseLinear whose 2:4 kernel is int8 (the math is stages/int8.py's; `kernels` holds int8
+    alg_ids): weights quantized once per output channel, inputs by one static scale, so quantizing
+    is one pointwise op, which torch.compile fuses into the op before, and the kernel's fp16 output
+    is final."""
 
-    Quantizing the tokens and applying their scale and the bias are plain torch ops around the
-    kernel. On an H100 they cost more than the int8 kernel saves (docs/gpu-results.md): 6-12x
-    slower than cuBLAS as torch ops, 1.3-2x compiled, so `auto` keeps such layers dense there.
-    """
+    def __init__(self, linear: nn.Linear, kernels: dict[int, int | None], keep_dense: bool, input_scale: float):
+        super().__init__(linear, kernels, keep_dense)
+        self.register_buffer("input_scale", torch.tensor(input_scale, device=self.packed.device))
+        self.register_buffer("alpha", self.weight_scales * input_scale)
+        if self.bias is None:  # the kernel's output dtype is the bias's
+            self.bias = torch.zeros(self.out_features, dtype=linear.weight.dtype, device=self.packed.device)
 
     def pack(self, weight: torch.Tensor) -> None:
         weight_scales = int8.absmax_scales(weight)
@@ -187,21 +195,21 @@ class Int8SparseLinear(SparseLinear):
         self.register_buffer("weight_scales", weight_scales)
 
     def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
-        token_scales = int8.absmax_scales(x2d)
-        out = int8_sparse_mm(self.packed, int8.quantize(x2d, token_scales), self.weight_scales, alg_id)
-        out = out * token_scales.unsqueeze(-1)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.to(x2d.dtype)
+        return int8_sparse_mm(self.packed, int8.quantize(x2d, self.input_scale), self.alpha, self.bias, alg_id)
 
 
 def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | None]],
-                 keep_dense: bool = False, int8_layers: set[str] = frozenset()) -> nn.Module:
-    """Replace the named nn.Linears by SparseLinears (Int8SparseLinears for `int8_layers`) with
-    their per-bucket kernels (in place)."""
+                 keep_dense: bool = False, int8_scales: dict[str, float] | None = None) -> nn.Module:
+    """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place);
+    layers in `int8_scales` become Int8SparseLinears with that static input scale."""
+    int8_scales = int8_scales or {}
     for name, kernels in kernels_by_layer.items():
-        module = Int8SparseLinear if name in int8_layers else SparseLinear
-        model.set_submodule(name, module(model.get_submodule(name), kernels, keep_dense))
+        linear = model.get_submodule(name)
+        if name in int8_scales:
+            module = Int8SparseLinear(linear, kernels, keep_dense, int8_scales[name])
+        else:
+            module = SparseLinear(linear, kernels, keep_dense)
+        model.set_submodule(name, module)
     return model
 
 
@@ -259,7 +267,7 @@ class LinearProblem:
     """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with.
 
     Dense is always cuBLAS in `dtype`; the 2:4 kernel runs in `dtype`, or in int8 (int8 weights
-    and tokens, the kernel's per-channel scale on) when `int8` is set.
+    and tokens, per-channel alpha and bias in the kernel, `dtype` out) when `int8` is set.
     """
 
     def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype, int8: bool = False):
@@ -273,7 +281,7 @@ class LinearProblem:
         self.bias = torch.randn(out_features, device=device, dtype=dtype)
         self.int8 = int8
         if int8:
-            self.scales = torch.rand(out_features, device=device) / 100
+            self.alpha = torch.rand(out_features, device=device) / 100
             self.sparse_inputs = [(x * 30).clamp(-127, 127).to(torch.int8) for x in self.inputs]
             self.packed = [torch._cslt_compress((w * 30).clamp(-127, 127).to(torch.int8)) for w in self.weights]
         else:
@@ -289,14 +297,14 @@ class LinearProblem:
         def step(i: int):
             packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
             if self.int8:
-                return int8_sparse_mm(packed, x, self.scales, alg_id)
+                return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
             return sparse_mm(packed, x, self.bias, alg_id)
         return graph_time_ms(step, self.count)
 
     def search(self) -> int:
         if self.int8:
-            return int(torch._cslt_sparse_mm_search(self.packed[0], self.sparse_inputs[0].t(), alpha=self.scales,
-                                                    out_dtype=torch.bfloat16, transpose_result=True))
+            return int(torch._cslt_sparse_mm_search(self.packed[0], self.sparse_inputs[0].t(), alpha=self.alpha,
+                                                    bias=self.bias, out_dtype=self.bias.dtype, transpose_result=True))
         return int(torch._cslt_sparse_mm_search(self.packed[0], self.inputs[0].t(), bias=self.bias,
                                                 transpose_result=True))
 
@@ -438,15 +446,20 @@ class CudaGraphRunner(nn.Module):
     """Runs a QA-style model as one replayed CUDA graph per input signature (shapes + which inputs).
 
     A signature is captured on its first call when `capturable(input_ids.shape)` says so (the
-    shapes the kernels were tuned for); any other call runs the model eagerly. Graphs share one
-    memory pool; outputs are cloned, so they stay valid after the next call. Warm-up and capture
-    run inside `capture_context(inputs)`, where the caller can say what the inputs imply.
+    shapes the kernels were tuned for); any other call runs the model eagerly. With `compile`, what
+    is captured is torch.compile(model) (static shapes): on an H100 that fuses each Linear's int8
+    quantization into the LayerNorm or GELU before it, and made dense bert-base ~10% faster than
+    capturing the eager modules. Graphs share one memory pool; outputs are cloned, so they stay
+    valid after the next call. Warm-up and capture run inside `capture_context(inputs)`, where the
+    caller can say what the inputs imply.
     """
 
     def __init__(self, model: nn.Module, capturable: Callable[[torch.Size], bool] = lambda shape: True,
-                 capture_context: Callable[[dict], contextlib.AbstractContextManager] | None = None):
+                 capture_context: Callable[[dict], contextlib.AbstractContextManager] | None = None,
+                 compile: bool = False):
         super().__init__()
         self.model = model
+        self.captured = torch.compile(model, dynamic=False) if compile else model
         self.capture_context = capture_context or (lambda inputs: contextlib.nullcontext())
         self.config = getattr(model, "config", None)
         self.capturable = capturable
@@ -477,11 +490,11 @@ class CudaGraphRunner(nn.Module):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.model(**static_inputs)
+                self.captured(**static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                static_output = self.model(**static_inputs)
+                static_output = self.captured(**static_inputs)
         self.pool = graph.pool()
         return static_inputs, graph, static_output
 

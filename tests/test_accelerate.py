@@ -268,6 +268,34 @@ def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
     assert seen[1].stride(-1) == 1 and seen[1].shape == (2, 1, 12, 12)
 
 
+def test_fused_attention_compiles_as_one_graph_inside_capture_context():
+    """The masks are dropped while capturing without a graph break (a ContextVar read broke one per
+    layer, which cost int8 its fusions on an H100)."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from stages.attention import capture_context, use_fused_attention
+
+    torch.manual_seed(0)
+    model = use_fused_attention(BertForQuestionAnswering(BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)).eval())
+    import transformers.integrations.sdpa_attention as sdpa
+
+    input_ids = torch.randint(0, 100, (2, 12))
+    unpadded = torch.ones_like(input_ids)  # a mask tensor reaches the attention, as under capture
+    seen, original = [], sdpa.sdpa_attention_forward
+    with torch.no_grad(), capture_context({"input_ids": input_ids}):
+        explained = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=unpadded)
+        sdpa.sdpa_attention_forward = lambda module, q, k, v, mask, **kw: (seen.append(mask), original(
+            module, q, k, v, mask, **kw))[1]
+        try:
+            model(input_ids=input_ids, attention_mask=unpadded)
+        finally:
+            sdpa.sdpa_attention_forward = original
+    torch.compiler.reset()
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert seen == [None, None]  # one per layer: every mask dropped while capturing
+
+
 def test_timing_budget_stops_slow_calls_after_one_timed_call():
     import time
 
@@ -298,7 +326,8 @@ def test_swap_linears_puts_each_kind_in_place_and_dense_buckets_match_the_linear
     model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU()), torch.nn.Linear(16, 4))
     x = torch.randn(3, 5, 8)
     expected = model(x)
-    swap_linears(model, {"0.0": {64: None}, "1": {64: None}}, int8_layers={"1"})
+    swap_linears(model, {"0.0": {64: None}, "1": {64: None}}, int8_scales={"1": 0.05})
     assert type(model[0][0]) is SparseLinear and type(model[1]) is Int8SparseLinear
     assert model[1].packed.dtype == torch.int8 and model[1].weight_scales.shape == (4,)
+    assert model[1].input_scale.item() == pytest.approx(0.05)
     assert torch.allclose(model(x), expected)  # every bucket dense: the plain Linear's result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,11 +14,12 @@ from stages.int8 import (
     MAX_LAYER_ERROR,
     Int8ReferenceLinear,
     absmax_scales,
+    calibrate,
     int8_layers,
     layer_error,
     quantize,
     reference_linear,
-    sensitivity,
+    tensor_scale,
 )
 from stages.modeling import load_qa_model
 
@@ -40,6 +42,14 @@ def test_rounding_is_to_nearest_even_and_clamps_to_symmetric_range():
     assert quantize(torch.tensor([[300.0, -300.0, 127.4, -127.6]]), scales).tolist() == [[127, -127, 127, -127]]
 
 
+def test_a_static_scale_quantizes_the_whole_tensor_and_clamps_what_calibration_did_not_see():
+    calibration = torch.tensor([[0.5, -2.54], [1.0, 0.2]])
+    scale = tensor_scale(calibration)
+    assert scale == pytest.approx(2.54 / 127) and tensor_scale(torch.zeros(3, 2)) == 1.0
+    later = torch.tensor([[0.5, 1.0], [5.0, -0.01]])  # 5.0 is past the calibrated range
+    assert quantize(later, torch.tensor(scale)).tolist() == [[25, 50], [127, 0]]
+
+
 def test_quantization_keeps_the_2of4_zeros():
     weight = torch.randn(8, 16) * torch.tensor([0.0, 1.0, 0.0, 1.0]).repeat(8, 4)
     q = quantize(weight, absmax_scales(weight))
@@ -51,11 +61,11 @@ def test_reference_matches_integer_arithmetic_exactly():
     x, weight, bias = torch.randn(5, 64), torch.randn(6, 64), torch.randn(6)
     w_scales = absmax_scales(weight)
     w_q = quantize(weight, w_scales)
-    x_scales = absmax_scales(x)
-    x_q = quantize(x, x_scales)
-    integer = x_q.long() @ w_q.long().t()  # what the kernel accumulates in int32
-    expected = integer.double() * x_scales.double()[:, None] * w_scales.double()[None, :] + bias.double()
-    assert torch.allclose(reference_linear(x, w_q, w_scales, bias).double(), expected, rtol=1e-6, atol=1e-6)
+    x_scale = tensor_scale(x)
+    x_q = (x.double() / x_scale).round().clamp(-127, 127).long()
+    integer = x_q @ w_q.long().t()  # what the kernel accumulates in int32
+    expected = integer.double() * x_scale * w_scales.double()[None, :] + bias.double()
+    assert torch.allclose(reference_linear(x, w_q, w_scales, x_scale, bias).double(), expected, rtol=1e-6, atol=1e-6)
     assert integer.abs().max() <= INT8_MAX * INT8_MAX * 64
 
 
@@ -63,22 +73,28 @@ def test_int8_error_is_small_for_gaussian_and_large_for_outlier_activations():
     torch.manual_seed(0)
     linear = nn.Linear(256, 128)
     gaussian = torch.randn(32, 256)
-    assert 1e-3 < layer_error(linear, gaussian) < 1e-2
-    # One huge channel per token (as in BERT's outlier dimensions) crushes every other channel
-    # into a few int8 steps: per-token scales cannot save it, so the layer must stay fp16.
+    assert 1e-3 < layer_error(linear, gaussian, tensor_scale(gaussian)) < 2e-2
+    # One huge channel (as in BERT's outlier dimensions) crushes every other channel into a few
+    # int8 steps, so the layer must stay fp16.
     outliers = gaussian.clone()
     outliers[:, 7] = 500.0
-    errors = {"gaussian": layer_error(linear, gaussian), "outliers": layer_error(linear, outliers)}
+    errors = {"gaussian": layer_error(linear, gaussian, tensor_scale(gaussian)),
+              "outliers": layer_error(linear, outliers, tensor_scale(outliers))}
     assert errors["outliers"] > MAX_LAYER_ERROR
     assert int8_layers(errors) == {"gaussian": True, "outliers": False}
 
 
-def test_sensitivity_hooks_every_layer_and_removes_its_hooks():
+def test_calibration_scales_each_layer_by_its_own_input_and_removes_its_hooks():
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
     model.forward = lambda input_ids: nn.Sequential.forward(model, input_ids)  # QA models take input_ids=
     linears = {"0": model[0], "2": model[2]}
-    errors = sensitivity(model, linears, {"input_ids": torch.randn(4, 16)})
-    assert set(errors) == {"0", "2"} and all(0 < e < 0.05 for e in errors.values())
+    x = torch.randn(4, 16)
+    calibrated = calibrate(model, linears, {"input_ids": x})
+    assert set(calibrated) == {"0", "2"}
+    assert calibrated["0"][0] == tensor_scale(x)
+    assert calibrated["2"][0] == tensor_scale(torch.relu(model[0](x)))
+    assert all(0 < error < 0.05 for _, error in calibrated.values())
     assert not model[0]._forward_hooks and not model[2]._forward_hooks
 
 
@@ -100,11 +116,13 @@ def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, 
     assert max(plan["int8_layer_error"].values()) == metrics["int8"]["worst_error"] > 0
     on_int8 = {name for name, entry in plan["layers"].items() if entry["precision"] == "int8"}
     assert on_int8 == {name for name, error in plan["int8_layer_error"].items() if error <= MAX_LAYER_ERROR}
+    assert all(plan["layers"][name]["input_scale"] > 0 for name in on_int8)
 
     # The loaded artifact computes the int8 math on those layers: close to the float model, not equal.
     model = accelerate.load_accelerated(out, torch.device("cpu"), torch.float32)
-    swapped = {name for name, module in model.named_modules() if isinstance(module, Int8ReferenceLinear)}
-    assert swapped == on_int8 and swapped
+    swapped = {name: module for name, module in model.named_modules() if isinstance(module, Int8ReferenceLinear)}
+    assert set(swapped) == on_int8 and swapped
+    assert all(module.input_scale == plan["layers"][name]["input_scale"] for name, module in swapped.items())
     plain = load_qa_model(str(out)).eval()
     input_ids = torch.randint(0, plain.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -118,8 +136,35 @@ def test_int8_reference_linear_is_the_kernel_math():
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     x = torch.randn(3, 5, 32)
-    emulated = Int8ReferenceLinear(linear)
+    emulated = Int8ReferenceLinear(linear, tensor_scale(x))
     scales = absmax_scales(linear.weight)
-    expected = reference_linear(x.reshape(-1, 32), quantize(linear.weight, scales), scales, linear.bias)
+    expected = reference_linear(x.reshape(-1, 32), quantize(linear.weight, scales), scales, tensor_scale(x), linear.bias)
     assert torch.equal(emulated(x), expected.reshape(3, 5, 16))
     assert 0 < relative_error(linear(x).detach(), emulated(x)) < 2e-2
+
+
+def test_int8_sparse_linear_folds_both_scales_and_the_bias_into_one_kernel_call(monkeypatch):
+    """Int8SparseLinear's arithmetic on a CPU: the cuSPARSELt calls are replaced by their definition."""
+    from stages.sparse_engine import Int8SparseLinear
+
+    calls = []
+
+    def cslt_sparse_mm(packed, dense_t, alpha, bias, out_dtype, transpose_result, alg_id):
+        calls.append({"input_dtype": dense_t.dtype, "out_dtype": out_dtype, "alg_id": alg_id})
+        acc = (packed.double() @ dense_t.double()).t()  # int32-exact; transpose_result: (tokens, out)
+        return (acc * alpha.double() + bias.double()).to(out_dtype)
+
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", cslt_sparse_mm)
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    x = torch.randn(2, 7, 32)  # 14 tokens: padded to 16 for the kernel, cut back after
+    scale = tensor_scale(x)
+    module = Int8SparseLinear(linear, {64: 3}, keep_dense=False, input_scale=scale)
+    assert module.weight is None and module.packed.dtype == torch.int8
+    assert torch.equal(module.alpha, module.weight_scales * scale)
+    with torch.no_grad():
+        got = module(x)
+        expected = Int8ReferenceLinear(linear, scale)(x)
+    assert calls == [{"input_dtype": torch.int8, "out_dtype": torch.float32, "alg_id": 3}]
+    assert got.shape == (2, 7, 16) and torch.allclose(got, expected, atol=1e-5)
