@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import int8
@@ -36,6 +37,8 @@ from .sparse_engine import (
 )
 
 PLAN_FILE = "plan.json"
+# The int8 layers' per-input-channel smoothing factors (stages/int8.py), beside the plan.
+SMOOTHING_FILE = "int8_smoothing.safetensors"
 MAX_RELATIVE_ERROR = 2e-3
 # auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (timing noise
 # is ~1%), and a whole-model variant only when it beats dense end to end by this much.
@@ -204,11 +207,11 @@ def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.devic
 
 
 def time_model_variants(dense_model: torch.nn.Module, per_layer: dict[str, Kernels], shapes: dict[str, str],
-                        timings: dict, seq_length: int, int8_scales: dict[str, float],
+                        timings: dict, seq_length: int, int8_calibration: dict[str, tuple[torch.Tensor, float]],
                         compile: bool) -> dict[int, dict[str, float]]:
     """Whole-model latency (ms, CUDA graph replay, compiled or not) per bucket of each distinct variant."""
     model = swap_linears(copy.deepcopy(dense_model), {name: {} for name in per_layer}, keep_dense=True,
-                         int8_scales=int8_scales)
+                         int8_calibration=int8_calibration)
     modules = dict(model.named_modules())
     vocab = dense_model.config.vocab_size
     result = {}
@@ -273,19 +276,19 @@ def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, voca
 
 
 def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None) -> tuple[dict, dict, dict]:
-    """(per-layer int8 errors and static input scales for the plan, summary for the metrics) on one
-    calibration batch."""
+    """(per-layer int8 errors, (smoothing, input scale) of the layers that pass, summary for the
+    metrics) from one calibration batch."""
     inputs, source = calibration_inputs(params, sparse_dir, features_dir, model.config.vocab_size,
                                         next(model.parameters()).device)
-    calibrated = int8.calibrate(model, linears, inputs)
-    errors = {name: error for name, (_, error) in calibrated.items()}
+    calibrated = int8.calibrate(model, linears, inputs, params["accelerate.int8_smoothing"])
+    errors = {name: error for name, (_, _, error) in calibrated.items()}
     allowed = int8.int8_layers(errors)
     worst = max(errors, key=errors.__getitem__)
     summary = {"calibration": source, "max_layer_error": int8.MAX_LAYER_ERROR,
                "layers_int8_ok": sum(allowed.values()), "layers_checked": len(allowed),
                "worst_layer": worst, "worst_error": round(errors[worst], 6)}
-    scales = {name: scale for name, (scale, _) in calibrated.items()}
-    return {name: round(error, 6) for name, error in errors.items()}, scales, summary
+    passed = {name: (smoothing.cpu(), scale) for name, (smoothing, scale, _) in calibrated.items() if allowed[name]}
+    return {name: round(error, 6) for name, error in errors.items()}, passed, summary
 
 
 def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None) -> dict:
@@ -305,13 +308,13 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
     candidates = {name: linear for name, linear in linears.items() if name not in blocked}
 
-    int8_errors, int8_summary, int8_scales = {}, None, {}
+    int8_errors, int8_summary, int8_calibration = {}, None, {}
     if precision == "int8" and candidates:
-        int8_errors, scales, int8_summary = int8_check(params, model, candidates, Path(sparse_dir), features_dir)
-        int8_scales = {name: scales[name] for name, ok in int8.int8_layers(int8_errors).items() if ok}
+        int8_errors, int8_calibration, int8_summary = int8_check(params, model, candidates, Path(sparse_dir),
+                                                                 features_dir)
         if backend is None:
             reason = f"{reason}; int8 layers emulated exactly (float64) so evaluate scores them"
-    layer_precision = {name: "int8" if name in int8_scales else "fp16" for name in candidates}
+    layer_precision = {name: "int8" if name in int8_calibration else "fp16" for name in candidates}
     shapes = {name: shape_key(linear.weight.shape, layer_precision[name]) for name, linear in candidates.items()}
 
     timings, notes, model_ms, variants, kernels = {}, [], {}, {}, {name: {} for name in candidates}
@@ -322,7 +325,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
                 buckets, dtype, params["accelerate.max_alg_id"], kind)
             timings, notes = {**timings, **kind_timings}, notes + kind_notes
         per_layer = layer_kernels(shapes, timings, mode)
-        model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length, int8_scales,
+        model_ms = time_model_variants(model, per_layer, shapes, timings, seq_length, int8_calibration,
                                        params["accelerate.compile"])
         kernels, variants = final_kernels(mode, per_layer, shapes, timings, model_ms)
 
@@ -348,8 +351,8 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     for name, linear in linears.items():
         entry = {"shape": shape_key(linear.weight.shape), "precision": layer_precision.get(name, "fp16"),
                  "kernels": {str(b): a for b, a in kernels.get(name, {}).items()}}
-        if name in int8_scales:
-            entry["input_scale"] = int8_scales[name]
+        if name in int8_calibration:
+            entry["input_scale"] = int8_calibration[name][1]
         if backend is None or name in blocked:
             entry["reason"] = reason if backend is None else blocked[name]
         plan["layers"][name] = entry
@@ -357,6 +360,9 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     for item in sparse_dir.iterdir():
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
+    if int8_calibration:
+        save_file({name: smoothing.contiguous() for name, (smoothing, _) in int8_calibration.items()},
+                  str(out_dir / SMOOTHING_FILE))
     write_json(out_dir / PLAN_FILE, plan)
 
     metrics = summarize(plan)
@@ -367,7 +373,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan)
         metrics["output_relative_error"] = {key: round(err, 6) for key, err in errors.items()}
         worst = max(errors, key=errors.__getitem__)
-        bound = MAX_INT8_RELATIVE_ERROR if int8_scales else MAX_RELATIVE_ERROR
+        bound = MAX_INT8_RELATIVE_ERROR if int8_calibration else MAX_RELATIVE_ERROR
         if errors[worst] > bound:
             raise StageError(f"accelerated outputs differ from the masked dense model at {worst}: relative error "
                              f"{errors[worst]:.2e} > {bound} (plan in {out_dir / PLAN_FILE})")
@@ -386,14 +392,18 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, 
     model_dir = Path(model_dir)
     model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
     plan = read_json(model_dir / PLAN_FILE)
-    int8_scales = {name: entry["input_scale"] for name, entry in plan["layers"].items() if "input_scale" in entry}
+    int8_calibration = {}
+    if any("input_scale" in entry for entry in plan["layers"].values()):
+        smoothing = load_file(str(model_dir / SMOOTHING_FILE))
+        int8_calibration = {name: (smoothing[name], entry["input_scale"])
+                            for name, entry in plan["layers"].items() if "input_scale" in entry}
     if device_backend(device)[0] is None:
-        return int8.emulate(model, int8_scales)
+        return int8.emulate(model, int8_calibration)
     use_fused_attention(model)
     kernels = plan_kernels(plan)
     if not kernels:
         return model
-    swap_linears(model, kernels, int8_scales=int8_scales)
+    swap_linears(model, kernels, int8_calibration=int8_calibration)
     if not graphs:
         return model
     tuned = {(batch, plan["seq_length"]) for batch in plan["batch_sizes"]}

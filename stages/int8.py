@@ -1,17 +1,21 @@
 """int8 x 2:4: the quantization math, and which layers can take int8 without hurting accuracy.
 
-Symmetric int8 in [-127, 127] (no -128, so negating a value never overflows): weights get one
-scale per output channel, activations one static scale per layer, calibrated on a calibration
-batch (its largest |input| maps to 127; larger inputs later clamp). The int8 matmul accumulates
-in int32; both scales fold into the kernel's per-channel alpha and the bias goes into the kernel:
+Symmetric int8 in [-127, 127] (no -128, so negating a value never overflows). Activations are
+quantized with static scales calibrated on a calibration batch, SmoothQuant-style (Xiao et al.,
+2023): BERT's inputs to a Linear have a few channels far larger than the rest, so each input
+channel j is first divided by a smoothing factor s_j = max|x_j|^a / max|w_j|^(1-a) (a =
+`accelerate.int8_smoothing`) and the weight's column j multiplied by it, which leaves x @ W.t()
+unchanged; then the smoothed input gets one scale for the whole tensor (its largest |value| maps
+to 127, larger values later clamp) and the smoothed weight one scale per output channel:
 
-    y[t, o] = (sx * sw[o]) * sum_i xq[t, i] * wq[o, i] + bias[o]
+    y[t, o] = alpha[o] * sum_j xq[t, j] * wq[o, j] + bias[o],   xq = round(x * multipliers),
+    multipliers[j] = 1 / (s_j * input_scale),   alpha[o] = input_scale * weight_scale[o]
 
 Why static, not per token: measured on an H100 (docs/gpu-results.md), a per-token scale needs a
 row reduction before every Linear and a pass that applies it after, which cost more than the int8
-kernel saves; a static scale makes quantization one pointwise op that torch.compile fuses into the
-LayerNorm or GELU before the Linear. Rounding a 2:4 weight keeps its zeros, so the quantized
-weight is still 2:4. Everything here is plain torch and runs on a CPU; `reference_linear`
+kernel saves; with static scales, quantizing is one pointwise op that torch.compile fuses into the
+LayerNorm or GELU before the Linear, and alpha and the bias go into the kernel. Scaling columns
+keeps the weight's 2:4 zeros. Everything here is plain torch and runs on a CPU; `reference_linear`
 computes exactly what the int8 kernel computes (in float64, where int32 sums of int8 products are
 exact), so the sensitivity check and the accuracy of the int8 model need no GPU.
 """
@@ -26,6 +30,8 @@ INT8_MAX = 127
 # A layer keeps int8 when its output on the calibration batch differs from the float layer's by
 # at most this relative (Frobenius) error; fp16 rounding alone is ~5e-4.
 MAX_LAYER_ERROR = 2e-2
+# Channels whose calibration inputs or weights are all zero get no smoothing (s_j = 1).
+_TINY = 1e-8
 
 
 def absmax_scales(t: torch.Tensor) -> torch.Tensor:
@@ -41,37 +47,59 @@ def tensor_scale(t: torch.Tensor) -> float:
 
 
 def quantize(t: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Round to nearest (ties to even, as torch.round) and clamp to [-127, 127]; one scale per row,
-    or one for the whole tensor (a 0-dim `scales`)."""
-    per_row = scales.unsqueeze(-1) if scales.dim() else scales
-    return (t.float() / per_row).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    """Round to nearest (ties to even, as torch.round) and clamp to [-127, 127], one scale per row."""
+    return (t.float() / scales.unsqueeze(-1)).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
 
 
-def reference_linear(x2d: torch.Tensor, weight_q: torch.Tensor, weight_scales: torch.Tensor, input_scale: float,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    """What the int8 kernel computes for float inputs x2d (tokens, in): quantization by the static
-    input scale, int32-exact accumulation, alpha = input scale x weight scale, bias; float32 out."""
-    x_q = quantize(x2d, torch.tensor(input_scale))
-    acc = x_q.double() @ weight_q.double().t()
-    out = (acc * (input_scale * weight_scales.double())).float()
+def quantize_input(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """An activation to int8: times its per-channel multipliers, rounded and clamped (pointwise)."""
+    return (x.float() * multipliers).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+
+
+def smoothing_factors(input_absmax: torch.Tensor, weight: torch.Tensor, strength: float) -> torch.Tensor:
+    """SmoothQuant's s_j = max|x_j|^strength / max|w_j|^(1 - strength) per input channel j (float32)."""
+    weight_absmax = weight.detach().abs().amax(dim=0).float()
+    factors = input_absmax.float().clamp(min=_TINY) ** strength / weight_absmax.clamp(min=_TINY) ** (1 - strength)
+    usable = (input_absmax > 0) & (weight_absmax > 0)
+    return torch.where(usable, factors, torch.ones_like(factors))
+
+
+class Int8Weights:
+    """What an int8 layer runs on, from a float Linear, its smoothing factors and input scale."""
+
+    def __init__(self, linear: nn.Linear, smoothing: torch.Tensor, input_scale: float):
+        smoothed = linear.weight.detach().float() * smoothing.to(linear.weight.device)
+        weight_scales = absmax_scales(smoothed)
+        self.weight_q = quantize(smoothed, weight_scales)
+        self.alpha = weight_scales * input_scale
+        self.multipliers = 1.0 / (smoothing.to(linear.weight.device) * input_scale)
+
+
+def reference_linear(x2d: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None) -> torch.Tensor:
+    """What the int8 kernel computes for float inputs x2d (tokens, in): quantize_input, int32-exact
+    accumulation, alpha, bias; float32 out."""
+    acc = quantize_input(x2d, weights.multipliers).double() @ weights.weight_q.double().t()
+    out = (acc * weights.alpha.double()).float()
     return out if bias is None else out + bias.float()
 
 
-def layer_error(linear: nn.Linear, inputs: torch.Tensor, input_scale: float) -> float:
-    """Relative error of the int8 layer vs the float layer on `inputs` (any leading shape)."""
+def calibrate_layer(linear: nn.Linear, inputs: torch.Tensor, strength: float) -> tuple[torch.Tensor, float, float]:
+    """(smoothing factors, input scale, relative error of the int8 layer vs the float layer) from
+    the layer's calibration inputs (any leading shape)."""
     x2d = inputs.reshape(-1, linear.in_features).float()
+    smoothing = smoothing_factors(x2d.abs().amax(dim=0), linear.weight, strength)
+    input_scale = tensor_scale(x2d / smoothing)
     weight = linear.weight.detach().float()
-    scales = absmax_scales(weight)
     bias = None if linear.bias is None else linear.bias.detach().float()
     exact = x2d @ weight.t() + (0 if bias is None else bias)
-    return relative_error(exact, reference_linear(x2d, quantize(weight, scales), scales, input_scale, bias))
+    error = relative_error(exact, reference_linear(x2d, Int8Weights(linear, smoothing, input_scale), bias))
+    return smoothing, input_scale, error
 
 
 @torch.inference_mode()
-def calibrate(model: nn.Module, linears: dict[str, nn.Linear],
-              inputs: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    """Per Linear, (static input scale, int8 error) on its real inputs, from one float forward of a
-    calibration batch."""
+def calibrate(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[str, torch.Tensor],
+              strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
+    """calibrate_layer for each Linear, on its real inputs from one float forward of a calibration batch."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [linear.register_forward_hook(lambda module, args, out, name=name: captured.__setitem__(name, args[0]))
              for name, linear in linears.items()]
@@ -80,11 +108,7 @@ def calibrate(model: nn.Module, linears: dict[str, nn.Linear],
     finally:
         for hook in hooks:
             hook.remove()
-    result = {}
-    for name, linear in linears.items():
-        scale = tensor_scale(captured[name])
-        result[name] = (scale, layer_error(linear, captured[name], scale))
-    return result
+    return {name: calibrate_layer(linear, captured[name], strength) for name, linear in linears.items()}
 
 
 def int8_layers(errors: dict[str, float], max_error: float = MAX_LAYER_ERROR) -> dict[str, bool]:
@@ -96,23 +120,19 @@ class Int8ReferenceLinear(nn.Module):
     """A Linear that computes what the int8 2:4 kernel computes, on any device (reference_linear):
     where no int8 kernel runs, the pipeline still scores the int8 model's accuracy."""
 
-    def __init__(self, linear: nn.Linear, input_scale: float):
+    def __init__(self, linear: nn.Linear, smoothing: torch.Tensor, input_scale: float):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.input_scale = input_scale
-        weight = linear.weight.detach()
-        self.register_buffer("weight_scales", absmax_scales(weight))
-        self.register_buffer("weight_q", quantize(weight, self.weight_scales))
+        self.weights = Int8Weights(linear, smoothing, input_scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = reference_linear(x.reshape(-1, self.in_features), self.weight_q, self.weight_scales, self.input_scale,
-                               self.bias)
+        out = reference_linear(x.reshape(-1, self.in_features), self.weights, self.bias)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-def emulate(model: nn.Module, input_scales: dict[str, float]) -> nn.Module:
-    """Replace the named nn.Linears by Int8ReferenceLinears with their input scales (in place)."""
-    for name, scale in input_scales.items():
-        model.set_submodule(name, Int8ReferenceLinear(model.get_submodule(name), scale))
+def emulate(model: nn.Module, calibration: dict[str, tuple[torch.Tensor, float]]) -> nn.Module:
+    """Replace the named nn.Linears by Int8ReferenceLinears, given (smoothing, input scale) each (in place)."""
+    for name, (smoothing, input_scale) in calibration.items():
+        model.set_submodule(name, Int8ReferenceLinear(model.get_submodule(name), smoothing, input_scale))
     return model

@@ -82,6 +82,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "accelerate.max_alg_id": (int, _non_negative),
     "accelerate.precision": (str, _one_of("fp16", "int8")),
     "accelerate.compile": (bool, None),
+    "accelerate.int8_smoothing": ((int, float), lambda v: 0 <= v <= 1),
     "evaluate.n_best": (int, _positive),
     "evaluate.max_answer_length": (int, _positive),
     "evaluate.batch_size": (int, _positive),
@@ -104,6 +105,7 @@ _CHECK_DOCS = {
     "train.warmup_ratio": "in [0, 1)",
     "finetune.warmup_ratio": "in [0, 1)",
     "finetune.distill_alpha": "in [0, 1]",
+    "accelerate.int8_smoothing": "in [0, 1]",
     "benchmark.seq_length": "between 8 and 4096",
     "benchmark.cpu_seq_length": "between 8 and 4096",
 }

@@ -177,36 +177,37 @@ class SparseLinear(nn.Module):
 
 
 class Int8SparseLinear(SparseLinear):
-    """A SparseLinear whose 2:4 kernel is int8 (the math is stages/int8.py's; `kernels` holds int8
-    alg_ids): weights quantized once per output channel, inputs by one static scale, so quantizing
-    is one pointwise op, which torch.compile fuses into the op before, and the kernel's fp16 output
-    is final."""
+    """A SparseLinear whose 2:4 kernel is int8, with the math of stages/int8.py (`kernels` holds int8
+    alg_ids): static smoothing and scales, so quantizing the input is one pointwise op, which
+    torch.compile fuses into the op before, and the kernel's fp16 output (alpha and bias applied
+    inside) is final."""
 
-    def __init__(self, linear: nn.Linear, kernels: dict[int, int | None], keep_dense: bool, input_scale: float):
+    def __init__(self, linear: nn.Linear, kernels: dict[int, int | None], keep_dense: bool,
+                 smoothing: torch.Tensor, input_scale: float):
         super().__init__(linear, kernels, keep_dense)
-        self.register_buffer("input_scale", torch.tensor(input_scale, device=self.packed.device))
-        self.register_buffer("alpha", self.weight_scales * input_scale)
+        weights = int8.Int8Weights(linear, smoothing, input_scale)
+        self.register_buffer("packed", torch._cslt_compress(weights.weight_q))
+        self.register_buffer("alpha", weights.alpha)
+        self.register_buffer("multipliers", weights.multipliers)
         if self.bias is None:  # the kernel's output dtype is the bias's
-            self.bias = torch.zeros(self.out_features, dtype=linear.weight.dtype, device=self.packed.device)
+            self.bias = torch.zeros(self.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
 
     def pack(self, weight: torch.Tensor) -> None:
-        weight_scales = int8.absmax_scales(weight)
-        self.register_buffer("packed", torch._cslt_compress(int8.quantize(weight, weight_scales)))
-        self.register_buffer("weight_scales", weight_scales)
+        """Packed in __init__, once the smoothing is known."""
 
     def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
-        return int8_sparse_mm(self.packed, int8.quantize(x2d, self.input_scale), self.alpha, self.bias, alg_id)
+        return int8_sparse_mm(self.packed, int8.quantize_input(x2d, self.multipliers), self.alpha, self.bias, alg_id)
 
 
-def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | None]],
-                 keep_dense: bool = False, int8_scales: dict[str, float] | None = None) -> nn.Module:
+def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | None]], keep_dense: bool = False,
+                 int8_calibration: dict[str, tuple[torch.Tensor, float]] | None = None) -> nn.Module:
     """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place);
-    layers in `int8_scales` become Int8SparseLinears with that static input scale."""
-    int8_scales = int8_scales or {}
+    layers in `int8_calibration` become Int8SparseLinears with that (smoothing, input scale)."""
+    int8_calibration = int8_calibration or {}
     for name, kernels in kernels_by_layer.items():
         linear = model.get_submodule(name)
-        if name in int8_scales:
-            module = Int8SparseLinear(linear, kernels, keep_dense, int8_scales[name])
+        if name in int8_calibration:
+            module = Int8SparseLinear(linear, kernels, keep_dense, *int8_calibration[name])
         else:
             module = SparseLinear(linear, kernels, keep_dense)
         model.set_submodule(name, module)

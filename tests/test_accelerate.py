@@ -326,8 +326,8 @@ def test_swap_linears_puts_each_kind_in_place_and_dense_buckets_match_the_linear
     model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU()), torch.nn.Linear(16, 4))
     x = torch.randn(3, 5, 8)
     expected = model(x)
-    swap_linears(model, {"0.0": {64: None}, "1": {64: None}}, int8_scales={"1": 0.05})
+    swap_linears(model, {"0.0": {64: None}, "1": {64: None}}, int8_calibration={"1": (torch.ones(16), 0.05)})
     assert type(model[0][0]) is SparseLinear and type(model[1]) is Int8SparseLinear
-    assert model[1].packed.dtype == torch.int8 and model[1].weight_scales.shape == (4,)
-    assert model[1].input_scale.item() == pytest.approx(0.05)
+    assert model[1].packed.dtype == torch.int8 and model[1].alpha.shape == (4,)
+    assert torch.allclose(model[1].multipliers, torch.full((16,), 20.0))
     assert torch.allclose(model(x), expected)  # every bucket dense: the plain Linear's result

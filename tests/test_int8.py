@@ -13,15 +13,19 @@ from stages.int8 import (
     INT8_MAX,
     MAX_LAYER_ERROR,
     Int8ReferenceLinear,
+    Int8Weights,
     absmax_scales,
     calibrate,
+    calibrate_layer,
     int8_layers,
-    layer_error,
     quantize,
+    quantize_input,
     reference_linear,
+    smoothing_factors,
     tensor_scale,
 )
 from stages.modeling import load_qa_model
+from safetensors.torch import load_file
 
 
 def test_scales_map_each_rows_absmax_to_127():
@@ -47,7 +51,19 @@ def test_a_static_scale_quantizes_the_whole_tensor_and_clamps_what_calibration_d
     scale = tensor_scale(calibration)
     assert scale == pytest.approx(2.54 / 127) and tensor_scale(torch.zeros(3, 2)) == 1.0
     later = torch.tensor([[0.5, 1.0], [5.0, -0.01]])  # 5.0 is past the calibrated range
-    assert quantize(later, torch.tensor(scale)).tolist() == [[25, 50], [127, 0]]
+    multipliers = torch.full((2,), 1 / scale)
+    assert quantize_input(later, multipliers).tolist() == [[25, 50], [127, 0]]
+
+
+def test_smoothing_moves_an_outlier_channel_into_the_weight_and_keeps_the_product():
+    x_absmax = torch.tensor([1.0, 100.0, 0.0, 4.0])  # channel 1 an outlier, channel 2 never active
+    weight = torch.tensor([[1.0, 0.5, 2.0, 0.0], [0.5, 0.25, 1.0, 0.0]])  # column 3 pruned away
+    s = smoothing_factors(x_absmax, weight, strength=0.5)
+    assert torch.allclose(s[:2], torch.tensor([1.0, 10 / 0.5**0.5]))  # sqrt(1) / sqrt(1), sqrt(100) / sqrt(0.5)
+    assert s[2] == 1 and s[3] == 1  # nothing to balance: left alone
+    assert torch.equal(smoothing_factors(x_absmax, weight, strength=0.0)[:2], 1 / torch.tensor([1.0, 0.5]))
+    x = torch.randn(5, 4)
+    assert torch.allclose((x / s) @ (weight * s).t(), x @ weight.t(), atol=1e-5)
 
 
 def test_quantization_keeps_the_2of4_zeros():
@@ -58,30 +74,33 @@ def test_quantization_keeps_the_2of4_zeros():
 
 def test_reference_matches_integer_arithmetic_exactly():
     torch.manual_seed(0)
-    x, weight, bias = torch.randn(5, 64), torch.randn(6, 64), torch.randn(6)
-    w_scales = absmax_scales(weight)
-    w_q = quantize(weight, w_scales)
-    x_scale = tensor_scale(x)
-    x_q = (x.double() / x_scale).round().clamp(-127, 127).long()
-    integer = x_q @ w_q.long().t()  # what the kernel accumulates in int32
-    expected = integer.double() * x_scale * w_scales.double()[None, :] + bias.double()
-    assert torch.allclose(reference_linear(x, w_q, w_scales, x_scale, bias).double(), expected, rtol=1e-6, atol=1e-6)
+    x, linear = torch.randn(5, 64), nn.Linear(64, 6)
+    smoothing, input_scale = torch.rand(64) + 0.5, 0.03
+    weights = Int8Weights(linear, smoothing, input_scale)
+    smoothed = linear.weight.detach() * smoothing
+    w_scales = absmax_scales(smoothed)
+    assert torch.equal(weights.weight_q, quantize(smoothed, w_scales))
+    x_q = (x * (1 / (smoothing * input_scale))).round().clamp(-127, 127).long()
+    integer = x_q @ weights.weight_q.long().t()  # what the kernel accumulates in int32
+    expected = integer.double() * (w_scales * input_scale).double()[None, :] + linear.bias.detach().double()
+    got = reference_linear(x, weights, linear.bias.detach()).double()
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert integer.abs().max() <= INT8_MAX * INT8_MAX * 64
+    assert relative_error(linear(x).detach(), got) < 2e-2  # and it is the layer, to int8 precision
 
 
-def test_int8_error_is_small_for_gaussian_and_large_for_outlier_activations():
+def test_an_outlier_channel_fails_int8_unless_smoothing_moves_it_into_the_weight():
     torch.manual_seed(0)
     linear = nn.Linear(256, 128)
     gaussian = torch.randn(32, 256)
-    assert 1e-3 < layer_error(linear, gaussian, tensor_scale(gaussian)) < 2e-2
+    assert 1e-3 < calibrate_layer(linear, gaussian, strength=0.0)[2] < 2e-2
     # One huge channel (as in BERT's outlier dimensions) crushes every other channel into a few
-    # int8 steps, so the layer must stay fp16.
+    # int8 steps under one scale; smoothing divides it down (and scales its weight column up).
     outliers = gaussian.clone()
-    outliers[:, 7] = 500.0
-    errors = {"gaussian": layer_error(linear, gaussian, tensor_scale(gaussian)),
-              "outliers": layer_error(linear, outliers, tensor_scale(outliers))}
-    assert errors["outliers"] > MAX_LAYER_ERROR
-    assert int8_layers(errors) == {"gaussian": True, "outliers": False}
+    outliers[:, 7] *= 500.0
+    errors = {"plain": calibrate_layer(linear, outliers, strength=0.0)[2],
+              "smoothed": calibrate_layer(linear, outliers, strength=0.8)[2]}
+    assert int8_layers(errors) == {"plain": False, "smoothed": True}
 
 
 def test_calibration_scales_each_layer_by_its_own_input_and_removes_its_hooks():
@@ -90,11 +109,15 @@ def test_calibration_scales_each_layer_by_its_own_input_and_removes_its_hooks():
     model.forward = lambda input_ids: nn.Sequential.forward(model, input_ids)  # QA models take input_ids=
     linears = {"0": model[0], "2": model[2]}
     x = torch.randn(4, 16)
-    calibrated = calibrate(model, linears, {"input_ids": x})
+    calibrated = calibrate(model, linears, {"input_ids": x}, strength=0.5)
     assert set(calibrated) == {"0", "2"}
-    assert calibrated["0"][0] == tensor_scale(x)
-    assert calibrated["2"][0] == tensor_scale(torch.relu(model[0](x)))
-    assert all(0 < error < 0.05 for _, error in calibrated.values())
+    with torch.no_grad():
+        inputs = {"0": x, "2": torch.relu(model[0](x))}
+    for name, layer_input in inputs.items():
+        smoothing, input_scale, error = calibrated[name]
+        assert torch.equal(smoothing, smoothing_factors(layer_input.abs().amax(0), linears[name].weight, 0.5))
+        assert input_scale == pytest.approx(tensor_scale(layer_input / smoothing))
+        assert 0 < error < 0.05
     assert not model[0]._forward_hooks and not model[2]._forward_hooks
 
 
@@ -117,12 +140,16 @@ def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, 
     on_int8 = {name for name, entry in plan["layers"].items() if entry["precision"] == "int8"}
     assert on_int8 == {name for name, error in plan["int8_layer_error"].items() if error <= MAX_LAYER_ERROR}
     assert all(plan["layers"][name]["input_scale"] > 0 for name in on_int8)
+    smoothing = load_file(str(out / accelerate.SMOOTHING_FILE))
+    assert set(smoothing) == on_int8 and all(bool((s > 0).all()) for s in smoothing.values())
 
     # The loaded artifact computes the int8 math on those layers: close to the float model, not equal.
     model = accelerate.load_accelerated(out, torch.device("cpu"), torch.float32)
     swapped = {name: module for name, module in model.named_modules() if isinstance(module, Int8ReferenceLinear)}
     assert set(swapped) == on_int8 and swapped
-    assert all(module.input_scale == plan["layers"][name]["input_scale"] for name, module in swapped.items())
+    for name, module in swapped.items():
+        expected = 1 / (smoothing[name] * plan["layers"][name]["input_scale"])
+        assert torch.equal(module.weights.multipliers, expected)
     plain = load_qa_model(str(out)).eval()
     input_ids = torch.randint(0, plain.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -136,9 +163,10 @@ def test_int8_reference_linear_is_the_kernel_math():
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     x = torch.randn(3, 5, 32)
-    emulated = Int8ReferenceLinear(linear, tensor_scale(x))
-    scales = absmax_scales(linear.weight)
-    expected = reference_linear(x.reshape(-1, 32), quantize(linear.weight, scales), scales, tensor_scale(x), linear.bias)
+    smoothing = torch.rand(32) + 0.5
+    emulated = Int8ReferenceLinear(linear, smoothing, tensor_scale(x / smoothing))
+    expected = reference_linear(x.reshape(-1, 32), Int8Weights(linear, smoothing, tensor_scale(x / smoothing)),
+                                linear.bias)
     assert torch.equal(emulated(x), expected.reshape(3, 5, 16))
     assert 0 < relative_error(linear(x).detach(), emulated(x)) < 2e-2
 
@@ -159,12 +187,14 @@ def test_int8_sparse_linear_folds_both_scales_and_the_bias_into_one_kernel_call(
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     x = torch.randn(2, 7, 32)  # 14 tokens: padded to 16 for the kernel, cut back after
-    scale = tensor_scale(x)
-    module = Int8SparseLinear(linear, {64: 3}, keep_dense=False, input_scale=scale)
-    assert module.weight is None and module.packed.dtype == torch.int8
-    assert torch.equal(module.alpha, module.weight_scales * scale)
+    smoothing = torch.rand(32) + 0.5
+    scale = tensor_scale(x / smoothing)
+    module = Int8SparseLinear(linear, {64: 3}, keep_dense=False, smoothing=smoothing, input_scale=scale)
+    reference = Int8ReferenceLinear(linear, smoothing, scale)
+    assert module.weight is None and torch.equal(module.packed, reference.weights.weight_q)
+    assert torch.equal(module.alpha, reference.weights.alpha)
     with torch.no_grad():
         got = module(x)
-        expected = Int8ReferenceLinear(linear, scale)(x)
+        expected = reference(x)
     assert calls == [{"input_dtype": torch.int8, "out_dtype": torch.float32, "alg_id": 3}]
     assert got.shape == (2, 7, 16) and torch.allclose(got, expected, atol=1e-5)
