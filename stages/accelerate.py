@@ -241,7 +241,9 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: di
     """Relative error of the accelerated logits vs the masked dense model, per bucket that runs 2:4.
 
     Each such bucket runs eagerly at seq_length - 1 (an odd token count: the padding path), and the
-    smallest one also as its captured CUDA graph.
+    smallest one also as its captured CUDA graph, against the dense model run the same way: compiled
+    models round differently from eager ones (fused ops keep float32 in between), by more than the
+    bound on an H200 (2.6e-3 for fp16 bert-base), and that is not the 2:4 kernels' error.
     """
     seq, vocab = plan["seq_length"], dense.config.vocab_size
     device = next(dense.parameters()).device
@@ -256,7 +258,10 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: di
     if sparse_buckets:
         batch = sparse_buckets[0] // seq
         input_ids = random_ids(batch, seq, vocab, device, seed=1)
-        errors[f"bs{batch}_seq{seq}_graphed"] = logits_error(dense(input_ids=input_ids), accelerated(input_ids=input_ids))
+        reference = CudaGraphRunner(dense, capture_context=capture_context, compile=plan["compiled"])
+        errors[f"bs{batch}_seq{seq}_graphed"] = logits_error(reference(input_ids=input_ids),
+                                                             accelerated(input_ids=input_ids))
+        del reference
     return errors
 
 
