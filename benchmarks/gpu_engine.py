@@ -74,6 +74,8 @@ def print_benchmark(bench: dict) -> None:
     print("\n== benchmark: speedup dense/accelerated ==")
     for batch, row in bench["speedup"].items():
         print(f"{batch:>6}  " + "  ".join(f"{mode}=x{s}" for mode, s in row.items()))
+    if "speedup_vs_dense_fp8" in bench:
+        print("accelerated vs dense fp8 (compiled): " + "  ".join(f"{b}=x{s}" for b, s in bench["speedup_vs_dense_fp8"].items()))
     t = bench.get("tutorial_linear", {})
     if "error" in t:
         print(f"\n== tutorial Linear {t['shape']} ==\n{t['error']}: {t['kernel_timing_notes']}")

@@ -4,7 +4,10 @@ Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU, a host 
 speedup is dense / accelerated. Modes: eager (module calls; on a GPU this includes cuSPARSELt's
 per-call host planning), compiled (torch.compile; on a GPU the compiled model captured as one
 CUDA graph per batch size, which on an H100 ran dense bert-base 10% faster than
-mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
+mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). On a
+GPU with fp8 tensor cores (compute capability 8.9+) and compile on, the dense model with fp8
+Linears (stages/fp8.py) is timed compiled too, as `dense_fp8`: the dense model to beat besides
+fp16. An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
 runs the tutorial's single-Linear microbenchmark.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 from .accelerate import load_accelerated, random_ids
 from .attention import capture_context, use_fused_attention
 from .common import best_device, device_facts, relative_error
+from . import fp8
 from .int8 import Int8ReferenceLinear
 from .modeling import load_qa_model
 from .sparse_engine import (
@@ -30,7 +34,6 @@ from .sparse_engine import (
     tune_linears,
 )
 
-VARIANTS = ("dense", "accelerated")
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
 # Eager fp16 2:4 forwards plan every cuSPARSELt call on the host (~14 s per bert-base forward on an
@@ -57,7 +60,7 @@ def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
     """dense / accelerated per batch size and mode, where both were measured."""
     result = {}
     for batch, row in latency.items():
-        modes_seen = [key.split("_", 1)[1] for key in row if key.startswith("dense_")]
+        modes_seen = [key.removeprefix("dense_") for key in row if key.count("_") == 1 and key.startswith("dense_")]
         result[batch] = {mode: round(row[f"dense_{mode}"] / row[f"accelerated_{mode}"], 3)
                          for mode in modes_seen if f"accelerated_{mode}" in row}
     return result
@@ -88,8 +91,10 @@ def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[st
     input_ids = random_ids(batch, seq_length, models["dense"]["eager"].config.vocab_size, device, seed=batch)
     latency, peak = {}, {}
     for mode in mode_names:
-        for variant in VARIANTS:
-            forward = models[variant][mode]
+        for variant, by_mode in models.items():
+            if mode not in by_mode:
+                continue
+            forward = by_mode[mode]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with torch.inference_mode():
@@ -151,11 +156,17 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "dense": use_fused_attention(dense) if on_gpu else dense,
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
     }
+    fp8_modes = ["compiled"] if fp8.available(device) and "compiled" in mode_names else []
+    if fp8_modes:
+        calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
+        plain["dense_fp8"] = fp8.fp8_model(plain["dense"], calibration)
     latency, peak_memory, rows = {}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
-        models = {variant: {mode: wrap(model, mode, on_gpu) for mode in mode_names} for variant, model in plain.items()}
+        models = {variant: {mode: wrap(model, mode, on_gpu) for mode in (fp8_modes if variant == "dense_fp8"
+                                                                          else mode_names)}
+                  for variant, model in plain.items()}
         try:
             latency[key], peak = measure_batch(models, batch, seq_length, mode_names, params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
@@ -172,7 +183,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
             peak_memory[key] = peak
         rows += [{"batch_size": batch, "variant": variant, "mode": mode, "latency_ms": ms}
                  for variant_mode, ms in latency[key].items()
-                 for variant, mode in [variant_mode.split("_", 1)]]
+                 for variant, mode in [variant_mode.rsplit("_", 1)]]
     metrics = {
         "seq_length": seq_length,
         "dtype": str(dtype).removeprefix("torch."),
@@ -183,6 +194,10 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "speedup": speedups(latency),
         "device": device_facts(device),
     }
+    if fp8_modes:
+        metrics["speedup_vs_dense_fp8"] = {
+            batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
+            for batch, row in latency.items() if "dense_fp8_compiled" in row and "accelerated_compiled" in row}
     if any(isinstance(module, Int8ReferenceLinear) for module in plain["accelerated"].modules()):
         metrics["note"] = "accelerated computes its int8 layers in a float64 emulation here: not a speed figure"
     if on_gpu:

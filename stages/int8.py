@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import relative_error
+from .common import layer_inputs, relative_error
 
 INT8_MAX = 127
 # A layer keeps int8 when its output on the calibration batch differs from the float layer's by
@@ -100,14 +100,7 @@ def calibrate_layer(linear: nn.Linear, inputs: torch.Tensor, strength: float) ->
 def calibrate(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[str, torch.Tensor],
               strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
     """calibrate_layer for each Linear, on its real inputs from one float forward of a calibration batch."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [linear.register_forward_hook(lambda module, args, out, name=name: captured.__setitem__(name, args[0]))
-             for name, linear in linears.items()]
-    try:
-        model(**inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    captured = layer_inputs(model, linears, inputs)
     return {name: calibrate_layer(linear, captured[name], strength) for name, linear in linears.items()}
 
 
