@@ -77,4 +77,3 @@ def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
         for name, module in base.named_modules()
         if isinstance(module, torch.nn.Linear)
     }
-
