@@ -68,7 +68,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
         }.items()
     },
     "train.eval_batch_size": (int, _positive),
-    "prune.method": (str, _one_of("magnitude", "wanda")),
+    "prune.method": (str, _one_of("magnitude", "wanda", "sparsegpt")),
     "prune.sparse_block_shape": (list, lambda v: v == [1, 4]),
     "prune.zeros_per_block": (int, lambda v: v == 2),
     "prune.exclude": (str, None),

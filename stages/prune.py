@@ -3,7 +3,11 @@
 magnitude keeps the 2 largest |W| of every 4; wanda (Sun et al. 2023, "A Simple and Effective
 Pruning Approach for Large Language Models") keeps the 2 largest |W_ij| * ||X_j||_2, where ||X_j||_2
 is the L2 norm of input channel j over the tokens of a few seeded calibration batches: a weight
-that meets large activations matters more than its magnitude alone says.
+that meets large activations matters more than its magnitude alone says. sparsegpt (Frantar and
+Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot") also
+uses the calibration inputs X, and goes further: column by column it drops the 2 of 4 weights
+whose removal costs least in ||XW^T - XW'^T|| and updates the weights not yet visited to make up
+for them (an optimal-brain-surgeon step with the inverse of X^T X).
 
 The filter is "every nn.Linear inside the model's transformer body, minus prune.exclude", so it
 works for BERT-family models without a layer name wired in; the QA head is never pruned.
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.ao.pruning import WeightNormSparsifier
+from tqdm.auto import tqdm
 
 from .common import StageError
 from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
@@ -79,13 +84,13 @@ def calibration_batches(features, tokenizer, n_batches: int, batch_size: int, se
 
 
 @torch.no_grad()
-def input_channel_norms(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
-                        batches: list[dict]) -> dict[str, torch.Tensor]:
-    """Per layer, the L2 norm of each input channel over every real token of the batches.
+def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], batches: list[dict],
+                    statistic) -> dict[str, torch.Tensor]:
+    """Per layer, the sum over the batches of statistic(rows), rows = the layer's input rows (float64).
 
     Padding tokens are left out: they are an artefact of batching, not activations the model sees.
     """
-    squares = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+    totals: dict[str, torch.Tensor] = {}
     real_tokens = None  # the current batch's attention mask, read by the hooks
 
     def recorder(name):
@@ -93,7 +98,8 @@ def input_channel_norms(model: torch.nn.Module, layers: dict[str, torch.nn.Linea
             inputs = args[0]
             # Token-level inputs drop their padding; pooled inputs (one row per sequence) count whole.
             rows = inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape else inputs.reshape(-1, inputs.shape[-1])
-            squares[name] += rows.double().pow(2).sum(dim=0).cpu()
+            value = statistic(rows.double()).cpu()
+            totals[name] = totals[name] + value if name in totals else value
         return record
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
@@ -105,7 +111,62 @@ def input_channel_norms(model: torch.nn.Module, layers: dict[str, torch.nn.Linea
     finally:
         for handle in handles:
             handle.remove()
+    return totals
+
+
+def input_channel_norms(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
+                        batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Per layer, the L2 norm of each input channel over every real token of the batches (Wanda)."""
+    squares = sum_over_inputs(model, layers, batches, lambda rows: rows.pow(2).sum(dim=0))
     return {name: total.sqrt().float() for name, total in squares.items()}
+
+
+def input_grams(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
+                batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Per layer, X^T X over every real token of the batches (SparseGPT's Hessian, up to a factor 2)."""
+    return sum_over_inputs(model, layers, batches, lambda rows: rows.t() @ rows)
+
+
+# SparseGPT's defaults: dampening of X^T X by 1% of its mean diagonal; columns updated in blocks.
+SPARSEGPT_DAMP = 0.01
+SPARSEGPT_BLOCK = 128
+
+
+@torch.no_grad()
+def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, zeros_per_block: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned weight, keep-mask): SparseGPT's 2:4 one-shot pruning of one Linear weight (out, in).
+
+    For each group of 4 input columns it drops the `zeros_per_block` weights per row with the least
+    w^2 / [H^-1]_jj (the error their removal adds), then spreads each dropped column's error over
+    the columns not yet visited through the Cholesky factor of H^-1, H = X^T X + damping.
+    """
+    w = weight.detach().double().clone()
+    h = gram.double().clone()
+    dead = torch.diag(h) == 0  # inputs that never fire: their weights cannot matter
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += torch.eye(len(h), dtype=h.dtype) * SPARSEGPT_DAMP * torch.diag(h).mean()
+    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    columns = w.shape[1]
+    keep = torch.ones_like(w, dtype=torch.bool)
+    for start in range(0, columns, SPARSEGPT_BLOCK):
+        end = min(start + SPARSEGPT_BLOCK, columns)
+        block, block_inv = w[:, start:end].clone(), h_inv[start:end, start:end]
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            if i % GROUP == 0:  # choose this group's zeros with the weights as updated so far
+                cost = block[:, i:i + GROUP] ** 2 / torch.diag(block_inv)[i:i + GROUP] ** 2
+                drop = cost.topk(zeros_per_block, dim=1, largest=False).indices
+                keep[:, start + i:start + i + GROUP].scatter_(1, drop, False)
+            column = block[:, i]
+            pruned = torch.where(keep[:, start + i], column, torch.zeros_like(column))
+            error = (column - pruned) / block_inv[i, i]
+            block[:, i:] -= error.unsqueeze(1) @ block_inv[i, i:].unsqueeze(0)
+            block[:, i] = pruned
+            errors[:, i] = error
+        w[:, start:end] = block
+        w[:, end:] -= errors @ h_inv[start:end, end:]
+    return w.to(weight.dtype), keep
 
 
 def current_masks(sparsifier: WeightNormSparsifier) -> dict[str, torch.Tensor]:
@@ -155,28 +216,39 @@ def summarize(report: dict[str, dict]) -> dict:
 
 
 def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("features")) -> dict:
-    """2:4-prune the baseline by params' prune.method; wanda calibrates on features_dir/train."""
+    """2:4-prune the baseline by params' prune.method; wanda and sparsegpt calibrate on features_dir/train."""
     model = load_qa_model(str(baseline_dir))
     tokenizer = load_tokenizer(str(baseline_dir))
     layers = prunable_linears(model, params["prune.exclude"])
     names = list(layers)
+    method = params["prune.method"]
     calibration, input_norms = {}, None
-    if params["prune.method"] == "wanda":
+    if method in ("wanda", "sparsegpt"):
         import datasets  # here, not at the top: the GPU box that runs accelerate has no datasets
 
         train_features = datasets.load_from_disk(str(features_dir / "train"))
         batches = calibration_batches(train_features, tokenizer, params["prune.calibration_batches"],
                                       params["prune.calibration_batch_size"], params["seed"])
-        input_norms = input_channel_norms(model, layers, batches)
         calibration = {"calibration_sequences": sum(len(b["input_ids"]) for b in batches),
                        "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
-    sparsifier = attach_sparsifier(model, names, params, input_norms)
-    sparsifier.step()  # keep the 2 highest-scoring weights of every 4
-    masks = current_masks(sparsifier)
+    if method == "sparsegpt":
+        grams = input_grams(model, layers, batches)
+        masks = {}
+        for name, layer in tqdm(layers.items(), desc="sparsegpt", unit="layer"):
+            pruned, masks[name] = sparsegpt(layer.weight, grams[name], params["prune.zeros_per_block"])
+            layer.weight.data.copy_(pruned)
+        sparsifier = attach_sparsifier(model, names, params)
+        load_masks(sparsifier, masks)
+    else:
+        if method == "wanda":
+            input_norms = input_channel_norms(model, layers, batches)
+        sparsifier = attach_sparsifier(model, names, params, input_norms)
+        sparsifier.step()  # keep the 2 highest-scoring weights of every 4
+        masks = current_masks(sparsifier)
     sparsifier.squash_mask()
     summary = summarize(sparsity_report(model, names))
     if not summary["pattern_2of4_holds"]:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
     save_model(model, tokenizer, out_dir)
     torch.save(masks, out_dir / MASKS_FILE)
-    return {"method": params["prune.method"], **calibration, **summary}
+    return {"method": method, **calibration, **summary}

@@ -114,3 +114,66 @@ def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny
         runs[name] = torch.load(tmp_path / name / MASKS_FILE)
     assert all(torch.equal(runs["wanda"][k], runs["wanda again"][k]) for k in runs["wanda"])
     assert any(not torch.equal(runs["wanda"][k], runs["magnitude"][k]) for k in runs["wanda"])
+
+
+def test_sparsegpt_reconstructs_the_layer_output_better_than_magnitude_and_wanda():
+    from stages.prune import sparsegpt, two_four_violations
+
+    torch.manual_seed(0)
+    weight = torch.randn(24, 64)
+    # Correlated channels of unequal size, as a transformer's are: what the weight updates exploit.
+    x = (torch.randn(512, 24) @ torch.randn(24, 64) + 0.1 * torch.randn(512, 64)) * torch.linspace(0.1, 3.0, 64)
+    x[:, 5] = 0  # an input that never fires
+    gram = x.double().t() @ x.double()
+    pruned, keep = sparsegpt(weight, gram)
+    assert keep.shape == weight.shape and bool((keep.reshape(24, -1, 4).sum(-1) == 2).all())
+    assert torch.equal(pruned == 0, ~keep | (pruned == 0)) and two_four_violations(pruned) == 0
+    assert bool((pruned[~keep] == 0).all())
+
+    def output_error(w):
+        return float((x @ w.t() - x @ weight.t()).norm() / (x @ weight.t()).norm())
+
+    def top2(scores):  # keep the 2 largest scores of every 4 inputs
+        groups = scores.reshape(24, -1, 4)
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+        return weight * mask.reshape(24, 64)
+
+    errors = {"magnitude": output_error(top2(weight.abs())),
+              "wanda": output_error(top2(weight.abs() * x.norm(dim=0))),
+              "sparsegpt": output_error(pruned)}
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"]
+    assert errors["sparsegpt"] < 0.8 * errors["wanda"]  # the weight updates are worth it
+
+
+def test_sparsegpt_is_sequential_optimal_brain_surgeon():
+    """The lazy, Cholesky-based updates equal the textbook ones: prune column i, then move its error
+    onto columns i+1.. through the inverse of X^T X restricted to columns i.. ."""
+    from stages import prune as prune_module
+
+    torch.manual_seed(1)
+    weight = torch.randn(8, 16)
+    x = torch.randn(200, 6) @ torch.randn(6, 16) + 0.1 * torch.randn(200, 16)
+    gram = x.double().t() @ x.double()
+    damped = gram + torch.eye(16, dtype=torch.float64) * prune_module.SPARSEGPT_DAMP * torch.diag(gram).mean()
+    pruned, keep = prune_module.sparsegpt(weight, gram)
+    w = weight.double().clone()
+    for i in range(16):
+        h_inv = torch.linalg.inv(damped[i:, i:])
+        kept = torch.where(keep[:, i], w[:, i], torch.zeros_like(w[:, i]))
+        w[:, i:] -= ((w[:, i] - kept) / h_inv[0, 0])[:, None] * h_inv[0, :][None, :]
+        w[:, i] = kept
+    assert torch.allclose(pruned.double(), w, atol=1e-4)
+
+
+def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path):
+    params["prune"].update(method="sparsegpt", calibration_batches=2, calibration_batch_size=4)
+    metrics = prune(params, tiny_model, tmp_path, features)
+    assert metrics["method"] == "sparsegpt" and metrics["pattern_2of4_holds"]
+    assert metrics["calibration_sequences"] == 8 and metrics["sparsity_of_pruned_layers"] >= 0.5
+    masks = torch.load(tmp_path / MASKS_FILE)
+    model = load_qa_model(str(tmp_path))
+    baseline = load_qa_model(str(tiny_model))
+    for name, mask in masks.items():
+        pruned, dense = model.get_submodule(name).weight, baseline.get_submodule(name).weight
+        assert bool((pruned[~mask] == 0).all())
+        assert not torch.equal(pruned[mask], dense[mask])  # kept weights were updated, unlike wanda's
