@@ -4,7 +4,7 @@ Runs `dvc exp run evaluate` once per prune.method x finetune.distill, then reads
 `dvc exp show --json` and prints, per combination, exact match and F1 of the dense baseline, the
 zero-shot pruned model and the sparse fine-tuned model. Run from the repository root:
 
-    python benchmarks/compare_methods.py                        # the four experiments, then the table
+    python benchmarks/compare_methods.py                        # the six experiments, then the table
     python benchmarks/compare_methods.py -S data.source=json    # -S goes to every run (and filters the table)
     python benchmarks/compare_methods.py --no-run               # the table from experiments already run
 
@@ -23,7 +23,7 @@ import sys
 
 import yaml
 
-METHODS = ("magnitude", "wanda")
+METHODS = ("magnitude", "wanda", "sparsegpt")
 DISTILL = (False, True)
 COMBINATION_KEYS = ("prune.method", "finetune.distill")
 VARIANTS = (("dense", "dense"), ("pruned", "zero-shot pruned"), ("sparse", "sparse fine-tuned"))
