@@ -4,10 +4,11 @@ On a GPU with 2:4 tensor cores and cuSPARSELt, every 2:4 Linear of the encoder i
 weight shape) against cuBLAS at the benchmark's token counts (batch x sequence), each cuSPARSELt
 kernel config in turn; `accelerate.mode=auto` keeps 2:4 per layer and batch-size bucket only where
 it measured faster, then times the whole model (as CUDA graphs, of the torch.compile'd model with
-`accelerate.compile`) dense, per-layer and all-2:4 per bucket and keeps the fastest, so the result is never slower than dense at the shapes it was made
-for. Everywhere else (no CUDA, compute capability < 8.0, mode none) every layer is planned dense
-with the reason, and the stage succeeds. The plan is saved beside the model and applied when it is
-loaded; the stage checks the accelerated outputs against the masked dense model before it ends.
+`accelerate.compile`) dense, per-layer and all-2:4 per bucket and keeps the fastest, so the result
+is never slower than dense at the shapes it was made for. Everywhere else (no CUDA, compute
+capability < 8.0, mode none) every layer is planned dense with the reason, and the stage succeeds.
+The plan is saved beside the model and applied when it is loaded; the stage checks the accelerated
+outputs against the masked dense model before it ends.
 """
 from __future__ import annotations
 
@@ -390,18 +391,17 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, 
     """The accelerate artifact: the model with its plan's 2:4 Linears swapped in.
 
     With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs (of
-    the torch.compile'd model where the plan was timed compiled), any other shape runs eagerly. Under a dense plan it is the plain model; without a CUDA device
-    that has 2:4 kernels too, except that layers the plan puts on int8 compute the int8 kernel's
-    math exactly (stages/int8.py), so evaluate scores what the GPU would.
+    the torch.compile'd model where the plan was timed compiled), any other shape runs eagerly.
+    Under a dense plan it is the plain model; without a CUDA device that has 2:4 kernels too,
+    except that layers the plan puts on int8 compute the int8 kernel's math exactly
+    (stages/int8.py), so evaluate scores what the GPU would.
     """
     model_dir = Path(model_dir)
     model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
     plan = read_json(model_dir / PLAN_FILE)
-    int8_calibration = {}
-    if any("input_scale" in entry for entry in plan["layers"].values()):
-        smoothing = load_file(str(model_dir / SMOOTHING_FILE))
-        int8_calibration = {name: (smoothing[name], entry["input_scale"])
-                            for name, entry in plan["layers"].items() if "input_scale" in entry}
+    input_scales = {name: entry["input_scale"] for name, entry in plan["layers"].items() if "input_scale" in entry}
+    smoothing = load_file(str(model_dir / SMOOTHING_FILE)) if input_scales else {}
+    int8_calibration = {name: (smoothing[name], scale) for name, scale in input_scales.items()}
     if device_backend(device)[0] is None:
         return int8.emulate(model, int8_calibration)
     use_fused_attention(model)

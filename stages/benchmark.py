@@ -60,7 +60,7 @@ def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
     """dense / accelerated per batch size and mode, where both were measured."""
     result = {}
     for batch, row in latency.items():
-        modes_seen = [key.removeprefix("dense_") for key in row if key.count("_") == 1 and key.startswith("dense_")]
+        modes_seen = [key.rsplit("_", 1)[1] for key in row if key.rsplit("_", 1)[0] == "dense"]
         result[batch] = {mode: round(row[f"dense_{mode}"] / row[f"accelerated_{mode}"], 3)
                          for mode in modes_seen if f"accelerated_{mode}" in row}
     return result
@@ -156,16 +156,17 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "dense": use_fused_attention(dense) if on_gpu else dense,
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
     }
-    fp8_modes = ["compiled"] if fp8.available(device) and "compiled" in mode_names else []
-    if fp8_modes:
+    modes_of = {variant: mode_names for variant in plain}
+    with_fp8 = fp8.available(device) and "compiled" in mode_names
+    if with_fp8:
         calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
         plain["dense_fp8"] = fp8.fp8_model(plain["dense"], calibration)
+        modes_of["dense_fp8"] = ["compiled"]
     latency, peak_memory, rows = {}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
-        models = {variant: {mode: wrap(model, mode, on_gpu) for mode in (fp8_modes if variant == "dense_fp8"
-                                                                          else mode_names)}
+        models = {variant: {mode: wrap(model, mode, on_gpu) for mode in modes_of[variant]}
                   for variant, model in plain.items()}
         try:
             latency[key], peak = measure_batch(models, batch, seq_length, mode_names, params, device)
@@ -194,7 +195,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "speedup": speedups(latency),
         "device": device_facts(device),
     }
-    if fp8_modes:
+    if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
             for batch, row in latency.items() if "dense_fp8_compiled" in row and "accelerated_compiled" in row}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .common import layer_inputs
+from .int8 import tensor_scale
 from .modeling import encoder_linears
 
 FP8 = torch.float8_e4m3fn
@@ -26,12 +27,6 @@ def available(device: torch.device) -> bool:
             and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY)
 
 
-def fp8_scale(t: torch.Tensor) -> float:
-    """One scale for a whole tensor: its largest |value| maps to the largest e4m3 value."""
-    amax = t.detach().abs().max().item()
-    return amax / FP8_MAX if amax > 0 else 1.0
-
-
 def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
@@ -43,7 +38,7 @@ class Fp8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, device = linear.weight.detach(), linear.weight.device
-        weight_scale = fp8_scale(weight)
+        weight_scale = tensor_scale(weight, FP8_MAX)
         # torch._scaled_mm takes its second operand column-major: W.t() of a row-major W is.
         self.register_buffer("weight_t", to_fp8(weight, weight_scale).t())
         self.register_buffer("weight_scale", torch.tensor(weight_scale, device=device))
@@ -64,5 +59,5 @@ def fp8_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> nn.Module:
     linears = encoder_linears(model)
     captured = layer_inputs(model, linears, inputs)
     for name, linear in linears.items():
-        model.set_submodule(name, Fp8Linear(linear, fp8_scale(captured[name])))
+        model.set_submodule(name, Fp8Linear(linear, tensor_scale(captured[name], FP8_MAX)))
     return model

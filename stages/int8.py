@@ -40,10 +40,10 @@ def absmax_scales(t: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
 
 
-def tensor_scale(t: torch.Tensor) -> float:
-    """One scale for a whole tensor: its largest |value| maps to 127 (1 for an all-zero tensor)."""
+def tensor_scale(t: torch.Tensor, top: float = INT8_MAX) -> float:
+    """One scale for a whole tensor: its largest |value| maps to `top` (1 for an all-zero tensor)."""
     amax = t.detach().abs().max().item()
-    return amax / INT8_MAX if amax > 0 else 1.0
+    return amax / top if amax > 0 else 1.0
 
 
 def quantize(t: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

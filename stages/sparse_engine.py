@@ -132,7 +132,7 @@ def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None
     return _cslt_tokens_mm(packed, x2d, bias=bias, alg_id=alg_id)
 
 
-def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
                    alg_id: int) -> torch.Tensor:
     """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
     torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight

@@ -6,13 +6,14 @@ from torch import nn
 
 from stages import benchmark, fp8
 from stages.common import relative_error
+from stages.int8 import tensor_scale
 
 
 def test_fp8_linear_is_the_linear_to_fp8_precision_and_clamps_past_its_scale():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32)
     x = torch.randn(3, 8, 64)
-    layer = fp8.Fp8Linear(linear, fp8.fp8_scale(x))
+    layer = fp8.Fp8Linear(linear, tensor_scale(x, fp8.FP8_MAX))
     assert layer.weight_t.dtype == fp8.FP8 and layer.weight_t.stride() == (1, 64)  # column-major (in, out)
     with torch.no_grad():
         expected, got = linear(x), layer(x)
