@@ -367,7 +367,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
     if int8_calibration:
-        save_file({name: smoothing.contiguous() for name, (smoothing, _) in int8_calibration.items()},
+        save_file({name: smoothing.clone() for name, (smoothing, _) in int8_calibration.items()},  # unshared
                   str(out_dir / SMOOTHING_FILE))
     write_json(out_dir / PLAN_FILE, plan)
 

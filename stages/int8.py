@@ -83,25 +83,40 @@ def reference_linear(x2d: torch.Tensor, weights: Int8Weights, bias: torch.Tensor
     return out if bias is None else out + bias.float()
 
 
-def calibrate_layer(linear: nn.Linear, inputs: torch.Tensor, strength: float) -> tuple[torch.Tensor, float, float]:
-    """(smoothing factors, input scale, relative error of the int8 layer vs the float layer) from
-    the layer's calibration inputs (any leading shape)."""
-    x2d = inputs.reshape(-1, linear.in_features).float()
-    smoothing = smoothing_factors(x2d.abs().amax(dim=0), linear.weight, strength)
+def calibrate_layers(linears: dict[str, nn.Linear], inputs: torch.Tensor,
+                     strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
+    """Per Linear, (smoothing factors, input scale, relative error of the int8 layer vs the float
+    layer), for Linears that all read `inputs` (any leading shape): one smoothing (from the largest
+    |w| of each input channel over all their weights) and one scale for all of them, so on the GPU
+    their input is quantized once (a BERT layer's query, key and value; SmoothQuant does the same)."""
+    first = next(iter(linears.values()))
+    x2d = inputs.reshape(-1, first.in_features).float()
+    weights = torch.cat([linear.weight.detach() for linear in linears.values()])
+    smoothing = smoothing_factors(x2d.abs().amax(dim=0), weights, strength)
     input_scale = tensor_scale(x2d / smoothing)
-    weight = linear.weight.detach().float()
-    bias = None if linear.bias is None else linear.bias.detach().float()
-    exact = x2d @ weight.t() + (0 if bias is None else bias)
-    error = relative_error(exact, reference_linear(x2d, Int8Weights(linear, smoothing, input_scale), bias))
-    return smoothing, input_scale, error
+    calibrated = {}
+    for name, linear in linears.items():
+        weight = linear.weight.detach().float()
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        exact = x2d @ weight.t() + (0 if bias is None else bias)
+        error = relative_error(exact, reference_linear(x2d, Int8Weights(linear, smoothing, input_scale), bias))
+        calibrated[name] = (smoothing, input_scale, error)
+    return calibrated
 
 
 @torch.inference_mode()
 def calibrate(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[str, torch.Tensor],
               strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
-    """calibrate_layer for each Linear, on its real inputs from one float forward of a calibration batch."""
+    """calibrate_layers on each group of Linears that read the same input, from one float forward
+    of a calibration batch."""
     captured = layer_inputs(model, linears, inputs)
-    return {name: calibrate_layer(linear, captured[name], strength) for name, linear in linears.items()}
+    groups: dict[int, dict[str, nn.Linear]] = {}
+    for name, linear in linears.items():
+        groups.setdefault(id(captured[name]), {})[name] = linear
+    calibrated = {}
+    for group in groups.values():
+        calibrated.update(calibrate_layers(group, captured[next(iter(group))], strength))
+    return calibrated
 
 
 def int8_layers(errors: dict[str, float], max_error: float = MAX_LAYER_ERROR) -> dict[str, bool]:

@@ -14,6 +14,7 @@ works for BERT-family models without a layer name wired in; the QA head is never
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def calibration_batches(features, tokenizer, n_batches: int, batch_size: int, se
             for i in range(0, len(picked), batch_size)]
 
 
+class _AllInputsSeen(Exception):
+    """Raised by sum_over_inputs' hooks to end a forward pass early."""
+
+
 @torch.no_grad()
 def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], batches: list[dict],
                     statistic) -> dict[str, torch.Tensor]:
@@ -92,6 +97,7 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
     """
     totals: dict[str, torch.Tensor] = {}
     real_tokens = None  # the current batch's attention mask, read by the hooks
+    waiting: set[str] = set()  # layers yet to see the current batch
 
     def recorder(name):
         def record(module, args):
@@ -100,6 +106,9 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
             rows = inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape else inputs.reshape(-1, inputs.shape[-1])
             value = statistic(rows.double()).cpu()
             totals[name] = totals[name] + value if name in totals else value
+            waiting.discard(name)
+            if not waiting:
+                raise _AllInputsSeen  # the layers after these are not needed: skip their compute
         return record
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
@@ -107,7 +116,9 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
     try:
         for batch in batches:
             real_tokens = batch["attention_mask"].bool()
-            model(**batch)
+            waiting.update(layers)
+            with contextlib.suppress(_AllInputsSeen):
+                model(**batch)
     finally:
         for handle in handles:
             handle.remove()
@@ -167,6 +178,23 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, zeros_per_block: int = 2
         w[:, start:end] = block
         w[:, end:] -= errors @ h_inv[start:end, end:]
     return w.to(weight.dtype), keep
+
+
+def sparsegpt_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], batches: list[dict],
+                     zeros_per_block: int, sequential: bool) -> dict[str, torch.Tensor]:
+    """SparseGPT on each layer in forward order, in place; returns the keep-masks.
+
+    Sequential (the paper's way): each layer's X^T X comes from the model with the layers before it
+    already pruned, so each layer also makes up for the errors of those before it. Otherwise every
+    layer's comes from the dense model, in one pass.
+    """
+    masks = {}
+    grams = {} if sequential else input_grams(model, layers, batches)
+    for name, layer in tqdm(layers.items(), desc="sparsegpt", unit="layer"):
+        gram = input_grams(model, {name: layer}, batches)[name] if sequential else grams[name]
+        pruned, masks[name] = sparsegpt(layer.weight, gram, zeros_per_block)
+        layer.weight.data.copy_(pruned)
+    return masks
 
 
 def current_masks(sparsifier: WeightNormSparsifier) -> dict[str, torch.Tensor]:
@@ -232,11 +260,7 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
         calibration = {"calibration_sequences": sum(len(b["input_ids"]) for b in batches),
                        "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
     if method == "sparsegpt":
-        grams = input_grams(model, layers, batches)
-        masks = {}
-        for name, layer in tqdm(layers.items(), desc="sparsegpt", unit="layer"):
-            pruned, masks[name] = sparsegpt(layer.weight, grams[name], params["prune.zeros_per_block"])
-            layer.weight.data.copy_(pruned)
+        masks = sparsegpt_layers(model, layers, batches, params["prune.zeros_per_block"], params["prune.sequential"])
         sparsifier = attach_sparsifier(model, names, params)
         load_masks(sparsifier, masks)
     else:

@@ -204,10 +204,16 @@ def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | N
     """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place);
     layers in `int8_calibration` become Int8SparseLinears with that (smoothing, input scale)."""
     int8_calibration = int8_calibration or {}
+    # Layers calibrated together (same smoothing and scale) get one multipliers tensor: compiled, the
+    # graph then quantizes their shared input once (common subexpressions merge), not once per layer.
+    shared_multipliers: dict[tuple, torch.Tensor] = {}
     for name, kernels in kernels_by_layer.items():
         linear = model.get_submodule(name)
         if name in int8_calibration:
-            module = Int8SparseLinear(linear, kernels, keep_dense, *int8_calibration[name])
+            smoothing, input_scale = int8_calibration[name]
+            module = Int8SparseLinear(linear, kernels, keep_dense, smoothing, input_scale)
+            key = (input_scale, smoothing.cpu().numpy().tobytes())
+            module.multipliers = shared_multipliers.setdefault(key, module.multipliers)
         else:
             module = SparseLinear(linear, kernels, keep_dense)
         model.set_submodule(name, module)

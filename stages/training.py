@@ -68,24 +68,38 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ) * temperature**2
 
 
+def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the layers' outputs (embeddings included) of the MSE between student and teacher
+    hidden states, over the real tokens only (padding is an artefact of batching)."""
+    real = attention_mask.bool()
+    return torch.stack([F.mse_loss(s[real], t[real]) for s, t in zip(student_states, teacher_states)]).mean()
+
+
 class DistillationTrainer(Trainer):
     """The Trainer, with the QA loss mixed with distillation from a teacher's start/end logits:
-    alpha * (KL_start + KL_end) / 2 + (1 - alpha) * QA loss (itself (CE_start + CE_end) / 2)."""
+    alpha * (KL_start + KL_end) / 2 + (1 - alpha) * QA loss (itself (CE_start + CE_end) / 2),
+    plus, with hidden_weight > 0, hidden_weight * the hidden-state MSE of every layer
+    (TinyBERT's intermediate-layer distillation: a target for every token, not only two logits)."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float, **kwargs):
+    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float,
+                 hidden_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # eval: no dropout in the targets
-        self.temperature, self.alpha = temperature, alpha
+        self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        hidden = self.hidden_weight > 0
+        outputs = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
-            targets = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS})
+            targets = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS}, output_hidden_states=hidden)
         distill = (distillation_loss(outputs.start_logits, targets.start_logits, self.temperature)
                    + distillation_loss(outputs.end_logits, targets.end_logits, self.temperature)) / 2
         loss = self.alpha * distill + (1 - self.alpha) * outputs.loss
+        if hidden:
+            loss = loss + self.hidden_weight * hidden_state_loss(outputs.hidden_states, targets.hidden_states,
+                                                                 inputs["attention_mask"])
         return (loss, outputs) if return_outputs else loss
 
 
@@ -132,7 +146,8 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             trainer = Trainer(**setup)
         else:
             trainer = DistillationTrainer(**setup, teacher=teacher, temperature=float(section["distill_temperature"]),
-                                          alpha=float(section["distill_alpha"]))
+                                          alpha=float(section["distill_alpha"]),
+                                          hidden_weight=float(section["distill_hidden"]))
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError:

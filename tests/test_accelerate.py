@@ -331,3 +331,16 @@ def test_swap_linears_puts_each_kind_in_place_and_dense_buckets_match_the_linear
     assert model[1].packed.dtype == torch.int8 and model[1].alpha.shape == (4,)
     assert torch.allclose(model[1].multipliers, torch.full((16,), 20.0))
     assert torch.allclose(model(x), expected)  # every bucket dense: the plain Linear's result
+
+
+def test_swap_linears_gives_layers_calibrated_together_one_multipliers_tensor(monkeypatch):
+    from stages.sparse_engine import swap_linears
+
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())  # packing is CUDA-only
+    model = torch.nn.ModuleDict({n: torch.nn.Linear(8, 8) for n in ("query", "key", "value", "out")})
+    together, alone = (torch.linspace(1, 2, 8), 0.1), (torch.linspace(1, 3, 8), 0.1)
+    calibration = {"query": together, "key": (together[0].clone(), 0.1), "value": together, "out": alone}
+    swap_linears(model, {n: {64: 0} for n in model}, int8_calibration=calibration)
+    assert model["query"].multipliers is model["key"].multipliers is model["value"].multipliers
+    assert model["out"].multipliers is not model["query"].multipliers
+    assert "multipliers" in dict(model["key"].named_buffers())  # still a buffer: moves with .to(device)

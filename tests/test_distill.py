@@ -12,7 +12,7 @@ from stages.finetune_sparse import finetune_sparse
 from stages.modeling import load_qa_model, load_tokenizer
 from stages.prune import MASKS_FILE, calibration_batches, prune
 from stages.tokenize import tokenize
-from stages.training import DistillationTrainer, distillation_loss
+from stages.training import DistillationTrainer, distillation_loss, hidden_state_loss
 
 
 def softmax(logits: list[float], temperature: float) -> list[float]:
@@ -99,3 +99,39 @@ def test_pure_distillation_moves_the_sparse_model_towards_the_teacher(params, ti
                                 n_batches=1, batch_size=16, seed=0)[0]
     # Deterministic on CPU, so a fixed bar: 4 steps of pure distillation cut the divergence by a third.
     assert divergence_from(teacher, tmp_path / "distilled", batch) < 2 / 3 * divergence_from(teacher, pruned_dir, batch)
+
+
+def test_hidden_state_loss_is_the_layer_mean_of_mse_over_real_tokens():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    student = [torch.randn(2, 4, 3) for _ in range(3)]
+    teacher = [torch.randn(2, 4, 3) for _ in range(3)]
+    by_hand = sum(((s - t)[mask.bool()] ** 2).mean() for s, t in zip(student, teacher)) / 3
+    assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    padded = [t.clone() for t in teacher]
+    for t in padded:
+        t[~mask.bool()] = 1e6  # padding positions do not count
+    assert hidden_state_loss(student, padded, mask).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert hidden_state_loss(teacher, teacher, mask).item() == 0
+
+
+def test_trainer_adds_the_weighted_hidden_state_loss(tiny_model, tmp_path):
+    student, teacher = load_qa_model(str(tiny_model)), load_qa_model(str(tiny_model))
+    torch.nn.init.normal_(teacher.bert.encoder.layer[0].output.dense.weight)  # hidden states that differ
+    student.eval()
+    batch = {"input_ids": torch.tensor([[101, 2054, 2003, 102, 1996, 3007, 102, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]]),
+             "start_positions": torch.tensor([4]), "end_positions": torch.tensor([5])}
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    losses = {}
+    for weight in (0.0, 5.0):
+        trainer = DistillationTrainer(model=student, args=args, teacher=teacher, temperature=2.0, alpha=0.5,
+                                      hidden_weight=weight)
+        with torch.no_grad():
+            losses[weight] = trainer.compute_loss(student, batch).item()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        hidden = hidden_state_loss(student(**inputs, output_hidden_states=True).hidden_states,
+                                   teacher(**inputs, output_hidden_states=True).hidden_states, batch["attention_mask"])
+    assert hidden.item() > 0
+    assert losses[5.0] == pytest.approx(losses[0.0] + 5.0 * hidden.item(), rel=1e-5)

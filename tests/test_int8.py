@@ -16,7 +16,7 @@ from stages.int8 import (
     Int8Weights,
     absmax_scales,
     calibrate,
-    calibrate_layer,
+    calibrate_layers,
     int8_layers,
     quantize,
     quantize_input,
@@ -93,13 +93,13 @@ def test_an_outlier_channel_fails_int8_unless_smoothing_moves_it_into_the_weight
     torch.manual_seed(0)
     linear = nn.Linear(256, 128)
     gaussian = torch.randn(32, 256)
-    assert 1e-3 < calibrate_layer(linear, gaussian, strength=0.0)[2] < 2e-2
+    assert 1e-3 < calibrate_layers({"l": linear}, gaussian, strength=0.0)["l"][2] < 2e-2
     # One huge channel (as in BERT's outlier dimensions) crushes every other channel into a few
     # int8 steps under one scale; smoothing divides it down (and scales its weight column up).
     outliers = gaussian.clone()
     outliers[:, 7] *= 500.0
-    errors = {"plain": calibrate_layer(linear, outliers, strength=0.0)[2],
-              "smoothed": calibrate_layer(linear, outliers, strength=0.8)[2]}
+    errors = {"plain": calibrate_layers({"l": linear}, outliers, strength=0.0)["l"][2],
+              "smoothed": calibrate_layers({"l": linear}, outliers, strength=0.8)["l"][2]}
     assert int8_layers(errors) == {"plain": False, "smoothed": True}
 
 
@@ -119,6 +119,39 @@ def test_calibration_scales_each_layer_by_its_own_input_and_removes_its_hooks():
         assert input_scale == pytest.approx(tensor_scale(layer_input / smoothing))
         assert 0 < error < 0.05
     assert not model[0]._forward_hooks and not model[2]._forward_hooks
+
+
+def test_linears_reading_one_input_share_one_smoothing_and_scale():
+    """A BERT layer's query, key and value read the same tensor: calibrated as one group, from the
+    largest |w| over all three weights, so the GPU quantizes that input once."""
+
+    class QueryKeyValue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value, self.out = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8)
+
+        def forward(self, input_ids):
+            q, k, v = self.query(input_ids), self.key(input_ids), self.value(input_ids)
+            return self.out(q * k)[..., :8] + v
+
+    torch.manual_seed(0)
+    model = QueryKeyValue()
+    model.key.weight.data[:, 3] *= 40  # one column far larger in one of the three
+    x = torch.randn(4, 6, 16)
+    linears = dict(model.named_children())
+    calibrated = calibrate(model, linears, {"input_ids": x}, strength=0.5)
+    group = [calibrated[n] for n in ("query", "key", "value")]
+    weights = torch.cat([model.query.weight, model.key.weight, model.value.weight])
+    expected = smoothing_factors(x.reshape(-1, 16).abs().amax(0), weights, 0.5)
+    for smoothing, scale, error in group:
+        assert smoothing is group[0][0] and torch.equal(smoothing, expected)
+        assert scale == group[0][1] == pytest.approx(tensor_scale(x / expected))
+        assert 0 < error < 0.05
+    alone = calibrate_layers({"query": model.query}, x, strength=0.5)["query"][0]
+    assert not torch.equal(alone, expected)  # on its own, the query would have been smoothed differently
+    out_input = (model.query(x) * model.key(x)).detach()
+    assert torch.equal(calibrated["out"][0], smoothing_factors(out_input.reshape(-1, 16).abs().amax(0),
+                                                                model.out.weight, 0.5))
 
 
 def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, tiny_model, tmp_path):

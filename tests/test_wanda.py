@@ -9,7 +9,7 @@ from conftest import tiny_params
 from stages.modeling import load_qa_model, load_tokenizer
 from stages.params import validate
 from stages.prune import (MASKS_FILE, attach_sparsifier, calibration_batches, current_masks, input_channel_norms,
-                          prune)
+                          input_grams, prune, sparsegpt, sparsegpt_layers)
 from stages.tokenize import tokenize
 
 
@@ -177,3 +177,50 @@ def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, feat
         pruned, dense = model.get_submodule(name).weight, baseline.get_submodule(name).weight
         assert bool((pruned[~mask] == 0).all())
         assert not torch.equal(pruned[mask], dense[mask])  # kept weights were updated, unlike wanda's
+
+
+def test_input_statistics_skip_the_layers_after_the_last_one_watched(tiny_model, features):
+    model = load_qa_model(str(tiny_model)).eval()
+    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), load_tokenizer(str(tiny_model)),
+                                  2, 4, seed=0)
+    first, last = "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"
+    layers = {n: model.get_submodule(n) for n in (first, last)}
+    head_calls = []
+    model.qa_outputs.register_forward_hook(lambda *args: head_calls.append(1))
+    alone = input_grams(model, {first: layers[first]}, batches)[first]
+    together = input_grams(model, layers, batches)
+    assert not head_calls  # every forward stopped at the last layer watched, before the QA head
+    # The same values as a full forward pass gives.
+    seen = {}
+    for name, layer in layers.items():
+        layer.register_forward_pre_hook(lambda module, args, name=name: seen.setdefault(name, []).append(args[0]))
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    for name in layers:
+        rows = torch.cat([x[b["attention_mask"].bool()] for x, b in zip(seen[name], batches)]).double()
+        assert torch.allclose(together[name], rows.t() @ rows)
+    assert torch.equal(alone, together[first])
+
+
+def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_it(tiny_model, features):
+    tokenizer = load_tokenizer(str(tiny_model))
+    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), tokenizer, 2, 4, seed=0)
+    names = ["bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"]
+    runs = {}
+    for sequential in (False, True):
+        model = load_qa_model(str(tiny_model))
+        layers = {n: model.get_submodule(n) for n in names}
+        masks = sparsegpt_layers(model, layers, batches, 2, sequential)
+        runs[sequential] = {n: (layers[n].weight.detach().clone(), masks[n]) for n in names}
+    # The first layer sees the same inputs either way.
+    assert torch.equal(runs[False][names[0]][0], runs[True][names[0]][0])
+    # The second: one-shot calibrates on the dense model, sequential on the model with the first pruned.
+    for sequential, source in ((False, "dense"), (True, "first pruned")):
+        model = load_qa_model(str(tiny_model))
+        if source == "first pruned":
+            model.get_submodule(names[0]).weight.data.copy_(runs[True][names[0]][0])
+        gram = input_grams(model, {names[1]: model.get_submodule(names[1])}, batches)[names[1]]
+        expected, mask = sparsegpt(model.get_submodule(names[1]).weight, gram)
+        assert torch.equal(runs[sequential][names[1]][0], expected) and torch.equal(runs[sequential][names[1]][1], mask)
+    assert not torch.equal(runs[False][names[1]][0], runs[True][names[1]][0])
