@@ -64,7 +64,8 @@ def pruned(params, tiny_model, tmp_path):
 
 def test_distilled_finetune_holds_2_4_and_repeats_exactly(params, tiny_model, pruned, tmp_path):
     features, pruned_dir = pruned
-    params["finetune"].update(distill=True, learning_rate=0.01)  # large steps would refill zeros if masks slipped
+    # Large steps would refill zeros if the masks slipped; the hidden-state loss is in the repeat too.
+    params["finetune"].update(distill=True, distill_hidden=1.0, learning_rate=0.01)
     weights = []
     for run in ("first", "second"):
         metrics = finetune_sparse(params, features, pruned_dir, tmp_path / run, baseline_dir=tiny_model)
