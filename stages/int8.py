@@ -87,8 +87,8 @@ def calibrate_layers(linears: dict[str, nn.Linear], inputs: torch.Tensor,
                      strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
     """Per Linear, (smoothing factors, input scale, relative error of the int8 layer vs the float
     layer), for Linears that all read `inputs` (any leading shape): one smoothing (from the largest
-    |w| of each input channel over all their weights) and one scale for all of them, so on the GPU
-    their input is quantized once (a BERT layer's query, key and value; SmoothQuant does the same)."""
+    |w| of each input channel over all their weights) and one scale for all of them (a BERT layer's
+    query, key and value; SmoothQuant does the same), so one quantized input serves them all."""
     first = next(iter(linears.values()))
     x2d = inputs.reshape(-1, first.in_features).float()
     weights = torch.cat([linear.weight.detach() for linear in linears.values()])

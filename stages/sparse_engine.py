@@ -204,8 +204,8 @@ def swap_linears(model: nn.Module, kernels_by_layer: dict[str, dict[int, int | N
     """Replace the named nn.Linears by SparseLinears with their per-bucket kernels (in place);
     layers in `int8_calibration` become Int8SparseLinears with that (smoothing, input scale)."""
     int8_calibration = int8_calibration or {}
-    # Layers calibrated together (same smoothing and scale) get one multipliers tensor: compiled, the
-    # graph then quantizes their shared input once (common subexpressions merge), not once per layer.
+    # Layers calibrated together (same smoothing and scale) share one multipliers tensor, so the
+    # compiled kernel before them reads it once (torch 2.11's inductor still writes one int8 copy each).
     shared_multipliers: dict[tuple, torch.Tensor] = {}
     for name, kernels in kernels_by_layer.items():
         linear = model.get_submodule(name)

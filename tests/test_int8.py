@@ -123,7 +123,7 @@ def test_calibration_scales_each_layer_by_its_own_input_and_removes_its_hooks():
 
 def test_linears_reading_one_input_share_one_smoothing_and_scale():
     """A BERT layer's query, key and value read the same tensor: calibrated as one group, from the
-    largest |w| over all three weights, so the GPU quantizes that input once."""
+    largest |w| over all three weights, so one quantized input can serve all three."""
 
     class QueryKeyValue(nn.Module):
         def __init__(self):

@@ -1,8 +1,10 @@
 """As run on the lent GPU (2026-11-26): issue #6's recipes over several seeds, dense baseline
 included, on XQuAD-en, through the stage functions. Each seed trains its own dense baseline (from
 the embedded MiniLM-L6, carried as fp16), prunes it, fine-tunes it two ways, and scores all.
-Usage (repository root, this folder as .explore/, PYTHONPATH=.): python .explore/seeds.py OUT SEED..."""
-import copy, json, sys, time
+Usage (repository root, this folder as .explore/, PYTHONPATH=.):
+    python .explore/seeds.py OUT SEED...                 # the recipes below
+    RECIPES=file.json python .explore/seeds.py OUT SEED...  # {name: [prune overrides, finetune overrides]}"""
+import copy, json, os, sys, time
 from pathlib import Path
 
 import torch
@@ -37,6 +39,8 @@ RECIPES = {
     "before": ({"method": "sparsegpt", "sequential": False}, {"epochs": 4, "distill_hidden": 0.0}),
     "new": ({"method": "sparsegpt", "sequential": True}, {"epochs": 8, "distill_hidden": 10.0}),
 }
+if os.environ.get("RECIPES"):
+    RECIPES = json.loads(Path(os.environ["RECIPES"]).read_text())
 
 def log(record):
     print(json.dumps(record), flush=True)
