@@ -152,3 +152,12 @@ def layer_inputs(model: torch.nn.Module, linears: dict[str, torch.nn.Linear],
         for hook in hooks:
             hook.remove()
     return captured
+
+
+def group_by_input(captured: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The names of layer_inputs' result grouped by the tensor they read, in forward order: a BERT
+    layer's query, key and value read one."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in captured.items():
+        groups.setdefault(id(tensor), []).append(name)
+    return list(groups.values())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import layer_inputs, relative_error
+from .common import group_by_input, layer_inputs, relative_error
 
 INT8_MAX = 127
 # A layer keeps int8 when its output on the calibration batch differs from the float layer's by
@@ -110,12 +110,9 @@ def calibrate(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[str,
     """calibrate_layers on each group of Linears that read the same input, from one float forward
     of a calibration batch."""
     captured = layer_inputs(model, linears, inputs)
-    groups: dict[int, dict[str, nn.Linear]] = {}
-    for name, linear in linears.items():
-        groups.setdefault(id(captured[name]), {})[name] = linear
     calibrated = {}
-    for group in groups.values():
-        calibrated.update(calibrate_layers(group, captured[next(iter(group))], strength))
+    for names in group_by_input(captured):
+        calibrated.update(calibrate_layers({name: linears[name] for name in names}, captured[names[0]], strength))
     return calibrated
 
 

@@ -22,7 +22,7 @@ import torch
 from torch.ao.pruning import WeightNormSparsifier
 from tqdm.auto import tqdm
 
-from .common import StageError
+from .common import StageError, group_by_input, layer_inputs
 from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
 
 GROUP = 4  # 2:4 = at least 2 zeros in every 4 consecutive weights along the input dimension
@@ -185,15 +185,23 @@ def sparsegpt_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
     """SparseGPT on each layer in forward order, in place; returns the keep-masks.
 
     Sequential (the paper's way): each layer's X^T X comes from the model with the layers before it
-    already pruned, so each layer also makes up for the errors of those before it. Otherwise every
-    layer's comes from the dense model, in one pass.
+    already pruned, so each layer also makes up for the errors of those before it; layers that read
+    one input (query, key, value) are calibrated in one pass, as pruning one cannot change the
+    others' input. Otherwise every layer's comes from the dense model, in one pass.
     """
+    if sequential:
+        one_sequence = {key: value[:1] for key, value in batches[0].items()}
+        groups = group_by_input(layer_inputs(model, layers, one_sequence))
+    else:
+        groups = [list(layers)]
     masks = {}
-    grams = {} if sequential else input_grams(model, layers, batches)
-    for name, layer in tqdm(layers.items(), desc="sparsegpt", unit="layer"):
-        gram = input_grams(model, {name: layer}, batches)[name] if sequential else grams[name]
-        pruned, masks[name] = sparsegpt(layer.weight, gram, zeros_per_block)
-        layer.weight.data.copy_(pruned)
+    with tqdm(total=len(layers), desc="sparsegpt", unit="layer") as progress:
+        for names in groups:
+            grams = input_grams(model, {name: layers[name] for name in names}, batches)
+            for name in names:
+                pruned, masks[name] = sparsegpt(layers[name].weight, grams[name], zeros_per_block)
+                layers[name].weight.data.copy_(pruned)
+                progress.update()
     return masks
 
 

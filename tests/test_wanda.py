@@ -224,3 +224,16 @@ def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_
         expected, mask = sparsegpt(model.get_submodule(names[1]).weight, gram)
         assert torch.equal(runs[sequential][names[1]][0], expected) and torch.equal(runs[sequential][names[1]][1], mask)
     assert not torch.equal(runs[False][names[1]][0], runs[True][names[1]][0])
+
+
+def test_layers_are_grouped_by_the_input_they_read_in_forward_order(tiny_model):
+    from stages.common import group_by_input, layer_inputs
+    from stages.prune import prunable_linears
+
+    model = load_qa_model(str(tiny_model)).eval()
+    layers = prunable_linears(model, "pooler")
+    groups = group_by_input(layer_inputs(model, layers, {"input_ids": torch.tensor([[101, 2054, 2003, 102]])}))
+    block = "bert.encoder.layer.0."
+    assert groups[:4] == [[f"{block}attention.self.query", f"{block}attention.self.key", f"{block}attention.self.value"],
+                          [f"{block}attention.output.dense"], [f"{block}intermediate.dense"], [f"{block}output.dense"]]
+    assert len(groups) == 8 and sum(groups, []) == list(layers)  # 2 layers of 4 groups, every Linear once
