@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import int8
-from .attention import capture_context, use_fused_attention
+from .attention import capture_context, fuse_qkv, use_fused_attention
 from .common import StageError, best_device, device_facts, read_json, relative_error, write_json
 from .modeling import encoder_linears, load_qa_model, load_tokenizer
 from .prune import calibration_batches, two_four_violations
@@ -307,7 +307,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     seq_length = params["benchmark.seq_length"]
     buckets = token_buckets(params["benchmark.batch_sizes"], seq_length)
 
-    model = load_qa_model(str(sparse_dir), dtype=dtype).to(device).eval()
+    model = fuse_qkv(load_qa_model(str(sparse_dir), dtype=dtype).to(device).eval())
     if device.type == "cuda":
         use_fused_attention(model)
     linears = encoder_linears(model)
@@ -397,7 +397,7 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, 
     (stages/int8.py), so evaluate scores what the GPU would.
     """
     model_dir = Path(model_dir)
-    model = load_qa_model(str(model_dir), dtype=dtype).to(device).eval()
+    model = fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())  # the plan's layer names
     plan = read_json(model_dir / PLAN_FILE)
     input_scales = {name: entry["input_scale"] for name, entry in plan["layers"].items() if "input_scale" in entry}
     smoothing = load_file(str(model_dir / SMOOTHING_FILE)) if input_scales else {}

@@ -146,6 +146,7 @@ def test_plan_round_trips_through_json_and_summary():
 
 
 def test_stage_without_gpu_writes_a_dense_plan_with_its_reason(params, tiny_model, tmp_path):
+    from stages.attention import fuse_qkv
     from stages.modeling import load_qa_model
 
     out = tmp_path / "accelerated"
@@ -155,8 +156,10 @@ def test_stage_without_gpu_writes_a_dense_plan_with_its_reason(params, tiny_mode
     assert metrics["layers_2of4"] == 0 and metrics["output_relative_error"] is None
     plan = json.loads((out / accelerate.PLAN_FILE).read_text())
     assert plan["layers"] and all(entry["reason"] == "dense: no CUDA device" for entry in plan["layers"].values())
+    assert any(name.endswith("attention.self.qkv") for name in plan["layers"])  # planned on the fused model
     loaded = accelerate.load_accelerated(out, torch.device("cpu"), torch.float32)
-    reference = load_qa_model(str(tiny_model))
+    reference = fuse_qkv(load_qa_model(str(tiny_model)))
+    assert loaded.state_dict().keys() == reference.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
 
 
@@ -266,6 +269,41 @@ def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
         sdpa.sdpa_attention_forward = original
     assert seen[0] is None  # one value broadcast everywhere: nothing masked
     assert seen[1].stride(-1) == 1 and seen[1].shape == (2, 1, 12, 12)
+
+
+def small_bert():
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=64, vocab_size=100)).eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_fuse_qkv_stacks_query_key_value_and_keeps_the_outputs(attention):
+    from stages.attention import FusedQKVSelfAttention, fuse_qkv
+
+    model = small_bert()
+    model.config._attn_implementation = attention
+    input_ids = torch.randint(0, 100, (2, 12))
+    attention_mask = torch.ones(2, 12, dtype=torch.long)
+    attention_mask[1, 7:] = 0
+    first = model.bert.encoder.layer[0].attention.self
+    stacked_weight = torch.cat([first.query.weight, first.key.weight, first.value.weight]).detach().clone()
+    stacked_bias = torch.cat([first.query.bias, first.key.bias, first.value.bias]).detach().clone()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask)
+        fuse_qkv(model)
+        after = model(input_ids=input_ids, attention_mask=attention_mask)
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    assert not any(name.endswith(("query", "key", "value")) for name in linears)
+    assert sum(name.endswith("attention.self.qkv") for name in linears) == 2
+    assert isinstance(first, FusedQKVSelfAttention) and first.qkv.weight.shape == (96, 32)
+    assert torch.equal(first.qkv.weight, stacked_weight) and torch.equal(first.qkv.bias, stacked_bias)
+    torch.testing.assert_close(after.start_logits, before.start_logits)
+    torch.testing.assert_close(after.end_logits, before.end_logits)
+    with pytest.raises(ValueError, match="no key/value cache"):
+        first(torch.randn(1, 3, 32), past_key_values=object())
 
 
 def test_fused_attention_compiles_as_one_graph_inside_capture_context():

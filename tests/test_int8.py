@@ -154,6 +154,27 @@ def test_linears_reading_one_input_share_one_smoothing_and_scale():
                                                                 model.out.weight, 0.5))
 
 
+def test_fused_query_key_value_is_the_grouped_int8_math_exactly(tiny_model):
+    """One int8 Linear with the three weights stacked (fuse_qkv, what the GPU runs) gets the smoothing
+    and scale the three got as a group, and computes exactly their three outputs side by side."""
+    from stages.attention import fuse_qkv
+
+    model = load_qa_model(str(tiny_model)).eval()
+    inputs = {"input_ids": torch.randint(0, 1000, (3, 20))}
+    attention = model.bert.encoder.layer[1].attention.self
+    names = [f"bert.encoder.layer.1.attention.self.{part}" for part in ("query", "key", "value")]
+    parts = [attention.query, attention.key, attention.value]
+    grouped = calibrate(model, dict(zip(names, parts)), inputs, strength=0.8)
+    fuse_qkv(model)
+    fused_name = "bert.encoder.layer.1.attention.self.qkv"
+    smoothing, scale, error = calibrate(model, {fused_name: attention.qkv}, inputs, strength=0.8)[fused_name]
+    assert torch.equal(smoothing, grouped[names[0]][0]) and scale == grouped[names[0]][1]
+    assert 0 < error <= max(e for _, _, e in grouped.values())
+    x = torch.randn(10, attention.qkv.in_features) * 3
+    separate = torch.cat([Int8ReferenceLinear(part, smoothing, scale)(x) for part in parts], dim=-1)
+    assert torch.equal(Int8ReferenceLinear(attention.qkv, smoothing, scale)(x), separate)
+
+
 def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, tiny_model, tmp_path):
     from stages.prune import prune
 
@@ -166,7 +187,7 @@ def test_stage_int8_without_gpu_checks_accuracy_and_emulates_the_kernel(params, 
     assert metrics["precision"] == "int8" and metrics["layers_2of4"] == 0
     assert metrics["reason"] == "dense: no CUDA device; int8 layers emulated exactly (float64) so evaluate scores them"
     assert metrics["int8"]["calibration"] == "16 x 128 random tokens"
-    assert metrics["int8"]["layers_checked"] == 12  # 2 layers x (q, k, v, attention out, FFN in, FFN out)
+    assert metrics["int8"]["layers_checked"] == 8  # 2 layers x (fused q/k/v, attention out, FFN in, FFN out)
     plan = json.loads((out / accelerate.PLAN_FILE).read_text())
     assert set(plan["int8_layer_error"]) == set(plan["layers"])
     assert max(plan["int8_layer_error"].values()) == metrics["int8"]["worst_error"] > 0
