@@ -8,7 +8,8 @@ it measured faster, then times the whole model (as CUDA graphs, of the torch.com
 is never slower than dense at the shapes it was made for. Everywhere else (no CUDA, compute
 capability < 8.0, mode none) every layer is planned dense with the reason, and the stage succeeds.
 The plan is saved beside the model and applied when it is loaded; the stage checks the accelerated
-outputs against the masked dense model before it ends.
+outputs against the masked dense model before it ends. Plans are made for, and applied to, the
+model with each BERT layer's query, key and value fused into one Linear (attention.fuse_qkv).
 """
 from __future__ import annotations
 
