@@ -239,14 +239,18 @@ def test_measure_shapes_times_every_config_at_the_largest_bucket_and_the_best_fe
     assert len(timings["int8:16x8"][1024]["sparse_ms"]) == 10
 
 
-def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
+def small_bert():
     from transformers import BertConfig, BertForQuestionAnswering
 
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=64, vocab_size=100)).eval()
+
+
+def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
     from stages.attention import FUSED_SDPA, _sdpa_fused_mask, use_fused_attention
 
-    torch.manual_seed(0)
-    model = BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                intermediate_size=64, vocab_size=100)).eval()
+    model = small_bert()
     input_ids = torch.randint(0, 100, (2, 12))
     attention_mask = torch.ones(2, 12, dtype=torch.long)
     attention_mask[1, 8:] = 0
@@ -269,14 +273,6 @@ def test_fused_attention_drops_a_broadcast_mask_and_keeps_results():
         sdpa.sdpa_attention_forward = original
     assert seen[0] is None  # one value broadcast everywhere: nothing masked
     assert seen[1].stride(-1) == 1 and seen[1].shape == (2, 1, 12, 12)
-
-
-def small_bert():
-    from transformers import BertConfig, BertForQuestionAnswering
-
-    torch.manual_seed(0)
-    return BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=64, vocab_size=100)).eval()
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -309,13 +305,9 @@ def test_fuse_qkv_stacks_query_key_value_and_keeps_the_outputs(attention):
 def test_fused_attention_compiles_as_one_graph_inside_capture_context():
     """The masks are dropped while capturing without a graph break (a ContextVar read broke one per
     layer, which cost int8 its fusions on an H100)."""
-    from transformers import BertConfig, BertForQuestionAnswering
-
     from stages.attention import capture_context, use_fused_attention
 
-    torch.manual_seed(0)
-    model = use_fused_attention(BertForQuestionAnswering(BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)).eval())
+    model = use_fused_attention(small_bert())
     import transformers.integrations.sdpa_attention as sdpa
 
     input_ids = torch.randint(0, 100, (2, 12))
