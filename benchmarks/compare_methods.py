@@ -57,14 +57,15 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def experiments(shown: list[dict]) -> list[dict]:
-    """Every experiment of `dvc exp show --json` that has scores: name, timestamp, flat params, scores."""
+    """Every finished experiment of `dvc exp show --json` that has scores: name, timestamp, flat
+    params, scores. One still running has no timestamp yet, and the workspace's metrics: skipped."""
     found = []
     for commit in shown:
         for group in commit.get("experiments") or []:
             for exp in group["revs"]:
                 data = exp.get("data") or {}
                 scores = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
-                if scores:
+                if scores and data.get("timestamp"):
                     params = flatten(data["params"]["params.yaml"]["data"])
                     found.append({"name": exp.get("name") or exp["rev"][:7], "timestamp": data["timestamp"],
                                   "params": params, "scores": scores})
