@@ -36,7 +36,7 @@ raw["data"]["source"] = "json"
 raw["train"].update(epochs=4, batch_size=16)
 raw["prune"].update(method="sparsegpt", sequential=True)
 raw["finetune"].update(batch_size=16, distill=True, distill_alpha=0.9, distill_hidden=10.0, epochs=8)
-RECIPES = {  # name: (train features, finetune overrides)
+RECIPES = {  # name: (train features, finetune overrides[, prune.exclude])
     "xquad-a09-8ep": (xquad, {}),
     "xquad-a1-8ep": (xquad, {"distill_alpha": 1.0}),
     "aug-a1-2ep": (augmented, {"distill_alpha": 1.0, "epochs": 2}),
@@ -44,6 +44,9 @@ RECIPES = {  # name: (train features, finetune overrides)
     "aug-a1-4ep": (augmented, {"distill_alpha": 1.0, "epochs": 4}),
     # XQuAD train questions paired with the other paragraphs of their article (make_cross.py)
     "cross-a1-4ep": (cross, {"distill_alpha": 1.0, "epochs": 4}),
+    # Layers left dense (the accuracy side of a partly 2:4 model): attention, or the first and last layer
+    "dense-attention": (xquad, {}, r"pooler|attention"),
+    "dense-ends": (xquad, {}, r"pooler|layer\.0\.|layer\.5\."),
 }
 
 if os.environ.get("ONLY"):
@@ -57,13 +60,19 @@ def log(record):
 for seed in seeds:
     cfg = copy.deepcopy(raw); cfg["seed"] = seed
     params = validate(cfg)
-    dense, pruned = work / f"dense{seed}", work / f"pruned{seed}"
+    dense = work / f"dense{seed}"
     t = time.time(); train_baseline(params, xquad, dense)
     log({"seed": seed, "variant": "dense", **evaluate(params, xquad, {"d": dense})["d"], "s": round(time.time() - t, 1)})
-    prune(params, dense, pruned, xquad)
-    log({"seed": seed, "variant": "pruned", **evaluate(params, xquad, {"p": pruned})["p"]})
-    for name, (features, overrides) in RECIPES.items():
+    pruned_by_exclude = {}
+    for name, (features, overrides, *exclude) in RECIPES.items():
         run = copy.deepcopy(cfg); run["finetune"].update(overrides)
+        run["prune"]["exclude"] = exclude[0] if exclude else cfg["prune"]["exclude"]
+        pruned = pruned_by_exclude.get(run["prune"]["exclude"])
+        if pruned is None:
+            pruned = pruned_by_exclude[run["prune"]["exclude"]] = work / f"pruned{seed}-{len(pruned_by_exclude)}"
+            report = prune(validate(run), dense, pruned, xquad)
+            log({"seed": seed, "variant": f"pruned-{name}" if exclude else "pruned", "layers_pruned": report["layers_pruned"],
+                 **evaluate(params, xquad, {"p": pruned})["p"]})
         sparse = work / f"sparse-{name}{seed}"
         t = time.time()
         stats = finetune_sparse(validate(run), features, pruned, sparse, dense)
