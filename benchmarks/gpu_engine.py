@@ -2,13 +2,15 @@
 
 Builds a bert-base-cased-shaped QA model from a BertConfig (hidden 768, 12 layers, 12 heads,
 intermediate 3072; random weights, no hub access), applies 2:4 magnitude masks to its encoder
-Linears, runs stages.accelerate.run on it, then stages.benchmark.run (dense = the same model
-unmasked), and prints the plan, the latency table, the speedups and the tutorial's single-Linear
-microbenchmark. Run from the repository root on a GPU:
+Linears (all but those matching --exclude, as prune.exclude), runs stages.accelerate.run on it,
+then stages.benchmark.run (dense = the same model unmasked), and prints the plan, the latency
+table, the speedups and the tutorial's single-Linear microbenchmark. Run from the repository root
+on a GPU:
 
     python benchmarks/gpu_engine.py --out gpu-results.json            # params.yaml's benchmark sizes
     python benchmarks/gpu_engine.py --repeats 50 --no-compile --mode all
     python benchmarks/gpu_engine.py --precision int8 --out gpu-results-int8.json
+    python benchmarks/gpu_engine.py --precision int8 --exclude 'pooler|attention'   # 2:4 in the FFNs only
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages import accelerate, benchmark  # noqa: E402
-from stages.modeling import encoder_linears  # noqa: E402
 from stages.params import load_params  # noqa: E402
+from stages.prune import prunable_linears  # noqa: E402
 
 BERT_BASE_CASED = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                        intermediate_size=3072, max_position_embeddings=512)
@@ -38,15 +40,16 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
     return keep.reshape(weight.shape)
 
 
-def build_models(root: Path) -> tuple[Path, Path]:
-    """(dense_dir, sparse_dir): the random bert-base-shaped model, unmasked and 2:4-masked."""
+def build_models(root: Path, exclude: str) -> tuple[Path, Path]:
+    """(dense_dir, sparse_dir): the random bert-base-shaped model, unmasked and 2:4-masked but for the
+    Linears matching `exclude`."""
     from transformers import BertConfig, BertForQuestionAnswering
 
     torch.manual_seed(0)
     model = BertForQuestionAnswering(BertConfig(**BERT_BASE_CASED)).eval()
     model.save_pretrained(root / "dense")
     with torch.no_grad():
-        for linear in encoder_linears(model).values():
+        for linear in prunable_linears(model, exclude).values():
             linear.weight.mul_(two_four_mask(linear.weight))
     model.save_pretrained(root / "sparse")
     return root / "dense", root / "sparse"
@@ -62,8 +65,11 @@ def print_plan(plan_metrics: dict) -> None:
     first_layer = {name: row for name, row in plan_metrics.get("layers", {}).items() if ".layer.0." in name}
     print("\n== accelerate: layer 0's Linears (GPU time per call, best 2:4 config vs cuBLAS) ==")
     for name, per_batch in first_layer.items():
-        cells = "  ".join(f"{b}: x{r['speedup']} {'2:4' if r['kernel'] != 'dense' else 'dense'}"
-                          for b, r in per_batch.items())
+        if "reason" in per_batch:  # never timed: left dense (--exclude, or a shape cuSPARSELt cannot take)
+            cells = per_batch["reason"]
+        else:
+            cells = "  ".join(f"{b}: x{r['speedup']} {'2:4' if r['kernel'] != 'dense' else 'dense'}"
+                              for b, r in per_batch.items())
         print(f"{name.split('layer.0.')[1]:<28} {cells}")
 
 
@@ -99,6 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--max-alg-id", type=int, help="cuSPARSELt configs to time: 0..this")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--exclude", help="regex of encoder Linears left dense (default: params.yaml's prune.exclude)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_engine.py measures GPU targets: no CUDA device here")
@@ -121,7 +128,8 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2))
 
     with tempfile.TemporaryDirectory() as tmp:
-        dense_dir, sparse_dir = build_models(Path(tmp))
+        exclude = params["prune"]["exclude"] if args.exclude is None else args.exclude
+        dense_dir, sparse_dir = build_models(Path(tmp), exclude)
         accelerated_dir = Path(tmp) / "accelerated"
         accelerated_dir.mkdir()
         start = time.perf_counter()

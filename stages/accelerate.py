@@ -151,7 +151,7 @@ def summarize(plan: dict) -> dict:
         chosen = plan["variants"][bucket]
         metrics["by_batch"][f"bs{int(bucket) // seq}"] = {
             "variant": chosen,
-            "layers_2of4": sum(layers[name]["kernels"][bucket] is not None for name in layers),
+            "layers_2of4": sum(layers[name]["kernels"].get(bucket) is not None for name in layers),  # none if blocked
             "model_dense_ms": round(ms["dense"], 4),
             "model_accelerated_ms": round(ms[chosen], 4),
             "model_speedup": round(ms["dense"] / ms[chosen], 3),

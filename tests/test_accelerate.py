@@ -134,12 +134,18 @@ def test_plan_round_trips_through_json_and_summary():
         "layers": {name: {"shape": shapes[name], "precision": "fp16", "kernels": {str(b): a for b, a in kernels[name].items()}}
                    for name in shapes},
     }
+    # A layer left dense by prune.exclude: no kernels at all, a reason instead.
+    blocked = "encoder.layer.0.attention.output.dense"
+    plan["layers"][blocked] = {"shape": "768x768", "precision": "fp16", "kernels": {},
+                               "reason": "dense: weight is not 2:4 sparse"}
     plan = json.loads(json.dumps(plan))
     assert plan_kernels(plan) == {"encoder.layer.0.intermediate.dense": {1536: None, 98304: 4}}
     metrics = summarize(plan)
-    assert (metrics["layers_2of4"], metrics["layers_dense"]) == (1, 1)
+    assert (metrics["layers_2of4"], metrics["layers_dense"]) == (1, 2)
+    assert metrics["layers"][blocked] == {"kernel": "dense", "reason": "dense: weight is not 2:4 sparse"}
     assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "model_dense_ms": 5.0,
                                           "model_accelerated_ms": 5.0, "model_speedup": 1.0}
+    assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1
     assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
     ffn = metrics["layers"]["encoder.layer.0.intermediate.dense"]["bs256"]
     assert ffn == {"kernel": "cusparselt fp16 alg_id 4", "dense_ms": 10.0, "sparse_ms": 8.0, "speedup": 1.25}
