@@ -268,6 +268,13 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: di
 
 
 # --------------------------------------------------------------------------- stage
+def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model as accelerate plans it and load_accelerated applies the plan (benchmark times dense
+    the same way): in eval mode, query/key/value fused (attention.fuse_qkv), so the plan's layer
+    names always match."""
+    return fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())
+
+
 def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, vocab_size: int,
                        device: torch.device) -> tuple[dict[str, torch.Tensor], str]:
     """One seeded batch of model inputs for the int8 check: train features where they exist (the
@@ -308,7 +315,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     seq_length = params["benchmark.seq_length"]
     buckets = token_buckets(params["benchmark.batch_sizes"], seq_length)
 
-    model = fuse_qkv(load_qa_model(str(sparse_dir), dtype=dtype).to(device).eval())
+    model = inference_model(sparse_dir, device, dtype)
     if device.type == "cuda":
         use_fused_attention(model)
     linears = encoder_linears(model)
@@ -398,7 +405,7 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, 
     (stages/int8.py), so evaluate scores what the GPU would.
     """
     model_dir = Path(model_dir)
-    model = fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())  # the plan's layer names
+    model = inference_model(model_dir, device, dtype)
     plan = read_json(model_dir / PLAN_FILE)
     input_scales = {name: entry["input_scale"] for name, entry in plan["layers"].items() if "input_scale" in entry}
     smoothing = load_file(str(model_dir / SMOOTHING_FILE)) if input_scales else {}

@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .accelerate import load_accelerated, random_ids
-from .attention import capture_context, fuse_qkv, use_fused_attention
+from .accelerate import inference_model, load_accelerated, random_ids
+from .attention import capture_context, use_fused_attention
 from .common import best_device, device_facts, relative_error
 from . import fp8
 from .int8 import Int8ReferenceLinear
-from .modeling import load_qa_model
 from .sparse_engine import (
     CudaGraphRunner,
     SparseLinear,
@@ -152,7 +151,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
     seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
     mode_names = modes(on_gpu, params["benchmark.compile"])
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
-    dense = fuse_qkv(load_qa_model(str(dense_dir), dtype=dtype).to(device).eval())
+    dense = inference_model(dense_dir, device, dtype)
     plain = {
         "dense": use_fused_attention(dense) if on_gpu else dense,
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
