@@ -7,9 +7,12 @@ zero-shot pruned model and the sparse fine-tuned model. Run from the repository 
     python benchmarks/compare_methods.py                        # the six experiments, then the table
     python benchmarks/compare_methods.py -S data.source=json    # -S goes to every run (and filters the table)
     python benchmarks/compare_methods.py --no-run               # the table from experiments already run
+    python benchmarks/compare_methods.py --seeds 1 2 3          # each combination per seed; means
 
 The table takes the newest matching experiment, and of the others only those whose params are the
-same but for prune.method and finetune.distill, so every row was made under the same setting. Like any
+same but for prune.method and finetune.distill (and seed, with --seeds), so every row was made under
+the same setting. With --seeds, each row is the mean over the seeds' experiments, and the gap to dense
+comes with its standard error: on a small validation set one seed's gap moves by a few F1. Like any
 `dvc exp run`, the runs happen in the workspace: it is left with the last combination's params and
 results (`git checkout params.yaml && dvc checkout` goes back).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 
@@ -39,9 +43,10 @@ def set_flags(assignments: list[str]) -> list[str]:
     return [flag for assignment in assignments for flag in ("-S", assignment)]
 
 
-def run_experiments(overrides: list[str]) -> None:
-    for method, distill in itertools.product(METHODS, DISTILL):
+def run_experiments(overrides: list[str], seeds: list[int] | None) -> None:
+    for seed, method, distill in itertools.product(seeds or [None], METHODS, DISTILL):
         combination = [f"prune.method={method}", f"finetune.distill={str(distill).lower()}"]
+        combination += [f"seed={seed}"] if seed is not None else []
         print(f"== dvc exp run: {' '.join(overrides + combination)}", file=sys.stderr, flush=True)
         dvc("exp", "run", *set_flags(overrides + combination), "evaluate")
 
@@ -72,40 +77,52 @@ def experiments(shown: list[dict]) -> list[dict]:
     return found
 
 
-def same_setting(a: dict, b: dict) -> bool:
-    """Equal params but for the compared keys."""
-    return {k: v for k, v in a.items() if k not in COMBINATION_KEYS} == \
-           {k: v for k, v in b.items() if k not in COMBINATION_KEYS}
+def same_setting(a: dict, b: dict, ignored: tuple[str, ...]) -> bool:
+    """Equal params but for the ignored keys."""
+    return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
-def select(found: list[dict], overrides: list[str]) -> dict[tuple, dict]:
-    """Per (method, distill), the newest experiment under the newest matching experiment's setting."""
+def select(found: list[dict], overrides: list[str], seeds: list[int] | None = None) -> dict[tuple, list[dict]]:
+    """Per (method, distill), the newest experiment of each seed (of `seeds`; without, the newest
+    experiment) under the newest matching experiment's setting."""
     wanted = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)}
-    matching = sorted((e for e in found if all(e["params"].get(k) == v for k, v in wanted.items())),
+    matching = sorted((e for e in found if all(e["params"].get(k) == v for k, v in wanted.items())
+                       and (not seeds or e["params"].get("seed") in seeds)),
                       key=lambda e: e["timestamp"], reverse=True)
     if not matching:
         return {}
     setting = matching[0]["params"]
-    chosen = {}
+    ignored = COMBINATION_KEYS + (("seed",) if seeds else ())
+    chosen: dict[tuple, dict] = {}
     for exp in matching:
-        key = tuple(exp["params"][k] for k in COMBINATION_KEYS)
-        if key not in chosen and same_setting(exp["params"], setting):
-            chosen[key] = exp
-    return chosen
+        by_seed = chosen.setdefault(tuple(exp["params"][k] for k in COMBINATION_KEYS), {})
+        if exp["params"].get("seed") not in by_seed and same_setting(exp["params"], setting, ignored):
+            by_seed[exp["params"].get("seed")] = exp
+    return {key: list(by_seed.values()) for key, by_seed in chosen.items() if by_seed}
 
 
-def markdown_table(chosen: dict[tuple, dict]) -> str:
+def mean_and_error(values: list[float]) -> str:
+    """'+1.23' for one value; '+1.23 (se 0.45)' for several."""
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} (se {statistics.stdev(values) / len(values) ** 0.5:.2f})"
+
+
+def markdown_table(chosen: dict[tuple, list[dict]]) -> str:
+    """One row per combination; with several seeds' experiments, each score is their mean."""
     header = ["prune.method", "finetune.distill"] + [f"{label} {m}" for _, label in VARIANTS for m in ("F1", "EM")]
     header += ["sparse - dense F1", "experiment"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, distill in itertools.product(METHODS, DISTILL):
-        exp = chosen.get((method, distill))
-        if exp is None:
+        runs = chosen.get((method, distill))
+        if not runs:
             cells = ["not run"] * (len(header) - 2)
         else:
-            scores = exp["scores"]
-            cells = [f"{scores[v][m]:.2f}" for v, _ in VARIANTS for m in ("f1", "exact_match")]
-            cells += [f"{scores['sparse']['f1'] - scores['dense']['f1']:+.2f}", exp["name"]]
+            scores = [exp["scores"] for exp in runs]
+            cells = [f"{statistics.mean(s[v][m] for s in scores):.2f}" for v, _ in VARIANTS for m in ("f1", "exact_match")]
+            cells += [mean_and_error([s["sparse"]["f1"] - s["dense"]["f1"] for s in scores]),
+                      ", ".join(exp["name"] for exp in runs)]
         lines.append("| " + " | ".join([method, str(distill).lower()] + cells) + " |")
     return "\n".join(lines)
 
@@ -115,14 +132,16 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a params.yaml override for every run (and the table's filter)")
     parser.add_argument("--no-run", action="store_true", help="only read the experiments already run")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="run (and average) each combination once per seed")
     args = parser.parse_args()
     if not args.no_run:
-        run_experiments(args.overrides)
-    chosen = select(experiments(json.loads(dvc("exp", "show", "--json", capture=True))), args.overrides)
+        run_experiments(args.overrides, args.seeds)
+    chosen = select(experiments(json.loads(dvc("exp", "show", "--json", capture=True))), args.overrides, args.seeds)
     if not chosen:
         sys.exit("no DVC experiment with metrics/evaluate.json matches; run without --no-run first")
     print(markdown_table(chosen))
-    run = next(iter(chosen.values()))["scores"].get("run", {})
+    run = next(iter(chosen.values()))[0]["scores"].get("run", {})
     print(f"\nevaluated on {run.get('device')} ({run.get('gpu') or run.get('cpu')}), torch {run.get('torch')}, "
           f"transformers {run.get('transformers')}")
 

@@ -10,10 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import compare_methods  # noqa: E402
 
 
-def shown_exp(name, timestamp, method, distill, epochs, sparse_f1):
+def shown_exp(name, timestamp, method, distill, epochs, sparse_f1, seed=42, dense_f1=50.0):
     scores = {variant: {"f1": f1, "exact_match": f1 - 10} for variant, f1 in
-              (("dense", 50.0), ("pruned", 30.0), ("sparse", sparse_f1))}
-    params = {"prune": {"method": method}, "finetune": {"distill": distill, "epochs": epochs}}
+              (("dense", dense_f1), ("pruned", 30.0), ("sparse", sparse_f1))}
+    params = {"seed": seed, "prune": {"method": method}, "finetune": {"distill": distill, "epochs": epochs}}
     return {"rev": name, "name": name, "data": {
         "timestamp": timestamp, "params": {"params.yaml": {"data": params}},
         "metrics": {"metrics/evaluate.json": {"data": scores}}}}
@@ -29,14 +29,48 @@ def test_running_experiment_is_skipped_and_newest_setting_wins():
     ]}]}]
     found = compare_methods.experiments(shown)
     assert [e["name"] for e in found] == ["new-sgpt-kd", "old-sgpt-kd", "old-wanda"]
-    assert found[0]["params"] == {"prune.method": "sparsegpt", "finetune.distill": True, "finetune.epochs": 8}
+    assert found[0]["params"] == {"seed": 42, "prune.method": "sparsegpt", "finetune.distill": True,
+                                  "finetune.epochs": 8}
     chosen = compare_methods.select(found, [])
-    assert {key: exp["name"] for key, exp in chosen.items()} == {("sparsegpt", True): "new-sgpt-kd"}
+    assert {key: [e["name"] for e in runs] for key, runs in chosen.items()} == {("sparsegpt", True): ["new-sgpt-kd"]}
     older = compare_methods.select(found, ["finetune.epochs=2"])
-    assert {key: exp["name"] for key, exp in older.items()} == {("sparsegpt", True): "old-sgpt-kd",
-                                                                ("wanda", False): "old-wanda"}
+    assert {key: [e["name"] for e in runs] for key, runs in older.items()} == {
+        ("sparsegpt", True): ["old-sgpt-kd"], ("wanda", False): ["old-wanda"]}
     table = compare_methods.markdown_table(older).splitlines()
     assert len(table) == 2 + 6
     assert table[2].startswith("| magnitude | false | not run |")
     assert "| wanda | false | 50.00 | 40.00 | 30.00 | 20.00 | 42.00 | 32.00 | -8.00 | old-wanda |" in table
     assert "| sparsegpt | true | 50.00 | 40.00 | 30.00 | 20.00 | 45.00 | 35.00 | -5.00 | old-sgpt-kd |" in table
+
+
+def test_seeds_are_averaged_only_when_asked_for():
+    shown = [{"rev": "abc", "experiments": [{"revs": [
+        shown_exp("s1", "2026-11-26T03:00:00", "sparsegpt", True, 8, 47.0, seed=1, dense_f1=48.0),
+        shown_exp("s2", "2026-11-26T02:00:00", "sparsegpt", True, 8, 44.0, seed=2, dense_f1=46.0),
+        shown_exp("s2-older", "2026-11-26T01:00:00", "sparsegpt", True, 8, 10.0, seed=2),
+        shown_exp("s3-other-epochs", "2026-11-26T00:30:00", "sparsegpt", True, 2, 10.0, seed=3),
+        shown_exp("s9", "2026-11-26T00:00:00", "sparsegpt", True, 8, 10.0, seed=9),
+    ]}]}]
+    found = compare_methods.experiments(shown)
+    # without --seeds the seed is part of the setting: only the newest experiment's seed counts
+    assert [e["name"] for e in compare_methods.select(found, [])[("sparsegpt", True)]] == ["s1"]
+    # with them: the newest experiment of each listed seed, under the same setting otherwise
+    runs = compare_methods.select(found, [], seeds=[1, 2, 3])[("sparsegpt", True)]
+    assert [e["name"] for e in runs] == ["s1", "s2"]
+    row = next(line for line in compare_methods.markdown_table({("sparsegpt", True): runs}).splitlines()
+               if line.startswith("| sparsegpt | true"))
+    # dense (48 + 46) / 2, sparse (47 + 44) / 2; gaps -1 and -2: mean -1.5, se 0.5
+    assert row == "| sparsegpt | true | 47.00 | 37.00 | 30.00 | 20.00 | 45.50 | 35.50 | -1.50 (se 0.50) | s1, s2 |"
+
+
+def test_run_experiments_passes_each_seed(monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare_methods, "dvc", lambda *args, capture=False: calls.append(args))
+    compare_methods.run_experiments(["data.source=json"], [1, 2])
+    assert len(calls) == 2 * len(compare_methods.METHODS) * len(compare_methods.DISTILL)
+    assert calls[0] == ("exp", "run", "-S", "data.source=json", "-S", "prune.method=magnitude",
+                        "-S", "finetune.distill=false", "-S", "seed=1", "evaluate")
+    assert calls[-1][-3:] == ("-S", "seed=2", "evaluate")
+    calls.clear()
+    compare_methods.run_experiments([], None)
+    assert not any("seed=" in flag for call in calls for flag in call)
