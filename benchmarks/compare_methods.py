@@ -94,11 +94,10 @@ def select(found: list[dict], overrides: list[str], seeds: list[int] | None = No
     setting = matching[0]["params"]
     ignored = COMBINATION_KEYS + (("seed",) if seeds else ())
     chosen: dict[tuple, dict] = {}
-    for exp in matching:
+    for exp in (e for e in matching if same_setting(e["params"], setting, ignored)):
         by_seed = chosen.setdefault(tuple(exp["params"][k] for k in COMBINATION_KEYS), {})
-        if exp["params"].get("seed") not in by_seed and same_setting(exp["params"], setting, ignored):
-            by_seed[exp["params"].get("seed")] = exp
-    return {key: list(by_seed.values()) for key, by_seed in chosen.items() if by_seed}
+        by_seed.setdefault(exp["params"].get("seed"), exp)  # newest first: the first one stays
+    return {key: list(by_seed.values()) for key, by_seed in chosen.items()}
 
 
 def mean_and_error(values: list[float]) -> str:
