@@ -29,13 +29,13 @@ def _one_of(*choices):
     return check
 
 
-def _list_of(kind, element_check=None):
+def _list_of(kind, element_check=None, allow_empty=False):
     def check(v):
-        return isinstance(v, list) and len(v) > 0 and all(
+        return isinstance(v, list) and (allow_empty or len(v) > 0) and all(
             isinstance(x, kind) and not isinstance(x, bool) and (element_check is None or element_check(x))
             for x in v
         )
-    check.__doc__ = f"a non-empty list of {kind.__name__}"
+    check.__doc__ = f"a {'' if allow_empty else 'non-empty '}list of {kind.__name__}"
     return check
 
 
@@ -47,8 +47,11 @@ _fraction.__doc__ = "between 0 and 1 (exclusive)"
 SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
     "seed": (int, _non_negative),
     "model.name": (str, bool),
-    "data.source": (str, _one_of("embedded", "json", "squad")),
-    "data.json_files": (list, _list_of(str)),
+    "data.source": (str, _one_of("files", "squad")),
+    "data.dir": (str, bool),
+    "data.train_files": (list, _list_of(str, allow_empty=True)),
+    "data.validation_files": (list, _list_of(str, allow_empty=True)),
+    "data.num_proc": (int, _non_negative),
     "data.validation_fraction": ((int, float), _fraction),
     "data.max_train_examples": (int, _non_negative),
     "data.max_validation_examples": (int, _non_negative),

@@ -8,20 +8,22 @@ is never labelled inside the padding or the question.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
 import random
 from collections import Counter
 from pathlib import Path
 
 from .common import StageError
 
-EMBEDDED_DATA = Path(__file__).resolve().parent.parent / "data" / "embedded" / "biographies.json"
+MIN_EXAMPLES_PER_PROCESS = 2000
 
 
 # --------------------------------------------------------------------------- reading
 def read_squad_json(path: str | Path) -> list[dict]:
-    """Flatten a SQuAD v1.1 JSON file into examples, checking every field on the way.
+    """Flatten a SQuAD v1.1 JSON file (or .json.gz) into examples, checking every field on the way.
 
     Each example is {id, title, context, question, answers: {text: [...], answer_start: [...]}},
     the layout of the hub's "squad" data set.
@@ -30,7 +32,18 @@ def read_squad_json(path: str | Path) -> list[dict]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise StageError(f"{path}: file not found (data.json_files)") from None
+        raise StageError(f"{path}: file not found (data.dir, data.train_files, data.validation_files)") from None
+    except IsADirectoryError:
+        raise StageError(f"{path}: is a directory, expected a SQuAD JSON file") from None
+    except OSError as err:
+        raise StageError(f"{path}: cannot read ({err.strerror})") from None
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except gzip.BadGzipFile:
+            raise StageError(f"{path}: not a gzip file (the name ends in .gz)") from None
+        except EOFError:
+            raise StageError(f"{path}: truncated gzip file (it ends before the compressed data does)") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -74,7 +87,8 @@ def read_squad_json(path: str | Path) -> list[dict]:
                     at = f"{where}.answers[{n}]"
                     need(isinstance(answer, dict), at, "expected an object")
                     answer_text, start = answer.get("text"), answer.get("answer_start")
-                    need(isinstance(answer_text, str) and answer_text != "", at, "field 'text' must be a non-empty string")
+                    need(isinstance(answer_text, str) and answer_text.strip() != "", at,
+                         "field 'text' must be a non-empty string (not only whitespace)")
                     need(isinstance(start, int) and not isinstance(start, bool), at, "field 'answer_start' must be an integer")
                     need(0 <= start <= len(context) - len(answer_text), at,
                          f"answer_start {start} is outside the context (length {len(context)})")
@@ -102,15 +116,56 @@ def split_by_article(examples: list[dict], validation_fraction: float, seed: int
     return train, validation
 
 
+def read_squad_files(*groups: list[Path]) -> list[list[dict]]:
+    """The examples of each group of SQuAD files. Question ids must be unique across all files:
+    evaluation groups windows and answers by id, so a shared id would merge two questions' scores."""
+    first_seen: dict[str, Path] = {}
+    read = []
+    for paths in groups:
+        examples = []
+        for path in paths:
+            for example in read_squad_json(path):
+                if example["id"] in first_seen:
+                    raise StageError(f"{path}: question id {example['id']!r} is also in {first_seen[example['id']]}: "
+                                     f"ids must be unique across all data files")
+                first_seen[example["id"]] = path
+                examples.append(example)
+        read.append(examples)
+    return read
+
+
+def data_files(params, field: str, root: Path) -> list[Path]:
+    """The files a data.*_files param names, inside data.dir: that folder is tokenize's DVC
+    dependency, so a file elsewhere could change without DVC seeing it."""
+    directory = root / params["data.dir"]
+    paths = []
+    for name in params[field]:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise StageError(f"params.yaml: {field} entry {name!r} must be a file name inside data.dir "
+                             f"({params['data.dir']}), the folder DVC watches")
+        paths.append(directory / name)
+    return paths
+
+
 def load_splits(params, root: Path = Path(".")) -> tuple[list[dict], list[dict]]:
-    """The train and validation examples that params' data section asks for."""
+    """The train and validation examples that params' data section asks for.
+
+    data.source=files: with data.validation_files, train on data.train_files and validate on
+    those; without, data.train_files is split by article (data.validation_fraction)."""
     source = params["data.source"]
     if source == "squad":
         train, validation = _load_hub_squad()
     else:
-        files = [EMBEDDED_DATA] if source == "embedded" else [root / f for f in params["data.json_files"]]
-        examples = [e for f in files for e in read_squad_json(f)]
-        train, validation = split_by_article(examples, params["data.validation_fraction"], params["seed"])
+        train_files = data_files(params, "data.train_files", root)
+        validation_files = data_files(params, "data.validation_files", root)
+        if not train_files:
+            raise StageError("params.yaml: data.train_files is empty: name the SQuAD v1.1 files (.json or .json.gz) "
+                             "in data.dir to train on")
+        if validation_files:
+            train, validation = read_squad_files(train_files, validation_files)
+        else:
+            [examples] = read_squad_files(train_files)
+            train, validation = split_by_article(examples, params["data.validation_fraction"], params["seed"])
     for name, split, cap in (("train", train, params["data.max_train_examples"]),
                              ("validation", validation, params["data.max_validation_examples"])):
         if not split:
@@ -160,6 +215,12 @@ def context_span(sequence_ids: list, context_id: int) -> tuple[int, int]:
     return start, end
 
 
+def answer_chars(text: str, start: int) -> tuple[int, int]:
+    """The answer's character span without the whitespace at either end, which no token covers."""
+    leading = len(text) - len(text.lstrip())
+    return start + leading, start + len(text.rstrip())
+
+
 def prepare_train_features(examples: dict, tokenizer, max_length: int, doc_stride: int) -> dict:
     """Batched map function: one feature per window, labelled with the answer's token span."""
     enc, context_id = _tokenize_pairs(examples, tokenizer, max_length, doc_stride)
@@ -168,21 +229,24 @@ def prepare_train_features(examples: dict, tokenizer, max_length: int, doc_strid
     starts, ends = [], []
     for i, offsets in enumerate(offsets_all):
         answers = examples["answers"][sample_map[i]]
-        start_char = answers["answer_start"][0]
-        end_char = start_char + len(answers["text"][0])
+        start_char, end_char = answer_chars(answers["text"][0], answers["answer_start"][0])
         context_start, context_end = context_span(enc.sequence_ids(i), context_id)
         if offsets[context_start][0] > start_char or offsets[context_end][1] < end_char:
             starts.append(0)  # the answer is not (wholly) inside this window: point at [CLS]
             ends.append(0)
             continue
+        # The tightest token span around the answer's characters: the first token that ends after
+        # its start, the last that starts before its end.
         token_start = context_start
-        while token_start <= context_end and offsets[token_start][0] <= start_char:
+        while offsets[token_start][1] <= start_char:
             token_start += 1
         token_end = context_end
-        while token_end >= context_start and offsets[token_end][1] >= end_char:
+        while offsets[token_end][0] >= end_char:
             token_end -= 1
-        starts.append(token_start - 1)
-        ends.append(token_end + 1)
+        if token_start > token_end:  # no token covers any of the answer's characters
+            token_start = token_end = 0
+        starts.append(token_start)
+        ends.append(token_end)
     enc["start_positions"] = starts
     enc["end_positions"] = ends
     return enc
@@ -212,11 +276,16 @@ def tokenize(params, tokenizer, out_dir: Path, root: Path = Path(".")) -> dict:
     train_ds = datasets.Dataset.from_list(train)
     validation_ds = datasets.Dataset.from_list(validation)
     fn_kwargs = {"tokenizer": tokenizer, "max_length": max_length, "doc_stride": stride}
-    train_features = train_ds.map(prepare_train_features, batched=True, remove_columns=train_ds.column_names,
-                                  fn_kwargs=fn_kwargs, desc="train features")
-    validation_features = validation_ds.map(prepare_validation_features, batched=True,
-                                            remove_columns=validation_ds.column_names,
-                                            fn_kwargs=fn_kwargs, desc="validation features")
+    processes = params["data.num_proc"] or os.cpu_count() or 1
+
+    def features(dataset, prepare, desc):
+        # A process pays ~1 s to start: worth it only for a few thousand questions each.
+        num_proc = min(processes, len(dataset) // MIN_EXAMPLES_PER_PROCESS)
+        return dataset.map(prepare, batched=True, remove_columns=dataset.column_names, fn_kwargs=fn_kwargs,
+                           num_proc=num_proc if num_proc > 1 else None, desc=desc)
+
+    train_features = features(train_ds, prepare_train_features, "train features")
+    validation_features = features(validation_ds, prepare_validation_features, "validation features")
     train_features.save_to_disk(str(out_dir / "train"))
     validation_features.save_to_disk(str(out_dir / "validation"))
     validation_ds.save_to_disk(str(out_dir / "validation_examples"))

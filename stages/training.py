@@ -48,7 +48,9 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         use_cpu=not cuda,
         bf16=bf16,
         fp16=cuda and not bf16,
-        dataloader_num_workers=0,
+        # On a GPU, batches are collated in worker processes so the GPU does not wait for them.
+        dataloader_num_workers=2 if cuda else 0,
+        dataloader_pin_memory=cuda,
     )
 
 

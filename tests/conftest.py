@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+EMBEDDED_DATA = REPO / "data" / "embedded" / "biographies.json"
 
 
 def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate: int = 128) -> Path:

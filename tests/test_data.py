@@ -6,7 +6,8 @@ import json
 import re
 
 from conftest import REPO
-from stages.tokenize import EMBEDDED_DATA, read_squad_json
+from conftest import EMBEDDED_DATA
+from stages.tokenize import read_squad_json
 
 
 def load_generator():

@@ -26,7 +26,7 @@ def with_value(dotted: str, value):
 
 def test_repository_params_are_valid():
     params = load_params(REPO / "params.yaml")
-    assert params["model.name"] == "embedded" and params["data.source"] == "embedded"
+    assert params["model.name"] == "embedded" and params["data.source"] == "files"
     assert params["benchmark.batch_sizes"] == [4, 16, 64, 256]
 
 
@@ -34,7 +34,7 @@ def test_repository_params_are_valid():
     ("train.batch_size", 0, "field 'train.batch_size' = 0 is invalid (expected int, > 0)"),
     ("train.batch_size", "32", "field 'train.batch_size' = '32' is invalid"),
     ("train.batch_size", True, "field 'train.batch_size' = True is invalid"),
-    ("data.source", "csv", "field 'data.source' = 'csv' is invalid (expected str, one of embedded, json, squad)"),
+    ("data.source", "csv", "field 'data.source' = 'csv' is invalid (expected str, one of files, squad)"),
     ("data.validation_fraction", 1.5, "between 0 and 1"),
     ("prune.zeros_per_block", 3, "2 (2:4 sparsity)"),
     ("accelerate.mode", "fast", "one of auto, all, none"),

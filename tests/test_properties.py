@@ -15,23 +15,33 @@ from stages.evaluate import best_span
 from stages.modeling import load_tokenizer, resolve_model_source
 from stages.tokenize import prepare_train_features, read_squad_json
 
-WORDS = ["river", "Ada", "1815", "London", "the", "of", "telescope", "born", "in", "married", "Zorwil", "Bay", ",", "."]
+WORDS = ["river", "Ada", "1815", "London", "the", "of", "telescope", "born", "in", "married", "Zorwil", "Bay", ",", ".",
+         "Zürich", "naïve", "Москва", "東京", "Ωmega", "São", "ʻOkina", "١٩٤٨", "café\u0301"]
+SPACES = [" ", "  ", "\n", "\t", "\u00a0", " \n "]
 TOKENIZER = load_tokenizer(resolve_model_source("embedded"))
 
 
 @st.composite
 def qa_examples(draw):
+    """A context of words (several scripts) joined by assorted whitespace, and an answer span of
+    whole words that may carry the whitespace around it, as hand-made SQuAD files often do."""
     words = draw(st.lists(st.sampled_from(WORDS), min_size=3, max_size=60))
+    gaps = [draw(st.sampled_from(SPACES)) for _ in words[1:]] + [""]
+    pieces = [w + g for w, g in zip(words, gaps)]
     first = draw(st.integers(0, len(words) - 1))
     last = draw(st.integers(first, min(len(words) - 1, first + 4)))
-    context = " ".join(words)
-    start = len(" ".join(words[:first])) + (1 if first else 0)
-    answer = " ".join(words[first:last + 1])
+    start = len("".join(pieces[:first]))
+    end = start + len("".join(pieces[first:last + 1])) - len(gaps[last])
+    if first and draw(st.booleans()):
+        start -= len(gaps[first - 1])  # leading whitespace
+    if draw(st.booleans()):
+        end += len(gaps[last])  # trailing whitespace
+    context = "".join(pieces)
     return {"id": ["q"], "question": [draw(st.sampled_from(["Who?", "When was it?", "Where did the river go?"]))],
-            "context": [context], "answers": [{"text": [answer], "answer_start": [start]}]}
+            "context": [context], "answers": [{"text": [context[start:end]], "answer_start": [start]}]}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(example=qa_examples(), max_length=st.integers(24, 64), stride=st.integers(4, 10))
 def test_every_labelled_span_maps_back_to_the_answer(example, max_length, stride):
     features = prepare_train_features(example, TOKENIZER, max_length, stride)
@@ -39,16 +49,22 @@ def test_every_labelled_span_maps_back_to_the_answer(example, max_length, stride
                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
     answer = example["answers"][0]["text"][0]
     answer_start = example["answers"][0]["answer_start"][0]
+    core_start = answer_start + len(answer) - len(answer.lstrip())
+    core_end = answer_start + len(answer.rstrip())
     for i, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"])):
         offsets, sequence_ids = enc["offset_mapping"][i], enc.sequence_ids(i)
         window = [k for k, sid in enumerate(sequence_ids) if sid == 1]
-        fully_inside = offsets[window[0]][0] <= answer_start and offsets[window[-1]][1] >= answer_start + len(answer)
+        fully_inside = offsets[window[0]][0] <= core_start and offsets[window[-1]][1] >= core_end
         if not fully_inside:
             assert (s, e) == (0, 0)
         else:
             assert sequence_ids[s] == 1 and sequence_ids[e] == 1
-            # the span covers exactly the answer's characters (the tokenizer splits words, not chars)
-            assert example["context"][0][offsets[s][0]:offsets[e][1]] == answer
+            # the tightest token span around the answer's characters that tokens cover (a combining
+            # accent that the uncased tokenizer drops is covered by none)
+            covered = [c for c in range(core_start, core_end) if any(offsets[k][0] <= c < offsets[k][1] for k in window)]
+            assert (offsets[s][0], offsets[e][1]) == (covered[0], covered[-1] + 1)
+            if "\u0301" not in answer:  # then exactly the answer's text, without the whitespace around it
+                assert example["context"][0][offsets[s][0]:offsets[e][1]] == answer.strip()
 
 
 @st.composite

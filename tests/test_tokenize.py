@@ -1,18 +1,21 @@
 """Reading, splitting and tokenizing SQuAD-format data."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
 from stages.common import StageError
 from stages.modeling import load_tokenizer, resolve_model_source
+from conftest import EMBEDDED_DATA
 from stages.tokenize import (
-    EMBEDDED_DATA,
+    answer_chars,
     context_span,
     load_splits,
     prepare_train_features,
     prepare_validation_features,
+    read_squad_files,
     read_squad_json,
     split_by_article,
 )
@@ -89,12 +92,13 @@ def test_split_by_article_is_seeded_and_disjoint():
 
 
 def test_load_splits_switches_source(params, tmp_path, monkeypatch):
-    # embedded: the committed generator's file, split by article, capped by params.
+    # files: the embedded default, split by article, capped by params.
     train, validation = load_splits(params)
     assert len(train) == 48 and len(validation) == 24
-    # json: the files named in params, relative to the repository root given.
-    write(tmp_path, squad_doc())
-    params["data"].update(source="json", json_files=["d.json"], max_train_examples=0)
+    # files: the files named in params, inside data.dir, relative to the repository root given.
+    (tmp_path / "squad").mkdir()
+    write(tmp_path / "squad", squad_doc())
+    params["data"].update(dir="squad", train_files=["d.json"], max_train_examples=0)
     with pytest.raises(StageError, match="the train split is empty"):
         load_splits(params, root=tmp_path)  # one article cannot fill both splits
     # squad: goes to the hub through datasets.load_dataset.
@@ -105,6 +109,63 @@ def test_load_splits_switches_source(params, tmp_path, monkeypatch):
         "train": [{"id": "a"}], "validation": [{"id": "b"}]})
     params["data"]["source"] = "squad"
     assert load_splits(params) == ([{"id": "a"}], [{"id": "b"}]) and calls == ["squad"]
+
+
+def two_articles(prefix: str) -> dict:
+    return {"data": [squad_doc(id=f"{prefix}{n}")["data"][0] | {"title": f"{prefix}-title{n}"} for n in range(2)]}
+
+
+def test_validation_files_replace_the_split(params, tmp_path):
+    write(tmp_path, two_articles("t"), "train.json")
+    write(tmp_path, two_articles("v"), "dev.json")
+    params["data"].update(dir=str(tmp_path), train_files=["train.json"], validation_files=["dev.json"])
+    train, validation = load_splits(params)
+    assert [e["id"] for e in train] == ["t0", "t1"] and [e["id"] for e in validation] == ["v0", "v1"]
+
+
+def test_gzip_files_read_as_they_are(tmp_path):
+    plain = write(tmp_path, squad_doc())
+    packed = tmp_path / "d.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_squad_json(packed) == read_squad_json(plain)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"data": []}', r"d.json.gz: not a gzip file \(the name ends in .gz\)$"),
+    (gzip.compress(json.dumps(squad_doc()).encode())[:-12], r"d.json.gz: truncated gzip file"),
+])
+def test_bad_gzip_is_one_line_naming_the_file(tmp_path, content, message):
+    (tmp_path / "d.json.gz").write_bytes(content)
+    with pytest.raises(StageError, match=message):
+        read_squad_json(tmp_path / "d.json.gz")
+
+
+def test_question_ids_must_be_unique_across_files(params, tmp_path):
+    # SQuAD dev and XQuAD-en share ids: scoring them together would merge questions.
+    first, second = write(tmp_path, two_articles("q"), "a.json"), write(tmp_path, two_articles("q"), "b.json")
+    with pytest.raises(StageError, match=r"b.json: question id 'q0' is also in .*a.json"):
+        read_squad_files([first], [second])
+    params["data"].update(dir=str(tmp_path), train_files=["a.json", "b.json"])
+    with pytest.raises(StageError, match="ids must be unique across all data files"):
+        load_splits(params)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"train_files": []}, "data.train_files is empty"),
+    ({"train_files": ["/abs/train.json"]}, "must be a file name inside data.dir"),
+    ({"train_files": ["../elsewhere/train.json"]}, "must be a file name inside data.dir"),
+    ({"train_files": ["missing.json.gz"]}, "missing.json.gz: file not found"),
+    ({"train_files": ["."]}, "is a directory"),
+])
+def test_bad_data_files_fail_with_one_line(params, tmp_path, files, message):
+    params["data"].update(dir=str(tmp_path), **files)
+    with pytest.raises(StageError, match=message):
+        load_splits(params)
+
+
+def test_answer_chars_drop_surrounding_whitespace():
+    assert answer_chars(" 1815\n", 24) == (25, 29)
+    assert answer_chars("1815", 25) == (25, 29)
 
 
 def test_hub_failure_is_one_clear_line(params, monkeypatch):

@@ -1,0 +1,206 @@
+"""The SQuAD accuracy benchmark: the pipeline's own stage functions, once per seed, paired.
+
+Each seed trains its own dense baseline, prunes it with every method (zero-shot scores), fine-tunes
+the params' recipe from the params' prune.method, and scores dense, zero-shot and sparse on the
+validation files (and on --extra-validation, e.g. XQuAD-en). Seeds run as processes side by side
+on one GPU (or one after another with --parallel 1). It needs only torch, transformers and
+datasets: no DVC or Prefect, so it runs on a bare GPU machine.
+
+    python benchmarks/squad_seeds.py --data-dir DIR --train train-v1.1.json.gz \
+        --validation dev-v1.1.json.gz --seeds 1 2 3 --out runs/squad [-S train.epochs=2 ...]
+
+The official files: https://rajpurkar.github.io/SQuAD-explorer/ (or the hub's rajpurkar/squad).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """`-S key=value` pairs, values read as YAML (as `dvc exp run -S` does)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"-S {pair!r}: expected key=value")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def with_overrides(raw: dict, overrides: dict[str, object]) -> dict:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return raw
+
+
+def log(path: Path, record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def tokenize_once(raw: dict, args, work: Path) -> dict[str, Path]:
+    """Features for the validation files and, if given, the extra validation file."""
+    from stages.modeling import load_tokenizer, resolve_model_source
+    from stages.params import validate
+    from stages.tokenize import tokenize
+
+    tokenizer = load_tokenizer(resolve_model_source(raw["model"]["name"]))
+    sets = {"dev": [args.validation]}
+    if args.extra_validation:
+        sets["extra"] = [args.extra_validation]
+    features = {}
+    for name, validation in sets.items():
+        cfg = copy.deepcopy(raw)
+        cfg["data"].update(source="files", dir=str(args.data_dir), train_files=[args.train],
+                           validation_files=validation)
+        if name != "dev":
+            cfg["data"]["max_train_examples"] = 1  # the train features come from "dev"'s run
+        features[name] = work / f"features-{name}"
+        start = time.perf_counter()
+        stats = tokenize(validate(cfg), tokenizer, features[name])
+        log(args.out / "results.jsonl", {"tokenize": name, **stats, "s": round(time.perf_counter() - start, 1)})
+    return features
+
+
+def run_seed(raw: dict, seed: int, args, features: dict[str, Path], work: Path) -> None:
+    """One seed: dense baseline, zero-shot 2:4 per method, the recipe's fine-tune; every score logged."""
+    from stages.evaluate import evaluate
+    from stages.finetune_sparse import finetune_sparse
+    from stages.params import validate
+    from stages.prune import prune
+    from stages.train_baseline import train_baseline
+
+    results = args.out / "results.jsonl"
+    cfg = copy.deepcopy(raw)
+    cfg["seed"] = seed
+    params = validate(cfg)
+    dev = features["dev"]
+
+    def scores(variant: str, model_dir: Path, **extra) -> None:
+        for name, feature_dir in features.items():
+            score = evaluate(params, feature_dir, {variant: model_dir})[variant]
+            log(results, {"seed": seed, "variant": variant, "on": name, **score, **extra})
+
+    dense = work / f"dense-{seed}"
+    start = time.perf_counter()
+    stats = train_baseline(params, dev, dense)
+    scores("dense", dense, samples_per_second=stats["samples_per_second"], steps=stats["steps"],
+           train_s=round(time.perf_counter() - start, 1), precision=stats["precision"])
+    recipe_method = params["prune.method"]
+    for method in sorted(METHODS, key=lambda m: m != recipe_method):  # the recipe's method first
+        pruned = work / f"pruned-{method}-{seed}"
+        method_cfg = copy.deepcopy(cfg)
+        method_cfg["prune"]["method"] = method
+        start = time.perf_counter()
+        prune(validate(method_cfg), dense, pruned, dev)
+        score = evaluate(params, dev, {"zero-shot": pruned})["zero-shot"]
+        log(results, {"seed": seed, "variant": f"zero-shot-{method}", "on": "dev", **score,
+                      "prune_s": round(time.perf_counter() - start, 1)})
+        if method == recipe_method:
+            sparse = work / f"sparse-{seed}"
+            start = time.perf_counter()
+            stats = finetune_sparse(params, dev, pruned, sparse, dense)
+            scores("sparse", sparse, samples_per_second=stats["samples_per_second"], steps=stats["steps"],
+                   train_s=round(time.perf_counter() - start, 1))
+
+
+def summary(results: Path) -> str:
+    """Mean F1 per variant and the sparse-minus-dense gap per seed (paired), with standard errors."""
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    scored = [r for r in rows if "seed" in r]
+    lines = ["variant            on     seeds  F1 mean (se)    EM mean"]
+    for key in sorted({(r["variant"], r["on"]) for r in scored}):
+        f1 = [r["f1"] for r in scored if (r["variant"], r["on"]) == key]
+        em = [r["exact_match"] for r in scored if (r["variant"], r["on"]) == key]
+        mean, se = mean_se(f1)
+        lines.append(f"{key[0]:<18} {key[1]:<6} {len(f1):>5}  {mean:7.2f} ({se:.2f})  {sum(em) / len(em):7.2f}")
+    for on in sorted({r["on"] for r in scored}):
+        by_seed = {}
+        for r in scored:
+            if r["on"] == on and r["variant"] in ("dense", "sparse"):
+                by_seed.setdefault(r["seed"], {})[r["variant"]] = r["f1"]
+        gaps = [v["sparse"] - v["dense"] for v in by_seed.values() if len(v) == 2]
+        if gaps:
+            mean, se = mean_se(gaps)
+            lines.append(f"sparse - dense on {on}: {mean:+.2f} F1 (se {se:.2f}, {len(gaps)} paired seeds)")
+    return "\n".join(lines)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the SQuAD files")
+    parser.add_argument("--train", required=True, help="train file name in --data-dir (.json or .json.gz)")
+    parser.add_argument("--validation", required=True, help="validation file name in --data-dir")
+    parser.add_argument("--extra-validation", help="a second validation file in --data-dir (e.g. XQuAD-en)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--parallel", type=int, default=0, help="seeds at a time (0: all)")
+    parser.add_argument("--out", type=Path, required=True, help="results.jsonl and logs go here")
+    parser.add_argument("--work", type=Path, default=None, help="features and models (default: OUT/work)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml value, as dvc exp run -S does")
+    parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or args.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(max_train_examples=0, max_validation_examples=0)  # all of it, unless -S says otherwise
+    raw = with_overrides(raw, parse_overrides(args.overrides))
+    features = {"dev": work / "features-dev"}
+    if args.extra_validation:
+        features["extra"] = work / "features-extra"
+    if args.one_seed is not None:
+        run_seed(raw, args.one_seed, args, features, work)
+        return
+    tokenize_once(raw, args, work)
+    pending = list(args.seeds)
+    running: list[tuple[int, subprocess.Popen]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < (args.parallel or len(args.seeds)):
+            seed = pending.pop(0)
+            log_file = open(args.out / f"seed-{seed}.log", "w")
+            command = [sys.executable, __file__, *sys.argv[1:], "--one-seed", str(seed)]
+            running.append((seed, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for seed, process in list(running):
+            if process.poll() is not None:
+                running.remove((seed, process))
+                if process.returncode:
+                    failed.append(seed)
+    print(summary(args.out / "results.jsonl"))
+    if failed:
+        raise SystemExit(f"seeds {failed} failed: see {args.out}/seed-<seed>.log")
+
+
+if __name__ == "__main__":
+    main()
