@@ -70,3 +70,30 @@ def test_prune_param_change_reruns_from_prune_only(project):
     assert json.loads((root / "metrics/prune.json").read_text())["layers_pruned"] == 4
     diff = dvc(project, "params", "diff", "--json").stdout
     assert "prune.exclude" in diff
+
+
+def test_data_files_are_dependencies(project):
+    """Pointing at SQuAD files (.json.gz, separate validation) reruns tokenize; so does editing one."""
+    import gzip
+
+    from conftest import EMBEDDED_DATA
+
+    root, _ = project
+    doc = json.loads(EMBEDDED_DATA.read_text())
+    squad = root / "squad"
+    squad.mkdir()
+    for name, articles in (("train.json.gz", doc["data"][:6]), ("dev.json.gz", doc["data"][6:8])):
+        (squad / name).write_bytes(gzip.compress(json.dumps({"version": "1.1", "data": articles}).encode()))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(dir="squad", train_files=["train.json.gz"], validation_files=["dev.json.gz"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "tokenize" in dvc(project, "status", "tokenize").stdout
+    dvc(project, "repro", "tokenize")
+    counts = json.loads((root / "metrics/tokenize.json").read_text())
+    dev_questions = sum(len(p["qas"]) for a in doc["data"][6:8] for p in a["paragraphs"])
+    assert counts["validation_examples"] == min(dev_questions, params["data"]["max_validation_examples"])
+    assert "changed deps" not in dvc(project, "status", "tokenize").stdout
+
+    (squad / "dev.json.gz").write_bytes(gzip.compress(json.dumps({"version": "1.1", "data": doc["data"][8:9]}).encode()))
+    status = dvc(project, "status", "tokenize").stdout
+    assert "modified:" in status and "squad" in status
