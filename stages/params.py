@@ -1,6 +1,9 @@
 """params.yaml: load once, validate every field against one schema, fail with one clear line."""
 from __future__ import annotations
 
+import copy
+import difflib
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,13 +32,13 @@ def _one_of(*choices):
     return check
 
 
-def _list_of(kind, element_check=None):
+def _list_of(kind, element_check=None, allow_empty=False):
     def check(v):
-        return isinstance(v, list) and len(v) > 0 and all(
+        return isinstance(v, list) and (allow_empty or len(v) > 0) and all(
             isinstance(x, kind) and not isinstance(x, bool) and (element_check is None or element_check(x))
             for x in v
         )
-    check.__doc__ = f"a non-empty list of {kind.__name__}"
+    check.__doc__ = f"a {'' if allow_empty else 'non-empty '}list of {kind.__name__}"
     return check
 
 
@@ -43,12 +46,15 @@ _positive.__doc__ = "> 0"
 _non_negative.__doc__ = ">= 0"
 _fraction.__doc__ = "between 0 and 1 (exclusive)"
 
-# field -> (type(s), optional extra check). Every field is required.
+# field -> (type(s), optional extra check). Every field is required but those in DEFAULTS.
 SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
     "seed": (int, _non_negative),
     "model.name": (str, bool),
     "data.source": (str, _one_of("embedded", "json", "squad")),
-    "data.json_files": (list, _list_of(str)),
+    "data.json_files": (list, _list_of(str, allow_empty=True)),
+    "data.train_files": (list, _list_of(str, allow_empty=True)),
+    "data.validation_files": (list, _list_of(str, allow_empty=True)),
+    "data.num_proc": (int, _non_negative),
     "data.validation_fraction": ((int, float), _fraction),
     "data.max_train_examples": (int, _non_negative),
     "data.max_validation_examples": (int, _non_negative),
@@ -98,6 +104,8 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "benchmark.repeats": (int, _positive),
     "benchmark.compile": (bool, None),
 }
+# Fields newer than some params.yaml files: absent means this value.
+DEFAULTS = {"data.train_files": [], "data.validation_files": [], "data.num_proc": 0}
 _CHECK_DOCS = {
     "tokenize.max_length": "between 32 and 4096",
     "orchestration.retries": "between 0 and 10",
@@ -123,9 +131,46 @@ class Params(dict):
         return node
 
 
+def _unknown_keys(raw: dict) -> list[str]:
+    """Dotted names in `raw` that are neither a field of SCHEMA nor a section holding fields."""
+    sections = {field.rsplit(".", 1)[0] for field in SCHEMA if "." in field}
+    unknown, pending = [], [("", raw)]
+    while pending:
+        prefix, node = pending.pop()
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in sections and isinstance(value, dict):
+                pending.append((f"{name}.", value))
+            elif name not in SCHEMA and name not in sections:
+                unknown.append(name)
+    return sorted(unknown)
+
+
+def _nearest_known(name: str) -> str:
+    """The known name closest to `name`: a field of the same section, else any field or section."""
+    section, _, leaf = name.rpartition(".")
+    siblings = [field.rpartition(".")[2] for field in SCHEMA if field.rpartition(".")[0] == section]
+    if section and siblings:
+        return f"{section}.{difflib.get_close_matches(leaf, siblings, n=1, cutoff=0)[0]}"
+    top_level = {field.split(".", 1)[0] for field in SCHEMA}
+    return difflib.get_close_matches(name, sorted(top_level), n=1, cutoff=0)[0]
+
+
+def _finite(value) -> bool:
+    """YAML's .inf and .nan are floats: no field means them."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def validate(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if unknown := _unknown_keys(raw):
+        name = unknown[0]
+        raise ParamError(f"{source}: unknown field '{name}' (did you mean '{_nearest_known(name)}'?)")
+    for field, default in DEFAULTS.items():
+        section, leaf = field.split(".")
+        if isinstance(raw.get(section), dict):
+            raw[section].setdefault(leaf, copy.deepcopy(default))
     for field, (kind, check) in SCHEMA.items():
         node: Any = raw
         for part in field.split("."):
@@ -135,12 +180,14 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
         if isinstance(node, bool) and kind is not bool:
             ok = False  # YAML's true/false must not pass as 1/0
         else:
-            ok = isinstance(node, kind)
+            ok = isinstance(node, kind) and _finite(node)
         if ok and check is not None:
             ok = bool(check(node))
         if not ok:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             rule = _CHECK_DOCS.get(field) or (check.__doc__ if check is not None and check.__doc__ else "")
+            if not _finite(node):
+                rule = "a finite number"
             expected = f"{names}, {rule}" if rule else names
             raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
     return Params(raw)
