@@ -9,7 +9,8 @@ from stages.tokenize import tokenize
 from stages.train_baseline import train_baseline
 
 
-def test_diverging_training_fails_naming_the_step(params, tiny_model, tmp_path):
+def test_diverging_training_fails_naming_the_step(params, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its checkpoints, left by the failed run, stay there
     features, out = tmp_path / "features", tmp_path / "out"
     features.mkdir()
     out.mkdir()
