@@ -16,10 +16,10 @@ Each timing's repeats are checked for noise: a timing whose repeats spread more 
 """
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -262,8 +262,9 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
     metrics["trustworthy"] = not metrics["noise"]["untrustworthy"]
     if not metrics["trustworthy"]:
         noisy = [f"{batch} {timing}" for batch, reasons in metrics["noise"]["untrustworthy"].items() for timing in reasons]
-        print(f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
-              "see noise.untrustworthy in metrics/benchmark.json", file=sys.stderr)
+        logging.getLogger(__name__).warning(
+            f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
+            "see noise.untrustworthy in metrics/benchmark.json")
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
