@@ -190,7 +190,10 @@ def main() -> None:
             seed = pending.pop(0)
             log_file = open(args.out / f"seed-{seed}.log", "w")
             command = [sys.executable, __file__, *sys.argv[1:], "--one-seed", str(seed)]
-            running.append((seed, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)))
+            # Seeds side by side share the CPU cores instead of each taking all of them.
+            threads = str(max(1, (os.cpu_count() or 1) // min(len(args.seeds), args.parallel or len(args.seeds))))
+            running.append((seed, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                                   env={**os.environ, "OMP_NUM_THREADS": threads})))
         time.sleep(5)
         for seed, process in list(running):
             if process.poll() is not None:

@@ -5,9 +5,15 @@ run facts (device, versions, wall time, peak memory), writes its output director
 writes metrics/<stage>.json, plots/<stage>_<name>.json, and publishes the metrics as a Prefect
 table artifact. Its flow run is tagged with the git commit (and DVC experiment, and the
 whole-pipeline run that started it), so the stages of one `dvc repro` are found together.
+
+With no PREFECT_API_URL, the flow reports to the run's own server (flows/server.py). Its log,
+Prefect's included, goes to logs/<stage>.log; stderr gets the stage's warnings and, on failure,
+one line.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -15,23 +21,22 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-# No phoning home; and with no server configured (Prefect's ephemeral mode), no INFO chatter.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-if not os.environ.get("PREFECT_API_URL"):
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
+import prefect.context  # noqa: E402
 from prefect import flow, tags, task  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows import server  # noqa: E402
 from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
+LOGS_DIR = Path("logs")
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
 
 Work = Callable[[Params, "Path | None"], dict]
@@ -69,14 +74,18 @@ def run_tags() -> list[str]:
 
 
 def is_transient(task, task_run, state) -> bool:
-    """Retry only what may pass on a second try: never bad input or bad params."""
+    """Retry only what may pass on a second try: never bad input, bad params or a bad file."""
     try:
         state.result()
-    except (StageError, ParamError):
-        return False
-    except Exception:
-        return True
+    except Exception as err:  # noqa: BLE001 - the classification is the point
+        return not is_input_error(err)
     return False
+
+
+def is_input_error(err: BaseException) -> bool:
+    """The input is wrong: a retry meets the same. An OSError naming a file (a directory where a
+    file should be, no such file, no permission) is one; a dropped connection is not."""
+    return isinstance(err, (StageError, ParamError)) or (isinstance(err, OSError) and err.filename is not None)
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -129,15 +138,61 @@ def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str,
     return stage_run
 
 
+def use_run_server() -> None:
+    """Point Prefect at this run's server (flows/server.py) unless a server is configured."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = server.api_url()
+        prefect.context.refresh_global_settings_context()
+
+
+def log_to_file(path: Path) -> None:
+    """Everything logged (Prefect's run and engine logs, library warnings, tracebacks) goes to
+    `path`; stderr keeps only the stages' own warnings (loggers under `stages`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, mode="w")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.addHandler(to_file)
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the Prefect API
+    for name in ("prefect._internal", "uvicorn", "fastapi"):  # they do not propagate to the root
+        logging.getLogger(name).handlers = [to_file]
+    logging.captureWarnings(True)
+    stage_warnings = logging.StreamHandler(sys.stderr)
+    stage_warnings.setLevel(logging.WARNING)
+    logging.getLogger("stages").addHandler(stage_warnings)
+
+
+def one_line(err: BaseException) -> str:
+    if isinstance(err, (StageError, ParamError)):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def main(stage_run) -> None:
-    """Command-line entry of a stage flow: bad input ends in one clear line and exit status 1.
+    """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
+    its traceback in logs/<stage>.log.
 
     SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
     """
+    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage_run.name}",
+                                     description=sys.modules["__main__"].__doc__)
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    log = LOGS_DIR / f"{stage_run.name}.log"
+    log_to_file(log)
     try:
+        use_run_server()
         with tags(*run_tags()):
-            stage_run()
-    except (StageError, ParamError) as err:
-        print(f"twofour {stage_run.name}: error: {err}", file=sys.stderr)
+            stage_run(args.params)
+    except Exception as err:  # noqa: BLE001 - every failure ends in its one line
+        logging.getLogger("twofour").error("the stage failed", exc_info=err)
+        where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
+        print(f"twofour {stage_run.name}: error: {one_line(err)}{where}", file=sys.stderr)
         sys.exit(1)

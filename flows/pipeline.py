@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import PIPELINE_RUN_ENV, flatten, git_commit, run_tags
+from flows.common import PIPELINE_RUN_ENV, flatten, git_commit, run_tags, use_run_server
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -86,6 +86,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
     args = parser.parse_args(argv)
+    use_run_server()  # before `dvc repro`, whose stages then report to the same server
     if args.mode == "serve":
         pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
                        parameters={"set_params": args.set_param})

@@ -9,11 +9,18 @@ GPU with fp8 tensor cores (compute capability 8.9+) and compile on, the dense mo
 Linears (stages/fp8.py) is timed compiled too, as `dense_fp8`: the dense model to beat besides
 fp16. An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
 runs the tutorial's single-Linear microbenchmark.
+
+Each timing's repeats are checked for noise: a timing whose repeats spread more than NOISE_LIMIT
+(interquartile range / median), or that has a single timed call, is listed under
+`noise.untrustworthy`, `trustworthy` is then false, and a warning is printed.
 """
 from __future__ import annotations
 
+import logging
 import re
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +45,10 @@ TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
 # Eager fp16 2:4 forwards plan every cuSPARSELt call on the host (~14 s per bert-base forward on an
 # H100): eager timing stops after this long, with one timed call at least.
 EAGER_BUDGET_S = 10.0
+# Repeats of one timing spread wider than this (interquartile range / median) were disturbed, most
+# often by other work on the machine: a loaded 2-core CPU once gave two identical models a 156x
+# "speedup".
+NOISE_LIMIT = 0.2
 
 
 def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
@@ -65,6 +76,54 @@ def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
     return result
 
 
+class CallTimer:
+    """`forward`, with each call timed as median_ms times it (CUDA events on a GPU, a host clock on
+    a CPU): median_ms keeps only the median, and the noise check needs the repeats behind it."""
+
+    def __init__(self, forward, device: torch.device):
+        self.forward, self.on_gpu, self.calls = forward, device.type == "cuda", []
+
+    def __call__(self):
+        if self.on_gpu:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.forward()
+            end.record()
+            self.calls.append((start, end))
+        else:
+            begin = time.perf_counter()
+            self.forward()
+            self.calls.append((time.perf_counter() - begin) * 1000)
+
+    def timed_ms(self, warmup: int) -> list[float]:
+        """The timed calls after `warmup`; a time budget that cut the warm-up short left one."""
+        calls = self.calls[warmup:] if len(self.calls) > warmup else self.calls[-1:]
+        if self.on_gpu:
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) for start, end in calls]
+        return calls
+
+
+def relative_spread(times_ms: list[float]) -> float | None:
+    """Interquartile range / median of a timing's repeats; None for a single call."""
+    if len(times_ms) < 2:
+        return None
+    first, _, third = statistics.quantiles(times_ms, n=4, method="inclusive")
+    return round((third - first) / statistics.median(times_ms), 4)
+
+
+def untrustworthy(spread: dict[str, dict[str, float | None]]) -> dict[str, dict[str, str]]:
+    """Per batch size, the timings too noisy to trust, each with the reason."""
+    found = {}
+    for batch, by_timing in spread.items():
+        reasons = {timing: "a single timed call: no spread to check" if value is None
+                   else f"repeats spread {value:.0%} (IQR / median) > {NOISE_LIMIT:.0%}"
+                   for timing, value in by_timing.items() if value is None or value > NOISE_LIMIT}
+        if reasons:
+            found[batch] = reasons
+    return found
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -85,10 +144,12 @@ def gpu_driver_version() -> str | None:
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
 
 
-def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params, device) -> tuple[dict, dict]:
-    """(latency ms, peak memory MiB) per variant_mode at one batch size; raises OutOfMemoryError."""
+def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params,
+                  device) -> tuple[dict, dict, dict]:
+    """(latency ms, peak memory MiB, relative spread of the repeats) per variant_mode at one batch
+    size; raises OutOfMemoryError."""
     input_ids = random_ids(batch, seq_length, models["dense"]["eager"].config.vocab_size, device, seed=batch)
-    latency, peak = {}, {}
+    latency, peak, spread = {}, {}, {}
     for mode in mode_names:
         for variant, by_mode in models.items():
             if mode not in by_mode:
@@ -96,13 +157,15 @@ def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[st
             forward = by_mode[mode]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            timer = CallTimer(lambda: forward(input_ids=input_ids), device)
             with torch.inference_mode():
-                ms = median_ms(lambda: forward(input_ids=input_ids), params["benchmark.warmup"],
-                               params["benchmark.repeats"], device, budget_s=EAGER_BUDGET_S if mode == "eager" else None)
+                ms = median_ms(timer, params["benchmark.warmup"], params["benchmark.repeats"], device,
+                               budget_s=EAGER_BUDGET_S if mode == "eager" else None)
             latency[f"{variant}_{mode}"] = round(ms, 3)
+            spread[f"{variant}_{mode}"] = relative_spread(timer.timed_ms(params["benchmark.warmup"]))
             if device.type == "cuda":
                 peak[f"{variant}_{mode}"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return latency, peak
+    return latency, peak, spread
 
 
 @torch.no_grad()
@@ -162,14 +225,14 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
         plain["dense_fp8"] = fp8.fp8_model(plain["dense"], calibration)
         modes_of["dense_fp8"] = ["compiled"]
-    latency, peak_memory, rows = {}, {}, []
+    latency, peak_memory, spread, rows = {}, {}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
         models = {variant: {mode: wrap(model, mode, on_gpu) for mode in modes_of[variant]}
                   for variant, model in plain.items()}
         try:
-            latency[key], peak = measure_batch(models, batch, seq_length, mode_names, params, device)
+            latency[key], peak, spread[key] = measure_batch(models, batch, seq_length, mode_names, params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
             if not is_out_of_memory(err):
                 raise
@@ -193,8 +256,15 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "repeats": params["benchmark.repeats"],
         "latency_ms": latency,
         "speedup": speedups(latency),
+        "noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": untrustworthy(spread)},
         "device": device_facts(device),
     }
+    metrics["trustworthy"] = not metrics["noise"]["untrustworthy"]
+    if not metrics["trustworthy"]:
+        noisy = [f"{batch} {timing}" for batch, reasons in metrics["noise"]["untrustworthy"].items() for timing in reasons]
+        logging.getLogger(__name__).warning(
+            f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
+            "see noise.untrustworthy in metrics/benchmark.json")
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)

@@ -1,6 +1,8 @@
 """params.yaml: load once, validate every field against one schema, fail with one clear line."""
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,6 +103,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "benchmark.repeats": (int, _positive),
     "benchmark.compile": (bool, None),
 }
+# Fields newer than some params.yaml files: absent means this value.
 _CHECK_DOCS = {
     "tokenize.max_length": "between 32 and 4096",
     "orchestration.retries": "between 0 and 10",
@@ -126,9 +129,42 @@ class Params(dict):
         return node
 
 
+def _unknown_keys(raw: dict) -> list[str]:
+    """Dotted names in `raw` that are neither a field of SCHEMA nor a section holding fields."""
+    sections = {field.rsplit(".", 1)[0] for field in SCHEMA if "." in field}
+    unknown, pending = [], [("", raw)]
+    while pending:
+        prefix, node = pending.pop()
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in sections and isinstance(value, dict):
+                pending.append((f"{name}.", value))
+            elif name not in SCHEMA and name not in sections:
+                unknown.append(name)
+    return sorted(unknown)
+
+
+def _nearest_known(name: str) -> str:
+    """The known name closest to `name`: a field of the same section, else any field or section."""
+    section, _, leaf = name.rpartition(".")
+    siblings = [field.rpartition(".")[2] for field in SCHEMA if field.rpartition(".")[0] == section]
+    if section and siblings:
+        return f"{section}.{difflib.get_close_matches(leaf, siblings, n=1, cutoff=0)[0]}"
+    top_level = {field.split(".", 1)[0] for field in SCHEMA}
+    return difflib.get_close_matches(name, sorted(top_level), n=1, cutoff=0)[0]
+
+
+def _finite(value) -> bool:
+    """YAML's .inf and .nan are floats: no field means them."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def validate(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if unknown := _unknown_keys(raw):
+        name = unknown[0]
+        raise ParamError(f"{source}: unknown field '{name}' (did you mean '{_nearest_known(name)}'?)")
     for field, (kind, check) in SCHEMA.items():
         node: Any = raw
         for part in field.split("."):
@@ -138,12 +174,14 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
         if isinstance(node, bool) and kind is not bool:
             ok = False  # YAML's true/false must not pass as 1/0
         else:
-            ok = isinstance(node, kind)
+            ok = isinstance(node, kind) and _finite(node)
         if ok and check is not None:
             ok = bool(check(node))
         if not ok:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             rule = _CHECK_DOCS.get(field) or (check.__doc__ if check is not None and check.__doc__ else "")
+            if not _finite(node):
+                rule = "a finite number"
             expected = f"{names}, {rule}" if rule else names
             raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
     return Params(raw)

@@ -22,7 +22,7 @@ import torch
 from torch.ao.pruning import WeightNormSparsifier
 from tqdm.auto import tqdm
 
-from .common import StageError, group_by_input, layer_inputs
+from .common import StageError, best_device, group_by_input, layer_inputs
 from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
 
 GROUP = 4  # 2:4 = at least 2 zeros in every 4 consecutive weights along the input dimension
@@ -104,7 +104,7 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
             inputs = args[0]
             # Token-level inputs drop their padding; pooled inputs (one row per sequence) count whole.
             rows = inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape else inputs.reshape(-1, inputs.shape[-1])
-            value = statistic(rows.double()).cpu()
+            value = statistic(rows.double())
             totals[name] = totals[name] + value if name in totals else value
             waiting.discard(name)
             if not waiting:
@@ -156,7 +156,7 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, zeros_per_block: int = 2
     dead = torch.diag(h) == 0  # inputs that never fire: their weights cannot matter
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += torch.eye(len(h), dtype=h.dtype) * SPARSEGPT_DAMP * torch.diag(h).mean()
+    h += torch.eye(len(h), dtype=h.dtype, device=h.device) * SPARSEGPT_DAMP * torch.diag(h).mean()
     h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     columns = w.shape[1]
     keep = torch.ones_like(w, dtype=torch.bool)
@@ -253,7 +253,8 @@ def summarize(report: dict[str, dict]) -> dict:
 
 def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("features")) -> dict:
     """2:4-prune the baseline by params' prune.method; wanda and sparsegpt calibrate on features_dir/train."""
-    model = load_qa_model(str(baseline_dir))
+    device = best_device()  # calibration and SparseGPT's column loop are many small ops: far faster on a GPU
+    model = load_qa_model(str(baseline_dir)).to(device)
     tokenizer = load_tokenizer(str(baseline_dir))
     layers = prunable_linears(model, params["prune.exclude"])
     names = list(layers)
@@ -263,8 +264,9 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
         import datasets  # here, not at the top: the GPU box that runs accelerate has no datasets
 
         train_features = datasets.load_from_disk(str(features_dir / "train"))
-        batches = calibration_batches(train_features, tokenizer, params["prune.calibration_batches"],
-                                      params["prune.calibration_batch_size"], params["seed"])
+        batches = [{k: v.to(device) for k, v in batch.items()}
+                   for batch in calibration_batches(train_features, tokenizer, params["prune.calibration_batches"],
+                                                    params["prune.calibration_batch_size"], params["seed"])]
         calibration = {"calibration_sequences": sum(len(b["input_ids"]) for b in batches),
                        "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
     if method == "sparsegpt":
@@ -282,5 +284,5 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
     if not summary["pattern_2of4_holds"]:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
     save_model(model, tokenizer, out_dir)
-    torch.save(masks, out_dir / MASKS_FILE)
+    torch.save({name: mask.cpu() for name, mask in masks.items()}, out_dir / MASKS_FILE)
     return {"method": method, **calibration, **summary}

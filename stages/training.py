@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from .common import StageError
 
@@ -105,6 +106,27 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class FailOnNonFinite(TrainerCallback):
+    """Fail the stage once a logged loss or the weights are NaN or infinite (a learning rate far too
+    high): the Trainer would train on, and DVC would cache the NaN model as a success. The weights
+    are checked too because the Trainer leaves NaN step losses out of the logged average."""
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise StageError(f"the training loss is {loss} at step {state.global_step} (learning_rate too high?)")
+        self.check_weights(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.check_weights(model, state.global_step)
+
+    @staticmethod
+    def check_weights(model, step: int) -> None:
+        for name, weight in model.named_parameters():
+            if not torch.isfinite(weight).all():
+                raise StageError(f"the weights ({name}) are not finite at step {step} (learning_rate too high?)")
+
+
 def checkpoint_dir(stage: str, params, train_features) -> Path:
     """Where `stage` keeps its checkpoints for one configuration (all params and the features):
     a run with anything changed never resumes from them, and their stale ones are removed."""
@@ -143,6 +165,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             "args": args,
             "train_dataset": train_features,
             "data_collator": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+            "callbacks": [FailOnNonFinite()],
         }
         if teacher is None:
             trainer = Trainer(**setup)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 from prefect.states import Failed
@@ -95,3 +97,20 @@ def test_temp_output_of_a_killed_run_is_cleared_next_time(in_tmp, params):
     (stale / "model.bin").write_text("half")
     run_stage("demo", lambda p, out: {"ok": 1}, params, "models/demo", plots=(), details=())
     assert sorted(p.name for p in (in_tmp / "models").iterdir()) == ["demo"]
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_outputs_are_readable_as_the_umask_allows(in_tmp, params, umask, file_mode, dir_mode):
+    """Not mkstemp's private 0600 (mkdtemp's 0700): others in a shared checkout read the results."""
+    def work(p, out):
+        (out / "model.bin").write_text("weights")
+        return {"f1": 1.0, "layers": {"a": 1}, "loss_history": []}
+
+    previous = os.umask(umask)
+    try:
+        run_stage("demo", work, params, "models/demo", plots=("loss_history",), details=("layers",))
+    finally:
+        os.umask(previous)
+    for written in ("metrics/demo.json", "plots/demo_loss_history.json", "reports/demo.json"):
+        assert stat.S_IMODE((in_tmp / written).stat().st_mode) == file_mode, written
+    assert stat.S_IMODE((in_tmp / "models/demo").stat().st_mode) == dir_mode

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO
 from stages.common import StageError
 from stages.modeling import load_qa_model, resolve_model_source
-from stages.params import ParamError, load_params, validate
+from stages.params import SCHEMA, ParamError, load_params, validate
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -93,3 +93,54 @@ def test_embedded_model_is_a_real_pretrained_bert():
     assert model.config.hidden_size == 384
     # pretrained weights, not a fresh init: embeddings differ from a re-initialised copy
     assert model.bert.embeddings.word_embeddings.weight.std() > 0.03
+
+
+@pytest.mark.parametrize("field", [name for name, (kind, _) in SCHEMA.items()
+                                   if kind in (int, float) or (isinstance(kind, tuple) and float in kind)])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_rejected_for_every_numeric_field(field, value):
+    with pytest.raises(ParamError) as err:
+        validate(with_value(field, value))
+    message = str(err.value)
+    assert f"field '{field}' = {value!r} is invalid" in message and "\n" not in message
+
+
+def test_yaml_infinity_epochs_fails_as_a_param_error(tmp_path):
+    """`.inf` is YAML's infinity: it used to reach int(inf) in the Trainer setup (OverflowError)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(DEFAULTS, sort_keys=False).replace("epochs: 1", "epochs: .inf", 1))
+    with pytest.raises(ParamError, match=r"field 'train.epochs' = inf is invalid \(expected int or float, a finite"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("dotted, nearest", [
+    ("prune.sparsity", "prune.sparse_block_shape"),
+    ("train.gradient_accumulation_steps", "train.max_steps"),
+    ("train.batchsize", "train.batch_size"),
+    ("trian", "train"),
+    ("benchmark.repeat", "benchmark.repeats"),
+])
+def test_unknown_keys_are_rejected_with_the_nearest_known_key(dotted, nearest):
+    raw = copy.deepcopy(DEFAULTS)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[leaf] = 1
+    with pytest.raises(ParamError) as err:
+        validate(raw)
+    assert str(err.value) == f"params.yaml: unknown field '{dotted}' (did you mean '{nearest}'?)"
+
+
+def test_data_file_lists_may_be_empty():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"].update(train_files=[], validation_files=[])
+    params = validate(raw)
+    assert params["data.train_files"] == params["data.validation_files"] == []
+    given = with_value("data.train_files", ["a.json"])
+    given["data"].update(validation_files=[], num_proc=2)
+    assert validate(given)["data.train_files"] == ["a.json"] and validate(given)["data.num_proc"] == 2
+    with pytest.raises(ParamError, match="field 'data.validation_files' = \\[3\\] is invalid"):
+        validate(with_value("data.validation_files", [3]))
+    with pytest.raises(ParamError, match="field 'data.num_proc' = -1 is invalid"):
+        validate(with_value("data.num_proc", -1))

@@ -1,0 +1,114 @@
+"""A stage's command line: --help, one-line errors with the traceback in logs/<stage>.log, no
+retry of bad input, and no Prefect server left behind by a stage killed with SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+
+from conftest import REPO, make_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("cli-project"))
+
+
+def stage(project, name, *args, timeout=600):
+    root, env = project
+    return subprocess.run([sys.executable, "-m", f"flows.{name}", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def set_params(root, **sections):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_help_answers_without_running_the_stage(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "flows.prune", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m flows.prune") and "models/pruned" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no log, no metrics, no output
+
+
+def test_data_path_that_is_a_directory_is_one_line_and_not_retried(project):
+    root, _ = project
+    (root / "a-directory.json").mkdir(exist_ok=True)
+    set_params(root, data={"dir": ".", "train_files": ["a-directory.json"]},
+               orchestration={"retries": 2, "retry_delay_s": 30})
+    try:
+        started = time.monotonic()
+        result = stage(project, "tokenize")
+        took = time.monotonic() - started
+    finally:
+        set_params(root, data={"dir": "data/embedded", "train_files": ["biographies.json"]})
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("twofour tokenize: error: ") and "a-directory.json" in line and "directory" in line
+    assert took < 60  # two retries would have waited 60 s
+    log = (root / "logs/tokenize.log").read_text()
+    assert "Retrying" not in log
+
+
+def test_bad_params_fail_in_one_line(project):
+    root, _ = project
+    set_params(root, train={"learning_rate": float("inf")})
+    try:
+        result = stage(project, "train_baseline")
+    finally:
+        set_params(root, train={"learning_rate": 0.0002})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "twofour train_baseline: error: params.yaml: field 'train.learning_rate' = inf is invalid "
+        "(expected int or float, a finite number)"]
+
+
+def servers_in(root) -> list[psutil.Process]:
+    """The run servers (flows/server.py) started from `root`."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if "flows.server" in (process.info["cmdline"] or []) and process.info["cwd"] == str(root):
+            found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_stage_leaves_no_server(project, signum):
+    root, env = project
+    process = subprocess.Popen([sys.executable, "-m", "flows.tokenize"], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not servers_in(root):
+        assert process.poll() is None and time.monotonic() < deadline, "no server was started"
+        time.sleep(0.05)
+    [server] = servers_in(root)
+    process.send_signal(signum)
+    process.wait(timeout=60)
+    server.wait(timeout=15)  # raises psutil.TimeoutExpired if it outlives the stage
+    assert not servers_in(root)
+
+
+def test_stages_of_one_dvc_run_share_one_server_that_stops_with_the_run(project):
+    root, env = project
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "tokenize", "train_baseline"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = ((root / f"logs/{name}.log").read_text() for name in ("tokenize", "train_baseline"))
+    url = first.split("started the Prefect server of this run", 1)[1].split(" at ", 1)[1].split()[0]
+    assert "joined the Prefect server of this run" in second and f" at {url}" in second
+    deadline = time.monotonic() + 15  # the server polls its owner twice a second
+    while servers_in(root):
+        assert time.monotonic() < deadline, "the run's server outlived `dvc repro`"
+        time.sleep(0.2)
