@@ -1,4 +1,5 @@
-"""The 2:4 inference engine, apart from the pipeline's stages (it imports none of them).
+"""The 2:4 inference engine, apart from the pipeline's stages: it imports no stage module, only the
+helpers the stages share (stages.common for errors and JSON, stages.modeling to load a model).
 
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated.
 - planner: making a plan on a GPU from kernel and whole-model timings.

@@ -72,6 +72,12 @@ def fp8_available(device: torch.device) -> bool:
             and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY)
 
 
+def shape_name(weight_shape) -> str:
+    """A Linear's weight shape as kernel timings are keyed: "outxin"."""
+    out_features, in_features = weight_shape
+    return f"{out_features}x{in_features}"
+
+
 def bucket_for(tokens: int, buckets: list[int]) -> int:
     """The smallest bucket that holds `tokens`; past the largest, the largest.
     A plain loop: torch.compile traces it without a graph break."""

@@ -30,6 +30,7 @@ from .kernels import (
     SparseConfig,
     device_backend,
     named,
+    shape_name,
     swap_linears,
 )
 
@@ -158,7 +159,7 @@ class Plan:
                 continue
             per_batch = {}
             for batch, alg_id in layer.kernels.items():
-                timing = self.shape_timings[layer.precision]["x".join(map(str, layer.shape))][batch]
+                timing = self.shape_timings[layer.precision][shape_name(layer.shape)][batch]
                 sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
                 per_batch[f"bs{batch}"] = {
                     "kernel": DENSE if alg_id is None else f"cusparselt {layer.precision} alg_id {alg_id}",

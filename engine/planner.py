@@ -18,10 +18,10 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
-from .kernels import named, swap_linears
+from .kernels import named, shape_name, swap_linears
 from .plan import DENSE, Plan
 from .sparsity import two_four_violations
-from .tuning import best_alg, measure_shapes, median_ms, random_ids, shape_name
+from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
 # auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (timing noise
 # is ~1%), and a whole-model variant only when it beats dense end to end by this much.

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .kernels import Precision, int8_sparse_mm, sparse_mm
+from .kernels import Precision, int8_sparse_mm, shape_name, sparse_mm
 
 # A kernel config that makes no progress for this long is treated as failed.
 STALL_TIMEOUT_S = 60.0
@@ -295,12 +295,6 @@ def measure_shapes(layers: dict[str, torch.nn.Linear], batch_sizes: list[int], s
         results, notes = {**results, **more}, notes + more_notes
     return {shape_name(shape): {batch: results[(*shape, batch * seq_length)] for batch in batch_sizes}
             for shape in shapes}, notes
-
-
-def shape_name(weight_shape) -> str:
-    """A weight shape as the plan's timings name it: "outxin"."""
-    out_features, in_features = weight_shape
-    return f"{out_features}x{in_features}"
 
 
 def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.device, seed: int = 0) -> torch.Tensor:

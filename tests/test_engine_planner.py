@@ -77,3 +77,33 @@ def test_all_plan_takes_every_fastest_config():
     kernels, variants = final_kernels("all", per_layer, timings, model_ms)
     assert kernels == {FFN: {4: 2, 256: 4}, QUERY: {4: 0, 256: 1}}
     assert variants == {4: "per_layer", 256: "per_layer"}  # all keeps 2:4 even where it is slower
+
+
+def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeypatch):
+    """measure's wiring on a CPU: kernel timings (one call per precision) and whole-model timings faked."""
+    from engine import planner
+    from engine.plan import LayerPlan, Plan
+
+    model = torch.nn.ModuleDict({"ffn": torch.nn.Linear(768, 3072), "query": torch.nn.Linear(768, 768),
+                                 "pooler": torch.nn.Linear(768, 768)})
+    timings, _, model_ms = plan_for("auto")
+    measured = []
+
+    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision):
+        measured.append((sorted(layers), batch_sizes, seq_length, dtype, precision))
+        by_shape = {"int8": {"3072x768": timings[FFN]}, "fp16": {"768x768": timings[QUERY]}}[precision]
+        return by_shape, [f"{precision} note"]
+
+    monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
+    monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, per_layer, timings: model_ms)
+    plan = Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
+                batch_sizes=[4, 256], seq_length=384, layers={
+                    "ffn": LayerPlan((3072, 768), "int8", input_scale=0.1, smoothing=torch.ones(768)),
+                    "query": LayerPlan((768, 768)),
+                    "pooler": LayerPlan((768, 768), reason="dense: weight is not 2:4 sparse")})
+    planner.measure(plan, model, max_alg_id=7)
+    assert measured == [(["query"], [4, 256], 384, torch.float16, "fp16"), (["ffn"], [4, 256], 384, torch.float16, "int8")]
+    assert plan.kernel_timing_notes == ["fp16 note", "int8 note"]
+    assert plan.variants == {4: "dense", 256: "per_layer"} and plan.model_ms == model_ms
+    assert plan.layers["ffn"].kernels == {4: None, 256: 4} and plan.layers["query"].kernels == {4: None, 256: None}
+    assert plan.layers["pooler"].kernels == {} and plan.sparse_layers() == ["ffn"]
