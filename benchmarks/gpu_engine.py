@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.plan import PLAN_FILE  # noqa: E402
 from stages import accelerate, benchmark  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.prune import prunable_linears  # noqa: E402
@@ -135,7 +136,7 @@ def main() -> None:
         start = time.perf_counter()
         results["accelerate"] = accelerate.run(params, sparse_dir, accelerated_dir)
         results["stage_seconds"]["accelerate"] = time.perf_counter() - start
-        results["plan"] = json.loads((accelerated_dir / accelerate.PLAN_FILE).read_text())
+        results["plan"] = json.loads((accelerated_dir / PLAN_FILE).read_text())
         save()
         print_plan(results["accelerate"])
         start = time.perf_counter()

@@ -6,8 +6,8 @@ per-call host planning), compiled (torch.compile; on a GPU the compiled model ca
 CUDA graph per batch size, which on an H100 ran dense bert-base 10% faster than
 mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). On a
 GPU with fp8 tensor cores (compute capability 8.9+) and compile on, the dense model with fp8
-Linears (stages/fp8.py) is timed compiled too, as `dense_fp8`: the dense model to beat besides
-fp16. An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
+Linears (engine/kernels.py's Fp8Linear) is timed compiled too, as `dense_fp8`: the dense model to
+beat besides fp16. An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
 runs the tutorial's single-Linear microbenchmark.
 
 Each timing's repeats are checked for noise: a timing whose repeats spread more than NOISE_LIMIT
@@ -16,6 +16,7 @@ Each timing's repeats are checked for noise: a timing whose repeats spread more 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import statistics
@@ -26,19 +27,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .accelerate import inference_model, load_accelerated, random_ids
-from .attention import capture_context, use_fused_attention
-from .common import best_device, device_facts, relative_error
-from . import fp8
-from .int8 import Int8ReferenceLinear
-from .sparse_engine import (
-    CudaGraphRunner,
+from engine.attention import capture_context, use_fused_attention
+from engine.calibration import fp8_input_scales
+from engine.graphs import CudaGraphRunner
+from engine.kernels import (
+    Fp8Config,
+    Int8ReferenceLinear,
     SparseLinear,
-    best_alg,
     device_backend,
-    median_ms,
-    tune_linears,
+    fp8_available,
+    named,
+    swap_linears,
 )
+from engine.plan import inference_model, load_accelerated
+from engine.tuning import best_alg, median_ms, random_ids, tune_linears
+
+from .common import best_device, device_facts, relative_error
+from .modeling import encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
@@ -53,6 +58,13 @@ NOISE_LIMIT = 0.2
 
 def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
     return ["eager"] + (["compiled"] if compile_enabled else []) + (["graphed"] if on_gpu else [])
+
+
+def fp8_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of `model` with its encoder Linears in fp8, input scales from one forward of `inputs`."""
+    model = copy.deepcopy(model)
+    scales = fp8_input_scales(model, encoder_linears(model), inputs)
+    return swap_linears(model, lambda name: Fp8Config(scales[name]), named(scales))
 
 
 def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
@@ -220,10 +232,10 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
     }
     modes_of = {variant: mode_names for variant in plain}
-    with_fp8 = fp8.available(device) and "compiled" in mode_names
+    with_fp8 = fp8_available(device) and "compiled" in mode_names
     if with_fp8:
         calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
-        plain["dense_fp8"] = fp8.fp8_model(plain["dense"], calibration)
+        plain["dense_fp8"] = fp8_model(plain["dense"], calibration)
         modes_of["dense_fp8"] = ["compiled"]
     latency, peak_memory, spread, rows = {}, {}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):

@@ -147,27 +147,3 @@ def run_facts(device: torch.device | None = None) -> Iterator[dict]:
 def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
     """||output - reference|| / ||reference|| (Frobenius), in float32."""
     return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
-
-
-@torch.inference_mode()
-def layer_inputs(model: torch.nn.Module, linears: dict[str, torch.nn.Linear],
-                 inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each Linear's input in one forward of `inputs` (what calibration looks at)."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [linear.register_forward_hook(lambda module, args, out, name=name: captured.__setitem__(name, args[0]))
-             for name, linear in linears.items()]
-    try:
-        model(**inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return captured
-
-
-def group_by_input(captured: dict[str, torch.Tensor]) -> list[list[str]]:
-    """The names of layer_inputs' result grouped by the tensor they read, in forward order: a BERT
-    layer's query, key and value read one."""
-    groups: dict[int, list[str]] = {}
-    for name, tensor in captured.items():
-        groups.setdefault(id(tensor), []).append(name)
-    return list(groups.values())

@@ -134,7 +134,7 @@ def evaluate(params, features_dir: Path, model_dirs: dict[str, Path]) -> dict:
     scores = {}
     for name, model_dir in model_dirs.items():
         if name == "accelerated":
-            from .accelerate import load_accelerated  # the GPU engine only where it is needed
+            from engine.plan import load_accelerated  # the GPU engine only where it is needed
 
             model = load_accelerated(model_dir, device, dtype)
         else:

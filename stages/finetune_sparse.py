@@ -10,9 +10,10 @@ from pathlib import Path
 import datasets
 import torch
 
+from engine.sparsity import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, sparsity_summary
+
 from .common import StageError, seed_everything
 from .modeling import load_qa_model, load_tokenizer, save_model
-from .prune import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, summarize
 from .training import checkpoint_dir, train_qa
 
 
@@ -22,14 +23,15 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     model = load_qa_model(str(pruned_dir))
     tokenizer = load_tokenizer(str(pruned_dir))
     masks = torch.load(pruned_dir / MASKS_FILE)
-    sparsifier = attach_sparsifier(model, list(masks), params)
+    sparsifier = attach_sparsifier(model, list(masks), params["prune.sparse_block_shape"],
+                                   params["prune.zeros_per_block"])
     load_masks(sparsifier, masks)
     train_features = datasets.load_from_disk(str(features_dir / "train"))
     teacher = load_qa_model(str(baseline_dir)) if params["finetune.distill"] else None
     stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher,
                      checkpoints=checkpoint_dir("finetune_sparse", params, train_features))
     sparsifier.squash_mask()
-    summary = summarize(sparsity_report(model, list(masks)))
+    summary = sparsity_summary(sparsity_report(model, list(masks)))
     if not summary["pattern_2of4_holds"]:
         bad = [n for n, r in summary["layers"].items() if r["violations_2of4"]]
         raise StageError(f"2:4 pattern broken after fine-tuning in {len(bad)} layers, first: {bad[0]}")

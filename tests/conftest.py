@@ -87,3 +87,15 @@ def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]
     sh(git + ["add", "-A"], root, env)
     sh(git + ["commit", "-qm", "tiny"], root, env)
     return root, env
+
+
+@pytest.fixture(scope="session")
+def features(tiny_model, tmp_path_factory):
+    """The tiny run's tokenized features (train, validation), made once."""
+    from stages.modeling import load_tokenizer
+    from stages.params import validate
+    from stages.tokenize import tokenize
+
+    out = tmp_path_factory.mktemp("features")
+    tokenize(validate(tiny_params(tiny_model)), load_tokenizer(str(tiny_model)), out)
+    return out

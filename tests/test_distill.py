@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
+from engine.sparsity import MASKS_FILE, calibration_batches
 from stages.finetune_sparse import finetune_sparse
 from stages.modeling import load_qa_model, load_tokenizer
-from stages.prune import MASKS_FILE, calibration_batches, prune
+from stages.prune import prune
 from stages.tokenize import tokenize
 from stages.training import DistillationTrainer, distillation_loss, hidden_state_loss
 

@@ -1,21 +1,16 @@
-"""2:4 pruning with torch.ao.pruning, and fine-tuning that keeps the pattern."""
+"""The prune stage: which Linears it takes, and the masks each method leaves."""
 from __future__ import annotations
 
+import datasets
 import pytest
 import torch
 
+from conftest import tiny_params
+from engine.sparsity import MASKS_FILE, calibration_batches
 from stages.common import StageError
-from stages.finetune_sparse import finetune_sparse
-from stages.modeling import load_qa_model
-from stages.prune import MASKS_FILE, prunable_linears, prune, two_four_violations
-from stages.tokenize import tokenize
-from stages.modeling import load_tokenizer
-
-
-def test_two_four_violations_counts_groups():
-    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 1.0, 2.0, 3.0, 0.0],
-                           [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
-    assert two_four_violations(weight) == 2  # row 0 group 2 (one zero), row 1 group 2 (none)
+from stages.modeling import load_qa_model, load_tokenizer
+from stages.params import validate
+from stages.prune import prunable_linears, prune
 
 
 def test_filter_takes_encoder_linears_not_the_head(tiny_model):
@@ -68,16 +63,50 @@ def test_prune_keeps_the_two_largest_of_every_four(params, tiny_model, tmp_path)
     assert torch.equal(pruned["qa_outputs"].weight, dense["qa_outputs"].weight)  # head untouched
 
 
-def test_finetune_holds_the_masks(params, tiny_model, tmp_path):
-    features, pruned, sparse = tmp_path / "features", tmp_path / "pruned", tmp_path / "sparse"
-    features.mkdir(), pruned.mkdir(), sparse.mkdir()
-    tokenize(params, load_tokenizer(str(tiny_model)), features)
-    prune(params, tiny_model, pruned)
-    params["finetune"]["learning_rate"] = 0.01  # large steps would refill zeros if masks were not held
-    metrics = finetune_sparse(params, features, pruned, sparse)
-    assert metrics["pattern_2of4_holds"] and metrics["steps"] == 2
-    before = dict(load_qa_model(str(pruned)).named_modules())
-    after = dict(load_qa_model(str(sparse)).named_modules())
-    for name, mask in torch.load(pruned / MASKS_FILE).items():
-        assert torch.all(after[name].weight[~mask] == 0)
-        assert not torch.equal(after[name].weight, before[name].weight)  # it did train
+@pytest.fixture
+def wanda_params(params):
+    params["prune"].update(method="wanda", calibration_batches=2, calibration_batch_size=4)
+    return params
+
+
+def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params, tiny_model, features, tmp_path):
+    metrics = prune(wanda_params, tiny_model, tmp_path, features)
+    assert metrics["method"] == "wanda" and metrics["pattern_2of4_holds"]
+    assert metrics["sparsity_of_pruned_layers"] == 0.5 and metrics["calibration_sequences"] == 8
+
+    # Independently of the hooks: layer 0's query sees the embeddings' output (hidden_states[0]).
+    dense = load_qa_model(str(tiny_model))
+    tokenizer = load_tokenizer(str(tiny_model))
+    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), tokenizer, 2, 4, wanda_params["seed"])
+    with torch.no_grad():
+        tokens = torch.cat([dense(**b, output_hidden_states=True).hidden_states[0][b["attention_mask"].bool()]
+                            for b in batches])
+    query = "bert.encoder.layer.0.attention.self.query"
+    scores = dense.get_submodule(query).weight.detach().abs() * tokens.norm(dim=0)
+    expected = torch.zeros_like(scores, dtype=torch.bool).reshape(-1, 4)
+    expected.scatter_(1, scores.reshape(-1, 4).topk(2, dim=1).indices, True)
+    assert torch.equal(torch.load(tmp_path / MASKS_FILE)[query], expected.reshape(scores.shape))
+
+
+def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny_model, features, tmp_path):
+    runs = {}
+    for name, run_params in (("magnitude", validate(tiny_params(tiny_model))), ("wanda", wanda_params),
+                             ("wanda again", wanda_params)):
+        prune(run_params, tiny_model, tmp_path / name, features)
+        runs[name] = torch.load(tmp_path / name / MASKS_FILE)
+    assert all(torch.equal(runs["wanda"][k], runs["wanda again"][k]) for k in runs["wanda"])
+    assert any(not torch.equal(runs["wanda"][k], runs["magnitude"][k]) for k in runs["wanda"])
+
+
+def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path):
+    params["prune"].update(method="sparsegpt", calibration_batches=2, calibration_batch_size=4)
+    metrics = prune(params, tiny_model, tmp_path, features)
+    assert metrics["method"] == "sparsegpt" and metrics["pattern_2of4_holds"]
+    assert metrics["calibration_sequences"] == 8 and metrics["sparsity_of_pruned_layers"] >= 0.5
+    masks = torch.load(tmp_path / MASKS_FILE)
+    model = load_qa_model(str(tmp_path))
+    baseline = load_qa_model(str(tiny_model))
+    for name, mask in masks.items():
+        pruned, dense = model.get_submodule(name).weight, baseline.get_submodule(name).weight
+        assert bool((pruned[~mask] == 0).all())
+        assert not torch.equal(pruned[mask], dense[mask])  # kept weights were updated, unlike wanda's

@@ -1,29 +1,28 @@
-"""Wanda 2:4 pruning: scores |W| * ||x|| from calibration activations, through torch.ao.pruning."""
+"""engine/sparsity.py: 2:4 masks by magnitude, Wanda and SparseGPT, and the statistics they are computed from."""
 from __future__ import annotations
 
 import datasets
-import pytest
 import torch
 
-from conftest import tiny_params
+from engine.sparsity import (
+    attach_sparsifier,
+    calibration_batches,
+    current_masks,
+    input_channel_norms,
+    input_grams,
+    sparsegpt,
+    SPARSEGPT_DAMP,
+    sparsegpt,
+    sparsegpt_layers,
+    two_four_violations,
+)
 from stages.modeling import load_qa_model, load_tokenizer
-from stages.params import validate
-from stages.prune import (MASKS_FILE, attach_sparsifier, calibration_batches, current_masks, input_channel_norms,
-                          input_grams, prune, sparsegpt, sparsegpt_layers)
-from stages.tokenize import tokenize
 
 
-@pytest.fixture(scope="module")
-def features(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("features")
-    tokenize(validate(tiny_params(tiny_model)), load_tokenizer(str(tiny_model)), out)
-    return out
-
-
-@pytest.fixture
-def wanda_params(params):
-    params["prune"].update(method="wanda", calibration_batches=2, calibration_batch_size=4)
-    return params
+def test_two_four_violations_counts_groups():
+    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 1.0, 2.0, 3.0, 0.0],
+                           [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
+    assert two_four_violations(weight) == 2  # row 0 group 2 (one zero), row 1 group 2 (none)
 
 
 def one_layer(weight: list[list[float]]) -> torch.nn.Sequential:
@@ -32,7 +31,7 @@ def one_layer(weight: list[list[float]]) -> torch.nn.Sequential:
     return model
 
 
-def test_wanda_and_magnitude_disagree_where_activations_say_so(params):
+def test_wanda_and_magnitude_disagree_where_activations_say_so():
     # Magnitude keeps inputs 2 and 3 of the first group (|w| 3, 4); inputs 0 and 1 carry activations
     # 100x larger, so Wanda keeps them (scores 10, 20 vs 0.3, 0.4). In the second group the
     # activations are equal and both keep the two largest weights.
@@ -41,7 +40,7 @@ def test_wanda_and_magnitude_disagree_where_activations_say_so(params):
     kept = {}
     for method, input_norms in (("magnitude", None), ("wanda", norms)):
         model = one_layer(weight)
-        sparsifier = attach_sparsifier(model, ["0"], params, input_norms)
+        sparsifier = attach_sparsifier(model, ["0"], (1, 4), 2, input_norms)
         sparsifier.step()
         mask = current_masks(sparsifier)["0"]
         sparsifier.squash_mask()
@@ -87,37 +86,7 @@ def test_calibration_batches_are_seeded_samples_of_the_features(features, tiny_m
     assert sum(len(b["input_ids"]) for b in calibration_batches(train, tokenizer, 1000, 4, seed=1)) == len(train)
 
 
-def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params, tiny_model, features, tmp_path):
-    metrics = prune(wanda_params, tiny_model, tmp_path, features)
-    assert metrics["method"] == "wanda" and metrics["pattern_2of4_holds"]
-    assert metrics["sparsity_of_pruned_layers"] == 0.5 and metrics["calibration_sequences"] == 8
-
-    # Independently of the hooks: layer 0's query sees the embeddings' output (hidden_states[0]).
-    dense = load_qa_model(str(tiny_model))
-    tokenizer = load_tokenizer(str(tiny_model))
-    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), tokenizer, 2, 4, wanda_params["seed"])
-    with torch.no_grad():
-        tokens = torch.cat([dense(**b, output_hidden_states=True).hidden_states[0][b["attention_mask"].bool()]
-                            for b in batches])
-    query = "bert.encoder.layer.0.attention.self.query"
-    scores = dense.get_submodule(query).weight.detach().abs() * tokens.norm(dim=0)
-    expected = torch.zeros_like(scores, dtype=torch.bool).reshape(-1, 4)
-    expected.scatter_(1, scores.reshape(-1, 4).topk(2, dim=1).indices, True)
-    assert torch.equal(torch.load(tmp_path / MASKS_FILE)[query], expected.reshape(scores.shape))
-
-
-def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny_model, features, tmp_path):
-    runs = {}
-    for name, run_params in (("magnitude", validate(tiny_params(tiny_model))), ("wanda", wanda_params),
-                             ("wanda again", wanda_params)):
-        prune(run_params, tiny_model, tmp_path / name, features)
-        runs[name] = torch.load(tmp_path / name / MASKS_FILE)
-    assert all(torch.equal(runs["wanda"][k], runs["wanda again"][k]) for k in runs["wanda"])
-    assert any(not torch.equal(runs["wanda"][k], runs["magnitude"][k]) for k in runs["wanda"])
-
-
 def test_sparsegpt_reconstructs_the_layer_output_better_than_magnitude_and_wanda():
-    from stages.prune import sparsegpt, two_four_violations
 
     torch.manual_seed(0)
     weight = torch.randn(24, 64)
@@ -148,14 +117,13 @@ def test_sparsegpt_reconstructs_the_layer_output_better_than_magnitude_and_wanda
 def test_sparsegpt_is_sequential_optimal_brain_surgeon():
     """The lazy, Cholesky-based updates equal the textbook ones: prune column i, then move its error
     onto columns i+1.. through the inverse of X^T X restricted to columns i.. ."""
-    from stages import prune as prune_module
 
     torch.manual_seed(1)
     weight = torch.randn(8, 16)
     x = torch.randn(200, 6) @ torch.randn(6, 16) + 0.1 * torch.randn(200, 16)
     gram = x.double().t() @ x.double()
-    damped = gram + torch.eye(16, dtype=torch.float64) * prune_module.SPARSEGPT_DAMP * torch.diag(gram).mean()
-    pruned, keep = prune_module.sparsegpt(weight, gram)
+    damped = gram + torch.eye(16, dtype=torch.float64) * SPARSEGPT_DAMP * torch.diag(gram).mean()
+    pruned, keep = sparsegpt(weight, gram)
     w = weight.double().clone()
     for i in range(16):
         h_inv = torch.linalg.inv(damped[i:, i:])
@@ -163,20 +131,6 @@ def test_sparsegpt_is_sequential_optimal_brain_surgeon():
         w[:, i:] -= ((w[:, i] - kept) / h_inv[0, 0])[:, None] * h_inv[0, :][None, :]
         w[:, i] = kept
     assert torch.allclose(pruned.double(), w, atol=1e-4)
-
-
-def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path):
-    params["prune"].update(method="sparsegpt", calibration_batches=2, calibration_batch_size=4)
-    metrics = prune(params, tiny_model, tmp_path, features)
-    assert metrics["method"] == "sparsegpt" and metrics["pattern_2of4_holds"]
-    assert metrics["calibration_sequences"] == 8 and metrics["sparsity_of_pruned_layers"] >= 0.5
-    masks = torch.load(tmp_path / MASKS_FILE)
-    model = load_qa_model(str(tmp_path))
-    baseline = load_qa_model(str(tiny_model))
-    for name, mask in masks.items():
-        pruned, dense = model.get_submodule(name).weight, baseline.get_submodule(name).weight
-        assert bool((pruned[~mask] == 0).all())
-        assert not torch.equal(pruned[mask], dense[mask])  # kept weights were updated, unlike wanda's
 
 
 def test_input_statistics_skip_the_layers_after_the_last_one_watched(tiny_model, features):
@@ -224,16 +178,3 @@ def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_
         expected, mask = sparsegpt(model.get_submodule(names[1]).weight, gram)
         assert torch.equal(runs[sequential][names[1]][0], expected) and torch.equal(runs[sequential][names[1]][1], mask)
     assert not torch.equal(runs[False][names[1]][0], runs[True][names[1]][0])
-
-
-def test_layers_are_grouped_by_the_input_they_read_in_forward_order(tiny_model):
-    from stages.common import group_by_input, layer_inputs
-    from stages.prune import prunable_linears
-
-    model = load_qa_model(str(tiny_model)).eval()
-    layers = prunable_linears(model, "pooler")
-    groups = group_by_input(layer_inputs(model, layers, {"input_ids": torch.tensor([[101, 2054, 2003, 102]])}))
-    block = "bert.encoder.layer.0."
-    assert groups[:4] == [[f"{block}attention.self.query", f"{block}attention.self.key", f"{block}attention.self.value"],
-                          [f"{block}attention.output.dense"], [f"{block}intermediate.dense"], [f"{block}output.dense"]]
-    assert len(groups) == 8 and sum(groups, []) == list(layers)  # 2 layers of 4 groups, every Linear once

@@ -1,0 +1,12 @@
+"""The 2:4 inference engine, apart from the pipeline's stages: it imports no stage module, only the
+helpers the stages share (stages.common for errors and JSON, stages.modeling to load a model).
+
+- plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated.
+- planner: making a plan on a GPU from kernel and whole-model timings.
+- kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 Linears behind one swap_linears call.
+- tuning: timing cuSPARSELt configs against cuBLAS in child processes.
+- graphs: CUDA graph capture and replay at the tuned shapes.
+- attention: fused query/key/value and sdpa masks the fused kernels take.
+- calibration: each Linear's inputs, the int8 smoothing and scales, fp8 scales.
+- sparsity: 2:4 masks (magnitude, Wanda, SparseGPT) and the 2:4 check.
+"""

@@ -1,0 +1,220 @@
+"""The plan: per layer, which kernel runs at each batch size; saved beside the model and applied when
+the model is loaded.
+
+plan.json (format version PLAN_VERSION) holds what the accelerate stage decided and measured; the
+int8 layers' smoothing factors are tensors and go beside it, in SMOOTHING_FILE. Kernel choices are
+keyed by batch size (the plan's batch_sizes, at its seq_length); the Linears dispatch on token counts,
+converted from batch sizes in one place, LayerPlan.token_kernels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from stages.common import StageError, write_json
+from stages.modeling import load_qa_model
+
+from .attention import fuse_qkv, use_fused_attention
+from .graphs import graphed
+from .kernels import (
+    Int8ReferenceConfig,
+    Int8SparseConfig,
+    Kernels,
+    LinearConfig,
+    Precision,
+    SparseConfig,
+    device_backend,
+    named,
+    shape_name,
+    swap_linears,
+)
+
+PLAN_FILE = "plan.json"
+SMOOTHING_FILE = "int8_smoothing.safetensors"
+# 1: kernels, variants and timings keyed by batch size, timings by precision, a version field.
+# (0: no version field, keyed by token count, "int8:" shape keys.)
+PLAN_VERSION = 1
+DENSE = "dense"  # the whole-model variant every other is timed against
+
+
+@dataclass
+class LayerPlan:
+    """One Linear's plan. kernels: batch size -> cuSPARSELt alg_id, None where the dense matmul runs."""
+
+    shape: tuple[int, int]  # (out_features, in_features)
+    precision: Precision = "fp16"
+    kernels: dict[int, int | None] = field(default_factory=dict)
+    reason: str | None = None  # why it stays dense at every batch size
+    input_scale: float | None = None  # int8: the static input scale, after smoothing
+    smoothing: torch.Tensor | None = field(default=None, repr=False)  # int8: per input channel
+
+    @property
+    def runs_2of4(self) -> bool:
+        return any(alg_id is not None for alg_id in self.kernels.values())
+
+    def token_kernels(self, seq_length: int) -> Kernels:
+        """The kernels keyed by token count (batch x seq_length), as the Linears dispatch on them."""
+        return {batch * seq_length: alg_id for batch, alg_id in self.kernels.items()}
+
+
+@dataclass
+class Plan:
+    mode: str  # accelerate.mode
+    precision: Precision  # accelerate.precision: what the 2:4 layers were asked to run in
+    backend: str | None  # the 2:4 kernel library, None: every layer dense
+    reason: str  # why that backend (or why dense)
+    dtype: str  # the model's dtype on the GPU
+    compiled: bool  # timed, and run, as CUDA graphs of the torch.compile'd model
+    batch_sizes: list[int]
+    seq_length: int
+    layers: dict[str, LayerPlan]
+    variants: dict[int, str] = field(default_factory=dict)  # batch size -> whole-model variant chosen
+    model_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # batch size -> variant -> ms
+    # precision -> weight shape ("outxin") -> batch size -> tune_linears result
+    shape_timings: dict[str, dict[str, dict[int, dict]]] = field(default_factory=dict)
+    int8_layer_error: dict[str, float] = field(default_factory=dict)
+    kernel_timing_notes: list[str] = field(default_factory=list)
+    device: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Path) -> None:
+        """plan.json at `path`; the int8 layers' smoothing factors beside it (SMOOTHING_FILE)."""
+        path = Path(path)
+        smoothing = {name: layer.smoothing.clone() for name, layer in self.layers.items()  # clone: unshared
+                     if layer.smoothing is not None}
+        if smoothing:
+            save_file(smoothing, str(path.with_name(SMOOTHING_FILE)))
+        raw = dataclasses.asdict(dataclasses.replace(self, layers={}))
+        raw["layers"] = {name: dataclasses.asdict(dataclasses.replace(layer, smoothing=None))
+                         for name, layer in self.layers.items()}
+        for entry in raw["layers"].values():
+            del entry["smoothing"]
+        write_json(path, {"version": raw.pop("version"), **raw})
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        """A saved plan; a plan of another format version fails with one line naming both versions."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise StageError(f"{path}: file not found (did the accelerate stage run?)") from None
+        version = raw.pop("version", 0)
+        if version != PLAN_VERSION:
+            raise StageError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
+                             "run the accelerate stage again (dvc repro accelerate)")
+        layers = {name: LayerPlan(**{**entry, "shape": tuple(entry["shape"]), "kernels": _int_keys(entry["kernels"])})
+                  for name, entry in raw.pop("layers").items()}
+        if any(layer.input_scale is not None for layer in layers.values()):
+            for name, smoothing in load_file(str(path.with_name(SMOOTHING_FILE))).items():
+                layers[name].smoothing = smoothing
+        timings = {precision: {shape: {int(batch): {**timing, "sparse_ms": _int_keys(timing["sparse_ms"])}
+                                       for batch, timing in per_batch.items()}
+                               for shape, per_batch in per_shape.items()}
+                   for precision, per_shape in raw.pop("shape_timings").items()}
+        return cls(**{**raw, "variants": _int_keys(raw["variants"]), "model_ms": _int_keys(raw["model_ms"]),
+                      "shape_timings": timings, "layers": layers})
+
+    # ------------------------------------------------------------------ reading it
+    def sparse_layers(self) -> list[str]:
+        """The layers that run 2:4 at some batch size."""
+        return [name for name, layer in self.layers.items() if layer.runs_2of4]
+
+    def summary(self) -> dict:
+        """The accelerate stage's metrics: counts of 2:4 vs dense layers, per batch size the
+        whole-model and per-layer timings."""
+        sparse = self.sparse_layers()
+        metrics = {
+            "mode": self.mode,
+            "precision": self.precision,
+            "backend": self.backend or DENSE,
+            "reason": self.reason,
+            "dtype": self.dtype,
+            "layers_2of4": len(sparse),
+            "layers_dense": len(self.layers) - len(sparse),
+        }
+        if not self.model_ms:
+            return metrics
+        metrics["by_batch"] = {}
+        for batch, ms in self.model_ms.items():
+            chosen = self.variants[batch]
+            metrics["by_batch"][f"bs{batch}"] = {
+                "variant": chosen,
+                # none where a layer is blocked
+                "layers_2of4": sum(layer.kernels.get(batch) is not None for layer in self.layers.values()),
+                "model_dense_ms": round(ms[DENSE], 4),
+                "model_accelerated_ms": round(ms[chosen], 4),
+                "model_speedup": round(ms[DENSE] / ms[chosen], 3),
+            }
+        metrics["layers"] = {}
+        for name, layer in self.layers.items():
+            if layer.reason is not None:
+                metrics["layers"][name] = {"kernel": DENSE, "reason": layer.reason}
+                continue
+            per_batch = {}
+            for batch, alg_id in layer.kernels.items():
+                timing = self.shape_timings[layer.precision][shape_name(layer.shape)][batch]
+                sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
+                per_batch[f"bs{batch}"] = {
+                    "kernel": DENSE if alg_id is None else f"cusparselt {layer.precision} alg_id {alg_id}",
+                    "dense_ms": round(timing["dense_ms"], 4),
+                    "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
+                    "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
+                }
+            metrics["layers"][name] = per_batch
+        return metrics
+
+    # ------------------------------------------------------------------ applying it
+    def linear_config(self, name: str) -> LinearConfig:
+        """The kernel config a layer's 2:4 Linear is built from."""
+        layer = self.layers[name]
+        kernels = layer.token_kernels(self.seq_length)
+        if layer.precision == "int8":
+            return Int8SparseConfig(kernels, layer.smoothing, layer.input_scale)
+        return SparseConfig(kernels)
+
+    def apply(self, model: torch.nn.Module, graphs: bool = True) -> torch.nn.Module:
+        """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
+        kernels swapped in.
+
+        With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs
+        (of the torch.compile'd model where the plan was timed compiled), any other shape runs
+        eagerly. Under a dense plan it is the plain model; without a CUDA device that has 2:4 kernels
+        too, except that layers the plan puts on int8 compute the int8 kernel's math exactly
+        (Int8ReferenceLinear), so evaluate scores what the GPU would.
+        """
+        if device_backend(next(model.parameters()).device)[0] is None:
+            int8 = [name for name, layer in self.layers.items() if layer.precision == "int8"]
+            return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
+                                                                        self.layers[name].input_scale), named(int8))
+        use_fused_attention(model)
+        sparse = self.sparse_layers()
+        if not sparse:
+            return model
+        swap_linears(model, self.linear_config, named(sparse))
+        if not graphs:
+            return model
+        return graphed(model, self.batch_sizes, self.seq_length, self.compiled)
+
+
+def _int_keys(mapping: dict) -> dict:
+    """JSON's string keys back to the ints they were."""
+    return {int(key): value for key, value in mapping.items()}
+
+
+def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model as plans are made on and applied to (benchmark times dense the same way): in eval
+    mode, query/key/value fused (attention.fuse_qkv), so the plan's layer names always match."""
+    return fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())
+
+
+def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, graphs: bool = True) -> torch.nn.Module:
+    """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply)."""
+    model_dir = Path(model_dir)
+    return Plan.load(model_dir / PLAN_FILE).apply(inference_model(model_dir, device, dtype), graphs)

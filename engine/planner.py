@@ -1,0 +1,185 @@
+"""Making a plan on a GPU: time every 2:4 layer's shape against cuBLAS, choose per layer and batch
+size, then time the whole model under each distinct choice and keep the fastest.
+
+`auto` keeps 2:4 per layer and batch size only where it measured faster, then times the whole
+model (as CUDA graphs, of the torch.compile'd model with `compiled`) dense, per-layer and all-2:4
+per batch size and keeps the fastest, so the result is never slower than dense at the shapes it
+was made for; `all` takes each layer's fastest config everywhere; `none` is dense.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from tqdm.auto import tqdm
+
+from stages.common import relative_error
+
+from .attention import capture_context
+from .graphs import CudaGraphRunner
+from .kernels import named, shape_name, swap_linears
+from .plan import DENSE, Plan
+from .sparsity import two_four_violations
+from .tuning import best_alg, measure_shapes, median_ms, random_ids
+
+# auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (timing noise
+# is ~1%), and a whole-model variant only when it beats dense end to end by this much.
+MIN_LAYER_SPEEDUP = 1.02
+MIN_MODEL_SPEEDUP = 1.01
+MAX_RELATIVE_ERROR = 2e-3
+# int8 outputs differ from the fp16 model by the quantization itself (~2e-2 on bert-base logits).
+MAX_INT8_RELATIVE_ERROR = 5e-2
+MODEL_TIMING_WARMUP, MODEL_TIMING_REPEATS = 3, 20
+# cuSPARSELt's smallest fp16/bf16 sparse operand dimension.
+SPARSE_DIM_MULTIPLE = 16
+VARIANTS = (DENSE, "per_layer", "all_2of4")
+
+LayerTimings = dict[str, dict[int, dict]]  # layer -> batch size -> tune_linears result of its shape
+BatchKernels = dict[int, "int | None"]  # batch size -> alg_id, None = dense
+
+
+def why_dense(weight: torch.Tensor) -> str | None:
+    """Why a layer cannot take the 2:4 kernel, or None when it can."""
+    if any(dim % SPARSE_DIM_MULTIPLE for dim in weight.shape):
+        return f"dense: shape {tuple(weight.shape)} is not a multiple of {SPARSE_DIM_MULTIPLE} (cuSPARSELt)"
+    if two_four_violations(weight):
+        return "dense: weight is not 2:4 sparse"
+    return None
+
+
+def choose_alg(timing: dict, mode: str, min_speedup: float) -> int | None:
+    """The cuSPARSELt config (alg_id) a layer runs at one batch size, or None for the dense matmul.
+
+    `timing` is a tune_linears result. auto keeps 2:4 only where its fastest config beats dense by
+    `min_speedup`; all takes the fastest config wherever one ran; none is always dense.
+    """
+    best = best_alg(timing)
+    if mode == "none" or best is None:
+        return None
+    if mode == "all" or timing["dense_ms"] / timing["sparse_ms"][best] >= min_speedup:
+        return best
+    return None
+
+
+def choose_variant(latency_ms: dict[str, float], min_speedup: float, baseline: str = DENSE) -> str:
+    """The fastest of several whole-model variants; the baseline unless another beats it by min_speedup."""
+    best = min(latency_ms, key=latency_ms.__getitem__)
+    return best if latency_ms[baseline] / latency_ms[best] >= min_speedup else baseline
+
+
+def layer_kernels(timings: LayerTimings, mode: str) -> dict[str, BatchKernels]:
+    """Per layer and batch size, the kernel each layer's measured shape earned (see choose_alg)."""
+    return {name: {batch: choose_alg(timing, mode, MIN_LAYER_SPEEDUP) for batch, timing in per_batch.items()}
+            for name, per_batch in timings.items()}
+
+
+def variant_kernels(variant: str, batch: int, per_layer: dict[str, BatchKernels],
+                    timings: LayerTimings) -> dict[str, int | None]:
+    """Each layer's kernel at one batch size under a whole-model variant."""
+    if variant == DENSE:
+        return {name: None for name in per_layer}
+    if variant == "per_layer":
+        return {name: kernels[batch] for name, kernels in per_layer.items()}
+    return {name: best_alg(timings[name][batch]) for name in per_layer}
+
+
+def distinct_variants(batch: int, per_layer: dict[str, BatchKernels], timings: LayerTimings) -> list[str]:
+    """The variants worth timing at a batch size: the ones whose kernels differ."""
+    seen, kept = [], []
+    for variant in VARIANTS:
+        kernels = variant_kernels(variant, batch, per_layer, timings)
+        if kernels not in seen:
+            seen.append(kernels)
+            kept.append(variant)
+    return kept
+
+
+def final_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerTimings,
+                  model_ms: dict[int, dict[str, float]]) -> tuple[dict[str, BatchKernels], dict[int, str]]:
+    """(kernels per layer, variant per batch size): auto takes each batch size's fastest whole-model
+    variant; all and none keep the per-layer choice (timed as "dense" when it is the same kernels)."""
+    chosen = {batch: (choose_variant(ms, MIN_MODEL_SPEEDUP) if mode == "auto" else
+                      "per_layer" if "per_layer" in ms else DENSE)
+              for batch, ms in model_ms.items()}
+    kernels: dict[str, BatchKernels] = {name: {} for name in per_layer}
+    for batch, variant in chosen.items():
+        for name, alg_id in variant_kernels(variant, batch, per_layer, timings).items():
+            kernels[name][batch] = alg_id
+    return kernels, chosen
+
+
+def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int) -> None:
+    """Fill in the plan's timings, kernels and variants (in place) for the layers not left dense,
+    on the GPU, with the model the plan is for."""
+    candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
+    for precision in ("fp16", "int8"):
+        timings, notes = measure_shapes(
+            {name: linear for name, linear in candidates.items() if plan.layers[name].precision == precision},
+            plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype), max_alg_id, precision)
+        if timings:
+            plan.shape_timings[precision] = timings
+        plan.kernel_timing_notes += notes
+    timings = {name: plan.shape_timings[plan.layers[name].precision][shape_name(plan.layers[name].shape)]
+               for name in candidates}
+    per_layer = layer_kernels(timings, plan.mode)
+    plan.model_ms = time_model_variants(model, plan, per_layer, timings)
+    kernels, plan.variants = final_kernels(plan.mode, per_layer, timings, plan.model_ms)
+    for name, layer_kernel in kernels.items():
+        plan.layers[name].kernels = layer_kernel
+
+
+def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dict[str, BatchKernels],
+                        timings: LayerTimings) -> dict[int, dict[str, float]]:
+    """Whole-model latency (ms, CUDA graph replay, compiled or not) per batch size of each distinct variant."""
+    model = swap_linears(copy.deepcopy(dense_model),
+                         lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_dense=True),
+                         named(per_layer))
+    vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
+    result = {}
+    for batch in tqdm(sorted(plan.batch_sizes), desc="timing whole-model variants", unit="batch size"):
+        input_ids = random_ids(batch, plan.seq_length, vocab, device)
+        result[batch] = {}
+        for variant in distinct_variants(batch, per_layer, timings):
+            for name, alg_id in variant_kernels(variant, batch, per_layer, timings).items():
+                model.get_submodule(name).set_kernels({input_ids.numel(): alg_id})
+            runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
+            result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
+                                               MODEL_TIMING_REPEATS, device)
+            del runner
+            torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
+            torch.cuda.empty_cache()
+    return result
+
+
+def logits_error(reference, output) -> float:
+    return max(relative_error(reference.start_logits, output.start_logits),
+               relative_error(reference.end_logits, output.end_logits))
+
+
+@torch.inference_mode()
+def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: Plan) -> dict[str, float]:
+    """Relative error of the accelerated logits vs the masked dense model, per batch size that runs 2:4.
+
+    Each such batch size runs eagerly at seq_length - 1 (an odd token count: the padding path), and
+    the smallest one also as its captured CUDA graph, against the dense model run the same way:
+    compiled models round differently from eager ones (fused ops keep float32 in between), by more
+    than the bound on an H200 (2.6e-3 for fp16 bert-base), and that is not the 2:4 kernels' error.
+    """
+    seq, vocab = plan.seq_length, dense.config.vocab_size
+    device = next(dense.parameters()).device
+    sparse_batches = sorted({batch for name in plan.sparse_layers()
+                             for batch, alg_id in plan.layers[name].kernels.items() if alg_id is not None})
+    errors = {}
+    for batch in sparse_batches:
+        input_ids = random_ids(batch, seq - 1, vocab, device, seed=batch)
+        errors[f"bs{batch}_seq{seq - 1}_eager"] = logits_error(dense(input_ids=input_ids),
+                                                               accelerated.model(input_ids=input_ids))
+    if sparse_batches:
+        batch = sparse_batches[0]
+        input_ids = random_ids(batch, seq, vocab, device, seed=1)
+        reference = CudaGraphRunner(dense, capture_context=capture_context, compile=plan.compiled)
+        errors[f"bs{batch}_seq{seq}_graphed"] = logits_error(reference(input_ids=input_ids),
+                                                             accelerated(input_ids=input_ids))
+        del reference
+    return errors

@@ -1,0 +1,109 @@
+"""engine/plan.py: the plan's file round trip, its summary, files of an older format, and applying
+it to a model on a CPU."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.kernels import Int8ReferenceLinear, Int8SparseConfig, Int8Weights, SparseConfig, reference_linear
+from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
+from engine.planner import final_kernels
+from stages.common import StageError
+from test_engine_planner import FFN, QUERY, plan_for
+
+# plan.json as accelerate wrote it before plans had a type (int8, one BERT layer, on a CPU).
+PLAN_BEFORE_VERSIONS = Path(__file__).parent / "fixtures" / "plan-v0.json"
+BLOCKED = "encoder.layer.0.attention.output.dense"
+
+
+def measured_plan() -> Plan:
+    """A GPU-made plan from plan_for's timings: FFN1 on int8 2:4 at batch 256, the query dense, one
+    layer left dense by prune.exclude."""
+    timings, per_layer, model_ms = plan_for("auto")
+    kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
+    layers = {
+        FFN: LayerPlan((3072, 768), "int8", kernels[FFN], input_scale=0.05, smoothing=torch.linspace(1, 2, 768)),
+        QUERY: LayerPlan((768, 768), "fp16", kernels[QUERY]),
+        BLOCKED: LayerPlan((768, 768), reason="dense: weight is not 2:4 sparse"),
+    }
+    return Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
+                batch_sizes=[4, 256], seq_length=384, layers=layers, variants=variants, model_ms=model_ms,
+                shape_timings={"int8": {"3072x768": timings[FFN]}, "fp16": {"768x768": timings[QUERY]}})
+
+
+def test_plan_round_trips_through_its_files(tmp_path):
+    plan = measured_plan()
+    plan.save(tmp_path / PLAN_FILE)
+    assert (tmp_path / SMOOTHING_FILE).exists()
+    loaded = Plan.load(tmp_path / PLAN_FILE)
+    assert loaded.version == PLAN_VERSION and loaded.variants == {4: "dense", 256: "per_layer"}
+    assert loaded.layers[FFN].kernels == {4: None, 256: 4}  # batch sizes, ints again
+    assert loaded.shape_timings["int8"]["3072x768"][256]["sparse_ms"] == {0: 9.8, 4: 8.0}
+    assert torch.equal(loaded.layers[FFN].smoothing, plan.layers[FFN].smoothing)
+    without_tensors = {name: dataclasses.replace(layer, smoothing=None) for name, layer in plan.layers.items()}
+    assert dataclasses.replace(loaded, layers={}) == dataclasses.replace(plan, layers={})
+    assert {name: dataclasses.replace(layer, smoothing=None) for name, layer in loaded.layers.items()} == without_tensors
+
+
+def test_summary_counts_layers_and_reads_timings_by_batch_size():
+    metrics = measured_plan().summary()
+    assert (metrics["backend"], metrics["layers_2of4"], metrics["layers_dense"]) == ("cusparselt", 1, 2)
+    assert metrics["layers"][BLOCKED] == {"kernel": "dense", "reason": "dense: weight is not 2:4 sparse"}
+    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "model_dense_ms": 5.0,
+                                          "model_accelerated_ms": 5.0, "model_speedup": 1.0}
+    assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1
+    assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
+    assert metrics["layers"][FFN]["bs256"] == {"kernel": "cusparselt int8 alg_id 4", "dense_ms": 10.0,
+                                               "sparse_ms": 8.0, "speedup": 1.25}
+    assert metrics["layers"][QUERY]["bs4"]["kernel"] == "dense"
+
+
+def test_a_dense_plan_summarizes_without_timings():
+    plan = dataclasses.replace(measured_plan(), backend=None, reason="dense: no CUDA device", model_ms={},
+                               variants={}, shape_timings={},
+                               layers={QUERY: LayerPlan((768, 768), reason="dense: no CUDA device")})
+    assert plan.summary() == {"mode": "auto", "precision": "int8", "backend": "dense",
+                              "reason": "dense: no CUDA device", "dtype": "float16", "layers_2of4": 0,
+                              "layers_dense": 1}
+
+
+def test_a_plan_written_before_versions_fails_with_one_line_naming_both_versions(tmp_path):
+    with pytest.raises(StageError) as old:
+        Plan.load(PLAN_BEFORE_VERSIONS)
+    message = str(old.value)
+    assert "\n" not in message
+    assert f"plan format version 0, this code reads version {PLAN_VERSION}" in message
+    assert "dvc repro accelerate" in message
+    newer = tmp_path / PLAN_FILE
+    newer.write_text(PLAN_BEFORE_VERSIONS.read_text().replace("{", '{"version": 7, ', 1))
+    with pytest.raises(StageError, match=f"plan format version 7, this code reads version {PLAN_VERSION}"):
+        Plan.load(newer)
+
+
+def test_kernel_configs_key_the_kernels_by_token_count():
+    plan = measured_plan()
+    ffn = plan.linear_config(FFN)
+    assert isinstance(ffn, Int8SparseConfig) and ffn.input_scale == 0.05
+    assert ffn.kernels == {4 * 384: None, 256 * 384: 4} and ffn.smoothing is plan.layers[FFN].smoothing
+    assert plan.linear_config(QUERY) == SparseConfig({4 * 384: None, 256 * 384: None})
+
+
+def test_applied_on_a_cpu_int8_layers_compute_the_kernels_math_and_the_rest_stay():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    first, last = model[0], model[2]
+    smoothing = torch.rand(8) + 0.5
+    plan = dataclasses.replace(measured_plan(), layers={
+        "0": LayerPlan((16, 8), "int8", {4: 1}, input_scale=0.02, smoothing=smoothing),
+        "2": LayerPlan((4, 16), "fp16", {4: 2}),
+    })
+    x = torch.randn(3, 8)
+    applied = plan.apply(model)
+    assert type(applied[0]) is Int8ReferenceLinear and applied[2] is last  # no 2:4 kernels on a CPU
+    with torch.no_grad():
+        expected = last(torch.relu(reference_linear(x, Int8Weights(first, smoothing, 0.02), first.bias)))
+        assert torch.equal(applied(x), expected)

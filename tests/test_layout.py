@@ -1,0 +1,66 @@
+"""The tree's two places: pipeline stages import no other stage, and the engine imports no stage."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it, as absolute names (stages' relative imports resolved)."""
+    package = path.parent.name
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(filter(None, [package, base]))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from . import prune`
+    return found
+
+
+def repo_file(module: str) -> Path | None:
+    path = REPO / (module.replace(".", "/") + ".py")
+    return path if path.exists() else None
+
+
+def imported_files(start: Path) -> set[str]:
+    """The repository's Python files `start` imports, transitively (itself and package __init__s included)."""
+    seen, todo = set(), [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in imported_modules(path):
+            todo += [found for found in (repo_file(module), repo_file(f"{module}.__init__")) if found]
+    return {str(path.relative_to(REPO)) for path in seen}
+
+
+def stage_imports(path: Path) -> set[str]:
+    return {name for name in imported_modules(path) if name in {f"stages.{stage}" for stage in STAGES}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_imports_no_other_stage(stage):
+    assert stage_imports(REPO / "stages" / f"{stage}.py") - {f"stages.{stage}"} == set()
+
+
+@pytest.mark.parametrize("module", sorted(path.name for path in (REPO / "engine").glob("*.py")))
+def test_the_engine_imports_no_stage(module):
+    assert stage_imports(REPO / "engine" / module) == set()
+
+
+def test_the_import_check_sees_relative_and_absolute_imports(tmp_path):
+    (tmp_path / "stages").mkdir()
+    source = tmp_path / "stages" / "evaluate.py"
+    source.write_text("from .accelerate import load_accelerated\nfrom . import prune\nimport stages.tokenize\n"
+                      "from .common import StageError\n")
+    assert stage_imports(source) == {"stages.accelerate", "stages.prune", "stages.tokenize"}
