@@ -117,7 +117,7 @@ def run_seed(raw: dict, seed: int, args, features: dict[str, Path], work: Path) 
         score = evaluate(params, dev, {"zero-shot": pruned})["zero-shot"]
         log(results, {"seed": seed, "variant": f"zero-shot-{method}", "on": "dev", **score,
                       "prune_s": round(time.perf_counter() - start, 1)})
-        if method == recipe_method:
+        if method == recipe_method and not args.zero_shot_only:
             sparse = work / f"sparse-{seed}"
             start = time.perf_counter()
             stats = finetune_sparse(params, dev, pruned, sparse, dense)
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="features and models (default: OUT/work)")
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml value, as dvc exp run -S does")
+    parser.add_argument("--zero-shot-only", action="store_true", help="dense and zero-shot 2:4 only, no fine-tuning")
     parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
