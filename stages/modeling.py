@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
 from .common import StageError
@@ -43,6 +44,8 @@ def _from_pretrained(loader, source: str, what: str, **kwargs):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else ""
         raise StageError(f"model.name={source}: cannot load the {what}{hint}: {str(err).splitlines()[0]}") from None
+    except SafetensorError as err:  # a truncated or corrupt weights file: bad input, not worth a retry
+        raise StageError(f"{source}: cannot read the {what}'s weights ({err})") from None
 
 
 def load_tokenizer(source: str):

@@ -144,3 +144,14 @@ def test_data_file_lists_may_be_empty():
         validate(with_value("data.validation_files", [3]))
     with pytest.raises(ParamError, match="field 'data.num_proc' = -1 is invalid"):
         validate(with_value("data.num_proc", -1))
+
+
+def test_truncated_weights_file_is_one_line_naming_the_model(tmp_path, tiny_model):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(StageError, match=rf"^{broken}: cannot read the model's weights \("):
+        load_qa_model(str(broken))
