@@ -139,6 +139,23 @@ class Plan:
             "layers_2of4": len(sparse),
             "layers_dense": len(self.layers) - len(sparse),
         }
+        # Per layer, what it runs and why: written to reports/accelerate.json on every device.
+        metrics["layers"] = {}
+        for name, layer in self.layers.items():
+            if layer.reason is not None or not layer.kernels:
+                metrics["layers"][name] = {"kernel": DENSE, "reason": layer.reason or self.reason}
+                continue
+            per_batch = {}
+            for batch, alg_id in layer.kernels.items():
+                timing = self.shape_timings[layer.precision][shape_name(layer.shape)][batch]
+                sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
+                per_batch[f"bs{batch}"] = {
+                    "kernel": DENSE if alg_id is None else f"cusparselt {layer.precision} alg_id {alg_id}",
+                    "dense_ms": round(timing["dense_ms"], 4),
+                    "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
+                    "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
+                }
+            metrics["layers"][name] = per_batch
         if not self.model_ms:
             return metrics
         metrics["by_batch"] = {}
@@ -152,22 +169,6 @@ class Plan:
                 "model_accelerated_ms": round(ms[chosen], 4),
                 "model_speedup": round(ms[DENSE] / ms[chosen], 3),
             }
-        metrics["layers"] = {}
-        for name, layer in self.layers.items():
-            if layer.reason is not None:
-                metrics["layers"][name] = {"kernel": DENSE, "reason": layer.reason}
-                continue
-            per_batch = {}
-            for batch, alg_id in layer.kernels.items():
-                timing = self.shape_timings[layer.precision][shape_name(layer.shape)][batch]
-                sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
-                per_batch[f"bs{batch}"] = {
-                    "kernel": DENSE if alg_id is None else f"cusparselt {layer.precision} alg_id {alg_id}",
-                    "dense_ms": round(timing["dense_ms"], 4),
-                    "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
-                    "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
-                }
-            metrics["layers"][name] = per_batch
         return metrics
 
     # ------------------------------------------------------------------ applying it

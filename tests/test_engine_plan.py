@@ -62,13 +62,17 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
     assert metrics["layers"][QUERY]["bs4"]["kernel"] == "dense"
 
 
-def test_a_dense_plan_summarizes_without_timings():
+def test_a_dense_plan_summarizes_without_timings_and_still_reports_every_layer():
     plan = dataclasses.replace(measured_plan(), backend=None, reason="dense: no CUDA device", model_ms={},
                                variants={}, shape_timings={},
-                               layers={QUERY: LayerPlan((768, 768), reason="dense: no CUDA device")})
+                               layers={QUERY: LayerPlan((768, 768), reason="dense: no CUDA device"),
+                                       FFN: LayerPlan((3072, 768))})
+    # reports/accelerate.json is a declared output: it is written on a CPU too
     assert plan.summary() == {"mode": "auto", "precision": "int8", "backend": "dense",
                               "reason": "dense: no CUDA device", "dtype": "float16", "layers_2of4": 0,
-                              "layers_dense": 1}
+                              "layers_dense": 2,
+                              "layers": {QUERY: {"kernel": "dense", "reason": "dense: no CUDA device"},
+                                         FFN: {"kernel": "dense", "reason": "dense: no CUDA device"}}}
 
 
 def test_a_plan_written_before_versions_fails_with_one_line_naming_both_versions(tmp_path):

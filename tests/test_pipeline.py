@@ -50,6 +50,13 @@ def test_repro_runs_all_stages_and_writes_metrics(project):
     assert [row["batch_size"] for row in latency] == [1, 2]
     assert all(row["dense_eager"] > 0 and row["accelerated_eager"] > 0 for row in latency)
 
+    # every report a stage writes is a declared output (DVC would not see a stale one otherwise)
+    declared = {out if isinstance(out, str) else next(iter(out))
+                for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+                for out in stage.get("outs", [])}
+    assert {f"reports/{p.name}" for p in (root / "reports").iterdir()} <= declared
+    assert "reports/accelerate.json" in declared
+
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     flat = json.dumps(shown)
     assert '"f1"' in flat and "speedup" in flat
