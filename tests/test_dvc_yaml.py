@@ -96,3 +96,20 @@ def test_params_check_sees_subscripts_not_docstrings(tmp_path):
 def test_data_folder_is_tokenize_dependency():
     assert "${data.dir}" in STAGES["tokenize"]["deps"]
     assert (REPO / PARAMS["data"]["dir"]).is_dir()
+
+
+def test_plots_show_draws_only_the_three_labelled_plots():
+    """Stage-level `plots:` entries would be drawn again with guessed axes (learning rate over row
+    numbers): the data files are plain outputs and only the top-level plots draw them."""
+    assert not [name for name, stage in STAGES.items() if "plots" in stage]
+    plots = {title: props for entry in DVC_YAML["plots"] for title, props in entry.items()}
+    assert {title: (props["x_label"], props["y_label"]) for title, props in plots.items()} == {
+        "Training loss, dense baseline vs sparse fine-tuning": ("step", "loss"),
+        "Latency vs batch size per mode": ("batch size", "latency (ms)"),
+        "SQuAD F1 per variant": ("F1 (%)", "variant"),
+    }
+    outs = {next(iter(out)) if isinstance(out, dict) else out for stage in STAGES.values() for out in stage.get("outs", [])}
+    drawn = {path for props in plots.values() for path in props["y"]}
+    assert drawn <= outs, f"plotted files no stage writes: {sorted(drawn - outs)}"
+    custom = [props["template"] for props in plots.values() if (REPO / ".dvc/plots" / f"{props['template']}.json").exists()]
+    assert custom == ["latency_by_series"]
