@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import subprocess
 import sys
 
+import pandas as pd
 import yaml
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -51,16 +51,6 @@ def run_experiments(overrides: list[str], seeds: list[int] | None) -> None:
         dvc("exp", "run", *set_flags(overrides + combination), "evaluate")
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def experiments(shown: list[dict]) -> list[dict]:
     """Every finished experiment of `dvc exp show --json` that has scores: name, timestamp, flat
     params, scores. One still running has no timestamp yet, and the workspace's metrics: skipped."""
@@ -71,7 +61,7 @@ def experiments(shown: list[dict]) -> list[dict]:
                 data = exp.get("data") or {}
                 scores = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
                 if scores and data.get("timestamp"):
-                    params = flatten(data["params"]["params.yaml"]["data"])
+                    params = pd.json_normalize(data["params"]["params.yaml"]["data"]).to_dict("records")[0]
                     found.append({"name": exp.get("name") or exp["rev"][:7], "timestamp": data["timestamp"],
                                   "params": params, "scores": scores})
     return found
@@ -100,30 +90,34 @@ def select(found: list[dict], overrides: list[str], seeds: list[int] | None = No
     return {key: list(by_seed.values()) for key, by_seed in chosen.items()}
 
 
-def mean_and_error(values: list[float]) -> str:
+def mean_and_error(values: pd.Series) -> str:
     """'+1.23' for one value; '+1.23 (se 0.45)' for several."""
-    mean = statistics.mean(values)
     if len(values) == 1:
-        return f"{mean:+.2f}"
-    return f"{mean:+.2f} (se {statistics.stdev(values) / len(values) ** 0.5:.2f})"
+        return f"{values.mean():+.2f}"
+    return f"{values.mean():+.2f} (se {values.sem():.2f})"
+
+
+def scores_frame(chosen: dict[tuple, list[dict]]) -> pd.DataFrame:
+    """One row per experiment: its combination, name and flattened scores ("dense.f1", ...)."""
+    rows = [{"prune.method": method, "finetune.distill": distill, "experiment": exp["name"],
+             **pd.json_normalize(exp["scores"]).to_dict("records")[0]}
+            for (method, distill), runs in chosen.items() for exp in runs]
+    return pd.DataFrame(rows)
 
 
 def markdown_table(chosen: dict[tuple, list[dict]]) -> str:
     """One row per combination; with several seeds' experiments, each score is their mean."""
-    header = ["prune.method", "finetune.distill"] + [f"{label} {m}" for _, label in VARIANTS for m in ("F1", "EM")]
-    header += ["sparse - dense F1", "experiment"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, distill in itertools.product(METHODS, DISTILL):
-        runs = chosen.get((method, distill))
-        if not runs:
-            cells = ["not run"] * (len(header) - 2)
-        else:
-            scores = [exp["scores"] for exp in runs]
-            cells = [f"{statistics.mean(s[v][m] for s in scores):.2f}" for v, _ in VARIANTS for m in ("f1", "exact_match")]
-            cells += [mean_and_error([s["sparse"]["f1"] - s["dense"]["f1"] for s in scores]),
-                      ", ".join(exp["name"] for exp in runs)]
-        lines.append("| " + " | ".join([method, str(distill).lower()] + cells) + " |")
-    return "\n".join(lines)
+    frame = scores_frame(chosen)
+    frame["gap"] = frame["sparse.f1"] - frame["dense.f1"]
+    score_columns = {f"{v}.{m}": f"{label} {name}" for v, label in VARIANTS
+                     for m, name in (("f1", "F1"), ("exact_match", "EM"))}
+    table = frame.groupby(list(COMBINATION_KEYS)).agg(
+        **{label: (column, lambda s: f"{s.mean():.2f}") for column, label in score_columns.items()},
+        **{"sparse - dense F1": ("gap", mean_and_error), "experiment": ("experiment", ", ".join)})
+    every = pd.MultiIndex.from_tuples(list(itertools.product(METHODS, DISTILL)), names=COMBINATION_KEYS)
+    table = table.reindex(every).fillna("not run").reset_index()
+    table["finetune.distill"] = table["finetune.distill"].map({True: "true", False: "false"})
+    return table.to_markdown(index=False, disable_numparse=True)  # the cells are formatted already
 
 
 def main() -> None:

@@ -76,11 +76,8 @@ def print_plan(plan_metrics: dict) -> None:
 
 def print_benchmark(bench: dict) -> None:
     print(f"\n== benchmark: latency (ms, median of {bench['repeats']}), seq {bench['seq_length']}, {bench['dtype']} ==")
-    for batch, row in bench["latency_ms"].items():
-        print(f"{batch:>6}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    print("\n== benchmark: speedup dense/accelerated ==")
-    for batch, row in bench["speedup"].items():
-        print(f"{batch:>6}  " + "  ".join(f"{mode}=x{s}" for mode, s in row.items()))
+    print("(speedup_<mode>: dense / accelerated)")
+    print(benchmark.latency_frame(bench).to_string())
     if "speedup_vs_dense_fp8" in bench:
         print("accelerated vs dense fp8 (compiled): " + "  ".join(f"{b}=x{s}" for b, s in bench["speedup_vs_dense_fp8"].items()))
     t = bench.get("tutorial_linear", {})

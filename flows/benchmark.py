@@ -2,27 +2,24 @@
 from pathlib import Path
 
 from flows.common import main, stage_flow
-from stages.benchmark import run
+from stages.benchmark import latency_frame, run
 
 
-def latency_table(rows: list[dict]) -> list[dict]:
-    """One row per batch size, one column per variant_mode: the shape `dvc plots` draws as lines."""
-    table: dict[int, dict] = {}
-    for row in rows:
-        entry = table.setdefault(row["batch_size"], {"batch_size": row["batch_size"]})
-        entry[f"{row['variant']}_{row['mode']}"] = row["latency_ms"]
-    return [table[b] for b in sorted(table)]
+def latency_series(rows: list[dict]) -> list[dict]:
+    """The latency plot's rows: one per batch size and series ("dense eager", ...), which
+    .dvc/plots/latency_by_series.json draws as one coloured line per series."""
+    return [{"batch_size": row["batch_size"], "series": f"{row['variant']} {row['mode']}",
+             "latency_ms": row["latency_ms"]} for row in rows]
 
 
 def work(params, out_dir):
     metrics, latency_rows = run(params, Path("models/baseline"), Path("models/accelerated"))
-    return {**metrics, "latency": latency_table(latency_rows)}
+    return {**metrics, "latency": latency_series(latency_rows)}
 
 
 def batch_table(metrics: dict) -> list[dict]:
     """The Prefect artifact: per batch size, each latency (ms) and the speedups."""
-    return [{"batch_size": batch, **row, **{f"speedup_{mode}": s for mode, s in metrics["speedup"][batch].items()}}
-            for batch, row in metrics["latency_ms"].items()]
+    return latency_frame(metrics).reset_index().to_dict("records")
 
 
 benchmark_flow = stage_flow("benchmark", work, plots=("latency",), table=batch_table)

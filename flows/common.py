@@ -42,17 +42,6 @@ PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the st
 Work = Callable[[Params, "Path | None"], dict]
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def git_commit() -> str | None:
     """The commit the run belongs to: DVC's experiment baseline, else HEAD."""
     rev = os.environ.get("DVC_EXP_BASELINE_REV")
@@ -90,7 +79,10 @@ def is_input_error(err: BaseException) -> bool:
 
 def metric_rows(metrics: dict) -> list[dict]:
     """The default artifact table: one row per (flattened) metric."""
-    return [{"metric": k, "value": str(v)} for k, v in flatten(metrics).items()]
+    import pandas as pd  # here: only this table needs it, and it costs every stage's start otherwise
+
+    flat = pd.json_normalize(metrics).to_dict("records")[0]
+    return [{"metric": k, "value": str(v)} for k, v in flat.items()]
 
 
 @task(name="publish metrics", cache_policy=NO_CACHE)

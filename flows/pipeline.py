@@ -15,12 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import PIPELINE_RUN_ENV, flatten, git_commit, run_tags, use_run_server
+from flows.common import PIPELINE_RUN_ENV, git_commit, run_tags, use_run_server
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -49,16 +50,18 @@ def run_dvc(command: list[str], run_id: str) -> str:
 
 
 def metrics_table(metrics: dict) -> str:
-    """Markdown: EM/F1 per variant and speedups, from `dvc metrics show --json`."""
-    rows = ["| metric | value |", "|---|---|"]
+    """Markdown from `dvc metrics show --json`: F1/EM per variant, and the speedups per batch size."""
+    tables = []
     for workspace in metrics.values():
         for path, content in workspace.get("data", {}).items():
             data = content.get("data", {})
             if path.endswith("evaluate.json"):
-                rows += [f"| {v} F1 / EM | {s['f1']} / {s['exact_match']} |" for v, s in data.items() if "f1" in s]
-            if path.endswith("benchmark.json"):
-                rows += [f"| {k} | {v} |" for k, v in flatten(data).items() if "speedup" in k]
-    return "\n".join(rows)
+                scores = pd.DataFrame.from_dict({v: s for v, s in data.items() if "f1" in s}, orient="index")
+                tables.append(scores[["f1", "exact_match"]].rename_axis("variant").to_markdown())
+            if path.endswith("benchmark.json") and "speedup" in data:
+                speedup = pd.DataFrame(data["speedup"]).T.rename_axis("batch size").add_prefix("speedup ")
+                tables.append(speedup.to_markdown())
+    return "\n\n".join(tables)
 
 
 @flow(name="twofour-pipeline", log_prints=True, flow_run_name=f"pipeline@{git_commit() or 'no-git'}")

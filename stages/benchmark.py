@@ -24,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -289,3 +290,10 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         if device_backend(device)[0] is not None:
             metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
     return metrics, rows
+
+
+def latency_frame(metrics: dict) -> pd.DataFrame:
+    """Per batch size ("bs16"), each variant_mode's latency (ms) and each mode's speedup."""
+    latency = pd.DataFrame.from_dict(metrics["latency_ms"], orient="index")
+    speedup = pd.DataFrame.from_dict(metrics["speedup"], orient="index").add_prefix("speedup_")
+    return latency.join(speedup).rename_axis("batch_size")

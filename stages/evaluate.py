@@ -1,15 +1,14 @@
 """evaluate: official SQuAD v1.1 exact match and F1 for every model variant.
 
 Post-processing follows Hugging Face's utils_qa.py (n-best start/end logits per window, spans
-inside the context only, max answer length); the metric is the official v1.1 script's logic
-(`evaluate.load("squad")` needs the hub for its script, so it is written out here and tested
-against hand-computed values).
+inside the context only, max answer length); the metric is metrics_lib/squad_v1, the official v1.1
+script's logic as an `evaluate` module loaded from its local path (nothing fetched; with hub access
+`evaluate.load("squad")` gives the same numbers).
 """
 from __future__ import annotations
 
 import collections
-import re
-import string
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,42 +17,38 @@ from tqdm.auto import tqdm
 
 from .common import StageError, best_device
 
+REPO = Path(__file__).resolve().parent.parent
+
 VARIANTS = ("dense", "pruned", "sparse", "accelerated")
 
 
 # --------------------------------------------------------------------------- official metric
-def normalize_answer(text: str) -> str:
-    """Lower case, drop punctuation, articles and extra white space (SQuAD v1.1)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+SQUAD_METRIC = "metrics_lib/squad_v1"  # an `evaluate` metric module (a dvc.yaml dependency of the stage)
 
 
-def f1_score(prediction: str, truth: str) -> float:
-    pred_tokens, truth_tokens = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    common = collections.Counter(pred_tokens) & collections.Counter(truth_tokens)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred_tokens), same / len(truth_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match_score(prediction: str, truth: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(truth))
-
-
-def squad_v1_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """Exact match and F1 in percent, each the best over an example's reference answers."""
-    if not references:
+def squad_scores(predictions: dict[str, str], examples) -> dict[str, float]:
+    """Exact match and F1 in percent through the repository's SQuAD v1.1 `evaluate` metric; where
+    `evaluate` is not installed (a bare GPU machine), through the same module imported directly."""
+    if not len(examples):
         raise StageError("no references to score against")
-    em = f1 = 0.0
-    for qid, truths in references.items():
-        prediction = predictions.get(qid, "")
-        em += max(exact_match_score(prediction, t) for t in truths)
-        f1 += max(f1_score(prediction, t) for t in truths)
-    return {"exact_match": 100 * em / len(references), "f1": 100 * f1 / len(references)}
+    references = [{"id": e["id"], "answers": e["answers"]} for e in examples]
+    # one prediction per reference, in its order (`evaluate` pairs them): an unanswered one scores 0
+    predictions = [{"id": r["id"], "prediction_text": predictions.get(r["id"], "")} for r in references]
+    try:
+        import evaluate
+    except ImportError:
+        return plain_squad_module().squad_v1_scores(predictions, references)
+    metric = evaluate.load(str(REPO / SQUAD_METRIC), keep_in_memory=True)
+    return metric.compute(predictions=predictions, references=references)
+
+
+def plain_squad_module():
+    """metrics_lib/squad_v1/squad_v1.py as a plain Python module (it needs `evaluate` only for its class)."""
+    path = REPO / SQUAD_METRIC / "squad_v1.py"
+    spec = importlib.util.spec_from_file_location("squad_v1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -116,8 +111,7 @@ def evaluate_variant(model, tokenizer, examples, features, params, device, name:
     start, end = predict_logits(model, tokenizer, features, params["evaluate.batch_size"], device, f"evaluate {name}")
     predictions = postprocess(examples, features, start, end, params["evaluate.n_best"],
                               params["evaluate.max_answer_length"])
-    references = {e["id"]: e["answers"]["text"] for e in examples}
-    return {k: round(v, 3) for k, v in squad_v1_scores(predictions, references).items()}
+    return {k: round(v, 3) for k, v in squad_scores(predictions, examples).items()}
 
 
 def evaluate(params, features_dir: Path, model_dirs: dict[str, Path]) -> dict:

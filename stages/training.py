@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from .common import StageError
 
@@ -127,6 +128,15 @@ class FailOnNonFinite(TrainerCallback):
                 raise StageError(f"the weights ({name}) are not finite at step {step} (learning_rate too high?)")
 
 
+class NumericProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, with each log line as JSON numbers: the stock one writes floats as
+    strings ({'loss': '4.996'}), which a reader of the log cannot parse or compare as numbers."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(json.dumps({k: v for k, v in (logs or {}).items() if k != "total_flos"}))
+
+
 def checkpoint_dir(stage: str, params, train_features) -> Path:
     """Where `stage` keeps its checkpoints for one configuration (all params and the features):
     a run with anything changed never resumes from them, and their stale ones are removed."""
@@ -173,6 +183,8 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             trainer = DistillationTrainer(**setup, teacher=teacher, temperature=float(section["distill_temperature"]),
                                           alpha=float(section["distill_alpha"]),
                                           hidden_weight=float(section["distill_hidden"]))
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(NumericProgressCallback)
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError:

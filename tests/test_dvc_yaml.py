@@ -30,6 +30,46 @@ def params_read(path) -> set[str]:
             and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)}
 
 
+def evaluate_load_paths(path) -> set[str]:
+    """The repository paths given to `evaluate.load(...)` in the file: string literals in the call,
+    or module-level string constants it names (`evaluate.load(str(REPO / SQUAD_METRIC))`)."""
+    tree = ast.parse(path.read_text())
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    found = set()
+    for call in ast.walk(tree):
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "load"
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == "evaluate" and call.args):
+            for node in ast.walk(call.args[0]):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    found.add(node.value)
+                elif isinstance(node, ast.Name) and node.id in constants:
+                    found.add(constants[node.id])
+    return found
+
+
+def evaluate_module_script(path: str) -> str:
+    """What `evaluate.load` runs for a local path: the script itself, or <dir>/<dir name>.py."""
+    return path if path.endswith(".py") else f"{path}/{path.rstrip('/').split('/')[-1]}.py"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_evaluate_module_a_stage_loads_is_a_dependency(name):
+    loaded = {evaluate_module_script(p) for path in stage_files(STAGES[name]) for p in evaluate_load_paths(REPO / path)}
+    assert all((REPO / script).is_file() for script in loaded), f"stage {name}: evaluate.load of a missing script {loaded}"
+    missing = sorted(loaded - set(STAGES[name]["deps"]))
+    assert not missing, f"dvc.yaml stage {name}: loads evaluate modules {missing} but does not list them in deps"
+
+
+def test_evaluate_load_check_sees_literals_and_named_constants(tmp_path):
+    source = tmp_path / "stage.py"
+    source.write_text('METRIC = "metrics_lib/m"\nOTHER = "x"\ndef f(evaluate, REPO):\n'
+                      '    return evaluate.load(str(REPO / METRIC)), evaluate.load("lib/n/n.py"), OTHER\n')
+    assert evaluate_load_paths(source) == {"metrics_lib/m", "lib/n/n.py"}
+    assert evaluate_module_script("metrics_lib/m") == "metrics_lib/m/m.py"
+
+
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_module_a_stage_runs_is_a_dependency(name):
     missing = sorted(stage_files(STAGES[name]) - set(STAGES[name]["deps"]) - EMPTY_INITS)
@@ -56,3 +96,20 @@ def test_params_check_sees_subscripts_not_docstrings(tmp_path):
 def test_data_folder_is_tokenize_dependency():
     assert "${data.dir}" in STAGES["tokenize"]["deps"]
     assert (REPO / PARAMS["data"]["dir"]).is_dir()
+
+
+def test_plots_show_draws_only_the_three_labelled_plots():
+    """Stage-level `plots:` entries would be drawn again with guessed axes (learning rate over row
+    numbers): the data files are plain outputs and only the top-level plots draw them."""
+    assert not [name for name, stage in STAGES.items() if "plots" in stage]
+    plots = {title: props for entry in DVC_YAML["plots"] for title, props in entry.items()}
+    assert {title: (props["x_label"], props["y_label"]) for title, props in plots.items()} == {
+        "Training loss, dense baseline vs sparse fine-tuning": ("step", "loss"),
+        "Latency vs batch size per mode": ("batch size", "latency (ms)"),
+        "SQuAD F1 per variant": ("F1 (%)", "variant"),
+    }
+    outs = {next(iter(out)) if isinstance(out, dict) else out for stage in STAGES.values() for out in stage.get("outs", [])}
+    drawn = {path for props in plots.values() for path in props["y"]}
+    assert drawn <= outs, f"plotted files no stage writes: {sorted(drawn - outs)}"
+    custom = [props["template"] for props in plots.values() if (REPO / ".dvc/plots" / f"{props['template']}.json").exists()]
+    assert custom == ["latency_by_series"]

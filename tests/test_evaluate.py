@@ -1,9 +1,24 @@
-"""SQuAD v1.1 metric and post-processing, against values computed by hand."""
+"""SQuAD v1.1 metric (metrics_lib/squad_v1 through `evaluate`, and as plain Python) and post-processing,
+against values computed by hand and the scores of the hand-written metric it replaced."""
 from __future__ import annotations
+
+import builtins
+import json
 
 import pytest
 
-from stages.evaluate import best_span, exact_match_score, f1_score, normalize_answer, postprocess, squad_v1_scores
+from conftest import REPO
+from stages.evaluate import SQUAD_METRIC, best_span, plain_squad_module, postprocess, squad_scores
+
+squad = plain_squad_module()
+normalize_answer, f1_score, exact_match_score = squad.normalize_answer, squad.f1_score, squad.exact_match_score
+
+
+def squad_v1_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """The stage's scoring, from {id: text} and {id: [reference texts]}."""
+    examples = [{"id": qid, "answers": {"text": texts, "answer_start": [0] * len(texts)}}
+                for qid, texts in references.items()]
+    return squad_scores(predictions, examples)
 
 
 def test_normalize_answer():
@@ -32,6 +47,48 @@ def test_scores_take_best_reference_and_average_in_percent():
 
 def test_missing_prediction_scores_zero():
     assert squad_v1_scores({}, {"q": ["x"]}) == {"exact_match": 0.0, "f1": 0.0}
+
+
+def embedded_predictions(count: int = 300):
+    """Predictions from the embedded data's answers, each a context window shifted and stretched
+    by a few characters (partial overlaps of every kind), with the questions' reference texts."""
+    raw = json.loads((REPO / "data" / "embedded" / "biographies.json").read_text())
+    questions = [(qa["id"], paragraph["context"], qa["answers"]) for article in raw["data"]
+                 for paragraph in article["paragraphs"] for qa in paragraph["qas"]][:count]
+    predictions = {}
+    for i, (qid, context, answers) in enumerate(questions):
+        start, text = answers[0]["answer_start"], answers[0]["text"]
+        predictions[qid] = context[max(0, start - i % 7): start + len(text) + (i % 5) * 3 - 2]
+    return predictions, {qid: [a["text"] for a in answers] for qid, _, answers in questions}
+
+
+# the hand-written metric's scores (commit 75c6e00, stages/evaluate.py) on embedded_predictions()
+HAND_WRITTEN_SCORES = {"exact_match": 8.333333333333334, "f1": 53.58412698412704}
+
+
+def test_evaluate_metric_gives_the_previous_scores_on_the_embedded_data():
+    assert squad_v1_scores(*embedded_predictions()) == HAND_WRITTEN_SCORES
+
+
+def test_without_evaluate_the_same_module_scores_as_plain_python(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_evaluate(name, *args, **kwargs):
+        if name == "evaluate":
+            raise ImportError("no evaluate here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_evaluate)
+    assert squad_v1_scores(*embedded_predictions()) == HAND_WRITTEN_SCORES
+
+
+def test_metric_loads_from_its_local_path_offline(monkeypatch):
+    evaluate = pytest.importorskip("evaluate")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metric = evaluate.load(str(REPO / SQUAD_METRIC), keep_in_memory=True)
+    scores = metric.compute(predictions=[{"id": "q", "prediction_text": "The Paris!"}],
+                            references=[{"id": "q", "answers": {"text": ["paris", "x"], "answer_start": [0, 9]}}])
+    assert scores == {"exact_match": 100.0, "f1": 100.0}
 
 
 OFFSETS = [None, None, None, (0, 3), (4, 7), (8, 12), (13, 17), None]  # [CLS] q q | c c c c | [SEP]

@@ -9,7 +9,7 @@ import pytest
 from prefect.states import Failed
 
 from flows import common
-from flows.benchmark import latency_table
+from flows.benchmark import batch_table, latency_series
 from flows.common import is_transient, run_stage, run_tags
 from flows.pipeline import dvc_command, metrics_table, summarize_repro
 from stages.common import StageError
@@ -78,17 +78,25 @@ def test_dvc_command():
         "exp", "run", "-S", "prune.method=wanda", "-S", "seed=1"]
 
 
-def test_metrics_table_and_latency_table():
+def test_metrics_table_and_latency_series():
     shown = {"workspace": {"data": {
-        "metrics/evaluate.json": {"data": {"dense": {"f1": 60.1, "exact_match": 55.0}, "run": {"wall_s": 3}}},
+        "metrics/evaluate.json": {"data": {"dense": {"f1": 60.1, "exact_match": 55.5}, "run": {"wall_s": 3}}},
         "metrics/benchmark.json": {"data": {"speedup": {"bs4": {"eager": 1.1}}, "latency_ms": {"bs4": {}}}},
     }}}
-    assert metrics_table(shown).splitlines()[2:] == ["| dense F1 / EM | 60.1 / 55.0 |", "| speedup.bs4.eager | 1.1 |"]
+    scores, speedups = metrics_table(shown).split("\n\n")
+    assert [line.replace(" ", "") for line in scores.splitlines()[::2]] == ["|variant|f1|exact_match|", "|dense|60.1|55.5|"]
+    assert [line.replace(" ", "") for line in speedups.splitlines()[::2]] == ["|batchsize|speedupeager|", "|bs4|1.1|"]
     rows = [{"batch_size": 4, "variant": "dense", "mode": "eager", "latency_ms": 2.0},
-            {"batch_size": 1, "variant": "accelerated", "mode": "eager", "latency_ms": 1.0},
-            {"batch_size": 4, "variant": "accelerated", "mode": "eager", "latency_ms": 1.5}]
-    assert latency_table(rows) == [{"batch_size": 1, "accelerated_eager": 1.0},
-                                   {"batch_size": 4, "dense_eager": 2.0, "accelerated_eager": 1.5}]
+            {"batch_size": 1, "variant": "accelerated", "mode": "compiled", "latency_ms": 1.0}]
+    assert latency_series(rows) == [{"batch_size": 4, "series": "dense eager", "latency_ms": 2.0},
+                                    {"batch_size": 1, "series": "accelerated compiled", "latency_ms": 1.0}]
+
+
+def test_batch_table_has_latencies_and_speedups_per_batch_size():
+    metrics = {"latency_ms": {"bs1": {"dense_eager": 2.0, "accelerated_eager": 1.0}},
+               "speedup": {"bs1": {"eager": 2.0}}}
+    assert batch_table(metrics) == [{"batch_size": "bs1", "dense_eager": 2.0, "accelerated_eager": 1.0,
+                                     "speedup_eager": 2.0}]
 
 
 def test_temp_output_of_a_killed_run_is_cleared_next_time(in_tmp, params):

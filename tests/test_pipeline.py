@@ -47,8 +47,15 @@ def test_repro_runs_all_stages_and_writes_metrics(project):
     loss = json.loads((root / "plots/train_baseline_loss_history.json").read_text())
     assert [row["step"] for row in loss][-1] == 3
     latency = json.loads((root / "plots/benchmark_latency.json").read_text())
-    assert [row["batch_size"] for row in latency] == [1, 2]
-    assert all(row["dense_eager"] > 0 and row["accelerated_eager"] > 0 for row in latency)
+    assert sorted({row["batch_size"] for row in latency}) == [1, 2]
+    assert {"dense eager", "accelerated eager"} <= {row["series"] for row in latency}
+    assert all(row["latency_ms"] > 0 for row in latency)
+    bars = json.loads((root / "plots/evaluate_scores.json").read_text())
+    assert [row["variant"] for row in bars] == ["dense", "pruned", "sparse", "accelerated"]
+    assert all(row["f1"] == scores[row["variant"]]["f1"] for row in bars)
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    assert sorted(plots["data"]) == ["Latency vs batch size per mode", "SQuAD F1 per variant",
+                                     "Training loss, dense baseline vs sparse fine-tuning"]
 
     # every report a stage writes is a declared output (DVC would not see a stale one otherwise)
     declared = {out if isinstance(out, str) else next(iter(out))
