@@ -69,7 +69,8 @@ class CudaGraphRunner(nn.Module):
 
     def __init__(self, model: nn.Module, capturable: Callable[[torch.Size], bool] = lambda shape: True,
                  capture_context: Callable[[Inputs], contextlib.AbstractContextManager] | None = None,
-                 compile: bool = False, max_graphs: int | None = None, capture: Callable[[Inputs], Forward] | None = None):
+                 compile: bool = False, max_graphs: int | None = None,
+                 capture: Callable[[Inputs], Forward] | None = None):
         super().__init__()
         if max_graphs is not None and max_graphs < 1:
             raise ValueError(f"max_graphs={max_graphs}: keep at least one graph")
@@ -101,7 +102,7 @@ class CudaGraphRunner(nn.Module):
         return replay(inputs)
 
     def _capture_graph(self, inputs: Inputs) -> Forward:
-        if not inputs["input_ids"].is_cuda:  # nothing to capture: the model itself, so the bookkeeping runs on a CPU too
+        if not inputs["input_ids"].is_cuda:  # no graph on a CPU: the model itself, so the bookkeeping runs there too
             return lambda inputs: self.model(**inputs)
         graph = CapturedGraph(self.captured, inputs, self.capture_context, self.pool)
         self.pool = graph.graph.pool()
@@ -127,7 +128,9 @@ class BucketedRunner(CudaGraphRunner):
         super().__init__(model, max_graphs=max_graphs, **runner_options)
         self.batch_buckets = sorted(set(batch_buckets))
         self.seq_buckets = sorted(set(seq_buckets))
-        self.pad_token_id = pad_token_id if pad_token_id is not None else (getattr(self.config, "pad_token_id", None) or 0)
+        if pad_token_id is None:
+            pad_token_id = getattr(self.config, "pad_token_id", None) or 0  # any id does: the mask hides it
+        self.pad_token_id = pad_token_id
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -186,8 +186,9 @@ class Plan:
 
         With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
         two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
-        (of the torch.compile'd model where the plan was timed compiled): graphs.bucketed. Under a dense plan it is the plain model; without a CUDA device that has 2:4 kernels
-        too, except that layers the plan puts on int8 compute the int8 kernel's math exactly
+        (of the torch.compile'd model where the plan was timed compiled): graphs.bucketed. Under a
+        dense plan it is the plain model; without a CUDA device that has 2:4 kernels too, except
+        that layers the plan puts on int8 compute the int8 kernel's math exactly
         (Int8ReferenceLinear), so evaluate scores what the GPU would.
         """
         if device_backend(next(model.parameters()).device)[0] is None:

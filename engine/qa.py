@@ -42,8 +42,8 @@ def best_spans(start_logits, end_logits, offsets, n_best: int, max_answer_length
     in_context = np.array([offset is not None for offset in offsets])
     scores = start_logits[starts][:, None] + end_logits[ends][None, :]
     span_tokens = ends[None, :] - starts[:, None] + 1
-    valid = in_context[starts][:, None] & in_context[ends][None, :] & (span_tokens >= 1) & (
-        span_tokens <= max_answer_length)
+    valid = (in_context[starts][:, None] & in_context[ends][None, :]
+             & (span_tokens >= 1) & (span_tokens <= max_answer_length))
     order = np.argsort(-scores, axis=None, kind="stable")  # ties in the order the n_best lists give
     rows, columns = np.unravel_index(order[valid.ravel()[order]][:top_k], scores.shape)
     return [(float(scores[row, column]), offsets[starts[row]][0], offsets[ends[column]][1])
@@ -56,7 +56,8 @@ def best_span(start_logits, end_logits, offsets, n_best: int, max_answer_length:
     return spans[0] if spans else None
 
 
-def _log_softmax_denominator(logits: np.ndarray, allowed: np.ndarray) -> float:
+def _logsumexp(logits: np.ndarray, allowed: np.ndarray) -> float:
+    """log(sum(exp(logits))) over the allowed tokens: the log of their softmax's denominator."""
     allowed_logits = logits[allowed].astype(np.float64)
     peak = allowed_logits.max()
     return float(peak + np.log(np.exp(allowed_logits - peak).sum()))
@@ -83,6 +84,8 @@ class QuestionAnswerer:
             raise StageError(f"{model_dir}: no model there (no config.json); the pipeline writes models/accelerated "
                              "(dvc repro), or name another model directory")
         device = torch.device(device) if device is not None else best_device()
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise StageError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
         if (model_dir / PLAN_FILE).is_file():
             model = load_accelerated(model_dir, device)
         else:
@@ -111,12 +114,12 @@ class QuestionAnswerer:
             allowed = np.array([offset is not None or token == self.tokenizer.cls_token_id
                                 for offset, token in zip(offsets, input_ids)])
             start, end = start_logits[window][:len(offsets)], end_logits[window][:len(offsets)]
-            normalizer = _log_softmax_denominator(start, allowed) + _log_softmax_denominator(end, allowed)
+            normalizer = _logsumexp(start, allowed) + _logsumexp(end, allowed)
+            found = candidates[sample]
             for logit_sum, start_char, end_char in best_spans(start, end, offsets, len(offsets), max_answer_length,
                                                               top_k):
-                score = float(np.exp(logit_sum - normalizer))
-                span = candidates[sample]
-                span[start_char, end_char] = max(score, span.get((start_char, end_char), 0.0))
+                span = (start_char, end_char)
+                found[span] = max(float(np.exp(logit_sum - normalizer)), found.get(span, 0.0))
         answers = []
         for text, spans in zip(contexts, candidates):
             ranked = [{"answer": text[start:end], "score": score, "start": start, "end": end}

@@ -20,7 +20,8 @@ from stages.modeling import load_qa_model, load_tokenizer
 
 CONTEXT = ("Ada Lovelace was born in London in 1815. She worked with Charles Babbage on the Analytical Engine, "
            "and her notes on it hold what many call the first published program.")
-LONG_CONTEXT = " ".join(f"In year {1800 + k} the river near the old mill of town {k} flooded the fields." for k in range(40))
+LONG_CONTEXT = " ".join(f"In year {1800 + k} the river near the old mill of town {k} flooded the fields."
+                        for k in range(40))
 QUESTIONS = ["Where was Ada born?", "Who did she work with?", "When did the river flood?"]
 
 
@@ -127,7 +128,8 @@ def test_cli_prints_the_answer_as_json(tiny_model, tmp_path, capsys):
     context_file.write_text(CONTEXT)
     assert main(["--model", str(tiny_model), "--question", QUESTIONS[0], "--context-file", str(context_file)]) == 0
     answer = json.loads(capsys.readouterr().out)
-    assert set(answer) == {"answer", "score", "start", "end"} and answer["answer"] == CONTEXT[answer["start"]:answer["end"]]
+    assert set(answer) == {"answer", "score", "start", "end"}
+    assert answer["answer"] == CONTEXT[answer["start"]:answer["end"]]
     assert main(["--model", str(tiny_model), "--question", QUESTIONS[0], "--context", CONTEXT, "--top-k", "3"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
     with pytest.raises(SystemExit) as exit:
@@ -143,3 +145,10 @@ def test_cli_says_in_one_line_when_the_model_is_missing(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no model there (no config.json); "
                                                   "the pipeline writes models/accelerated (dvc repro), or name "
                                                   "another model directory"]
+
+
+def test_asking_for_a_gpu_where_there_is_none_is_one_clear_error(tiny_model, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    assert main(["--model", str(tiny_model), "--question", "Who?", "--context", CONTEXT, "--device", "cuda"]) == 1
+    assert capsys.readouterr().err.startswith("error: device cuda: no CUDA device here")
