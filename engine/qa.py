@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging as transformers_logging
 
 from stages.common import StageError, best_device
 from stages.modeling import load_qa_model, load_tokenizer
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc-stride", type=int, default=128, help="tokens windows share (default 128)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: the GPU if there is one)")
     args = parser.parse_args(argv)
+    transformers_logging.disable_progress_bar()  # stderr keeps to errors: the answer is the output
     try:
         context = args.context if args.context is not None else _read_text(args.context_file)
         answerer = QuestionAnswerer.from_dir(args.model, args.device)
