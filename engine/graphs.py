@@ -22,6 +22,11 @@ Forward = Callable[[Inputs], object]  # inputs of one captured shape -> the mode
 SEQ_BUCKET = 64  # sequence buckets are its multiples
 
 
+def _given(**inputs: torch.Tensor | None) -> Inputs:
+    """The inputs a caller passed (a model treats a missing one differently from any value)."""
+    return {name: tensor for name, tensor in inputs.items() if tensor is not None}
+
+
 def _clone_tensors(output):
     return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, output)
 
@@ -87,8 +92,7 @@ class CudaGraphRunner(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None):
-        inputs = {name: tensor for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
-                                                    ("token_type_ids", token_type_ids)) if tensor is not None}
+        inputs = _given(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         signature = tuple((name, tuple(t.shape), t.dtype) for name, t in inputs.items())
         replay = self.graphs.get(signature)
         if replay is not None:
@@ -135,8 +139,7 @@ class BucketedRunner(CudaGraphRunner):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None):
-        inputs = {name: tensor for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
-                                                    ("token_type_ids", token_type_ids)) if tensor is not None}
+        inputs = _given(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         batch, seq = input_ids.shape
         if seq > self.seq_buckets[-1]:
             return self.model(**inputs)
