@@ -20,7 +20,7 @@ from stages.common import StageError, write_json
 from stages.modeling import load_qa_model
 
 from .attention import fuse_qkv, use_fused_attention
-from .graphs import graphed
+from .graphs import bucketed
 from .kernels import (
     Int8ReferenceConfig,
     Int8SparseConfig,
@@ -184,10 +184,11 @@ class Plan:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
         kernels swapped in.
 
-        With graphs, the shapes the plan was tuned for (batch sizes x seq_length) replay CUDA graphs
-        (of the torch.compile'd model where the plan was timed compiled), any other shape runs
-        eagerly. Under a dense plan it is the plain model; without a CUDA device that has 2:4 kernels
-        too, except that layers the plan puts on int8 compute the int8 kernel's math exactly
+        With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
+        two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
+        (of the torch.compile'd model where the plan was timed compiled): graphs.bucketed. Under a
+        dense plan it is the plain model; without a CUDA device that has 2:4 kernels too, except
+        that layers the plan puts on int8 compute the int8 kernel's math exactly
         (Int8ReferenceLinear), so evaluate scores what the GPU would.
         """
         if device_backend(next(model.parameters()).device)[0] is None:
@@ -201,7 +202,7 @@ class Plan:
         swap_linears(model, self.linear_config, named(sparse))
         if not graphs:
             return model
-        return graphed(model, self.batch_sizes, self.seq_length, self.compiled)
+        return bucketed(model, self.batch_sizes, self.seq_length, self.compiled)
 
 
 def _int_keys(mapping: dict) -> dict:
@@ -215,7 +216,12 @@ def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -
     return fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())
 
 
-def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype, graphs: bool = True) -> torch.nn.Module:
-    """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply)."""
+def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype | None = None,
+                     graphs: bool = True) -> torch.nn.Module:
+    """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply).
+    dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
     model_dir = Path(model_dir)
-    return Plan.load(model_dir / PLAN_FILE).apply(inference_model(model_dir, device, dtype), graphs)
+    plan = Plan.load(model_dir / PLAN_FILE)
+    if dtype is None:
+        dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
+    return plan.apply(inference_model(model_dir, device, dtype), graphs)

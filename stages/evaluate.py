@@ -11,9 +11,10 @@ import collections
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from engine.qa import best_span
 
 from .common import StageError, best_device
 
@@ -52,23 +53,6 @@ def plain_squad_module():
 
 
 # --------------------------------------------------------------------------- post-processing
-def best_span(start_logits, end_logits, offsets, n_best: int, max_answer_length: int):
-    """(score, start_char, end_char) of the best valid span in one window, or None."""
-    length = len(offsets)
-    start_logits, end_logits = np.asarray(start_logits)[:length], np.asarray(end_logits)[:length]
-    starts = np.argsort(start_logits)[::-1][:n_best]
-    ends = np.argsort(end_logits)[::-1][:n_best]
-    best = None
-    for s in starts:
-        for e in ends:
-            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
-                continue
-            score = float(start_logits[s] + end_logits[e])
-            if best is None or score > best[0]:
-                best = (score, offsets[s][0], offsets[e][1])
-    return best
-
-
 def postprocess(examples, features, start_logits, end_logits, n_best: int, max_answer_length: int) -> dict[str, str]:
     """Map window-level logits back to one answer text per example."""
     windows = collections.defaultdict(list)
