@@ -32,7 +32,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed with SIGKILL
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(_mode_after_umask(0o777))
+    tmp.chmod(mode_after_umask(0o777))
     try:
         yield tmp
     except BaseException:
@@ -45,7 +45,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _mode_after_umask(mode: int) -> int:
+def mode_after_umask(mode: int) -> int:
     """`mode` less the umask, as open() and mkdir() would make it: mkstemp and mkdtemp make files
     private (0600, 0700), which hides the outputs from the other users of a shared checkout."""
     umask = os.umask(0)
@@ -60,7 +60,7 @@ def write_json(path: str | Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), _mode_after_umask(0o666))
+            os.fchmod(f.fileno(), mode_after_umask(0o666))
             json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
         os.replace(tmp, path)

@@ -8,7 +8,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
-from .common import StageError
+from .common import StageError, mode_after_umask
 
 EMBEDDED = "embedded"
 
@@ -64,6 +64,9 @@ def load_qa_model(source: str, dtype: torch.dtype | None = None) -> PreTrainedMo
 def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    for path in Path(out_dir).iterdir():  # safetensors writes 0600: others sharing the checkout could not read it
+        if path.is_file():
+            path.chmod(mode_after_umask(0o666))
 
 
 def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:

@@ -155,3 +155,13 @@ def test_truncated_weights_file_is_one_line_naming_the_model(tmp_path, tiny_mode
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(StageError, match=rf"^{broken}: cannot read the model's weights \("):
         load_qa_model(str(broken))
+
+
+def test_saved_model_files_follow_the_umask(tmp_path, tiny_model):
+    from stages.modeling import load_tokenizer, save_model
+
+    save_model(load_qa_model(str(tiny_model)), load_tokenizer(str(tiny_model)), tmp_path)
+    from stages.common import mode_after_umask
+
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == mode_after_umask(0o666)
