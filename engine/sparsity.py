@@ -23,7 +23,6 @@ from stages.common import StageError
 from .calibration import group_by_input, layer_inputs
 
 GROUP = 4  # 2:4 = at least 2 zeros in every 4 consecutive weights along the input dimension
-MASKS_FILE = "masks.pt"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
@@ -185,11 +184,22 @@ def sparsegpt_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
     return masks
 
 
-def current_masks(sparsifier: WeightNormSparsifier) -> dict[str, torch.Tensor]:
-    return {
-        group["module_fqn"]: group["module"].parametrizations.weight[0].mask.detach().bool().clone()
-        for group in sparsifier.groups
-    }
+def masks_in_weights(layers: dict[str, torch.nn.Linear], zeros_per_block: int) -> dict[str, torch.Tensor]:
+    """The 2:4 masks a pruned model carries in its zeros, for those of `layers` whose weights hold
+    the pattern (a dense layer never does): the largest GROUP - zeros_per_block |w| of every group.
+
+    Where every group kept its nonzeros, as pruning leaves them, that is the pruning mask exactly;
+    where a kept weight happens to be 0.0 it is still a 2:4 mask, one that lets that weight train.
+    """
+    masks = {}
+    for name, layer in layers.items():
+        weight = layer.weight.detach()
+        if weight.shape[1] % GROUP or two_four_violations(weight):
+            continue
+        groups = weight.abs().reshape(weight.shape[0], -1, GROUP)
+        keep = groups.topk(GROUP - zeros_per_block, dim=-1).indices
+        masks[name] = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True).reshape(weight.shape)
+    return masks
 
 
 def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor]) -> None:
@@ -197,7 +207,7 @@ def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor])
     for group in sparsifier.groups:
         name = group["module_fqn"]
         if name not in masks:
-            raise StageError(f"{MASKS_FILE}: no mask for layer {name}")
+            raise StageError(f"no 2:4 mask for layer {name}")
         group["module"].parametrizations.weight[0].mask.copy_(masks[name])
 
 

@@ -11,17 +11,21 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.common import PIPELINE_RUN_ENV, git_commit, run_tags, use_run_server
+from stages.params import ParamError, validate
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -30,6 +34,26 @@ SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skip
 def summarize_repro(output: str) -> dict[str, list[str]]:
     """Which stages DVC ran and which it skipped as up to date or restored from its run cache."""
     return {"ran": RAN.findall(output), "cached": SKIPPED.findall(output)}
+
+
+def check_set_params(set_params: list[str], params_path: Path = Path("params.yaml")) -> None:
+    """Raise ParamError unless params.yaml with the -S overrides applied (by DVC's own code, to a
+    copy) is valid: `dvc exp run` writes params.yaml and deletes the stale stages' outputs before
+    any stage reads its params, so a typo found by the stage would cost those outputs."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    overrides = to_path_overrides(set_params).get(str(params_path), [])
+    source = f"{params_path} with -S {' -S '.join(set_params)}" if set_params else str(params_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        would_be = Path(tmp) / params_path.name
+        shutil.copyfile(params_path, would_be)
+        try:
+            apply_overrides(would_be, overrides)
+        except InvalidArgumentError as err:
+            raise ParamError(f"{source}: {err} ({' '.join(str(err.__cause__).split())})") from None  # one line
+        validate(yaml.safe_load(would_be.read_text()), source)
 
 
 def dvc_command(set_params: list[str]) -> list[str]:
@@ -67,6 +91,7 @@ def metrics_table(metrics: dict) -> str:
 @flow(name="twofour-pipeline", log_prints=True, flow_run_name=f"pipeline@{git_commit() or 'no-git'}")
 def pipeline(set_params: list[str] | None = None) -> dict:
     """Run the stale stages (as an experiment when params are set); report what ran and was cached."""
+    check_set_params(set_params or [])  # again here: a run started from the UI skips cli()
     run_id = str(flow_run.get_id() or "local")[:8]
     output = run_dvc(dvc_command(set_params or []), run_id)
     summary = summarize_repro(output)
@@ -89,6 +114,10 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
     args = parser.parse_args(argv)
+    try:
+        check_set_params(args.set_param)
+    except ParamError as err:
+        parser.exit(1, f"twofour pipeline: error: {err}\n")
     use_run_server()  # before `dvc repro`, whose stages then report to the same server
     if args.mode == "serve":
         pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),

@@ -1,4 +1,4 @@
-"""DVC stage `prune`: models/baseline -> models/pruned (2:4 masks baked in, masks.pt beside)."""
+"""DVC stage `prune`: models/baseline -> models/pruned (2:4 masks baked in: the weights' zeros)."""
 from pathlib import Path
 
 from flows.common import main, stage_flow

@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import torch
 
-from engine.sparsity import MASKS_FILE, attach_sparsifier, load_masks, sparsity_report, sparsity_summary
+from engine.sparsity import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything
-from .modeling import load_qa_model, load_tokenizer, save_model
+from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
 from .training import checkpoint_dir, train_qa
 
 
@@ -22,7 +21,9 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     seed_everything(params["seed"])
     model = load_qa_model(str(pruned_dir))
     tokenizer = load_tokenizer(str(pruned_dir))
-    masks = torch.load(pruned_dir / MASKS_FILE)
+    masks = masks_in_weights(encoder_linears(model), params["prune.zeros_per_block"])
+    if not masks:
+        raise StageError(f"{pruned_dir}: no layer of its encoder is 2:4 sparse (not the prune stage's output?)")
     sparsifier = attach_sparsifier(model, list(masks), params["prune.sparse_block_shape"],
                                    params["prune.zeros_per_block"])
     load_masks(sparsifier, masks)
@@ -36,5 +37,4 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
         bad = [n for n, r in summary["layers"].items() if r["violations_2of4"]]
         raise StageError(f"2:4 pattern broken after fine-tuning in {len(bad)} layers, first: {bad[0]}")
     save_model(model, tokenizer, out_dir)
-    torch.save(masks, out_dir / MASKS_FILE)
     return {**stats, **summary}

@@ -61,8 +61,15 @@ def load_qa_model(source: str, dtype: torch.dtype | None = None) -> PreTrainedMo
     return _from_pretrained(AutoModelForQuestionAnswering, source, "model", **kwargs)
 
 
+# How a tokenizer was loaded, which save_pretrained writes into tokenizer_config.json: without them
+# the saved files are the same whatever the source's path and HF_HUB_OFFLINE.
+TOKENIZER_LOAD_OPTIONS = ("is_local", "local_files_only")
+
+
 def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
+    for option in TOKENIZER_LOAD_OPTIONS:
+        tokenizer.init_kwargs.pop(option, None)
     tokenizer.save_pretrained(out_dir)
     for path in Path(out_dir).iterdir():  # safetensors writes 0600: others sharing the checkout could not read it
         if path.is_file():

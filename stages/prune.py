@@ -13,10 +13,8 @@ import torch
 
 from engine.sparsity import (
     GROUP,
-    MASKS_FILE,
     attach_sparsifier,
     calibration_batches,
-    current_masks,
     input_channel_norms,
     load_masks,
     sparsegpt_layers,
@@ -74,11 +72,9 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
             input_norms = input_channel_norms(model, layers, batches)
         sparsifier = attach_sparsifier(model, names, *mask_blocks(params), input_norms)
         sparsifier.step()  # keep the 2 highest-scoring weights of every 4
-        masks = current_masks(sparsifier)
     sparsifier.squash_mask()
     summary = sparsity_summary(sparsity_report(model, names))
     if not summary["pattern_2of4_holds"]:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
-    save_model(model, tokenizer, out_dir)
-    torch.save({name: mask.cpu() for name, mask in masks.items()}, out_dir / MASKS_FILE)
+    save_model(model, tokenizer, out_dir)  # the masks are its zeros: engine.sparsity.masks_in_weights
     return {"method": method, **calibration, **summary}

@@ -265,6 +265,17 @@ def prepare_validation_features(examples: dict, tokenizer, max_length: int, doc_
     return enc
 
 
+def features_fingerprint(dataset, prepare, tokenizer, max_length: int, doc_stride: int) -> str:
+    """The fingerprint save_to_disk records in state.json, from what the features are made of.
+
+    datasets' own hashes the tokenizer object, which carries where and how it was loaded (its path,
+    local_files_only): every clone and environment would write different features."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash([dataset._fingerprint, prepare, tokenizer.backend_tokenizer.to_str(), tokenizer.padding_side,
+                        max_length, doc_stride])
+
+
 def tokenize(params, tokenizer, out_dir: Path, root: Path = Path(".")) -> dict:
     """Build and save train/validation features and the validation examples; return the stats."""
     import datasets
@@ -282,7 +293,8 @@ def tokenize(params, tokenizer, out_dir: Path, root: Path = Path(".")) -> dict:
         # A process pays ~1 s to start: worth it only for a few thousand questions each.
         num_proc = min(processes, len(dataset) // MIN_EXAMPLES_PER_PROCESS)
         return dataset.map(prepare, batched=True, remove_columns=dataset.column_names, fn_kwargs=fn_kwargs,
-                           num_proc=num_proc if num_proc > 1 else None, desc=desc)
+                           num_proc=num_proc if num_proc > 1 else None, desc=desc,
+                           new_fingerprint=features_fingerprint(dataset, prepare, tokenizer, max_length, stride))
 
     train_features = features(train_ds, prepare_train_features, "train features")
     validation_features = features(validation_ds, prepare_validation_features, "validation features")

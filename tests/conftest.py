@@ -34,6 +34,14 @@ def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate:
     return path
 
 
+def saved_masks(model_dir: Path) -> dict:
+    """The 2:4 masks a saved pruned model carries in its zeros, as finetune_sparse reads them."""
+    from engine.sparsity import masks_in_weights
+    from stages.modeling import encoder_linears, load_qa_model
+
+    return masks_in_weights(encoder_linears(load_qa_model(str(model_dir))), zeros_per_block=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))

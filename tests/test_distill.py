@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from engine.sparsity import MASKS_FILE, calibration_batches
+from conftest import saved_masks
+from engine.sparsity import calibration_batches
 from stages.finetune_sparse import finetune_sparse
 from stages.modeling import load_qa_model, load_tokenizer
 from stages.prune import prune
@@ -73,7 +74,7 @@ def test_distilled_finetune_holds_2_4_and_repeats_exactly(params, tiny_model, pr
         assert metrics["pattern_2of4_holds"] and metrics["steps"] == 2
         weights.append(load_qa_model(str(tmp_path / run)).state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    masks = torch.load(pruned_dir / MASKS_FILE)
+    masks = saved_masks(pruned_dir)
     for name, mask in masks.items():
         assert torch.all(weights[0][f"{name}.weight"][~mask] == 0)
     before = load_qa_model(str(pruned_dir)).state_dict()

@@ -7,9 +7,9 @@ import torch
 from engine.sparsity import (
     attach_sparsifier,
     calibration_batches,
-    current_masks,
     input_channel_norms,
     input_grams,
+    masks_in_weights,
     sparsegpt,
     SPARSEGPT_DAMP,
     sparsegpt,
@@ -42,9 +42,10 @@ def test_wanda_and_magnitude_disagree_where_activations_say_so():
         model = one_layer(weight)
         sparsifier = attach_sparsifier(model, ["0"], (1, 4), 2, input_norms)
         sparsifier.step()
-        mask = current_masks(sparsifier)["0"]
+        mask = sparsifier.groups[0]["module"].parametrizations.weight[0].mask.bool()
         sparsifier.squash_mask()
         assert torch.equal(model[0].weight != 0, mask)
+        assert torch.equal(masks_in_weights({"0": model[0]}, 2)["0"], mask)
         kept[method] = mask[0].nonzero().flatten().tolist()
     assert kept == {"magnitude": [2, 3, 5, 7], "wanda": [0, 1, 5, 7]}
 
@@ -178,3 +179,13 @@ def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_
         expected, mask = sparsegpt(model.get_submodule(names[1]).weight, gram)
         assert torch.equal(runs[sequential][names[1]][0], expected) and torch.equal(runs[sequential][names[1]][1], mask)
     assert not torch.equal(runs[False][names[1]][0], runs[True][names[1]][0])
+
+
+def test_masks_in_weights_are_2of4_even_where_a_kept_weight_is_zero():
+    layers = {"pruned": one_layer([[0.0, 5.0, 0.0, -6.0, 0.0, 0.0, 0.0, 7.0]])[0],  # group 2: a kept 0.0
+              "dense": one_layer([[1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 1.0, 2.0]])[0]}
+    masks = masks_in_weights(layers, zeros_per_block=2)
+    assert list(masks) == ["pruned"]  # a layer without the pattern was never pruned
+    mask = masks["pruned"][0]
+    assert mask[:4].tolist() == [False, True, False, True]
+    assert bool(mask[7]) and int(mask[4:].sum()) == 2  # the nonzero, and one zero to train

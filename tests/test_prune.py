@@ -5,8 +5,9 @@ import datasets
 import pytest
 import torch
 
-from conftest import tiny_params
-from engine.sparsity import MASKS_FILE, calibration_batches
+import stages.prune
+from conftest import saved_masks, tiny_params
+from engine.sparsity import calibration_batches, sparsegpt_layers
 from stages.common import StageError
 from stages.modeling import load_qa_model, load_tokenizer
 from stages.params import validate
@@ -53,13 +54,15 @@ def test_prune_keeps_the_two_largest_of_every_four(params, tiny_model, tmp_path)
     assert metrics["sparsity_of_pruned_layers"] == 0.5
     dense = dict(load_qa_model(str(tiny_model)).named_modules())
     pruned = dict(load_qa_model(str(tmp_path)).named_modules())
-    masks = torch.load(tmp_path / MASKS_FILE)
+    masks = saved_masks(tmp_path)
+    assert len(masks) == 12
     for name, mask in masks.items():
         before = dense[name].weight.detach().reshape(-1, 4)
         after = pruned[name].weight.detach().reshape(-1, 4)
         kept = before.abs().topk(2, dim=1).indices.sort(dim=1).values
         assert torch.equal((after != 0).nonzero()[:, 1].reshape(-1, 2), kept)
         assert torch.equal(mask.reshape(-1, 4), after != 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in tiny_model.iterdir())  # no masks file
     assert torch.equal(pruned["qa_outputs"].weight, dense["qa_outputs"].weight)  # head untouched
 
 
@@ -85,7 +88,7 @@ def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params
     scores = dense.get_submodule(query).weight.detach().abs() * tokens.norm(dim=0)
     expected = torch.zeros_like(scores, dtype=torch.bool).reshape(-1, 4)
     expected.scatter_(1, scores.reshape(-1, 4).topk(2, dim=1).indices, True)
-    assert torch.equal(torch.load(tmp_path / MASKS_FILE)[query], expected.reshape(scores.shape))
+    assert torch.equal(saved_masks(tmp_path)[query], expected.reshape(scores.shape))
 
 
 def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny_model, features, tmp_path):
@@ -93,17 +96,20 @@ def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny
     for name, run_params in (("magnitude", validate(tiny_params(tiny_model))), ("wanda", wanda_params),
                              ("wanda again", wanda_params)):
         prune(run_params, tiny_model, tmp_path / name, features)
-        runs[name] = torch.load(tmp_path / name / MASKS_FILE)
+        runs[name] = saved_masks(tmp_path / name)
     assert all(torch.equal(runs["wanda"][k], runs["wanda again"][k]) for k in runs["wanda"])
     assert any(not torch.equal(runs["wanda"][k], runs["magnitude"][k]) for k in runs["wanda"])
 
 
-def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path):
+def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path, monkeypatch):
+    chosen = {}  # the masks prune computes in memory
+    monkeypatch.setattr(stages.prune, "sparsegpt_layers", lambda *args: chosen.update(sparsegpt_layers(*args)) or chosen)
     params["prune"].update(method="sparsegpt", calibration_batches=2, calibration_batch_size=4)
     metrics = prune(params, tiny_model, tmp_path, features)
     assert metrics["method"] == "sparsegpt" and metrics["pattern_2of4_holds"]
     assert metrics["calibration_sequences"] == 8 and metrics["sparsity_of_pruned_layers"] >= 0.5
-    masks = torch.load(tmp_path / MASKS_FILE)
+    masks = saved_masks(tmp_path)
+    assert masks.keys() == chosen.keys() and all(torch.equal(masks[k], chosen[k].cpu()) for k in chosen)
     model = load_qa_model(str(tmp_path))
     baseline = load_qa_model(str(tiny_model))
     for name, mask in masks.items():
