@@ -62,9 +62,14 @@ def tiny_params(model: Path | str) -> dict:
 
 @pytest.fixture
 def params(tiny_model):
+    """Unit tests' params: magnitude pruning (needs no calibration features) and plain fine-tuning;
+    a test of SparseGPT or distillation says so. The end-to-end projects keep params.yaml's recipe."""
     from stages.params import validate
 
-    return validate(tiny_params(tiny_model))
+    raw = tiny_params(tiny_model)
+    raw["prune"]["method"] = "magnitude"
+    raw["finetune"].update(distill=False, distill_hidden=0.0)
+    return validate(raw)
 
 
 def sh(args, cwd, env, check=True):

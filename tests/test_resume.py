@@ -42,7 +42,8 @@ def fresh_workdir(tmp_path_factory, tiny_model):
 
     raw = tiny_params(tiny_model)
     raw["train"].update(max_steps=40, batch_size=4)
-    raw["finetune"].update(max_steps=40, batch_size=4)
+    raw["finetune"].update(max_steps=40, batch_size=4, distill=False)  # no teacher in the work directory
+    raw["prune"]["method"] = "magnitude"
     params = validate(raw)
     template = tmp_path_factory.mktemp("template")
     (template / "params.yaml").write_text(yaml.safe_dump(raw))
