@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import subprocess
 import sys
@@ -126,33 +125,19 @@ def run_seed(raw: dict, seed: int, args, features: dict[str, Path], work: Path) 
 
 
 def summary(results: Path) -> str:
-    """Mean F1 per variant and the sparse-minus-dense gap per seed (paired), with standard errors."""
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    scored = [r for r in rows if "seed" in r]
-    lines = ["variant            on     seeds  F1 mean (se)    EM mean"]
-    for key in sorted({(r["variant"], r["on"]) for r in scored}):
-        f1 = [r["f1"] for r in scored if (r["variant"], r["on"]) == key]
-        em = [r["exact_match"] for r in scored if (r["variant"], r["on"]) == key]
-        mean, se = mean_se(f1)
-        lines.append(f"{key[0]:<18} {key[1]:<6} {len(f1):>5}  {mean:7.2f} ({se:.2f})  {sum(em) / len(em):7.2f}")
-    for on in sorted({r["on"] for r in scored}):
-        by_seed = {}
-        for r in scored:
-            if r["on"] == on and r["variant"] in ("dense", "sparse"):
-                by_seed.setdefault(r["seed"], {})[r["variant"]] = r["f1"]
-        gaps = [v["sparse"] - v["dense"] for v in by_seed.values() if len(v) == 2]
-        if gaps:
-            mean, se = mean_se(gaps)
-            lines.append(f"sparse - dense on {on}: {mean:+.2f} F1 (se {se:.2f}, {len(gaps)} paired seeds)")
+    """Mean F1/EM per variant, and the sparse-minus-dense F1 gap per seed (paired), with standard errors."""
+    import pandas as pd
+
+    rows = pd.read_json(results, lines=True)
+    scored = rows[rows["seed"].notna()] if "seed" in rows else rows.iloc[:0]
+    table = scored.groupby(["variant", "on"]).agg(seeds=("f1", "size"), f1=("f1", "mean"), f1_se=("f1", "sem"),
+                                                  exact_match=("exact_match", "mean"))
+    lines = [table.round(2).to_string()]
+    f1 = scored.pivot_table(index=["on", "seed"], columns="variant", values="f1")
+    if {"dense", "sparse"} <= set(f1.columns):
+        for on, gaps in (f1["sparse"] - f1["dense"]).dropna().groupby(level="on"):
+            lines.append(f"sparse - dense on {on}: {gaps.mean():+.2f} F1 (se {gaps.sem():.2f}, {len(gaps)} paired seeds)")
     return "\n".join(lines)
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
 
 
 def main() -> None:
