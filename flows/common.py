@@ -13,21 +13,27 @@ one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home,
+os.environ.setdefault("DO_NOT_TRACK", "1")  # from Prefect's SDK either (it reports from terminals)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import prefect.context  # noqa: E402
 from prefect import flow, tags, task  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.settings import temporary_settings  # noqa: E402
+from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
 from flows import server  # noqa: E402
 from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
@@ -38,17 +44,21 @@ PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 LOGS_DIR = Path("logs")
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
+RUN_SERVER_ENV = "TWOFOUR_RUN_SERVER"  # the URL of the run's server, when PREFECT_API_URL is that
 
 Work = Callable[[Params, "Path | None"], dict]
 
 
 def git_commit() -> str | None:
     """The commit the run belongs to: DVC's experiment baseline, else HEAD."""
-    rev = os.environ.get("DVC_EXP_BASELINE_REV")
-    if not rev:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-        rev = result.stdout.strip() if result.returncode == 0 else None
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or head_commit()
     return rev[:8] if rev else None
+
+
+@functools.cache  # asked for the run's name and for its tags
+def head_commit() -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def run_tags() -> list[str]:
@@ -79,10 +89,7 @@ def is_input_error(err: BaseException) -> bool:
 
 def metric_rows(metrics: dict) -> list[dict]:
     """The default artifact table: one row per (flattened) metric."""
-    import pandas as pd  # here: only this table needs it, and it costs every stage's start otherwise
-
-    flat = pd.json_normalize(metrics).to_dict("records")[0]
-    return [{"metric": k, "value": str(v)} for k, v in flat.items()]
+    return [{"metric": ".".join(keys), "value": str(value)} for keys, value in dict_to_flatdict(metrics).items()]
 
 
 @task(name="publish metrics", cache_policy=NO_CACHE)
@@ -110,31 +117,50 @@ def run_stage(stage: str, work: Work, params: Params, out: str | None,
     return metrics
 
 
-def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
-               details: tuple[str, ...] = ("layers",), table: Callable[[dict], list[dict]] = metric_rows):
-    """Build the Prefect flow for one stage; `work(params, out_dir)` returns its metrics and
-    `table(metrics)` the rows of its Prefect artifact."""
+@dataclass(frozen=True)
+class StageFlow:
+    """One stage as a Prefect flow: `work(params, out_dir)` returns its metrics and `table(metrics)`
+    the rows of its Prefect artifact; `build(params_path)` makes the flow that runs it."""
 
-    @flow(name=stage, log_prints=True, validate_parameters=False,
-          flow_run_name=f"{stage}@{git_commit() or 'no-git'}")
-    def stage_run(params_path: str = "params.yaml") -> dict:
-        params = load_params(params_path)
-        work_task = task(run_stage, name=stage, cache_policy=NO_CACHE,
-                         retries=params["orchestration.retries"],
-                         retry_delay_seconds=params["orchestration.retry_delay_s"],
-                         retry_condition_fn=is_transient)
-        metrics = work_task(stage, work, params, out, plots, details)
-        publish(stage, table(metrics))
-        return metrics
+    name: str
+    work: Work
+    out: str | None = None
+    plots: tuple[str, ...] = ()
+    details: tuple[str, ...] = ("layers",)
+    table: Callable[[dict], list[dict]] = metric_rows
 
-    return stage_run
+    def build(self, params_path: str):
+        # No flow parameters: Prefect encodes them with FastAPI, whose import alone costs a stage 0.3 s.
+        @flow(name=self.name, log_prints=True, flow_run_name=f"{self.name}@{git_commit() or 'no-git'}")
+        def stage_run() -> dict:
+            params = load_params(params_path)
+            work_task = task(run_stage, name=self.name, cache_policy=NO_CACHE,
+                             retries=params["orchestration.retries"],
+                             retry_delay_seconds=params["orchestration.retry_delay_s"],
+                             retry_condition_fn=is_transient)
+            metrics = work_task(self.name, self.work, params, self.out, self.plots, self.details)
+            publish(self.name, self.table(metrics))
+            return metrics
+
+        return stage_run
 
 
-def use_run_server() -> None:
-    """Point Prefect at this run's server (flows/server.py) unless a server is configured."""
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ["PREFECT_API_URL"] = server.api_url()
-        prefect.context.refresh_global_settings_context()
+def use_run_server() -> bool:
+    """Point Prefect at this run's server (flows/server.py) unless another server is configured;
+    True when this process reports to the run's server."""
+    if configured := os.environ.get("PREFECT_API_URL"):
+        return configured == os.environ.get(RUN_SERVER_ENV)
+    url = server.api_url()
+    os.environ.update({"PREFECT_API_URL": url, RUN_SERVER_ENV: url, **server.CLIENT_ENV})  # `dvc repro`'s stages inherit it
+    prefect.context.refresh_global_settings_context()
+    return True
+
+
+def run_server_settings():
+    """Prefect settings for a stage on its run's server: no flow run heartbeats. They let an
+    automation on a lasting server mark crashed runs; the run's server has none and dies with the
+    run, and stopping the heartbeat thread costs the stage up to 1 s."""
+    return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
 def log_to_file(path: Path) -> None:
@@ -166,25 +192,25 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def main(stage_run) -> None:
+def main(stage: StageFlow) -> None:
     """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
     its traceback in logs/<stage>.log.
 
     SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage_run.name}",
+    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage.name}",
                                      description=sys.modules["__main__"].__doc__)
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    log = LOGS_DIR / f"{stage_run.name}.log"
+    log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
     try:
-        use_run_server()
-        with tags(*run_tags()):
-            stage_run(args.params)
+        settings = run_server_settings() if use_run_server() else contextlib.nullcontext()
+        with settings, tags(*run_tags()):
+            stage.build(args.params)()
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
         logging.getLogger("twofour").error("the stage failed", exc_info=err)
         where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
-        print(f"twofour {stage_run.name}: error: {one_line(err)}{where}", file=sys.stderr)
+        print(f"twofour {stage.name}: error: {one_line(err)}{where}", file=sys.stderr)
         sys.exit(1)

@@ -34,6 +34,9 @@ import psutil
 STARTUP_TIMEOUT_S = 300
 OWNER_POLL_S = 0.5
 PR_SET_PDEATHSIG = 1
+# Checks a client of this server can skip, each a request per Prefect client (a stage has three):
+# the server runs this same Prefect, and without CSRF protection (serve() makes sure).
+CLIENT_ENV = {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false", "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false"}
 
 
 def servers_dir() -> Path:
@@ -120,7 +123,8 @@ def watch(owner: psutil.Process, stop) -> None:
 
 def serve(owner_pid: int, port: int) -> None:
     """Prefect's API (as its ephemeral server runs it) on 127.0.0.1:port until the owner is gone."""
-    os.environ.update(PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1", PREFECT_UI_ENABLED="0")
+    os.environ.update(PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1", PREFECT_UI_ENABLED="0",
+                      PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED="false")
     try:
         owner = psutil.Process(owner_pid)
     except psutil.NoSuchProcess:
