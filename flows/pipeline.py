@@ -24,11 +24,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import PIPELINE_RUN_ENV, git_commit, run_tags, use_run_server
+from flows.common import LOGS_DIR, PIPELINE_RUN_ENV, git_commit, log_to_file, report_failure, run_tags, use_run_server
+from stages.common import StageError
 from stages.params import ParamError, validate
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
+STAGE_ERROR = re.compile(r"^twofour \w+: error: .*$", re.MULTILINE)  # a failed stage's line (flows/common.py)
+
+
+class DvcFailed(StageError):
+    """`dvc repro` failed; the failed stage's own line (and its log) says why."""
 
 
 def summarize_repro(output: str) -> dict[str, list[str]]:
@@ -48,7 +54,10 @@ def check_set_params(set_params: list[str], params_path: Path = Path("params.yam
     source = f"{params_path} with -S {' -S '.join(set_params)}" if set_params else str(params_path)
     with tempfile.TemporaryDirectory() as tmp:
         would_be = Path(tmp) / params_path.name
-        shutil.copyfile(params_path, would_be)
+        try:
+            shutil.copyfile(params_path, would_be)
+        except FileNotFoundError:
+            raise ParamError(f"{params_path}: file not found") from None
         try:
             apply_overrides(would_be, overrides)
         except InvalidArgumentError as err:
@@ -68,9 +77,14 @@ def run_dvc(command: list[str], run_id: str) -> str:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     print(result.stdout[-4000:])
     if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{' '.join(command[1:])} failed: {last}")
+        raise DvcFailed(f"{' '.join(command[2:])} failed: {why_dvc_failed(result.stderr)}")
     return result.stdout
+
+
+def why_dvc_failed(stderr: str) -> str:
+    """The failed stage's error line, else DVC's last line."""
+    stage_errors = STAGE_ERROR.findall(stderr)
+    return stage_errors[-1] if stage_errors else (stderr.strip().splitlines() or ["(no output)"])[-1]
 
 
 def metrics_table(metrics: dict) -> str:
@@ -109,7 +123,9 @@ def pipeline(set_params: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Any failure ends in one line on stderr and exit status 1, its traceback in logs/pipeline.log."""
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["run", "serve"], default="run")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
@@ -118,12 +134,17 @@ def cli(argv: list[str] | None = None) -> None:
         check_set_params(args.set_param)
     except ParamError as err:
         parser.exit(1, f"twofour pipeline: error: {err}\n")
-    use_run_server()  # before `dvc repro`, whose stages then report to the same server
-    if args.mode == "serve":
-        pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
-                       parameters={"set_params": args.set_param})
-    else:
-        print(pipeline(args.set_param))
+    log = LOGS_DIR / "pipeline.log"
+    log_to_file(log)
+    try:
+        use_run_server()  # before `dvc repro`, whose stages then report to the same server
+        if args.mode == "serve":
+            pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
+                           parameters={"set_params": args.set_param})
+        else:
+            print(pipeline(args.set_param))
+    except Exception as err:  # noqa: BLE001 - every failure ends in its one line
+        sys.exit(report_failure("pipeline", err, log))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,14 @@ def is_healthy(url: str) -> bool:
         return False
 
 
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie: a server that died as this process's child stays one until reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,7 +105,7 @@ def api_url() -> str:
     with open(servers_dir() / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one server per run, however many stages start at once
         for known in servers_dir().glob("*.json"):  # a server killed with its stage leaves its file
-            if not psutil.pid_exists(json.loads(known.read_text())["pid"]):
+            if not is_running(json.loads(known.read_text())["pid"]):
                 known.unlink()
         server = json.loads(path.read_text()) if path.exists() else None
         joined = server is not None
@@ -108,7 +116,7 @@ def api_url() -> str:
                                      f"(owner: process {owner.pid}) at {server['url']}")
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not is_healthy(server["url"]):
-        if not psutil.pid_exists(server["pid"]) or time.monotonic() > deadline:
+        if not is_running(server["pid"]) or time.monotonic() > deadline:
             path.unlink(missing_ok=True)
             raise RuntimeError(f"the Prefect server for this run did not start (see {servers_dir() / 'server.log'})")
         time.sleep(0.2)
@@ -124,7 +132,9 @@ def watch(owner: psutil.Process, stop) -> None:
 def serve(owner_pid: int, port: int) -> None:
     """Prefect's API (as its ephemeral server runs it) on 127.0.0.1:port until the owner is gone."""
     os.environ.update(PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1", PREFECT_UI_ENABLED="0",
-                      PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED="false")
+                      PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED="false",
+                      # no telemetry heartbeat, and no automations to evaluate every few seconds
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false")
     try:
         owner = psutil.Process(owner_pid)
     except psutil.NoSuchProcess:
