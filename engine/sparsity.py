@@ -93,7 +93,7 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
     model.eval()
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc="calibration", unit="batch", leave=False):
             real_tokens = batch["attention_mask"].bool()
             waiting.update(layers)
             with contextlib.suppress(_AllInputsSeen):

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,18 +166,31 @@ def run_server_settings():
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
+class PlainTextFormatter(logging.Formatter):
+    """Without terminal escape codes (transformers writes its load report in bold whatever the output)."""
+
+    ESCAPE_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.ESCAPE_CODE.sub("", super().format(record))
+
+
 def log_to_file(path: Path) -> None:
     """Everything logged (Prefect's run and engine logs, library warnings, tracebacks) goes to
     `path`; stderr keeps only the stages' own warnings (loggers under `stages`)."""
+    from transformers.utils import logging as transformers_logging
+
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(path, mode="w")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_file.setFormatter(PlainTextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
     root.addHandler(to_file)
     root.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the Prefect API
+    transformers_logging.disable_default_handler()  # its own stderr handler (a model's load report)
+    transformers_logging.enable_propagation()
     for name in ("prefect._internal", "uvicorn", "fastapi"):  # they do not propagate to the root
         logging.getLogger(name).handlers = [to_file]
     logging.captureWarnings(True)

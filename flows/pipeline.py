@@ -30,6 +30,8 @@ from stages.params import ParamError, validate
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
+# DVC 3 ends every run that ran a stage with this, remote or not, and has no setting to leave it out.
+PUSH_HINT = re.compile(r"^Use `dvc push` to send your updates to remote storage\.\n?", re.MULTILINE)
 STAGE_ERROR = re.compile(r"^twofour \w+: error: .*$", re.MULTILINE)  # a failed stage's line (flows/common.py)
 
 
@@ -75,7 +77,7 @@ def dvc_command(set_params: list[str]) -> list[str]:
 def run_dvc(command: list[str], run_id: str) -> str:
     env = dict(os.environ, **{PIPELINE_RUN_ENV: run_id})
     result = subprocess.run(command, env=env, capture_output=True, text=True)
-    print(result.stdout[-4000:])
+    print(PUSH_HINT.sub("", result.stdout)[-4000:])
     if result.returncode != 0:
         raise DvcFailed(f"{' '.join(command[2:])} failed: {why_dvc_failed(result.stderr)}")
     return result.stdout

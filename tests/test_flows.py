@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from prefect.states import Failed
@@ -11,7 +13,8 @@ from prefect.states import Failed
 from flows import common
 from flows.benchmark import batch_table, latency_series
 from flows.common import is_transient, run_stage, run_tags
-from flows.pipeline import dvc_command, metrics_table, summarize_repro
+from flows.pipeline import PUSH_HINT, dvc_command, metrics_table, summarize_repro
+from conftest import REPO
 from stages.common import StageError
 from stages.params import ParamError
 
@@ -122,3 +125,27 @@ def test_outputs_are_readable_as_the_umask_allows(in_tmp, params, umask, file_mo
     for written in ("metrics/demo.json", "plots/demo_loss_history.json", "reports/demo.json"):
         assert stat.S_IMODE((in_tmp / written).stat().st_mode) == file_mode, written
     assert stat.S_IMODE((in_tmp / "models/demo").stat().st_mode) == dir_mode
+
+
+def test_library_warnings_go_to_the_stage_log_as_plain_text(tmp_path):
+    """transformers' load report (bold, in terminal escape codes, whatever the output) is written to
+    the log without them, and not to stderr, which keeps the stage's own warnings."""
+    from transformers import BertConfig, BertModel
+
+    encoder = tmp_path / "encoder"  # no QA head: loading it as a QA model reports the missing keys
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(encoder)
+    script = ("from pathlib import Path; from flows.common import log_to_file; log_to_file(Path('stage.log')); "
+              f"from stages.modeling import load_qa_model; load_qa_model({str(encoder)!r})")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "LOAD REPORT" not in result.stderr and "\x1b[" not in result.stderr
+    log = (tmp_path / "stage.log").read_text()
+    assert "BertForQuestionAnswering LOAD REPORT from: " in log and "qa_outputs.weight" in log
+    assert "\x1b[" not in log
+
+
+def test_dvc_push_hint_is_left_out_of_the_pipeline_log():
+    output = "Running stage 'prune':\nUse `dvc push` to send your updates to remote storage.\n"
+    assert PUSH_HINT.sub("", output) == "Running stage 'prune':\n"

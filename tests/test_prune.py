@@ -72,8 +72,10 @@ def wanda_params(params):
     return params
 
 
-def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params, tiny_model, features, tmp_path):
+def test_wanda_prune_keeps_the_top_scores_from_the_real_activations(wanda_params, tiny_model, features, tmp_path,
+                                                                   capsys):
     metrics = prune(wanda_params, tiny_model, tmp_path, features)
+    assert "calibration:   0%|          | 0/2 [" in capsys.readouterr().err  # a progress bar over the batches
     assert metrics["method"] == "wanda" and metrics["pattern_2of4_holds"]
     assert metrics["sparsity_of_pruned_layers"] == 0.5 and metrics["calibration_sequences"] == 8
 
