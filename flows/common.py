@@ -134,7 +134,9 @@ class StageFlow:
 
     def build(self, params_path: str):
         # No flow parameters: Prefect encodes them with FastAPI, whose import alone costs a stage 0.3 s.
-        @flow(name=self.name, log_prints=True, flow_run_name=f"{self.name}@{git_commit() or 'no-git'}")
+        # Prints stay prints: Prefect's log_prints also takes what a library prints into its own capture
+        # (dill reads dis.dis' output to find a function's globals, for datasets' fingerprints).
+        @flow(name=self.name, log_prints=False, flow_run_name=f"{self.name}@{git_commit() or 'no-git'}")
         def stage_run() -> dict:
             params = load_params(params_path)
             work_task = task(run_stage, name=self.name, cache_policy=NO_CACHE,

@@ -112,3 +112,21 @@ def test_stages_of_one_dvc_run_share_one_server_that_stops_with_the_run(project)
     while servers_in(root):
         assert time.monotonic() < deadline, "the run's server outlived `dvc repro`"
         time.sleep(0.2)
+
+
+def test_a_stage_hashes_as_datasets_does_outside_prefect(project):
+    """datasets' fingerprints (features/state.json) pickle an Arrow table through a nested function,
+    whose globals dill finds by capturing dis.dis' printout: a flow whose prints became log lines
+    broke that capture (and filled the log with disassembly)."""
+    import pyarrow as pa
+    from datasets.fingerprint import Hasher
+
+    root, env = project
+    script = ("import pyarrow as pa; from datasets.fingerprint import Hasher; "
+              "from flows.common import StageFlow, main; "
+              "main(StageFlow('fingerprint', lambda params, out: {'hash': Hasher.hash(pa.table({'a': [1, 2]}))}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((root / "metrics/fingerprint.json").read_text())["hash"] == Hasher.hash(pa.table({"a": [1, 2]}))
+    assert "LOAD_GLOBAL" not in (root / "logs/fingerprint.log").read_text()
