@@ -3,7 +3,8 @@
 Both are whole `python` processes in a scratch project (a copy of params.yaml). The flow reports to
 this run's server (flows/server.py), started once here as the first stage of a `dvc repro` starts
 it; the figure is the difference of the two medians. Also printed: how long the server took to
-start, and how long a later stage takes to find it (flows.server.api_url, in this process).
+start (with a new database unless PREFECT_HOME names one), and how long a later stage takes to find
+it (flows.server.api_url, in this process).
 
     python benchmarks/prefect_overhead.py            # 5 runs of each, alternating
     python benchmarks/prefect_overhead.py --runs 9
@@ -86,8 +87,8 @@ def main() -> None:
     for mode, label in (("plain", "stage without Prefect"), ("flow", "stage as a Prefect flow")):
         print(f"{label:28s} {statistics.median(times[mode]):6.2f} s ({min(times[mode]):.2f}-{max(times[mode]):.2f})")
     print(f"{'Prefect overhead per stage':28s} {flow - plain:6.2f} s")
-    print(f"{'finding the run server':28s} {statistics.median(lookups):6.2f} s (in the stage, included above: no)")
-    print(f"{'starting the run server':28s} {server_start:6.2f} s (once per run, first stage)")
+    print(f"{'finding the run server':28s} {statistics.median(lookups):6.2f} s (more, in a stage under `dvc repro`)")
+    print(f"{'starting the run server':28s} {server_start:6.2f} s (once per run, in its first stage)")
 
 
 if __name__ == "__main__":
