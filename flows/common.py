@@ -156,12 +156,12 @@ def use_run_server() -> bool:
     if configured := os.environ.get("PREFECT_API_URL"):
         return configured == os.environ.get(RUN_SERVER_ENV)
     url = server.api_url()
-    os.environ.update({"PREFECT_API_URL": url, RUN_SERVER_ENV: url, **server.CLIENT_ENV})  # `dvc repro`'s stages inherit it
+    os.environ.update({"PREFECT_API_URL": url, RUN_SERVER_ENV: url, **server.CLIENT_ENV})  # for `dvc repro`'s stages
     prefect.context.refresh_global_settings_context()
     return True
 
 
-def run_server_settings():
+def run_server_settings() -> contextlib.AbstractContextManager:
     """Prefect settings for a stage on its run's server: no flow run heartbeats. They let an
     automation on a lasting server mark crashed runs; the run's server has none and dies with the
     run, and stopping the heartbeat thread costs the stage up to 1 s."""
