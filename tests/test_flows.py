@@ -149,3 +149,17 @@ def test_library_warnings_go_to_the_stage_log_as_plain_text(tmp_path):
 def test_dvc_push_hint_is_left_out_of_the_pipeline_log():
     output = "Running stage 'prune':\nUse `dvc push` to send your updates to remote storage.\n"
     assert PUSH_HINT.sub("", output) == "Running stage 'prune':\n"
+
+
+def test_only_the_runs_own_server_goes_without_heartbeats(monkeypatch):
+    """Heartbeats serve automations on a lasting server; the run's server has none and dies with the run."""
+    from prefect.settings import get_current_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")  # the user's server
+    monkeypatch.delenv(common.RUN_SERVER_ENV, raising=False)
+    assert common.use_run_server() is False
+    monkeypatch.setenv(common.RUN_SERVER_ENV, "http://127.0.0.1:4200/api")  # as flows/pipeline.py passes it on
+    assert common.use_run_server() is True
+    assert get_current_settings().flows.heartbeat_frequency == 180
+    with common.run_server_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
