@@ -1,7 +1,7 @@
 """DVC stage `benchmark`: dense vs accelerated latency per batch size, eager and compiled."""
 from pathlib import Path
 
-from flows.common import StageFlow, main
+from flows.common import main, stage_flow
 from stages.benchmark import latency_frame, run
 
 
@@ -22,7 +22,7 @@ def batch_table(metrics: dict) -> list[dict]:
     return latency_frame(metrics).reset_index().to_dict("records")
 
 
-benchmark_flow = StageFlow("benchmark", work, plots=("latency",), table=batch_table)
+benchmark_flow = stage_flow("benchmark", work, plots=("latency",), table=batch_table)
 
 if __name__ == "__main__":
     main(benchmark_flow)

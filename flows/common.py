@@ -150,6 +150,12 @@ class StageFlow:
         return stage_run
 
 
+def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
+               details: tuple[str, ...] = ("layers",), table: Callable[[dict], list[dict]] = metric_rows) -> StageFlow:
+    """What each flows/<stage>.py defines and hands to `main`."""
+    return StageFlow(stage, work, out, plots, details, table)
+
+
 def use_run_server() -> bool:
     """Point Prefect at this run's server (flows/server.py) unless another server is configured;
     True when this process reports to the run's server."""

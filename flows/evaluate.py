@@ -1,7 +1,7 @@
 """DVC stage `evaluate`: exact match and F1 of every model variant on the validation split."""
 from pathlib import Path
 
-from flows.common import StageFlow, main
+from flows.common import main, stage_flow
 from stages.evaluate import VARIANTS, evaluate
 
 MODEL_DIRS = {
@@ -22,7 +22,7 @@ def work(params, out_dir):
     return {**scores, "scores": variant_table(scores)}
 
 
-evaluate_flow = StageFlow("evaluate", work, plots=("scores",), table=variant_table)
+evaluate_flow = stage_flow("evaluate", work, plots=("scores",), table=variant_table)
 
 if __name__ == "__main__":
     main(evaluate_flow)

@@ -1,5 +1,5 @@
 """DVC stage `tokenize`: data source -> features/ (train, validation, validation_examples)."""
-from flows.common import StageFlow, main
+from flows.common import main, stage_flow
 from stages.modeling import load_tokenizer, resolve_model_source
 from stages.tokenize import tokenize
 
@@ -9,7 +9,7 @@ def work(params, out_dir):
     return tokenize(params, tokenizer, out_dir)
 
 
-tokenize_flow = StageFlow("tokenize", work, out="features")
+tokenize_flow = stage_flow("tokenize", work, out="features")
 
 if __name__ == "__main__":
     main(tokenize_flow)

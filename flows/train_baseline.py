@@ -1,10 +1,10 @@
 """DVC stage `train_baseline`: features + model -> models/baseline (dense, fine-tuned)."""
 from pathlib import Path
 
-from flows.common import StageFlow, main
+from flows.common import main, stage_flow
 from stages.train_baseline import train_baseline
 
-train_baseline_flow = StageFlow(
+train_baseline_flow = stage_flow(
     "train_baseline",
     lambda params, out: train_baseline(params, Path("features"), out),
     out="models/baseline",
