@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+# (variant, what it is compared with), seed by seed: what 2:4 costs, then what int8 adds to it.
+PAIRED = (("sparse", "dense"), ("int8", "sparse"))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -185,9 +187,11 @@ def summary(results: Path) -> str:
                                                   exact_match=("exact_match", "mean"))
     lines = [table.round(2).to_string()]
     f1 = scored.pivot_table(index=["on", "seed"], columns="variant", values="f1")
-    if {"dense", "sparse"} <= set(f1.columns):
-        for on, gaps in (f1["sparse"] - f1["dense"]).dropna().groupby(level="on"):
-            lines.append(f"sparse - dense on {on}: {gaps.mean():+.2f} F1 (se {gaps.sem():.2f}, {len(gaps)} paired seeds)")
+    for variant, reference in PAIRED:
+        if {variant, reference} <= set(f1.columns):
+            for on, gaps in (f1[variant] - f1[reference]).dropna().groupby(level="on"):
+                lines.append(f"{variant} - {reference} on {on}: {gaps.mean():+.2f} F1 "
+                             f"(se {gaps.sem():.2f}, {len(gaps)} paired seeds)")
     return "\n".join(lines)
 
 
