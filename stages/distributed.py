@@ -27,6 +27,8 @@ from .common import StageError, read_json, write_json
 LAUNCHED = "TWOFOUR_LAUNCHED"  # set in the processes torchrun starts: they train, they do not launch
 REPO = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# Looked up now: between fork and exec (preexec_fn) only an already loaded function is safe to call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def world_size() -> int:
@@ -60,9 +62,9 @@ def processes_to_launch(params, section: str) -> int:
 def die_with_parent() -> None:
     """Have the kernel kill this process when its parent dies (kill -9 included), so no orphan keeps
     training, or holds a GPU, after the stage is gone. torchrun starts its ranks in sessions of their
-    own, out of reach of a signal to the stage's process group."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    own, out of reach of a signal to the stage's process group. Linux only."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_in_processes(function: Callable[..., dict], processes: int, *args) -> dict:
@@ -74,7 +76,7 @@ def run_in_processes(function: Callable[..., dict], processes: int, *args) -> di
         exchange = Path(exchange)
         (exchange / "call.pkl").write_bytes(pickle.dumps((function, args)))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                   "--tee=3", "-m", __name__, str(exchange)]
+                   "--tee=3", f"--log-dir={exchange / 'logs'}", "-m", __name__, str(exchange)]
         env = {
             **os.environ,
             LAUNCHED: "1",
@@ -87,7 +89,7 @@ def run_in_processes(function: Callable[..., dict], processes: int, *args) -> di
                                     preexec_fn=die_with_parent)
         try:
             for line in launcher.stdout:
-                print(line, end="", flush=True)
+                print(line.rstrip("\n"), flush=True)
             launcher.wait()
         except BaseException:  # SIGTERM (SystemExit) or Ctrl-C: torchrun stops its ranks before it goes
             launcher.terminate()
