@@ -175,6 +175,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
     With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).
     With `checkpoints` (a directory), training resumes from its last complete checkpoint and
     saves new ones as it goes; the directory is removed once training has finished.
+    Under torchrun every process calls it; samples_per_second counts them all.
     """
     if len(train_features) == 0:
         raise StageError("the train features are empty: nothing to train on")

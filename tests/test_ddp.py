@@ -146,12 +146,14 @@ def test_a_batch_that_does_not_split_over_the_processes_fails_in_one_line(params
         train_baseline(validate(raw), Path("features"), Path("out"))
 
 
-@pytest.mark.parametrize("value", [0, -1, "two", True, 1.5])
-def test_num_processes_is_auto_or_a_whole_number(params, value):
+@pytest.mark.parametrize("value, rule", [
+    *[(bad, r"auto \(one per visible GPU, 1 on the CPU\) or a whole number >= 1") for bad in (0, -1, "two", True, 1.5)],
+    (float("inf"), "a finite number"),
+])
+def test_num_processes_is_auto_or_a_whole_number(params, value, rule):
     raw = json.loads(json.dumps(params))
     raw["finetune"]["num_processes"] = value
-    with pytest.raises(ParamError, match=r"field 'finetune\.num_processes' = .* \(expected str or int, auto \(one "
-                                         r"per visible GPU, 1 on the CPU\) or a whole number >= 1\)$"):
+    with pytest.raises(ParamError, match=rf"field 'finetune\.num_processes' = .* \(expected str or int, {rule}\)$"):
         validate(raw)
 
 
