@@ -33,6 +33,8 @@ STEPS, BATCH, BATCHES_PER_EPOCH = 20, 8, 12
 LOSS_TOLERANCE = 1e-4  # logged losses (5 decimals): measured equal to the last decimal
 WEIGHT_TOLERANCE = 1e-3  # Adam turns float-order differences in the gradient into ~1e-4 in the weights
 MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+# CPU runs: with a GPU, `auto` is a GPU process each and two processes need two GPUs.
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo runs of the CPU")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def one_process_run(workdir, tmp_path_factory):
 
 def test_one_process_trains_in_the_stage_process_as_before(one_process_run):
     metrics, out, launches = one_process_run
-    assert torch.cuda.device_count() == 0 and launches == []
+    assert launches == []
     assert metrics["processes"] == 1 and metrics["steps"] == STEPS and metrics["resumed_from_step"] is None
     assert {path.name for path in out.iterdir()} == MODEL_FILES
 
