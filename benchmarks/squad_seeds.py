@@ -217,6 +217,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update(max_train_examples=0, max_validation_examples=0)  # all of it, unless -S says otherwise
+    # Seeds run side by side, one process each: not each one torchrun over every GPU (unless -S says so).
+    raw["train"]["num_processes"] = raw["finetune"]["num_processes"] = 1
     raw = with_overrides(raw, parse_overrides(args.overrides))
     features = {"dev": work / "features-dev"}
     if args.extra_validation:

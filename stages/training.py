@@ -181,6 +181,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         raise StageError("the train features are empty: nothing to train on")
     with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
         resume_from = last_complete_checkpoint(checkpoints)
+        resumed_step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
         args = training_arguments(section, seed, str(checkpoints or scratch), len(train_features),
                                   checkpoints=checkpoints is not None)
         setup = {
@@ -218,8 +219,15 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         "train_loss": round(result.training_loss, 5),
         "steps": result.global_step,
         "processes": world_size(),
-        "samples_per_second": round(result.metrics["train_samples_per_second"], 3),
+        "samples_per_second": samples_per_second(result.global_step - (resumed_step or 0), section["batch_size"],
+                                                 result.metrics["train_runtime"]),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
+        "resumed_from_step": resumed_step,
     }
+
+
+def samples_per_second(steps_trained: int, batch_size: int, runtime_s: float) -> float:
+    """Throughput of the steps this run trained (the Trainer's own figure counts a resumed run's
+    steps from before the checkpoint as if trained in this run's time)."""
+    return round(steps_trained * batch_size / max(runtime_s, 1e-9), 3)
 
