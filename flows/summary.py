@@ -21,10 +21,10 @@ def work(params, out_dir):
 
 def score_table(summary: dict) -> list[dict]:
     """The Prefect artifact: F1 per variant, and the headline speedup with where it was measured."""
-    headline = summary["headline_speedup"] or {}
+    headline = summary["headline_speedup"]
+    where = f"batch {headline['batch_size']}, {headline['mode']}" if headline else "not measured"
     return [*({"score": f"F1 {variant}", "value": f1} for variant, f1 in summary["scores"]["f1"].items()),
-            {"score": f"speedup (batch {headline.get('batch_size')}, {headline.get('mode')})",
-             "value": summary["scores"]["speedup"]}]
+            {"score": f"speedup ({where})", "value": summary["scores"]["speedup"]}]
 
 
 summary_flow = stage_flow("summary", work, table=score_table)

@@ -59,16 +59,18 @@ def linear_axis(label: str, values: list[float], zero: bool = False) -> Axis:
 
 
 def log_axis(label: str, values: list[float]) -> Axis:
-    """A log scale from the 1-2-5 value below the smallest of `values` to the one above the largest,
-    ticked at 1, 2 and 5 times powers of ten (at powers of ten alone where those are too many)."""
-    exponents = range(math.floor(math.log10(min(values))), math.ceil(math.log10(max(values))) + 1)
-    steps = [m * 10.0 ** e for e in exponents for m in (1, 2, 5)]
-    low = max(s for s in steps if s <= min(values))
-    high = min(s for s in steps if s >= max(values))
-    ticks = [s for s in steps if low <= s <= high]
-    if len(ticks) > 8:
-        ticks = [s for s in ticks if math.log10(s).is_integer()]
-    return Axis(label, low, high, tuple(ticks), log=True)
+    """A log scale ticked at 1, 2 and 5 times powers of ten (at powers of ten alone where those
+    would be too many), from the tick at or below the smallest of `values` to the one at or above
+    the largest."""
+    low, high = min(values), max(values)
+    exponents = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1, 2, 5), (1,)):
+        steps = [float(f"{m}e{e}") for e in exponents for m in multiples]  # exact decimals: 0.2, not 0.20000000000000004
+        first, last = max(s for s in steps if s <= low), min(s for s in steps if s >= high)
+        ticks = tuple(s for s in steps if first <= s <= last)
+        if len(ticks) <= 8:
+            break
+    return Axis(label, first, last, ticks, log=True)
 
 
 def measured_log_axis(label: str, values: list[float]) -> Axis:
