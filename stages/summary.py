@@ -2,7 +2,7 @@
 
 The scores file holds what `dvc metrics show` and `dvc metrics diff` are for: SQuAD F1 per variant
 and the headline speedup, dense / accelerated latency at the largest batch size measured, compiled
-where it was (else graphed, else eager). The rest of what the stages measured (EM, every latency,
+where it was (else graphed, else eager), of timings that passed the benchmark's noise check. The rest of what the stages measured (EM, every latency,
 run facts, per-layer details) stays in their reports/<stage>.json. The charts: training loss per
 step, latency per batch size (a panel per mode) and F1 per variant.
 """
@@ -22,10 +22,13 @@ def batch_size(key: str) -> int:
 
 
 def headline_speedup(benchmark: dict) -> dict | None:
-    """Batch size, mode and speedup at the largest batch size with one; None if none was measured."""
+    """Batch size, mode and speedup at the largest batch size with one whose two timings passed the
+    noise check; None if there is none."""
+    noisy = benchmark["noise"]["untrustworthy"]
     for key in sorted(benchmark["speedup"], key=batch_size, reverse=True):
         for mode in HEADLINE_MODES:
-            if mode in benchmark["speedup"][key]:
+            trusted = not {f"dense_{mode}", f"accelerated_{mode}"} & set(noisy.get(key, {}))
+            if mode in benchmark["speedup"][key] and trusted:
                 return {"batch_size": batch_size(key), "mode": mode, "speedup": benchmark["speedup"][key][mode]}
     return None
 

@@ -26,6 +26,7 @@ BENCHMARK = {
     },
     "speedup": {"bs16": {"eager": 0.75, "compiled": 1.04, "graphed": 1.038}, "bs64": {"eager": 0.667, "compiled": 1.459,
                                                                                       "graphed": 1.447}, "bs256": {}},
+    "noise": {"untrustworthy": {}},
     "device": {"device": "cuda", "gpu": "NVIDIA H200"},
 }
 LOSSES = {"dense baseline": [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}],
@@ -34,9 +35,19 @@ LOSSES = {"dense baseline": [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}]
 
 def test_headline_speedup_is_the_largest_batch_size_measured_compiled_first():
     assert summary.headline_speedup(BENCHMARK) == {"batch_size": 64, "mode": "compiled", "speedup": 1.459}
-    eager_only = {"speedup": {"bs1": {"eager": 0.9}, "bs4": {"eager": 1.1}}}
+    eager_only = {"speedup": {"bs1": {"eager": 0.9}, "bs4": {"eager": 1.1}}, "noise": {"untrustworthy": {}}}
     assert summary.headline_speedup(eager_only) == {"batch_size": 4, "mode": "eager", "speedup": 1.1}
-    assert summary.headline_speedup({"speedup": {"bs4": {}}}) is None
+    assert summary.headline_speedup({**eager_only, "speedup": {"bs4": {}}}) is None
+
+
+def test_headline_speedup_leaves_out_timings_too_noisy_to_trust():
+    noisy = {"bs64": {"accelerated_compiled": "repeats spread 83% (IQR / median) > 20%"}}
+    benchmark = {**BENCHMARK, "noise": {"untrustworthy": noisy}}
+    assert summary.headline_speedup(benchmark) == {"batch_size": 64, "mode": "graphed", "speedup": 1.447}
+    on_a_busy_cpu = {"speedup": {"bs1": {"eager": 0.015}, "bs2": {"eager": 106.571}},
+                     "noise": {"untrustworthy": {"bs2": {"dense_eager": "repeats spread 83% (IQR / median) > 20%"},
+                                                 "bs1": {"accelerated_eager": "a single timed call"}}}}
+    assert summary.headline_speedup(on_a_busy_cpu) is None
 
 
 def test_latency_panels_per_mode_leave_out_batch_sizes_that_did_not_run():
