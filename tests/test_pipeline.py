@@ -68,8 +68,8 @@ def test_repro_runs_all_stages_and_writes_reports_and_scores(project):
     assert scores["f1"] == {variant: evaluation[variant]["f1"] for variant in VARIANTS}
     speedups = {value for row in report(root, "benchmark")["speedup"].values() for value in row.values()}
     assert scores["speedup"] is None or scores["speedup"] in speedups  # None: every timing too noisy
-    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
-    assert list(shown["workspace"]["data"]) == ["metrics/scores.json"]
+    [workspace] = json.loads(dvc(project, "metrics", "show", "--json").stdout).values()
+    assert list(workspace["data"]) == ["metrics/scores.json"]
     table = dvc(project, "metrics", "show").stdout.splitlines()
     assert "f1.accelerated" in table[0] and max(len(line) for line in table) <= 100
 
