@@ -3,8 +3,9 @@
 A stage flow loads params.yaml (validated), runs the stage's work as a Prefect task under
 run facts (device, versions, wall time, peak memory), writes its output directory atomically,
 writes reports/<stage>.json (what it measured, with the run facts), plots/<stage>_<name>.json (a
-chart's data), and publishes its figures as a Prefect table artifact. Its flow run is tagged with the git commit (and DVC experiment, and the
-whole-pipeline run that started it), so the stages of one `dvc repro` are found together.
+chart's data), and publishes its figures as a Prefect table artifact. Its flow run is tagged with
+the git commit (and DVC experiment, and the whole-pipeline run that started it), so the stages of
+one `dvc repro` are found together.
 
 With no PREFECT_API_URL, the flow reports to the run's own server (flows/server.py). Its log,
 Prefect's included, goes to logs/<stage>.log; stderr gets the stage's warnings and, on failure,

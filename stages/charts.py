@@ -65,7 +65,8 @@ def log_axis(label: str, values: list[float]) -> Axis:
     low, high = min(values), max(values)
     exponents = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     for multiples in ((1, 2, 5), (1,)):
-        steps = [float(f"{m}e{e}") for e in exponents for m in multiples]  # exact decimals: 0.2, not 0.20000000000000004
+        # parsed from decimal text: 0.2 exactly, not 2 * 0.1 = 0.20000000000000004
+        steps = [float(f"{m}e{e}") for e in exponents for m in multiples]
         first, last = max(s for s in steps if s <= low), min(s for s in steps if s >= high)
         ticks = tuple(s for s in steps if first <= s <= last)
         if len(ticks) <= 8:
@@ -74,7 +75,8 @@ def log_axis(label: str, values: list[float]) -> Axis:
 
 
 def measured_log_axis(label: str, values: list[float]) -> Axis:
-    """A log scale ticked at exactly the values measured (batch sizes), with half a tick of room."""
+    """A log scale ticked at exactly the values measured (batch sizes), with room of half a
+    doubling beyond the first and the last."""
     ticks = tuple(sorted(set(values)))
     return Axis(label, ticks[0] / 2 ** 0.5, ticks[-1] * 2 ** 0.5, ticks, log=True)
 

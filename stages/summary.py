@@ -2,9 +2,10 @@
 
 The scores file holds what `dvc metrics show` and `dvc metrics diff` are for: SQuAD F1 per variant
 and the headline speedup, dense / accelerated latency at the largest batch size measured, compiled
-where it was (else graphed, else eager), of timings that passed the benchmark's noise check. The rest of what the stages measured (EM, every latency,
-run facts, per-layer details) stays in their reports/<stage>.json. The charts: training loss per
-step, latency per batch size (a panel per mode) and F1 per variant.
+where it was (else graphed, else eager), from timings that passed the benchmark's noise check. The
+rest of what the stages measured (EM, every latency, run facts, per-layer details) stays in their
+reports/<stage>.json. The charts: training loss per step, latency per batch size (a panel per
+mode) and F1 per variant.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def headline_speedup(benchmark: dict) -> dict | None:
 
 
 def f1_by_variant(evaluation: dict) -> dict[str, float]:
-    return {variant: scores["f1"] for variant, scores in evaluation.items() if isinstance(scores, dict) and "f1" in scores}
+    """F1 per variant of the evaluate report (its other key is the run facts)."""
+    return {variant: scores["f1"] for variant, scores in evaluation.items() if variant != "run"}
 
 
 def latency_panels(benchmark: dict) -> dict[str, dict[str, list[charts.Point]]]:

@@ -21,7 +21,8 @@ def texts(root: ET.Element) -> list[str]:
 
 def polylines(root: ET.Element) -> dict[str, tuple[str, list[tuple[float, float]]]]:
     """Per series name: its colour and its points in pixels."""
-    return {line.get("data-series"): (line.get("stroke"), [tuple(map(float, p.split(","))) for p in line.get("points").split()])
+    return {line.get("data-series"): (line.get("stroke"),
+                                      [tuple(map(float, point.split(","))) for point in line.get("points").split()])
             for line in root.iter(f"{SVG}polyline")}
 
 

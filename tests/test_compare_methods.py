@@ -44,7 +44,8 @@ def test_running_experiment_is_skipped_and_newest_setting_wins():
     ]}]}]
     found = compare_methods.experiments(shown)
     assert [e["name"] for e in found] == ["new-sgpt-kd", "old-sgpt-kd", "old-wanda"]
-    assert found[0]["rev"] == "sha-new-sgpt-kd" and found[0]["params"] == {"seed": 42, "prune.method": "sparsegpt", "finetune.distill": True,
+    assert found[0]["rev"] == "sha-new-sgpt-kd"
+    assert found[0]["params"] == {"seed": 42, "prune.method": "sparsegpt", "finetune.distill": True,
                                   "finetune.epochs": 8}
     chosen = compare_methods.select(found, [])
     assert {key: [e["name"] for e in runs] for key, runs in chosen.items()} == {("sparsegpt", True): ["new-sgpt-kd"]}
