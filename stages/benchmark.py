@@ -277,7 +277,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         noisy = [f"{batch} {timing}" for batch, reasons in metrics["noise"]["untrustworthy"].items() for timing in reasons]
         logging.getLogger(__name__).warning(
             f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
-            "see noise.untrustworthy in metrics/benchmark.json")
+            "see noise.untrustworthy in reports/benchmark.json")
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
