@@ -34,6 +34,7 @@ from engine.graphs import CudaGraphRunner
 from engine.kernels import (
     Fp8Config,
     Int8ReferenceLinear,
+    Kernel,
     SparseLinear,
     device_backend,
     fp8_available,
@@ -197,7 +198,7 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     shape = f"x {TUTORIAL_TOKENS}x{TUTORIAL_IN} @ W {TUTORIAL_OUT}x{TUTORIAL_IN} ({str(dtype).removeprefix('torch.')})"
     if alg_id is None:
         return {"shape": shape, "error": "no cuSPARSELt kernel config ran", "kernel_timing_notes": notes}
-    sparse = SparseLinear(linear, {TUTORIAL_TOKENS: alg_id})
+    sparse = SparseLinear(linear, {TUTORIAL_TOKENS: Kernel("fp16", alg_id)})
     subclass = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
     subclass.bias.copy_(linear.bias)
     subclass.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
