@@ -5,10 +5,10 @@ each distinct choice and keep the fastest.
 `auto` keeps, per layer and batch size, the fastest 2:4 kernel (fp16 or int8) only where it measured
 faster than dense, then times the whole model (as CUDA graphs, of the torch.compile'd model with
 `compiled`) under each distinct variant per batch size and keeps the fastest, so the result is never
-slower than dense at the shapes it was made for. The variants: dense; per_layer (that choice);
-all_2of4 (every layer's fastest kernel); fp16_2of4 (every layer's fastest fp16 kernel: per-layer
-timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4 beat int8 2:4 end to
-end). `all` takes each layer's fastest kernel everywhere; `none` is dense.
+slower than dense at the shapes it was made for. The variants, at most three per batch size (each is
+a compile and a capture): dense; per_layer (that choice); fp16_2of4 (every layer's fastest fp16
+kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4
+beat int8 2:4 end to end). `all` takes each layer's fastest kernel everywhere; `none` is dense.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ SPARSE_DIM_MULTIPLE = 16
 # Seconds of kernel-config timing per precision, shared by every shape and batch size (tune_linears):
 # an fp16 config costs ~1 s to time, and 0.10 offers dozens per problem.
 TUNING_BUDGET_S = 600.0
-VARIANTS = (DENSE, "per_layer", "all_2of4", "fp16_2of4")
+VARIANTS = (DENSE, "per_layer", "fp16_2of4")
 
 ByPrecision = dict[str, dict]  # precision -> tune_linears result of one shape at one batch size
 LayerTimings = dict[str, dict[int, ByPrecision]]  # layer -> batch size -> its shape's results
@@ -102,9 +102,7 @@ def variant_kernels(variant: str, batch: int, per_layer: dict[str, BatchKernels]
         return {name: None for name in per_layer}
     if variant == "per_layer":
         return {name: kernels[batch] for name, kernels in per_layer.items()}
-    if variant == "fp16_2of4":
-        return {name: fastest_kernel({"fp16": timings[name][batch]["fp16"]}) for name in per_layer}
-    return {name: fastest_kernel(timings[name][batch]) for name in per_layer}
+    return {name: fastest_kernel({"fp16": timings[name][batch]["fp16"]}) for name in per_layer}  # fp16_2of4
 
 
 def distinct_variants(batch: int, per_layer: dict[str, BatchKernels], timings: LayerTimings) -> list[str]:

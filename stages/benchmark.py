@@ -220,13 +220,16 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     }
 
 
-def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict]]:
+def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | None = None,
+        tutorial: bool = True) -> tuple[dict, list[dict]]:
+    """The benchmark; only_modes keeps those of the modes that apply (benchmarks/gpu_engine.py times
+    only "compiled" when GPU time is short), tutorial False skips the tutorial's Linear."""
     device = best_device()
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, params["accelerate.dtype"]) if on_gpu else torch.float32
     batch_sizes = params["benchmark.batch_sizes" if on_gpu else "benchmark.cpu_batch_sizes"]
     seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
-    mode_names = modes(on_gpu, params["benchmark.compile"])
+    mode_names = [mode for mode in modes(on_gpu, params["benchmark.compile"]) if only_modes is None or mode in only_modes]
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
     dense = inference_model(dense_dir, device, dtype)
     plain = {
@@ -288,7 +291,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
     if on_gpu:
         metrics["peak_memory_mb"] = peak_memory
         metrics["device"]["driver"] = gpu_driver_version()
-        if device_backend(device)[0] is not None:
+        if tutorial and device_backend(device)[0] is not None:
             metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
     return metrics, rows
 

@@ -51,9 +51,9 @@ def test_the_fastest_kernel_over_both_precisions_wins():
 
 
 def test_variant_choice_keeps_dense_unless_clearly_faster():
-    assert choose_variant({"dense": 10.0, "per_layer": 9.0, "all_2of4": 9.5}, 1.01) == "per_layer"
+    assert choose_variant({"dense": 10.0, "per_layer": 9.0, "fp16_2of4": 9.5}, 1.01) == "per_layer"
     assert choose_variant({"dense": 10.0, "per_layer": 9.95}, 1.01) == "dense"
-    assert choose_variant({"dense": 10.0, "all_2of4": 12.0}, 1.01) == "dense"
+    assert choose_variant({"dense": 10.0, "fp16_2of4": 12.0}, 1.01) == "dense"
 
 
 def test_why_dense_names_the_reason():
@@ -77,9 +77,8 @@ def plan_for(mode: str):
         QUERY: {4: {"fp16": timing(0.3, a0=0.5)}, 256: {"fp16": timing(3.0, a1=3.5)}},
     }
     per_layer = layer_kernels(timings, mode)
-    model_ms = {4: {"dense": 5.0, "all_2of4": 6.0},
-                256: {"dense": 100.0, "per_layer": 92.0, "all_2of4": 97.0, "fp16_2of4": 99.0}}
-    if mode != "auto":  # all: per-layer kernels are each shape's fastest, the same as all_2of4
+    model_ms = {4: {"dense": 5.0, "fp16_2of4": 6.0}, 256: {"dense": 100.0, "per_layer": 92.0, "fp16_2of4": 99.0}}
+    if mode != "auto":  # all: per-layer kernels are each shape's fastest, at batch 4 the fp16 ones
         model_ms = {4: {"dense": 5.0, "per_layer": 6.0}, 256: {"dense": 100.0, "per_layer": 97.0, "fp16_2of4": 99.0}}
     return timings, per_layer, model_ms
 
@@ -88,8 +87,8 @@ def test_auto_plan_keeps_2of4_only_where_it_won():
     timings, per_layer, model_ms = plan_for("auto")
     assert per_layer == {FFN: {4: None, 256: int8(4)}, QUERY: {4: None, 256: None}}
     kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
-    assert distinct_variants(256, per_layer, timings) == ["dense", "per_layer", "all_2of4", "fp16_2of4"]
-    assert distinct_variants(4, per_layer, timings) == ["dense", "all_2of4"]  # fp16_2of4: the same kernels
+    assert distinct_variants(256, per_layer, timings) == ["dense", "per_layer", "fp16_2of4"]
+    assert distinct_variants(4, per_layer, timings) == ["dense", "fp16_2of4"]  # per_layer: dense, the same kernels
     assert variants == {4: "dense", 256: "per_layer"}
     assert kernels == per_layer
 
@@ -104,7 +103,7 @@ def test_the_fp16_variant_wins_a_batch_size_where_int8_loses_end_to_end():
 
 def test_all_plan_takes_every_fastest_config():
     timings, per_layer, model_ms = plan_for("all")
-    assert distinct_variants(4, per_layer, timings) == ["dense", "per_layer"]
+    assert distinct_variants(4, per_layer, timings) == ["dense", "per_layer"]  # fp16_2of4: the same kernels
     kernels, variants = final_kernels("all", per_layer, timings, model_ms)
     assert kernels == {FFN: {4: fp16(2), 256: int8(4)}, QUERY: {4: fp16(0), 256: fp16(1)}}
     assert variants == {4: "per_layer", 256: "per_layer"}  # all keeps 2:4 even where it is slower
