@@ -121,6 +121,19 @@ def print_benchmark(bench: dict) -> None:
     print(f"\ndevice: {json.dumps(bench['device'])}")
 
 
+def merge_benchmark(merged: dict, metrics: dict) -> None:
+    """Fold one batch size's benchmark metrics into those of the sizes before it (in place)."""
+    for key, value in metrics.items():
+        if isinstance(value, dict) and all(str(k).startswith("bs") for k in value):  # keyed by batch size
+            merged.setdefault(key, {}).update(value)
+        elif key == "noise":
+            for part in ("spread", "untrustworthy"):
+                merged.setdefault(key, {"limit": value["limit"]}).setdefault(part, {}).update(value[part])
+        else:
+            merged[key] = value
+    merged["trustworthy"] = not merged["noise"]["untrustworthy"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
@@ -185,10 +198,16 @@ def main() -> None:
             print_plan(results["accelerate"], results["plan"])
         if args.only != "accelerate":
             start = time.perf_counter()
-            results["benchmark"], results["rows"] = benchmark.run(params, dense_dir, accelerated_dir,
-                                                                  args.benchmark_modes, not args.no_tutorial)
-            results["stage_seconds"]["benchmark"] = time.perf_counter() - start
-            save()
+            results["benchmark"], results["rows"] = {}, []
+            batch_sizes = params["benchmark"]["batch_sizes"]
+            for batch in batch_sizes:  # one at a time, saved after each: a run cut short keeps the sizes done
+                params["benchmark"]["batch_sizes"] = [batch]
+                metrics, rows = benchmark.run(params, dense_dir, accelerated_dir, args.benchmark_modes,
+                                              tutorial=not args.no_tutorial and batch == batch_sizes[-1])
+                merge_benchmark(results["benchmark"], metrics)
+                results["rows"] += rows
+                results["stage_seconds"]["benchmark"] = time.perf_counter() - start
+                save()
             print_benchmark(results["benchmark"])
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_seconds"].items()))
 

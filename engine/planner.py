@@ -135,6 +135,17 @@ def precisions(layer: LayerPlan) -> list[str]:
     return ["fp16", "int8"] if layer.precision == "int8" else ["fp16"]
 
 
+def report_kernel_timings(precision: str, timings: dict) -> None:
+    """One line per shape and batch size as kernel timing ends, so that a run cut short still shows them."""
+    for shape, per_batch in timings.items():
+        for batch, timing in per_batch.items():
+            best = best_alg(timing)
+            found = "no config ran" if best is None else (
+                f"best alg_id {best} {timing['sparse_ms'][best]:.4f} ms (x{timing['dense_ms'] / timing['sparse_ms'][best]:.3f})")
+            tqdm.write(f"{precision} {shape} bs{batch}: dense {timing['dense_ms']:.4f} ms, {found}; "
+                       f"{len(timing['sparse_ms'])} of {timing['alg_ids_offered']} configs timed, {timing['search']}")
+
+
 def layer_timings(plan: Plan, names) -> LayerTimings:
     """Per layer and batch size, its shape's timings in each precision it may run (int8 only where
     it passed the int8 check)."""
@@ -158,6 +169,7 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
                                         max_alg_id, precision, tuning_budget_s)
         if timings:
             plan.shape_timings[precision] = timings
+            report_kernel_timings(precision, timings)
             plan.tuning["alg_ids_offered"][precision] = max(
                 timing["alg_ids_offered"] for per_batch in timings.values() for timing in per_batch.values())
         plan.kernel_timing_notes += notes
@@ -186,6 +198,7 @@ def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dic
             runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
             result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
                                                MODEL_TIMING_REPEATS, device)
+            tqdm.write(f"whole model bs{batch} {variant}: {result[batch][variant]:.3f} ms")
             del runner
             torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
             torch.cuda.empty_cache()

@@ -74,3 +74,40 @@ def test_gpu_engine_gives_its_model_a_tokenizer_that_needs_no_hub(tmp_path):
     assert tokenizer.unk_token_id not in encoded and max(encoded) < 200  # ids inside any BERT vocabulary
     assert tokenizer.decode(encoded, skip_special_tokens=True).replace(" ", "").replace("#", "") == \
         "WherewasAdaborn?AdawasborninLondon,1815."
+
+
+def test_benchmark_metrics_of_one_batch_size_at_a_time_fold_into_one():
+    from gpu_engine import merge_benchmark
+
+    def one(batch, spread):
+        key = f"bs{batch}"
+        return {"seq_length": 384, "latency_ms": {key: {"dense_compiled": 2.0 * batch}}, "speedup": {key: {"compiled": 1.1}},
+                "noise": {"limit": 0.2, "spread": {key: {"dense_compiled": spread}},
+                          "untrustworthy": {key: {"dense_compiled": "spread"}} if spread > 0.2 else {}},
+                "speedup_vs_dense_fp8": {key: 1.2}, "device": {"gpu": "H200"}, "trustworthy": spread <= 0.2}
+
+    merged = {}
+    merge_benchmark(merged, one(16, 0.01))
+    assert merged["trustworthy"]
+    merge_benchmark(merged, one(64, 0.5))
+    assert merged["latency_ms"] == {"bs16": {"dense_compiled": 32.0}, "bs64": {"dense_compiled": 128.0}}
+    assert merged["speedup_vs_dense_fp8"] == {"bs16": 1.2, "bs64": 1.2} and merged["device"] == {"gpu": "H200"}
+    assert merged["noise"]["spread"] == {"bs16": {"dense_compiled": 0.01}, "bs64": {"dense_compiled": 0.5}}
+    assert not merged["trustworthy"] and list(merged["noise"]["untrustworthy"]) == ["bs64"]
+
+
+def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_steps(tmp_path):
+    import engine_gpu_summary
+
+    (tmp_path / "accelerate.json").write_text(json.dumps({"plan": {
+        "model_ms": {"16": {"dense": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
+        "tuning": {"alg_ids_offered": {"fp16": 60}}}}))
+    (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {"latency_ms": {"bs16": {
+        "dense_compiled": 2.6, "dense_fp8_compiled": 2.4, "accelerated_compiled": 2.0}}}}))
+    (tmp_path / "stream.json").write_text("{not json")  # a step killed while writing
+    engine_gpu_summary.main([str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["by_batch"]["bs16"] == {"variant": "fp16_2of4", "accelerate_vs_fp16": 1.3, "benchmark_vs_fp16": 1.3,
+                                           "benchmark_vs_fp8": 1.2, "target_vs_fp16": 1.25, "target_vs_fp8": 1.10}
+    assert summary["by_batch"]["bs64"]["accelerate_vs_fp16"] is None and summary["stream"]["speedup"] is None
+    assert summary["tuning"] == {"alg_ids_offered": {"fp16": 60}} and summary["cusparselt"] is None

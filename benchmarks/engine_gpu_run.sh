@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Issue #18's GPU measurements in one time-limited run (about 7.5 minutes), from the repository root:
+#
+#   OUT=/some/dir bash benchmarks/engine_gpu_run.sh
+#
+# cuSPARSELt: TWOFOUR_CUSPARSELT (default /root/cslt/libcusparseLt.so.0, the 0.10 that
+# ../shared/tools/cusparselt/prepare.sh packs) when that file exists, else the one torch links.
+# Each step runs under its own timeout (its cap, or what is left of ENGINE_RUN_BUDGET_S) and saves as
+# it goes, so a failure or a hang loses only that step. Writes at most 8 files to $OUT:
+#   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded
+#   accelerate.json     the plan: per layer and batch size dense / fp16 2:4 / int8 2:4, kernel timings,
+#                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
+#   benchmark.json      compiled latency per batch size: dense fp16, dense fp8, accelerated
+#   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
+#   qa.json             engine.qa latency, accelerated vs dense
+#   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if time is left)
+#   summary.json        the figures beside the targets (also printed at the end)
+#   run.log             everything printed
+set -uo pipefail
+: "${OUT:?set OUT to the directory the results go to}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY="$(command -v python || command -v python3)"
+BUDGET_S="${ENGINE_RUN_BUDGET_S:-445}"
+BATCH_SIZES="${ENGINE_RUN_BATCH_SIZES:-16 64 256}"
+WORK="$(mktemp -d)"  # the models (~1.3 GB): never under $OUT
+LOG="$OUT/run.log"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_MININTERVAL=15 PYTHONUNBUFFERED=1
+CSLT="${TWOFOUR_CUSPARSELT:-/root/cslt/libcusparseLt.so.0}"
+if [ -f "$CSLT" ]; then
+  export TWOFOUR_CUSPARSELT="$CSLT"
+else
+  echo "warning: $CSLT not found: running the cuSPARSELt torch links" | tee -a "$LOG"
+  unset TWOFOUR_CUSPARSELT
+fi
+
+left() { echo $((BUDGET_S - SECONDS)); }
+
+# step NAME CAP_S COMMAND...: runs COMMAND under timeout (CAP_S or the time left, less 15 s for the summary)
+step() {
+  local name="$1" cap="$2"; shift 2
+  local limit=$(( $(left) - 15 < cap ? $(left) - 15 : cap ))
+  if [ "$limit" -lt 10 ]; then
+    echo "== $name: skipped, $(left) s left" | tee -a "$LOG"
+    return
+  fi
+  echo "== $name (limit ${limit} s, at ${SECONDS} s): $*" | tee -a "$LOG"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local status="${PIPESTATUS[0]}"
+  echo "== $name: exit $status after ${SECONDS} s$([ "$status" = 124 ] && echo ' (timed out)')" | tee -a "$LOG"
+}
+
+step versions 40 "$PY" - "$OUT/versions.json" <<'EOF'
+import json, platform, subprocess, sys
+import engine  # loads $TWOFOUR_CUSPARSELT before torch
+import torch, transformers
+from engine.runtime import cusparselt_facts
+try:
+    import triton
+    triton_version = triton.__version__
+except ImportError:
+    triton_version = None
+try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,power.limit,memory.total",
+                          "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+except (OSError, subprocess.SubprocessError) as err:
+    smi = f"nvidia-smi: {err}"
+facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+         "transformers": transformers.__version__, "triton": triton_version, "nvidia_smi": smi,
+         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+         "compute_capability": torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
+         "cusparselt": cusparselt_facts()}
+open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
+print(json.dumps(facts, indent=2))
+EOF
+
+# shellcheck disable=SC2086  # BATCH_SIZES is a list
+step accelerate 225 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$WORK" --precision int8 \
+  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --tuning-budget-s 25 --out "$OUT/accelerate.json"
+# shellcheck disable=SC2086
+step benchmark 90 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
+  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes compiled --no-tutorial \
+  --out "$OUT/benchmark.json"
+step stream 75 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
+  --batch-buckets 16 64 256 --seq-buckets 192 384 --out "$OUT/stream.json"
+step qa 45 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 --out "$OUT/qa.json"
+if [ -n "${TWOFOUR_CUSPARSELT:-}" ] && [ "$(left)" -ge 50 ]; then
+  step cusparselt-0.8 "$(( $(left) - 15 ))" env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \
+    --budget-s 5 --out "$OUT/cusparselt-0.8.json"
+fi
+"$PY" benchmarks/engine_gpu_summary.py "$OUT" 2>&1 | tee -a "$LOG"
+rm -rf "$WORK"
+echo "== done after ${SECONDS} s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
