@@ -5,15 +5,16 @@
 #
 # cuSPARSELt: TWOFOUR_CUSPARSELT (default /root/cslt/libcusparseLt.so.0, the 0.10 that
 # ../shared/tools/cusparselt/prepare.sh packs) when that file exists, else the one torch links.
-# Each step runs under its own timeout (its cap, or what is left of ENGINE_RUN_BUDGET_S) and saves as
-# it goes, so a failure or a hang loses only that step. Writes at most 8 files to $OUT:
+# The steps, in this order, each under its own timeout (its cap, or what is left of ENGINE_RUN_BUDGET_S,
+# default 445 s), each saving as it goes, so a failure or a hang loses only that step; at most 8 files
+# in $OUT:
 #   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded
 #   accelerate.json     the plan: per layer and batch size dense / fp16 2:4 / int8 2:4, kernel timings,
 #                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
-#   benchmark.json      compiled latency per batch size: dense fp16, dense fp8, accelerated
 #   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
 #   qa.json             engine.qa latency, accelerated vs dense
-#   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if time is left)
+#   benchmark.json      compiled latency per batch size: dense fp16, dense fp8, accelerated
+#   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if 50 s are left)
 #   summary.json        the figures beside the targets (also printed at the end)
 #   run.log             everything printed
 set -uo pipefail
@@ -74,16 +75,19 @@ open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
 print(json.dumps(facts, indent=2))
 EOF
 
+# The plan first: everything after it runs on the models and plan it leaves in $WORK. Then the new
+# serving paths (stream, QA), then the compiled benchmark (dense fp8) with the time that is left.
 # shellcheck disable=SC2086  # BATCH_SIZES is a list
-step accelerate 225 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$WORK" --precision int8 \
-  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --tuning-budget-s 25 --out "$OUT/accelerate.json"
-# shellcheck disable=SC2086
-step benchmark 90 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
-  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes compiled --no-tutorial \
-  --out "$OUT/benchmark.json"
-step stream 75 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
+step accelerate 240 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$WORK" --precision int8 \
+  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --max-alg-id 63 --tuning-budget-s 25 \
+  --out "$OUT/accelerate.json"
+step stream 70 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
   --batch-buckets 16 64 256 --seq-buckets 192 384 --out "$OUT/stream.json"
 step qa 45 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 --out "$OUT/qa.json"
+# shellcheck disable=SC2086
+step benchmark "$BUDGET_S" "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
+  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes compiled --no-tutorial \
+  --out "$OUT/benchmark.json"
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ] && [ "$(left)" -ge 50 ]; then
   step cusparselt-0.8 "$(( $(left) - 15 ))" env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \
     --budget-s 5 --out "$OUT/cusparselt-0.8.json"

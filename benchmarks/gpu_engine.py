@@ -173,8 +173,8 @@ def main() -> None:
     params["benchmark"]["compile"] = params["benchmark"]["compile"] and not args.no_compile
 
     facts = cusparselt_facts()
-    print(f"cuSPARSELt {facts['cusparselt']} loaded from {facts['cusparselt_library']} "
-          f"(torch compiled against {facts['cusparselt_torch_compiled']})", flush=True)
+    print(f"cuSPARSELt {facts['cusparselt']} loaded ({', '.join(facts['cusparselt_files'])}; "
+          f"torch compiled against {facts['cusparselt_torch_compiled']})", flush=True)
     results = {"command": " ".join(sys.argv), "cusparselt": facts, "stage_seconds": {}}
 
     def save() -> None:  # after each stage, so a run cut short still leaves its figures

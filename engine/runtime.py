@@ -82,14 +82,14 @@ def loaded_version() -> str | None:
 
 
 def cusparselt_facts() -> dict:
-    """What makes a 2:4 timing comparable: the cuSPARSELt version loaded, its file, and the version torch
-    was compiled against (torch.backends.cusparselt.version(); None without cuSPARSELt)."""
+    """What makes a 2:4 timing comparable: the cuSPARSELt version loaded (the first object of its soname,
+    the one torch's calls bind to), every cuSPARSELt file mapped, and the version torch was compiled
+    against (torch.backends.cusparselt.version(); None without cuSPARSELt)."""
     import torch
 
     try:
         compiled = torch.backends.cusparselt.version()
     except Exception:  # a build without cuSPARSELt
         compiled = None
-    loaded = mapped_cusparselt()
-    return {"cusparselt": loaded_version(), "cusparselt_library": loaded[0] if loaded else None,
+    return {"cusparselt": loaded_version(), "cusparselt_files": mapped_cusparselt(),
             "cusparselt_torch_compiled": compiled}

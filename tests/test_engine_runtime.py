@@ -59,12 +59,12 @@ def test_a_missing_file_fails_with_one_line_naming_the_setting(tmp_path):
 def test_import_engine_loads_the_named_library_before_torch_and_reports_its_version(tmp_path):
     library = stand_in(tmp_path / "v10", (0, 10, 0))
     result = run_python("import engine, json, torch\n"
-                        "from engine.runtime import cusparselt_facts, mapped_cusparselt\n"
+                        "import engine\nfrom engine.runtime import cusparselt_facts, mapped_cusparselt\n"
                         "print(json.dumps([cusparselt_facts(), mapped_cusparselt()]))", **{ENV_VAR: str(library)})
     assert result.returncode == 0, result.stderr
     facts, mapped = json.loads(result.stdout)
-    assert facts["cusparselt"] == "0.10.0" and facts["cusparselt_library"] == str(library.resolve())
-    assert mapped == [str(library.resolve())]  # loaded once, however often engine is imported
+    assert facts["cusparselt"] == "0.10.0" and facts["cusparselt_torch_compiled"] is None  # a CPU build
+    assert facts["cusparselt_files"] == mapped == [str(library.resolve())]  # loaded once, however often imported
 
 
 def test_a_library_loaded_first_by_someone_else_is_an_error_naming_both(tmp_path):
