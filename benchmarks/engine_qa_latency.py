@@ -9,7 +9,6 @@ median of --repeats calls; then all questions in one call (their windows batched
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,6 +23,7 @@ import torch  # noqa: E402
 
 from engine.qa import QuestionAnswerer  # noqa: E402
 from engine.runtime import cusparselt_facts  # noqa: E402
+from gpu_engine import work_parser  # noqa: E402
 
 EMBEDDED_DATA = REPO / "data" / "embedded" / "biographies.json"
 
@@ -60,9 +60,7 @@ def time_answerer(answerer: QuestionAnswerer, pairs: list[tuple[str, str]], repe
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="holds dense/ and accelerated/ (gpu_engine.py --work)")
-    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    parser = work_parser(__doc__)
     parser.add_argument("--questions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)

@@ -12,7 +12,6 @@ model run unpadded (what the padding changes), accelerated vs dense bucketed (wh
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -30,6 +29,7 @@ from engine.graphs import BucketedRunner  # noqa: E402
 from engine.plan import PLAN_FILE, Plan, inference_model, load_accelerated  # noqa: E402
 from engine.planner import logits_error  # noqa: E402
 from engine.runtime import cusparselt_facts  # noqa: E402
+from gpu_engine import work_parser  # noqa: E402
 
 CHECKED_REQUESTS = 3
 
@@ -107,9 +107,7 @@ def compare(dense: torch.nn.Module, accelerated: torch.nn.Module, shapes: list[t
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="holds dense/ and accelerated/ (gpu_engine.py --work)")
-    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    parser = work_parser(__doc__)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the requests (median)")

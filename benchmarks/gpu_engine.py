@@ -121,6 +121,14 @@ def print_benchmark(bench: dict) -> None:
     print(f"\ndevice: {json.dumps(bench['device'])}")
 
 
+def work_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark run on the models --work keeps (dense/, accelerated/): --work, --out."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="holds dense/ and accelerated/ (gpu_engine.py --work)")
+    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    return parser
+
+
 def merge_benchmark(merged: dict, metrics: dict) -> None:
     """Fold one batch size's benchmark metrics into those of the sizes before it (in place)."""
     for key, value in metrics.items():
