@@ -33,6 +33,8 @@ STALL_TIMEOUT_S = 60.0
 # The highest alg_id probed: cuSPARSELt 0.8 offers ~36 configs per problem on an H100, 0.10 many more
 # (the fastest at 6144 tokens on an H200 were 42 and 46).
 MAX_ALG_ID = 127
+# Configs that may fail (each a fresh child process) before tuning stops trying configs.
+MAX_FAILED_CONFIGS = 8
 
 
 def best_alg(timing: dict) -> int | None:
@@ -277,6 +279,8 @@ def alg_id_count(problem: Problem, dtype: torch.dtype, precision: Precision = "f
     if last_try is None:
         raise RuntimeError(f"kernel timing process failed outside a kernel config: {error}")
     count = last_try[1]
+    if count == 0:
+        return 0, f"{precision}: alg_id 0 failed ({error}): no 2:4 config runs"
     return count, f"{precision}: cuSPARSELt offers alg_ids 0..{count - 1} (alg_id {count}: {error})"
 
 
@@ -291,7 +295,8 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
     (an internal error) and leaves the CUDA context broken, and an out-of-range alg_id can kill it,
     which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
     without an event). The search, where it works (0.10), picks a config that is timed first; a
-    failed search is dropped for hand timing only; a failed alg_id k ends every problem's ids at k.
+    failed search is dropped for hand timing only; a config that fails is not tried again on any
+    problem (each failure costs a fresh child: after MAX_FAILED_CONFIGS, only dense is timed).
     An fp16 config costs ~1 s to time (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s, so
     with `budget_s` each problem gets budget_s / len(problems) seconds of config timing and the
     configs past it are listed as "untimed". precision int8 times the int8 2:4 kernel against
@@ -303,7 +308,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
                                stall_timeout_s, command)
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried", "alg_ids_offered": count,
                     "untimed": []} for p in problems}
-    pending, notes, search, alg_limit = list(problems), [note], try_search, count
+    pending, notes, search, failed = list(problems), [note], try_search, set()
     per_problem_s = None if budget_s is None else budget_s / len(problems)
     progress = tqdm(total=len(problems), desc=f"timing {precision} 2:4 kernels", unit="shape")
 
@@ -324,9 +329,11 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
             progress.update()
 
     while pending:
+        configs = len(failed) < MAX_FAILED_CONFIGS  # past that, the rest are timed dense only
         spec = {"dtype": _dtype_name(dtype), "precision": precision, "jobs": [
-            {"problem": p, "dense": results[p]["dense_ms"] is None, "search": search, "budget_s": per_problem_s,
-             "alg_ids": [a for a in range(alg_limit) if a not in results[p]["sparse_ms"]]}
+            {"problem": p, "dense": results[p]["dense_ms"] is None, "budget_s": per_problem_s,
+             "search": configs and search and results[p]["search"] == "not tried",
+             "alg_ids": [a for a in range(count) if configs and a not in failed and a not in results[p]["sparse_ms"]]}
             for p in pending]}
         last_try, error = _run_child(spec, record, stall_timeout_s, command)
         if error is None:
@@ -340,16 +347,15 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
             for p in problems:
                 results[p]["search"] = "failed; alg_ids timed by hand"
         else:
-            pending.remove(problem)
-            progress.update()
-            if what > 0:
-                alg_limit = min(alg_limit, what)
-            notes.append(f"{problem}: {precision} alg_id {what} failed ({error}); ids from {what} on not used")
+            failed.add(what)
+            notes.append(f"{problem}: {precision} alg_id {what} failed ({error}); not tried again")
+            if len(failed) == MAX_FAILED_CONFIGS:
+                notes.append(f"{precision}: {MAX_FAILED_CONFIGS} configs failed: the rest timed dense only")
     progress.close()
     untimed = sum(len(result["untimed"]) for result in results.values())
     if untimed:
         notes.append(f"{precision}: tuning budget {budget_s:.0f} s ({per_problem_s:.1f} s per shape and batch "
-                     f"size) left {untimed} of {len(problems) * alg_limit} configs untimed")
+                     f"size) left {untimed} of {len(problems) * count} configs untimed")
     return results, notes
 
 

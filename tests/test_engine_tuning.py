@@ -51,6 +51,8 @@ class Timer:
             raise RuntimeError("CUSPARSE_STATUS_INVALID_VALUE: alg_id out of range")
     def sparse_ms(self, alg_id):
         self.run(alg_id)
+        if {fails_when}:
+            raise RuntimeError(f"CUSPARSE_STATUS_NOT_SUPPORTED: alg_id {{alg_id}} at {{self.problem}}")
         return 0.5 + abs(alg_id - {best}) / 100
     def search(self):
         if not {search_works}:
@@ -61,8 +63,10 @@ tuning._serve(json.load(sys.stdin), Timer, tuning.emit)
 """
 
 
-def fake_child(offered: int, best: int, search_works: bool) -> list[str]:
-    return [sys.executable, "-c", FAKE_CHILD.format(offered=offered, best=best, search_works=search_works)]
+def fake_child(offered: int, best: int, search_works: bool, fails_when: str = "False") -> list[str]:
+    """fails_when: a condition on alg_id and self.problem under which a config that exists fails."""
+    return [sys.executable, "-c", FAKE_CHILD.format(offered=offered, best=best, search_works=search_works,
+                                                    fails_when=fails_when)]
 
 
 def test_every_offered_config_is_timed_at_every_problem_and_a_failed_search_is_dropped():
@@ -86,6 +90,26 @@ def test_a_working_search_is_timed_first_and_the_budget_leaves_the_rest_untimed(
     assert results[problem]["untimed"] == [0, 1, 2, 4, 5] and results[problem]["alg_ids_offered"] == 6
     assert notes == ["fp16: alg_ids 0..5 all ran (the cap, max_alg_id; the library may offer more)",
                      "fp16: tuning budget 0 s (0.0 s per shape and batch size) left 5 of 6 configs untimed"]
+
+
+def test_a_config_that_fails_on_one_problem_is_dropped_and_the_problem_carries_on():
+    problems = [(32, 32, 64), (32, 32, 256)]
+    results, notes = tune_linears(problems, torch.float16, try_search=False, command=fake_child(
+        8, 6, False, fails_when="alg_id == 5 and self.problem[2] == 256"))
+    assert sorted(results[(32, 32, 64)]["sparse_ms"]) == list(range(8))  # timed before 5 failed elsewhere
+    assert sorted(results[(32, 32, 256)]["sparse_ms"]) == [0, 1, 2, 3, 4, 6, 7]
+    assert tuning.best_alg(results[(32, 32, 256)]) == 6 and results[(32, 32, 256)]["dense_ms"] == 1.0
+    assert notes[1].startswith("(32, 32, 256): fp16 alg_id 5 failed (RuntimeError: CUSPARSE_STATUS_NOT_SUPPORTED")
+
+
+def test_after_too_many_failed_configs_only_dense_is_timed(monkeypatch):
+    monkeypatch.setattr(tuning, "MAX_FAILED_CONFIGS", 2)
+    problems = [(32, 32, 64), (32, 32, 256)]
+    results, notes = tune_linears(problems, torch.float16, try_search=False,
+                                  command=fake_child(8, 6, False, fails_when="alg_id >= 2"))
+    assert {p: sorted(r["sparse_ms"]) for p, r in results.items()} == {problems[0]: [0, 1], problems[1]: []}
+    assert all(result["dense_ms"] == 1.0 for result in results.values())  # the layer stays dense, timed
+    assert notes[-1] == "fp16: 2 configs failed: the rest timed dense only"
 
 
 def test_the_child_protocol_stops_at_the_budget_on_its_clock():
