@@ -1,6 +1,7 @@
 """Question-answering latency as a user gets it: engine.qa.QuestionAnswerer on the accelerated model
 directory (its plan applied: 2:4 kernels, bucketed CUDA graphs captured on first use) against the
-same answerer on the dense directory (the plain model, eager), on the embedded data's questions.
+same answerer on the dense directory (a directory without a plan: the plain model, float32, eager),
+on the embedded data's questions.
 
 Per question: the first call (it captures the bucket's graph: a compile and a capture), then the
 median of --repeats calls; then all questions in one call (their windows batched).
@@ -46,17 +47,22 @@ def wall_ms(call) -> float:
     return (time.perf_counter() - begin) * 1000
 
 
-def time_answerer(answerer: QuestionAnswerer, pairs: list[tuple[str, str]], repeats: int) -> dict:
-    """First-call and median latency (ms) per question, and all questions in one call."""
-    first, median, answers = [], [], []
+def time_answerer(answerer: QuestionAnswerer, pairs: list[tuple[str, str]], repeats: int, result: dict,
+                  on_progress=lambda: None) -> None:
+    """Into `result`: first-call and median latency (ms) per question, then all questions in one call;
+    on_progress after each (a run cut short keeps what it measured)."""
+    result.update(first_call_ms=[], median_ms=[], answers=[])
     for question, context in pairs:
-        first.append(round(wall_ms(lambda: answers.append(answerer(question, context))), 3))
-        median.append(round(statistics.median(wall_ms(lambda: answerer(question, context)) for _ in range(repeats)), 3))
+        result["first_call_ms"].append(round(wall_ms(lambda: result["answers"].append(answerer(question, context))), 3))
+        result["median_ms"].append(round(statistics.median(wall_ms(lambda: answerer(question, context))
+                                                           for _ in range(repeats)), 3))
+        result["median_of_medians_ms"] = statistics.median(result["median_ms"])
+        on_progress()
     batch_questions, batch_contexts = map(list, zip(*pairs))
     answerer(batch_questions, batch_contexts)  # captures the batch's bucket
     together = statistics.median(wall_ms(lambda: answerer(batch_questions, batch_contexts)) for _ in range(repeats))
-    return {"first_call_ms": first, "median_ms": median, "median_of_medians_ms": statistics.median(median),
-            "all_questions_in_one_call_ms": round(together, 3), "answers": answers}
+    result["all_questions_in_one_call_ms"] = round(together, 3)
+    on_progress()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,12 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     result = {"command": " ".join(sys.argv), "cusparselt": cusparselt_facts(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "questions": [question for question, _ in pairs]}
+
+    def save() -> None:
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
+
     for name in ("accelerated", "dense"):  # accelerated first: it is the figure that matters
         begin = time.perf_counter()
         answerer = QuestionAnswerer.from_dir(args.work / name)
-        result[name] = {"load_s": round(time.perf_counter() - begin, 2), **time_answerer(answerer, pairs, args.repeats)}
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2))
+        result[name] = {"load_s": round(time.perf_counter() - begin, 2)}
+        time_answerer(answerer, pairs, args.repeats, result[name], save)
         print(f"{name}: median latency per question {result[name]['median_ms']} ms, first call "
               f"{result[name]['first_call_ms']} ms, all {len(pairs)} in one call "
               f"{result[name]['all_questions_in_one_call_ms']} ms", flush=True)
