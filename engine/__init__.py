@@ -12,6 +12,8 @@ helpers the stages share (stages.common for errors and JSON, stages.modeling to 
 - sparsity: 2:4 masks (magnitude, Wanda, SparseGPT) and the 2:4 check.
 - runtime: the cuSPARSELt library named by TWOFOUR_CUSPARSELT, loaded here, before any engine module
   imports torch; the version loaded.
+- plan_cache: optional (TWOFOUR_PLAN_CACHE=1): 2:4 calls whose cuSPARSELt plans are made once, not
+  per call (a small C file, cslt_plans.c, compiled on first use and checked against torch's calls).
 """
 from .runtime import load_cusparselt
 

@@ -151,7 +151,13 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- cuSPARSELt calls
-def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, **kernel_args) -> torch.Tensor:
+# The planned 2:4 call (engine/plan_cache.py's planned_cslt_mm, same arguments and result as
+# _cslt_tokens_mm's call of torch._cslt_sparse_mm) once plan_cache.enable() has checked it; None: torch's.
+PLANNED_MM: Callable | None = None
+
+
+def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
+                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
     kernel's alignment and cut back after.
 
@@ -159,19 +165,24 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, **kernel_args) -> t
     place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
     Measured on an H100 (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends
     ~200 ms planning on the host (~1 ms without), so this is for CUDA-graph replay, where the host
-    work is gone; without it, every consumer would need a transposing copy of the output.
+    work is gone, or for the plan cache (PLANNED_MM), which plans once per shape; without it, every
+    consumer would need a transposing copy of the output.
     """
     tokens = x2d.shape[0]
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
-    out = torch._cslt_sparse_mm(packed, x2d.t(), transpose_result=True, **kernel_args)
+    if PLANNED_MM is not None:
+        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id)
+    else:
+        out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, alpha=alpha, out_dtype=out_dtype,
+                                    transpose_result=True, alg_id=alg_id)
     return out[:tokens] if pad else out
 
 
 def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
     """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
-    return _cslt_tokens_mm(packed, x2d, bias=bias, alg_id=alg_id)
+    return _cslt_tokens_mm(packed, x2d, bias, alg_id)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
@@ -179,7 +190,7 @@ def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor,
     """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
     torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
     scale) and the bias applied by the kernel, out in the bias's dtype (fp16: no pass after it)."""
-    return _cslt_tokens_mm(packed, x_q, alpha=alpha, bias=bias, out_dtype=bias.dtype, alg_id=alg_id)
+    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype)
 
 
 # --------------------------------------------------------------------------- the Linears

@@ -22,6 +22,7 @@ from stages.modeling import load_qa_model
 
 from .attention import fuse_qkv, use_fused_attention
 from .graphs import bucketed
+from .plan_cache import enable_from_env
 from .kernels import (
     Int8ReferenceConfig,
     Kernel,
@@ -235,6 +236,8 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
     dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
     model_dir = Path(model_dir)
     plan = Plan.load(model_dir / PLAN_FILE)
+    if device.type == "cuda":
+        enable_from_env()  # TWOFOUR_PLAN_CACHE=1: eager 2:4 calls without per-call planning
     if dtype is None:
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
     return plan.apply(inference_model(model_dir, device, dtype), graphs)

@@ -24,6 +24,7 @@ from .attention import capture_context
 from .graphs import CudaGraphRunner
 from .kernels import Kernel, named, shape_name, swap_linears
 from .plan import DENSE, LayerPlan, Plan
+from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
@@ -161,6 +162,7 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
     """Fill in the plan's timings, kernels and variants (in place) for the layers not left dense,
     on the GPU, with the model the plan is for: fp16 2:4 on every such layer, int8 2:4 too on the
     layers that passed the int8 check."""
+    enable_from_env()
     candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
     plan.tuning = {"max_alg_id": max_alg_id, "budget_s_per_precision": tuning_budget_s, "alg_ids_offered": {}}
     for precision in ("fp16", "int8"):
