@@ -8,12 +8,14 @@
 # The steps, in this order, each under its own timeout (its cap, or what is left of ENGINE_RUN_BUDGET_S,
 # default 445 s), each saving as it goes, so a failure or a hang loses only that step; at most 8 files
 # in $OUT:
-#   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded
+#   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded, plan cache
+#                       (engine/plan_cache.py: used by the later steps only if it passes its check here)
 #   accelerate.json     the plan: per layer and batch size dense / fp16 2:4 / int8 2:4, kernel timings,
 #                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
 #   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
 #   qa.json             engine.qa latency, accelerated vs dense
-#   benchmark.json      compiled latency per batch size: dense fp16, dense fp8, accelerated
+#   benchmark.json      latency per batch size, compiled (dense fp16, dense fp8, accelerated) and, with
+#                       the plan cache on, eager
 #   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if 50 s are left)
 #   summary.json        the figures beside the targets (also printed at the end)
 #   run.log             everything printed
@@ -43,18 +45,25 @@ step() {
   local limit=$(( $(left) - 15 < cap ? $(left) - 15 : cap ))
   if [ "$limit" -lt 10 ]; then
     echo "== $name: skipped, $(left) s left" | tee -a "$LOG"
-    return
+    return 1
   fi
   echo "== $name (limit ${limit} s, at ${SECONDS} s): $*" | tee -a "$LOG"
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local status="${PIPESTATUS[0]}"
   echo "== $name: exit $status after ${SECONDS} s$([ "$status" = 124 ] && echo ' (timed out)')" | tee -a "$LOG"
+  return "$status"
 }
 
-step versions 40 "$PY" - "$OUT/versions.json" <<'EOF'
+# Versions, then the optional plan cache (engine/plan_cache.py): built and checked against
+# torch._cslt_sparse_mm here, in a process of its own; only if that passes do the later steps use it
+# (TWOFOUR_PLAN_CACHE=1) and time eager forwards too (without it an eager fp16 2:4 forward plans every
+# call: ~10 s).
+MODES="compiled"
+if step versions-and-plan-cache 60 "$PY" - "$OUT/versions.json" <<'EOF'
 import json, platform, subprocess, sys
 import engine  # loads $TWOFOUR_CUSPARSELT before torch
 import torch, transformers
+from engine.plan_cache import enable
 from engine.runtime import cusparselt_facts
 try:
     import triton
@@ -72,8 +81,17 @@ facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda"
          "compute_capability": torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
          "cusparselt": cusparselt_facts()}
 open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
-print(json.dumps(facts, indent=2))
+print(json.dumps(facts, indent=2), flush=True)
+reason = enable()
+facts["plan_cache"] = reason or "on: checked against torch._cslt_sparse_mm"
+open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
+print(f"plan cache: {facts['plan_cache']}")
+sys.exit(0 if reason is None else 3)
 EOF
+then
+  export TWOFOUR_PLAN_CACHE=1
+  MODES="eager compiled"
+fi
 
 # The plan first: everything after it runs on the models and plan it leaves in $WORK. Then the new
 # serving paths (stream, QA), then the compiled benchmark (dense fp8) with the time that is left.
@@ -86,7 +104,7 @@ step stream 70 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --
 step qa 45 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 --out "$OUT/qa.json"
 # shellcheck disable=SC2086
 step benchmark "$BUDGET_S" "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
-  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes compiled --no-tutorial \
+  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
   --out "$OUT/benchmark.json"
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ] && [ "$(left)" -ge 50 ]; then
   step cusparselt-0.8 "$(( $(left) - 15 ))" env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \

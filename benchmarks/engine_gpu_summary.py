@@ -9,8 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-# issue #18: accelerated vs dense fp16 and dense fp8 (compiled, CUDA graphs), and the request stream
-TARGETS = {"vs_fp16": {16: 1.25, 64: 1.50, 256: 1.50}, "vs_fp8": {16: 1.10, 64: 1.10, 256: 1.10}, "stream": 1.20}
+# issue #18: accelerated vs dense fp16 and dense fp8 (compiled, CUDA graphs), the request stream, eager
+TARGETS = {"vs_fp16": {16: 1.25, 64: 1.50, 256: 1.50}, "vs_fp8": {16: 1.10, 64: 1.10, 256: 1.10}, "stream": 1.20,
+           "eager": 0.9}
 
 
 def read(directory: Path, name: str) -> dict:
@@ -40,11 +41,13 @@ def summarize(directory: Path) -> dict:
             "accelerate_vs_fp16": ratio(model_ms.get("dense"), model_ms.get(chosen)),
             "benchmark_vs_fp16": ratio(latency.get("dense_compiled"), latency.get("accelerated_compiled")),
             "benchmark_vs_fp8": ratio(latency.get("dense_fp8_compiled"), latency.get("accelerated_compiled")),
-            "target_vs_fp16": target, "target_vs_fp8": TARGETS["vs_fp8"][batch],
+            "eager_vs_fp16_eager": ratio(latency.get("dense_eager"), latency.get("accelerated_eager")),
+            "target_vs_fp16": target, "target_vs_fp8": TARGETS["vs_fp8"][batch], "target_eager": TARGETS["eager"],
         }
-    stream, qa = read(directory, "stream.json"), read(directory, "qa.json")
+    stream, qa, versions = read(directory, "stream.json"), read(directory, "qa.json"), read(directory, "versions.json")
     return {
-        "cusparselt": read(directory, "versions.json").get("cusparselt"),
+        "cusparselt": versions.get("cusparselt"),
+        "plan_cache": versions.get("plan_cache"),
         "cusparselt_0.8_probe": {precision: read(directory, "cusparselt-0.8.json").get(precision)
                                  for precision in ("fp16", "int8")},
         "tuning": plan.get("tuning"),
@@ -62,11 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     (directory / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"cuSPARSELt: {summary['cusparselt']}")
     print(f"tuning: {summary['tuning']}")
-    print("batch  variant     accelerate_vs_fp16  benchmark_vs_fp16  benchmark_vs_fp8   (targets fp16 / fp8)")
+    print(f"plan cache: {summary['plan_cache']}")
+    print("batch  variant     accelerate_vs_fp16  benchmark_vs_fp16  benchmark_vs_fp8  eager_vs_fp16   (targets)")
     for batch, row in summary["by_batch"].items():
         print(f"{batch:<6} {str(row['variant']):<11} {str(row['accelerate_vs_fp16']):>18} "
-              f"{str(row['benchmark_vs_fp16']):>18} {str(row['benchmark_vs_fp8']):>16}   "
-              f"({row['target_vs_fp16']} / {row['target_vs_fp8']})")
+              f"{str(row['benchmark_vs_fp16']):>18} {str(row['benchmark_vs_fp8']):>16} "
+              f"{str(row['eager_vs_fp16_eager']):>14}   "
+              f"({row['target_vs_fp16']} / {row['target_vs_fp8']} / {row['target_eager']})")
     print(f"stream: x{summary['stream']['speedup']} (target {TARGETS['stream']}), {summary['stream']['tokens_per_s']}")
     print(f"QA median latency per question (ms): {summary['qa_median_ms']}")
     print(f"output relative error: {summary['output_relative_error']}")

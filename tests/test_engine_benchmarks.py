@@ -108,6 +108,8 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     engine_gpu_summary.main([str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["by_batch"]["bs16"] == {"variant": "fp16_2of4", "accelerate_vs_fp16": 1.3, "benchmark_vs_fp16": 1.3,
-                                           "benchmark_vs_fp8": 1.2, "target_vs_fp16": 1.25, "target_vs_fp8": 1.10}
+                                           "benchmark_vs_fp8": 1.2, "eager_vs_fp16_eager": None, "target_vs_fp16": 1.25,
+                                           "target_vs_fp8": 1.10, "target_eager": 0.9}
     assert summary["by_batch"]["bs64"]["accelerate_vs_fp16"] is None and summary["stream"]["speedup"] is None
     assert summary["tuning"] == {"alg_ids_offered": {"fp16": 60}} and summary["cusparselt"] is None
+    assert summary["plan_cache"] is None  # versions.json missing
