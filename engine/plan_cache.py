@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,8 +79,11 @@ def build(cache_dir: Path | None = None) -> Path:
         return built
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = built.with_suffix(f".{os.getpid()}.tmp")
-    command = [os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-o", str(partial), str(SOURCE),
-               f"-I{header}", f"-I{cuda_headers}", libraries[0]]
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise PlanCacheError("no C compiler (cc, gcc or $CC)")
+    command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(SOURCE), f"-I{header}", f"-I{cuda_headers}",
+               libraries[0]]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as err:
