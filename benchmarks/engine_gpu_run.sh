@@ -61,7 +61,8 @@ step() {
 MODES="compiled"
 if step versions-and-plan-cache 60 "$PY" - "$OUT/versions.json" <<'EOF'
 import json, platform, subprocess, sys
-import engine  # loads $TWOFOUR_CUSPARSELT before torch
+from engine.runtime import load_cusparselt
+load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch
 import torch, transformers
 from engine.plan_cache import enable
 from engine.runtime import cusparselt_facts

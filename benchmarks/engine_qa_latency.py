@@ -19,7 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import engine  # noqa: E402,F401  loads $TWOFOUR_CUSPARSELT before torch (engine/runtime.py)
+from engine.runtime import load_cusparselt  # noqa: E402
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
+
 import torch  # noqa: E402
 
 from engine.qa import QuestionAnswerer  # noqa: E402

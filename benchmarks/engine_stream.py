@@ -21,7 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import engine  # noqa: E402,F401  loads $TWOFOUR_CUSPARSELT before torch (engine/runtime.py)
+from engine.runtime import load_cusparselt  # noqa: E402
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
+
 import torch  # noqa: E402
 
 from engine.attention import capture_context, use_fused_attention  # noqa: E402

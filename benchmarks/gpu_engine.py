@@ -29,7 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import engine  # noqa: E402,F401  loads $TWOFOUR_CUSPARSELT before torch (engine/runtime.py)
+from engine.runtime import load_cusparselt  # noqa: E402
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
+
 import torch  # noqa: E402
 
 from engine.plan import PLAN_FILE  # noqa: E402

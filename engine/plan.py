@@ -22,7 +22,6 @@ from stages.modeling import load_qa_model
 
 from .attention import fuse_qkv, use_fused_attention
 from .graphs import bucketed
-from .plan_cache import enable_from_env
 from .kernels import (
     Int8ReferenceConfig,
     Kernel,
@@ -35,6 +34,7 @@ from .kernels import (
     shape_name,
     swap_linears,
 )
+from .plan_cache import enable_from_env
 
 PLAN_FILE = "plan.json"
 SMOOTHING_FILE = "int8_smoothing.safetensors"

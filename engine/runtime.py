@@ -8,8 +8,9 @@ already holds, so loading the named file first (RTLD_GLOBAL) is all it takes, as
 torch.backends.cusparselt.version() reports the version torch was compiled against whatever is loaded,
 so the version recorded is cusparseLtGetProperty's, which needs no handle and no GPU.
 
-This module imports no torch: `import engine` runs load_cusparselt() before any engine module imports
-torch, and so do the flows and benchmarks/gpu_engine.py before they import anything else.
+This module imports no torch, so the places where the engine starts call load_cusparselt() before
+anything imports torch: the accelerate, evaluate and benchmark flows, `python -m engine.qa`, the kernel
+timing children (engine/tuning.py) and the benchmarks.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def load_cusparselt(path: str | None = None) -> str | None:
     loaded = mapped_cusparselt()
     if loaded and real not in loaded:
         raise CusparseLtError(f"{ENV_VAR}={path}: this process already runs cuSPARSELt from {loaded[0]} (torch was "
-                              "imported first): import engine, or start through the flows, before importing torch")
+                              "imported first): call engine.runtime.load_cusparselt() before importing torch")
     try:
         ctypes.CDLL(real, mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
@@ -79,6 +80,12 @@ def loaded_version() -> str | None:
             return None
         parts.append(str(value.value))
     return ".".join(parts)
+
+
+def with_cusparselt(facts: dict) -> dict:
+    """A stage's device facts (stages.common.device_facts) with, on a GPU, the cuSPARSELt loaded:
+    its "cusparselt" then names the version running, not the one torch was compiled against."""
+    return {**facts, **cusparselt_facts()} if facts.get("device") == "cuda" else facts
 
 
 def cusparselt_facts() -> dict:

@@ -1,5 +1,5 @@
 """Kernel timing: cuBLAS dense against every cuSPARSELt config the loaded library offers, per Linear
-shape and token count, in child processes (`python -m engine.tuning`), and the timers the whole-model
+shape and token count, in child processes (CHILD_COMMAND), and the timers the whole-model
 timings use.
 
 The child's protocol (_serve) takes its timer as an argument and the parent (tune_linears) the
@@ -152,12 +152,14 @@ class LinearProblem:
 
 Problem = tuple[int, int, int]  # (out_features, in_features, tokens)
 EVENT = "@@event "
-CHILD_COMMAND = [sys.executable, "-m", "engine.tuning"]
+# A child loads $TWOFOUR_CUSPARSELT before torch, as its parent did (engine/runtime.py).
+CHILD_COMMAND = [sys.executable, "-c", "from engine.runtime import load_cusparselt; load_cusparselt(); "
+                 "from engine.tuning import _timing_child; _timing_child()"]
 
 
 def _serve(spec: dict, timer_for: Callable[[Problem], LinearProblem], emit: Callable[..., None],
            clock: Callable[[], float] = time.perf_counter) -> None:
-    """The child's work (`python -m engine.tuning`), with the GPU timer passed in (tests pass a fake one).
+    """The child's work (CHILD_COMMAND), with the GPU timer passed in (tests pass a fake one).
 
     spec["probe"]: one call of each alg_id from 0 up on that problem, until the library rejects one
     (the exception ends the process: the parent reads the count from the last "try"). spec["jobs"]:
@@ -194,7 +196,7 @@ def _serve(spec: dict, timer_for: Callable[[Problem], LinearProblem], emit: Call
 
 
 def _timing_child() -> None:
-    """`python -m engine.tuning`: the spec read from stdin, one JSON event per line on stdout.
+    """CHILD_COMMAND: the spec read from stdin, one JSON event per line on stdout.
 
     Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
     parent reads the last "try" event to learn what failed and starts a fresh child without it.
@@ -294,7 +296,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
     """GPU time (ms) of cuBLAS dense vs every cuSPARSELt config the loaded library offers (alg_id_count,
     at most 0..max_alg_id), per (out, in, tokens) problem.
 
-    Runs in child processes (`python -m engine.tuning`): on cuSPARSELt 0.8 the kernel search fails
+    Runs in child processes (CHILD_COMMAND): on cuSPARSELt 0.8 the kernel search fails
     (an internal error) and leaves the CUDA context broken, and an out-of-range alg_id can kill it,
     which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
     without an event). The search, where it works (0.10), picks a config that is timed first; a
@@ -381,7 +383,3 @@ def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.devic
     """Seeded random token ids: the inputs whole models are timed and checked on."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, seq_length), generator=generator).to(device)
-
-
-if __name__ == "__main__":
-    _timing_child()

@@ -23,7 +23,6 @@ from typing import Callable
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-import engine  # noqa: E402,F401  loads $TWOFOUR_CUSPARSELT (engine/runtime.py) before anything imports torch
 
 import prefect.context  # noqa: E402
 from prefect import flow, tags, task  # noqa: E402

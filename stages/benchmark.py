@@ -42,6 +42,7 @@ from engine.kernels import (
     swap_linears,
 )
 from engine.plan import inference_model, load_accelerated
+from engine.runtime import with_cusparselt
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
 from .common import best_device, device_facts, relative_error
@@ -274,7 +275,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "latency_ms": latency,
         "speedup": speedups(latency),
         "noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": untrustworthy(spread)},
-        "device": device_facts(device),
+        "device": with_cusparselt(device_facts(device)),
     }
     metrics["trustworthy"] = not metrics["noise"]["untrustworthy"]
     if not metrics["trustworthy"]:

@@ -112,14 +112,19 @@ def device_facts(device: torch.device | None = None) -> dict:
             gpu=torch.cuda.get_device_name(device),
             compute_capability=f"{major}.{minor}",
             cuda=torch.version.cuda,
+            cusparselt=_cusparselt_version(),
         )
-        from engine.runtime import cusparselt_facts  # the version loaded, not the one torch was built with
-
-        facts.update(cusparselt_facts())
     else:
         facts["cpu"] = platform.processor() or platform.machine()
         facts["cpu_threads"] = torch.get_num_threads()
     return facts
+
+
+def _cusparselt_version() -> str | None:
+    try:
+        return str(torch.backends.cusparselt.version())
+    except Exception:  # not built with cuSPARSELt
+        return None
 
 
 @contextlib.contextmanager
