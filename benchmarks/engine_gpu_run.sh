@@ -111,6 +111,10 @@ step qa 40 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --
 step benchmark "$BUDGET_S" "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
   --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
   --out "$OUT/benchmark.json"
+if [ "$(left)" -ge 75 ]; then  # the CLI as a user runs it, end to end (its wall time is in run.log)
+  step qa-cli 60 "$PY" -m engine.qa --model "$WORK/accelerated" --question "Where was Ada born?" \
+    --context "Ada Lovelace was born in London in 1815 and worked with Charles Babbage."
+fi
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ] && [ "$(left)" -ge 50 ]; then
   step cusparselt-0.8 "$(( $(left) - 15 ))" env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \
     --budget-s 5 --out "$OUT/cusparselt-0.8.json"
