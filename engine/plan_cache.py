@@ -122,6 +122,7 @@ class PlanCache:
                out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
         """(tokens, out) = x2d @ W.t() (* alpha) (+ bias) for a contiguous (tokens, in) x2d and W packed by
         torch._cslt_compress; the plan for this shape, kernel and bias made on the first call."""
+        x2d = x2d.contiguous()  # the plan reads it row-major; a compiled graph may hand over other strides
         tokens, in_features = x2d.shape
         out_features = packed.numel() * 16 // COMPRESSION_FACTOR[packed.dtype] // in_features
         out_dtype = out_dtype or x2d.dtype
