@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .kernels import Precision, int8_sparse_mm, shape_name, sparse_mm
+from .runtime import loaded_version
 
 # A kernel config that makes no progress for this long is treated as failed.
 STALL_TIMEOUT_S = 60.0
@@ -289,7 +290,14 @@ def alg_id_count(problem: Problem, dtype: torch.dtype, precision: Precision = "f
     return count, f"{precision}: cuSPARSELt offers alg_ids 0..{count - 1} (alg_id {count}: {error})"
 
 
-def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool = True,
+def search_works() -> bool:
+    """Whether cuSPARSELt's own search works with the library loaded: it errors on 0.8 (and leaves the
+    CUDA context broken), it works on 0.10."""
+    version = loaded_version()
+    return version is not None and tuple(int(part) for part in version.split(".")) >= (0, 10, 0)
+
+
+def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool | None = None,
                  max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
                  precision: Precision = "fp16", budget_s: float | None = None,
                  command: list[str] = CHILD_COMMAND) -> tuple[dict[Problem, dict], list[str]]:
@@ -299,8 +307,8 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
     Runs in child processes (CHILD_COMMAND): on cuSPARSELt 0.8 the kernel search fails
     (an internal error) and leaves the CUDA context broken, and an out-of-range alg_id can kill it,
     which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
-    without an event). The search, where it works (0.10), picks a config that is timed first; a
-    failed search is dropped for hand timing only; a config that fails is not tried again on any
+    without an event). The search (try_search; by default where it works, search_works) picks a
+    config that is timed first; a failed search is dropped for hand timing only; a config that fails is not tried again on any
     problem (each failure costs a fresh child: after MAX_FAILED_CONFIGS, only dense is timed).
     An fp16 config costs ~1 s to time (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s, so
     with `budget_s` each problem gets budget_s / len(problems) seconds of config timing and the
@@ -313,7 +321,8 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool =
                                stall_timeout_s, command)
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried", "alg_ids_offered": count,
                     "untimed": []} for p in problems}
-    pending, notes, search, failed = list(problems), [note], try_search, set()
+    search = search_works() if try_search is None else try_search
+    pending, notes, failed = list(problems), [note], set()
     per_problem_s = None if budget_s is None else budget_s / len(problems)
     progress = tqdm(total=len(problems), desc=f"timing {precision} 2:4 kernels", unit="shape")
 

@@ -71,7 +71,8 @@ def fake_child(offered: int, best: int, search_works: bool, fails_when: str = "F
 
 def test_every_offered_config_is_timed_at_every_problem_and_a_failed_search_is_dropped():
     problems = [(32, 32, 64), (32, 32, 256)]
-    results, notes = tune_linears(problems, torch.float16, max_alg_id=40, command=fake_child(12, 7, False))
+    results, notes = tune_linears(problems, torch.float16, try_search=True, max_alg_id=40,
+                                  command=fake_child(12, 7, False))
     for problem in problems:
         assert sorted(results[problem]["sparse_ms"]) == list(range(12))  # 0..11: the count the probe found
         assert results[problem]["alg_ids_offered"] == 12 and results[problem]["untimed"] == []
@@ -83,7 +84,7 @@ def test_every_offered_config_is_timed_at_every_problem_and_a_failed_search_is_d
 
 def test_a_working_search_is_timed_first_and_the_budget_leaves_the_rest_untimed():
     problem = (32, 32, 64)
-    results, notes = tune_linears([problem], torch.float16, max_alg_id=5, budget_s=0.0,
+    results, notes = tune_linears([problem], torch.float16, try_search=True, max_alg_id=5, budget_s=0.0,
                                   command=fake_child(64, 3, True))
     assert results[problem]["search"] == "search chose alg_id 3"
     assert results[problem]["sparse_ms"] == {3: 0.5}  # one config is always timed: the search's pick
@@ -110,6 +111,13 @@ def test_after_too_many_failed_configs_only_dense_is_timed(monkeypatch):
     assert {p: sorted(r["sparse_ms"]) for p, r in results.items()} == {problems[0]: [0, 1], problems[1]: []}
     assert all(result["dense_ms"] == 1.0 for result in results.values())  # the layer stays dense, timed
     assert notes[-1] == "fp16: 2 configs failed: the rest timed dense only"
+
+
+@pytest.mark.parametrize("loaded, works", [(None, False), ("0.8.0", False), ("0.8.1", False), ("0.10.0", True),
+                                           ("0.11.2", True), ("1.0.0", True)])
+def test_the_search_is_tried_only_on_a_library_where_it_works(monkeypatch, loaded, works):
+    monkeypatch.setattr(tuning, "loaded_version", lambda: loaded)
+    assert tuning.search_works() is works
 
 
 def test_the_child_protocol_stops_at_the_budget_on_its_clock():
