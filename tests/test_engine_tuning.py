@@ -160,7 +160,7 @@ def test_timing_budget_stops_slow_calls_after_one_timed_call():
     calls = []
     slow = lambda: (calls.append(1), time.sleep(0.2))  # noqa: E731
     assert median_ms(slow, warmup=5, repeats=20, device=torch.device("cpu"), budget_s=0.3) >= 200
-    assert len(calls) == 3  # 2 warm-ups spend the budget, then the one timed call
+    assert len(calls) == 4  # the first call, then 2 warm-ups spend the budget, then the one timed call
     calls.clear()
     median_ms(lambda: calls.append(1), warmup=2, repeats=20, device=torch.device("cpu"), budget_s=5)
     assert len(calls) == 22  # fast calls: the whole count
