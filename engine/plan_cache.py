@@ -46,10 +46,11 @@ class PlanCacheError(RuntimeError):
 def include_candidates() -> list[Path]:
     """Folders that may hold cusparseLt.h and the CUDA headers: TWOFOUR_CUSPARSELT_INCLUDE, the include
     folder beside each cuSPARSELt loaded, the CUDA toolkit's, and the nvidia wheels' on sys.path."""
-    from torch.utils.cpp_extension import CUDA_HOME
-
+    nvcc = shutil.which("nvcc")
+    toolkits = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), nvcc and Path(nvcc).resolve().parent.parent,
+                "/usr/local/cuda"]
     found = [os.environ.get(INCLUDE_ENV), *(Path(path).parent.parent / "include" for path in mapped_cusparselt()),
-             CUDA_HOME and Path(CUDA_HOME) / "include"]
+             *(Path(toolkit) / "include" for toolkit in toolkits if toolkit)]
     for entry in sys.path:
         found += sorted(Path(entry or ".").glob("nvidia/*/include"))
     return [Path(folder) for folder in found if folder]
