@@ -16,6 +16,7 @@
 #   qa.json             engine.qa latency, accelerated vs dense
 #   benchmark.json      latency per batch size, compiled (dense fp16, dense fp8, accelerated) and, with
 #                       the plan cache on, eager
+#   (run.log only)      `python -m engine.qa` end to end on the accelerated model (only if 75 s are left)
 #   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if 50 s are left)
 #   summary.json        the figures beside the targets (also printed at the end)
 #   run.log             everything printed
