@@ -6,8 +6,8 @@ accelerate.mode says so (auto: only where it measured faster, and never slower t
 end). Everywhere else (no CUDA, compute capability < 8.0, mode none) every layer is planned dense
 with the reason, and the stage succeeds. With accelerate.precision int8, the layers whose int8 error
 on one calibration batch is small may run int8 2:4 too: per layer and batch size, the plan takes the
-fastest of dense, fp16 2:4 and int8 2:4. The plan (engine/plan.py) is
-saved beside the model and applied when it is loaded (engine.plan.load_accelerated); the stage
+fastest of dense, fp16 2:4 and int8 2:4. The plan (engine/plan.py) is saved beside the model and
+applied when it is loaded (engine.plan.load_accelerated); the stage
 checks the accelerated outputs against the masked dense model before it ends. Plans are made for,
 and applied to, the model with each BERT layer's query, key and value fused into one Linear.
 """
@@ -30,8 +30,8 @@ from engine.planner import (
     measure,
     why_dense,
 )
-from engine.sparsity import calibration_batches
 from engine.runtime import with_cusparselt
+from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
 
 from .common import StageError, best_device, device_facts
