@@ -1,8 +1,12 @@
 """DVC stage `benchmark`: dense vs accelerated latency per batch size, eager and compiled."""
 from pathlib import Path
 
-from flows.common import main, stage_flow
-from stages.benchmark import latency_frame, run
+from engine.runtime import load_cusparselt
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.benchmark import latency_frame, run  # noqa: E402
 
 
 def batch_table(metrics: dict) -> list[dict]:

@@ -1,8 +1,12 @@
 """DVC stage `evaluate`: exact match and F1 of every model variant on the validation split."""
 from pathlib import Path
 
-from flows.common import main, stage_flow
-from stages.evaluate import VARIANTS, evaluate
+from engine.runtime import load_cusparselt
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.evaluate import VARIANTS, evaluate  # noqa: E402
 
 MODEL_DIRS = {
     "dense": Path("models/baseline"),
