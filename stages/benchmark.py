@@ -159,11 +159,10 @@ def gpu_driver_version() -> str | None:
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
 
 
-def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params,
+def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], params,
                   device) -> tuple[dict, dict, dict]:
     """(latency ms, peak memory MiB, relative spread of the repeats) per variant_mode at one batch
-    size; raises OutOfMemoryError."""
-    input_ids = random_ids(batch, seq_length, models["dense"]["eager"].config.vocab_size, device, seed=batch)
+    of inputs; raises OutOfMemoryError."""
     latency, peak, spread = {}, {}, {}
     for mode in mode_names:
         for variant, by_mode in models.items():
@@ -250,7 +249,8 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         models = {variant: {mode: wrap(model, mode, on_gpu) for mode in modes_of[variant]}
                   for variant, model in plain.items()}
         try:
-            latency[key], peak, spread[key] = measure_batch(models, batch, seq_length, mode_names, params, device)
+            input_ids = random_ids(batch, seq_length, dense.config.vocab_size, device, seed=batch)
+            latency[key], peak, spread[key] = measure_batch(models, input_ids, mode_names, params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
             if not is_out_of_memory(err):
                 raise
