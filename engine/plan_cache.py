@@ -90,8 +90,10 @@ def build(cache_dir: Path | None = None) -> Path:
     except (OSError, subprocess.SubprocessError) as err:
         raise PlanCacheError(f"building {SOURCE.name}: {err}") from None
     if result.returncode:
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise PlanCacheError(f"building {SOURCE.name} failed: {last}")
+        lines = result.stderr.strip().splitlines() or ["no message"]
+        # The compiler's first "error:" line names the cause; the last is often only a caret.
+        cause = next((line.strip() for line in lines if "error" in line), lines[-1].strip())
+        raise PlanCacheError(f"building {SOURCE.name} failed: {cause}")
     partial.rename(built)
     return built
 
