@@ -1,8 +1,9 @@
 """Compare pruning and fine-tuning methods through DVC experiments; print a markdown table.
 
-Runs `dvc exp run evaluate` once per prune.method x finetune.distill, then reads
-`dvc exp show --json` and prints, per combination, exact match and F1 of the dense baseline, the
-zero-shot pruned model and the sparse fine-tuned model. Run from the repository root:
+Runs `dvc exp run evaluate` once per prune.method x finetune.distill, then finds the experiments
+in `dvc exp show --json`, reads each one's reports/evaluate.json (through DVC's cache) and prints,
+per combination, exact match and F1 of the dense baseline, the zero-shot pruned model and the
+sparse fine-tuned model. Run from the repository root:
 
     python benchmarks/compare_methods.py                        # the six experiments, then the table
     python benchmarks/compare_methods.py -S data.source=json    # -S goes to every run (and filters the table)
@@ -31,6 +32,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 DISTILL = (False, True)
 COMBINATION_KEYS = ("prune.method", "finetune.distill")
 VARIANTS = (("dense", "dense"), ("pruned", "zero-shot pruned"), ("sparse", "sparse fine-tuned"))
+REPORT = "reports/evaluate.json"  # EM and F1 per variant, with the run facts: a cached out, not a metric
 
 
 def dvc(*args: str, capture: bool = False) -> str:
@@ -52,19 +54,30 @@ def run_experiments(overrides: list[str], seeds: list[int] | None) -> None:
 
 
 def experiments(shown: list[dict]) -> list[dict]:
-    """Every finished experiment of `dvc exp show --json` that has scores: name, timestamp, flat
-    params, scores. One still running has no timestamp yet, and the workspace's metrics: skipped."""
+    """Every finished experiment of `dvc exp show --json` with an evaluate report: name, commit,
+    timestamp, flat params. One still running has no timestamp yet: skipped."""
     found = []
     for commit in shown:
         for group in commit.get("experiments") or []:
             for exp in group["revs"]:
                 data = exp.get("data") or {}
-                scores = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
-                if scores and data.get("timestamp"):
+                if REPORT in (data.get("outs") or {}) and data.get("timestamp"):
                     params = pd.json_normalize(data["params"]["params.yaml"]["data"]).to_dict("records")[0]
-                    found.append({"name": exp.get("name") or exp["rev"][:7], "timestamp": data["timestamp"],
-                                  "params": params, "scores": scores})
+                    found.append({"name": exp.get("name") or exp["rev"][:7], "rev": exp["rev"],
+                                  "timestamp": data["timestamp"], "params": params})
     return found
+
+
+def evaluation(rev: str) -> dict:
+    """The evaluate report as the experiment (commit) `rev` left it."""
+    import dvc.api  # here: only main needs it
+
+    return json.loads(dvc.api.read(REPORT, rev=rev))
+
+
+def with_scores(chosen: dict[tuple, list[dict]], read=evaluation) -> dict[tuple, list[dict]]:
+    """The chosen experiments, each with its evaluate report as "scores"."""
+    return {key: [{**exp, "scores": read(exp["rev"])} for exp in runs] for key, runs in chosen.items()}
 
 
 def same_setting(a: dict, b: dict, ignored: tuple[str, ...]) -> bool:
@@ -132,7 +145,8 @@ def main() -> None:
         run_experiments(args.overrides, args.seeds)
     chosen = select(experiments(json.loads(dvc("exp", "show", "--json", capture=True))), args.overrides, args.seeds)
     if not chosen:
-        sys.exit("no DVC experiment with metrics/evaluate.json matches; run without --no-run first")
+        sys.exit(f"no DVC experiment with {REPORT} matches; run without --no-run first")
+    chosen = with_scores(chosen)
     print(markdown_table(chosen))
     run = next(iter(chosen.values()))[0]["scores"].get("run", {})
     print(f"\nevaluated on {run.get('device')} ({run.get('gpu') or run.get('cpu')}), torch {run.get('torch')}, "

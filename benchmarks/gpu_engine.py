@@ -1,31 +1,43 @@
 """The GPU targets of the 2:4 engine, measured through the pipeline's own accelerate and benchmark stages.
 
 Builds a bert-base-cased-shaped QA model from a BertConfig (hidden 768, 12 layers, 12 heads,
-intermediate 3072; random weights, no hub access), applies 2:4 magnitude masks to its encoder
-Linears (all but those matching --exclude, as prune.exclude), runs stages.accelerate.run on it,
-then stages.benchmark.run (dense = the same model unmasked), and prints the plan, the latency
-table, the speedups and the tutorial's single-Linear microbenchmark. Run from the repository root
-on a GPU:
+intermediate 3072; random weights, no hub access) with a small character-level tokenizer (for
+benchmarks/engine_qa_latency.py), applies 2:4 magnitude masks to its encoder Linears (all but those
+matching --exclude, as prune.exclude), runs stages.accelerate.run on it, then stages.benchmark.run
+(dense = the same model unmasked), and prints the plan, the latency table, the speedups and the
+tutorial's single-Linear microbenchmark. Run from the repository root on a GPU:
 
     python benchmarks/gpu_engine.py --out gpu-results.json            # params.yaml's benchmark sizes
     python benchmarks/gpu_engine.py --repeats 50 --no-compile --mode all
-    python benchmarks/gpu_engine.py --precision int8 --out gpu-results-int8.json
+    python benchmarks/gpu_engine.py --precision int8 --out gpu-results-int8.json   # dense / fp16 / int8 2:4 mix
     python benchmarks/gpu_engine.py --precision int8 --exclude 'pooler|attention'   # 2:4 in the FFNs only
+    TWOFOUR_CUSPARSELT=/path/to/libcusparseLt.so.0 python benchmarks/gpu_engine.py ...   # another cuSPARSELt
+
+With --work DIR the models stay in DIR (dense/, sparse/, accelerated/) for the stream and QA
+benchmarks, and --only accelerate / --only benchmark runs one stage there (benchmark needs the
+accelerate output), so a time-limited run (benchmarks/engine_gpu_run.sh) keeps what finished.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.runtime import load_cusparselt  # noqa: E402
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
+
+import torch  # noqa: E402
+
 from engine.plan import PLAN_FILE  # noqa: E402
+from engine.planner import TUNING_BUDGET_S  # noqa: E402
+from engine.runtime import cusparselt_facts  # noqa: E402
 from stages import accelerate, benchmark  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.prune import prunable_linears  # noqa: E402
@@ -41,25 +53,46 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
     return keep.reshape(weight.shape)
 
 
+def save_tokenizer(directory: Path) -> None:
+    """A WordPiece tokenizer of single characters (ids far below the model's vocabulary), so that
+    question answering runs without the hub: it times the model, its answers mean nothing."""
+    from transformers import BertTokenizer
+
+    symbols = string.ascii_letters + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *symbols, *(f"##{c}" for c in symbols)]
+    BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=False).save_pretrained(directory)
+
+
 def build_models(root: Path, exclude: str) -> tuple[Path, Path]:
     """(dense_dir, sparse_dir): the random bert-base-shaped model, unmasked and 2:4-masked but for the
-    Linears matching `exclude`."""
+    Linears matching `exclude`, each with the tokenizer; made once per `root`."""
     from transformers import BertConfig, BertForQuestionAnswering
 
+    dense_dir, sparse_dir = root / "dense", root / "sparse"
+    if (sparse_dir / "config.json").exists():
+        return dense_dir, sparse_dir
     torch.manual_seed(0)
     model = BertForQuestionAnswering(BertConfig(**BERT_BASE_CASED)).eval()
-    model.save_pretrained(root / "dense")
+    model.save_pretrained(dense_dir)
     with torch.no_grad():
         for linear in prunable_linears(model, exclude).values():
             linear.weight.mul_(two_four_mask(linear.weight))
-    model.save_pretrained(root / "sparse")
-    return root / "dense", root / "sparse"
+    model.save_pretrained(sparse_dir)
+    for directory in (dense_dir, sparse_dir):
+        save_tokenizer(directory)
+    return dense_dir, sparse_dir
 
 
-def print_plan(plan_metrics: dict) -> None:
-    print("\n== accelerate: whole model per batch size (CUDA graphs) ==")
+def print_plan(plan_metrics: dict, plan: dict) -> None:
+    print(f"\n== accelerate: kernel timing ==\n{json.dumps(plan['tuning'])}")
+    for note in plan["kernel_timing_notes"]:
+        print(f"  {note}")
+    print("\n== accelerate: whole model per batch size and variant (ms, CUDA graphs) ==")
+    for batch, by_variant in plan["model_ms"].items():
+        print(f"{batch:>6}  " + "  ".join(f"{variant} {ms:.3f}" for variant, ms in by_variant.items()))
     for batch, row in plan_metrics.get("by_batch", {}).items():
-        print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3}  "
+        print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3} "
+              f"(int8 {row['layers_int8']:>3})  "
               f"dense {row['model_dense_ms']:8.3f} ms  accelerated {row['model_accelerated_ms']:8.3f} ms  "
               f"x{row['model_speedup']:.3f}")
     print(f"output check (relative error): {plan_metrics['output_relative_error']}")
@@ -91,22 +124,53 @@ def print_benchmark(bench: dict) -> None:
     print(f"\ndevice: {json.dumps(bench['device'])}")
 
 
+def work_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark run on the models --work keeps (dense/, accelerated/): --work, --out."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="holds dense/ and accelerated/ (gpu_engine.py --work)")
+    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    return parser
+
+
+def merge_benchmark(merged: dict, metrics: dict) -> None:
+    """Fold one batch size's benchmark metrics into those of the sizes before it (in place)."""
+    for key, value in metrics.items():
+        if isinstance(value, dict) and all(str(k).startswith("bs") for k in value):  # keyed by batch size
+            merged.setdefault(key, {}).update(value)
+        elif key == "noise":
+            for part in ("spread", "untrustworthy"):
+                merged.setdefault(key, {"limit": value["limit"]}).setdefault(part, {}).update(value[part])
+        else:
+            merged[key] = value
+    merged["trustworthy"] = not merged["noise"]["untrustworthy"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
     parser.add_argument("--mode", choices=["auto", "all", "none"], default="auto")
     parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16",
-                        help="int8: int8 2:4 kernels where the layer's int8 check passes")
+                        help="int8: per layer and batch size the fastest of dense, fp16 2:4 and int8 2:4 "
+                             "(int8 where the layer's int8 check passes)")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
     parser.add_argument("--seq-length", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--max-alg-id", type=int, help="cuSPARSELt configs to time: 0..this")
+    parser.add_argument("--max-alg-id", type=int, help="the highest cuSPARSELt config probed and timed")
+    parser.add_argument("--tuning-budget-s", type=float, default=TUNING_BUDGET_S,
+                        help=f"seconds of kernel-config timing per precision (default {TUNING_BUDGET_S:.0f})")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--benchmark-modes", nargs="+", choices=["eager", "compiled", "graphed"],
+                        help="time only these benchmark modes (default: all that apply)")
+    parser.add_argument("--no-tutorial", action="store_true", help="skip the tutorial's Linear")
     parser.add_argument("--exclude", help="regex of encoder Linears left dense (default: params.yaml's prune.exclude)")
+    parser.add_argument("--work", type=Path, help="keep the models here (default: a temporary directory)")
+    parser.add_argument("--only", choices=["accelerate", "benchmark"], help="run one stage on the models in --work")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_engine.py measures GPU targets: no CUDA device here")
+    if args.only and not args.work:
+        sys.exit("gpu_engine.py: --only needs --work (the directory holding the models)")
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     params["accelerate"]["mode"] = args.mode
@@ -119,29 +183,45 @@ def main() -> None:
             params["benchmark"][key] = value
     params["benchmark"]["compile"] = params["benchmark"]["compile"] and not args.no_compile
 
-    results = {"command": " ".join(sys.argv), "stage_seconds": {}}
+    facts = cusparselt_facts()
+    print(f"cuSPARSELt {facts['cusparselt']} loaded ({', '.join(facts['cusparselt_files'])}; "
+          f"torch compiled against {facts['cusparselt_torch_compiled']})", flush=True)
+    results = {"command": " ".join(sys.argv), "cusparselt": facts, "stage_seconds": {}}
 
     def save() -> None:  # after each stage, so a run cut short still leaves its figures
         if args.out:
             args.out.write_text(json.dumps(results, indent=2))
 
     with tempfile.TemporaryDirectory() as tmp:
+        root = args.work or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         exclude = params["prune"]["exclude"] if args.exclude is None else args.exclude
-        dense_dir, sparse_dir = build_models(Path(tmp), exclude)
-        accelerated_dir = Path(tmp) / "accelerated"
-        accelerated_dir.mkdir()
-        start = time.perf_counter()
-        results["accelerate"] = accelerate.run(params, sparse_dir, accelerated_dir)
-        results["stage_seconds"]["accelerate"] = time.perf_counter() - start
-        results["plan"] = json.loads((accelerated_dir / PLAN_FILE).read_text())
-        save()
-        print_plan(results["accelerate"])
-        start = time.perf_counter()
-        results["benchmark"], results["rows"] = benchmark.run(params, dense_dir, accelerated_dir)
-        results["stage_seconds"]["benchmark"] = time.perf_counter() - start
-        save()
-    print_benchmark(results["benchmark"])
+        dense_dir, sparse_dir = build_models(root, exclude)
+        accelerated_dir = root / "accelerated"
+        if args.only != "benchmark":
+            accelerated_dir.mkdir(exist_ok=True)
+            start = time.perf_counter()
+            results["accelerate"] = accelerate.run(params, sparse_dir, accelerated_dir,
+                                                   tuning_budget_s=args.tuning_budget_s)
+            results["stage_seconds"]["accelerate"] = time.perf_counter() - start
+            results["plan"] = json.loads((accelerated_dir / PLAN_FILE).read_text())
+            save()
+            print_plan(results["accelerate"], results["plan"])
+        if args.only != "accelerate":
+            start = time.perf_counter()
+            results["benchmark"], results["rows"] = {}, []
+            batch_sizes = params["benchmark"]["batch_sizes"]
+            for batch in batch_sizes:  # one at a time, saved after each: a run cut short keeps the sizes done
+                params["benchmark"]["batch_sizes"] = [batch]
+                metrics, rows = benchmark.run(params, dense_dir, accelerated_dir, args.benchmark_modes,
+                                              tutorial=not args.no_tutorial and batch == batch_sizes[-1])
+                merge_benchmark(results["benchmark"], metrics)
+                results["rows"] += rows
+                results["stage_seconds"]["benchmark"] = time.perf_counter() - start
+                save()
+            print_benchmark(results["benchmark"])
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_seconds"].items()))
+
 
 if __name__ == "__main__":
     main()

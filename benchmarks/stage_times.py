@@ -1,7 +1,7 @@
 """Time every stage of the pipeline: `dvc repro --force --single-item <stage>`, one after another.
 
 Prints, per stage, the whole command's wall time (Python start-up, imports, Prefect, DVC hashing
-included) beside the stage's own work time (run.wall_s in metrics/<stage>.json); the difference
+included) beside the stage's own work time (run.wall_s in reports/<stage>.json); the difference
 is the orchestration overhead. Run from the repository root:
 
     python benchmarks/stage_times.py            # all stages
@@ -29,7 +29,7 @@ def main(selected: list[str]) -> None:
         subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", stage],
                        check=True, stdout=subprocess.DEVNULL)
         total = time.perf_counter() - start
-        work = json.loads(Path(f"metrics/{stage}.json").read_text())["run"]["wall_s"]
+        work = json.loads(Path(f"reports/{stage}.json").read_text())["run"]["wall_s"]
         rows.append((stage, total, work))
         print(f"{stage:16s} {total:8.1f} s total {work:8.1f} s work {total - work:6.1f} s overhead", flush=True)
     total, work = sum(r[1] for r in rows), sum(r[2] for r in rows)

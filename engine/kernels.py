@@ -1,10 +1,10 @@
 """The Linears the engine runs, behind one swap call: a config per layer says which module replaces it.
 
 torchao style: `swap_linears(model, config_for, filter_fn)` replaces every nn.Linear that
-`filter_fn(module, fqn)` accepts by the module that a registry builds from `config_for(fqn)`. Four
+`filter_fn(module, fqn)` accepts by the module that a registry builds from `config_for(fqn)`. Three
 configs:
-- SparseConfig: 2:4 fp16/bf16 on cuSPARSELt (SparseLinear), a kernel per token bucket;
-- Int8SparseConfig: 2:4 int8 on cuSPARSELt with static SmoothQuant scales (Int8SparseLinear);
+- SparseConfig: 2:4 on cuSPARSELt (SparseLinear), a kernel per token bucket, each dense (cuBLAS),
+  fp16/bf16 2:4, or int8 2:4 with static SmoothQuant scales (where the config carries them);
 - Int8ReferenceConfig: what the int8 kernel computes, in float64 on any device (Int8ReferenceLinear),
   so a CPU run scores the int8 model;
 - Fp8Config: dense fp8 e4m3 through torch._scaled_mm (Fp8Linear), the benchmark's comparison row.
@@ -22,14 +22,23 @@ of int8 products are exact in float64), so the accuracy of the int8 model needs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 Precision = Literal["fp16", "int8"]  # what a 2:4 layer's kernel computes in (fp16: the model's dtype)
-Kernels = dict[int, "int | None"]  # token bucket -> cuSPARSELt alg_id, None = the dense matmul
+
+
+class Kernel(NamedTuple):
+    """A 2:4 kernel: what it computes in and its cuSPARSELt config (saved in plan.json as a pair)."""
+
+    precision: Precision
+    alg_id: int
+
+
+Kernels = dict[int, "Kernel | None"]  # token bucket -> 2:4 kernel, None = the dense matmul
 
 CUSPARSELT = "cusparselt"
 MIN_CAPABILITY = (8, 0)  # 2:4 sparse tensor cores: Ampere on
@@ -142,7 +151,13 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- cuSPARSELt calls
-def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, **kernel_args) -> torch.Tensor:
+# The planned 2:4 call (engine/plan_cache.py's planned_cslt_mm, same arguments and result as
+# _cslt_tokens_mm's call of torch._cslt_sparse_mm) once plan_cache.enable() has checked it; None: torch's.
+PLANNED_MM: Callable | None = None
+
+
+def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
+                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
     kernel's alignment and cut back after.
 
@@ -150,19 +165,24 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, **kernel_args) -> t
     place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
     Measured on an H100 (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends
     ~200 ms planning on the host (~1 ms without), so this is for CUDA-graph replay, where the host
-    work is gone; without it, every consumer would need a transposing copy of the output.
+    work is gone, or for the plan cache (PLANNED_MM), which plans once per shape; without it, every
+    consumer would need a transposing copy of the output.
     """
     tokens = x2d.shape[0]
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
-    out = torch._cslt_sparse_mm(packed, x2d.t(), transpose_result=True, **kernel_args)
+    if PLANNED_MM is not None:
+        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id)
+    else:
+        out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, alpha=alpha, out_dtype=out_dtype,
+                                    transpose_result=True, alg_id=alg_id)
     return out[:tokens] if pad else out
 
 
 def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
     """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
-    return _cslt_tokens_mm(packed, x2d, bias=bias, alg_id=alg_id)
+    return _cslt_tokens_mm(packed, x2d, bias, alg_id)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
@@ -170,69 +190,57 @@ def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor,
     """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
     torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
     scale) and the bias applied by the kernel, out in the bias's dtype (fp16: no pass after it)."""
-    return _cslt_tokens_mm(packed, x_q, alpha=alpha, bias=bias, out_dtype=bias.dtype, alg_id=alg_id)
+    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype)
 
 
 # --------------------------------------------------------------------------- the Linears
 class SparseLinear(nn.Module):
-    """An inference Linear that runs its 2:4 weight on cuSPARSELt where that measured faster.
+    """An inference Linear that runs, per token bucket, the kernel that measured fastest there: the
+    dense matmul, fp16 2:4 or int8 2:4 (cuSPARSELt), as `kernels` says.
 
-    `kernels` maps each token bucket to a cuSPARSELt alg_id, or to None where the dense matmul
-    won; the dense weight is kept only when some bucket (or a later re-plan) needs it.
+    int8 (where `int8` weights are given): static smoothing and scales, so quantizing the input is
+    one pointwise op, which torch.compile fuses into the op before, and the kernel's fp16 output
+    (alpha and bias applied inside) is final. Only what some bucket runs is kept (the dense weight,
+    the packed fp16 and int8 weights); `keep_all` keeps everything, so that set_kernels may later
+    choose any kernel (the planner times whole-model variants on one model that way).
     """
 
-    def __init__(self, linear: nn.Linear, kernels: Kernels, keep_dense: bool = False):
+    def __init__(self, linear: nn.Linear, kernels: Kernels, keep_all: bool = False,
+                 int8: Int8Weights | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.set_kernels(kernels)
         weight = linear.weight.detach()
-        self.pack(weight)
-        self.register_buffer("weight", weight if keep_dense or None in self.kernels.values() else None)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        runs = {None if kernel is None else kernel.precision for kernel in self.kernels.values()}
+        self.register_buffer("weight", weight if keep_all or None in runs else None)
+        self.register_buffer("packed", torch._cslt_compress(weight) if keep_all or "fp16" in runs else None)
+        bias = linear.bias
+        if int8 is not None and bias is None:  # the int8 kernel's output dtype is its bias's
+            bias = torch.zeros(self.out_features, dtype=weight.dtype, device=weight.device)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+        keep_int8 = int8 is not None and (keep_all or "int8" in runs)
+        self.register_buffer("packed_int8", torch._cslt_compress(int8.weight_q) if keep_int8 else None)
+        self.register_buffer("alpha", int8.alpha if keep_int8 else None)
+        self.register_buffer("multipliers", int8.multipliers if keep_int8 else None)
 
     def set_kernels(self, kernels: Kernels) -> None:
         self.kernels = dict(kernels)
         self.buckets = sorted(self.kernels)
 
-    def pack(self, weight: torch.Tensor) -> None:
-        self.register_buffer("packed", torch._cslt_compress(weight))
-
-    def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
-        return sparse_mm(self.packed, x2d, self.bias, alg_id)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d = x.reshape(-1, self.in_features).contiguous()
-        alg_id = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
-        if alg_id is None:
+        kernel = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
+        if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
+        elif kernel.precision == "int8":
+            out = int8_sparse_mm(self.packed_int8, quantize_input(x2d, self.multipliers), self.alpha, self.bias,
+                                 kernel.alg_id)
         else:
-            out = self.sparse_matmul(x2d, alg_id)
+            out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
-
-
-class Int8SparseLinear(SparseLinear):
-    """A SparseLinear whose 2:4 kernel is int8 (`kernels` holds int8 alg_ids): static smoothing and
-    scales, so quantizing the input is one pointwise op, which torch.compile fuses into the op
-    before, and the kernel's fp16 output (alpha and bias applied inside) is final."""
-
-    def __init__(self, linear: nn.Linear, kernels: Kernels, keep_dense: bool,
-                 smoothing: torch.Tensor, input_scale: float):
-        super().__init__(linear, kernels, keep_dense)
-        weights = Int8Weights(linear, smoothing, input_scale)
-        self.register_buffer("packed", torch._cslt_compress(weights.weight_q))
-        self.register_buffer("alpha", weights.alpha)
-        self.register_buffer("multipliers", weights.multipliers)
-        if self.bias is None:  # the kernel's output dtype is the bias's
-            self.bias = torch.zeros(self.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
-
-    def pack(self, weight: torch.Tensor) -> None:
-        """Packed in __init__, once the smoothing is known."""
-
-    def sparse_matmul(self, x2d: torch.Tensor, alg_id: int) -> torch.Tensor:
-        return int8_sparse_mm(self.packed, quantize_input(x2d, self.multipliers), self.alpha, self.bias, alg_id)
 
 
 class Int8ReferenceLinear(nn.Module):
@@ -280,15 +288,10 @@ class Fp8Linear(nn.Module):
 @dataclass(frozen=True)
 class SparseConfig:
     kernels: Kernels
-    keep_dense: bool = False
-
-
-@dataclass(frozen=True)
-class Int8SparseConfig:
-    kernels: Kernels
-    smoothing: torch.Tensor = field(repr=False)
-    input_scale: float
-    keep_dense: bool = False
+    keep_all: bool = False
+    # int8 kernels: the layer's calibration (both None where it may not run int8)
+    smoothing: torch.Tensor | None = field(default=None, repr=False)
+    input_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -302,12 +305,12 @@ class Fp8Config:
     input_scale: float
 
 
-LinearConfig = SparseConfig | Int8SparseConfig | Int8ReferenceConfig | Fp8Config
+LinearConfig = SparseConfig | Int8ReferenceConfig | Fp8Config
 FilterFn = Callable[[nn.Module, str], bool]
 
 MODULE_FOR_CONFIG: dict[type, Callable[[nn.Linear, LinearConfig], nn.Module]] = {
-    SparseConfig: lambda linear, c: SparseLinear(linear, c.kernels, c.keep_dense),
-    Int8SparseConfig: lambda linear, c: Int8SparseLinear(linear, c.kernels, c.keep_dense, c.smoothing, c.input_scale),
+    SparseConfig: lambda linear, c: SparseLinear(
+        linear, c.kernels, c.keep_all, None if c.smoothing is None else Int8Weights(linear, c.smoothing, c.input_scale)),
     Int8ReferenceConfig: lambda linear, c: Int8ReferenceLinear(linear, c.smoothing, c.input_scale),
     Fp8Config: lambda linear, c: Fp8Linear(linear, c.input_scale),
 }
@@ -329,11 +332,11 @@ def swap_linears(model: nn.Module, config_for: Callable[[str], LinearConfig], fi
             replacement = MODULE_FOR_CONFIG[type(config)](module, config)
             model.set_submodule(fqn, replacement)
             swapped.append(replacement)
-    _share_multipliers([m for m in swapped if isinstance(m, Int8SparseLinear)])
+    _share_multipliers([m for m in swapped if isinstance(m, SparseLinear) and m.multipliers is not None])
     return model
 
 
-def _share_multipliers(modules: list[Int8SparseLinear]) -> None:
+def _share_multipliers(modules: list[SparseLinear]) -> None:
     """Layers calibrated together (same smoothing and scale) share one multipliers tensor, so the
     compiled kernel before them reads it once (torch 2.11's inductor still writes one int8 copy each)."""
     shared: dict[bytes, torch.Tensor] = {}

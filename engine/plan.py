@@ -3,8 +3,9 @@ the model is loaded.
 
 plan.json (format version PLAN_VERSION) holds what the accelerate stage decided and measured; the
 int8 layers' smoothing factors are tensors and go beside it, in SMOOTHING_FILE. Kernel choices are
-keyed by batch size (the plan's batch_sizes, at its seq_length); the Linears dispatch on token counts,
-converted from batch sizes in one place, LayerPlan.token_kernels.
+keyed by batch size (the plan's batch_sizes, at its seq_length): per layer and batch size the dense
+matmul, fp16 2:4 or int8 2:4 (int8 only on layers that passed the int8 check). The Linears dispatch
+on token counts, converted from batch sizes in one place, LayerPlan.token_kernels.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .attention import fuse_qkv, use_fused_attention
 from .graphs import bucketed
 from .kernels import (
     Int8ReferenceConfig,
-    Int8SparseConfig,
+    Kernel,
     Kernels,
     LinearConfig,
     Precision,
@@ -33,29 +34,38 @@ from .kernels import (
     shape_name,
     swap_linears,
 )
+from .plan_cache import enable_from_env
 
 PLAN_FILE = "plan.json"
 SMOOTHING_FILE = "int8_smoothing.safetensors"
-# 1: kernels, variants and timings keyed by batch size, timings by precision, a version field.
-# (0: no version field, keyed by token count, "int8:" shape keys.)
-PLAN_VERSION = 1
+# 2: a kernel is [precision, alg_id] (a layer may mix fp16 and int8 2:4 over batch sizes); tuning facts.
+# (1: a kernel was an alg_id in the layer's one precision. 0: no version field, keyed by token count.)
+PLAN_VERSION = 2
 DENSE = "dense"  # the whole-model variant every other is timed against
 
 
 @dataclass
 class LayerPlan:
-    """One Linear's plan. kernels: batch size -> cuSPARSELt alg_id, None where the dense matmul runs."""
+    """One Linear's plan. kernels: batch size -> the 2:4 kernel it runs there, None where the dense
+    matmul runs. precision int8: the layer passed the int8 check, so its kernels may be int8 ones."""
 
     shape: tuple[int, int]  # (out_features, in_features)
     precision: Precision = "fp16"
-    kernels: dict[int, int | None] = field(default_factory=dict)
+    kernels: dict[int, Kernel | None] = field(default_factory=dict)
     reason: str | None = None  # why it stays dense at every batch size
     input_scale: float | None = None  # int8: the static input scale, after smoothing
     smoothing: torch.Tensor | None = field(default=None, repr=False)  # int8: per input channel
 
     @property
     def runs_2of4(self) -> bool:
-        return any(alg_id is not None for alg_id in self.kernels.values())
+        return any(kernel is not None for kernel in self.kernels.values())
+
+    @property
+    def computes_int8(self) -> bool:
+        """Whether a device without the 2:4 kernels computes this layer's int8 math (Int8ReferenceLinear):
+        where it runs int8 at some batch size, or may and was never timed (a plan made on a CPU)."""
+        return self.precision == "int8" and (not self.kernels or any(
+            kernel is not None and kernel.precision == "int8" for kernel in self.kernels.values()))
 
     def token_kernels(self, seq_length: int) -> Kernels:
         """The kernels keyed by token count (batch x seq_length), as the Linears dispatch on them."""
@@ -79,6 +89,7 @@ class Plan:
     shape_timings: dict[str, dict[str, dict[int, dict]]] = field(default_factory=dict)
     int8_layer_error: dict[str, float] = field(default_factory=dict)
     kernel_timing_notes: list[str] = field(default_factory=list)
+    tuning: dict = field(default_factory=dict)  # how the kernels were timed: configs offered, cap, time budget
     device: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
 
@@ -109,7 +120,8 @@ class Plan:
         if version != PLAN_VERSION:
             raise StageError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
                              "run the accelerate stage again (dvc repro accelerate)")
-        layers = {name: LayerPlan(**{**entry, "shape": tuple(entry["shape"]), "kernels": _int_keys(entry["kernels"])})
+        layers = {name: LayerPlan(**{**entry, "shape": tuple(entry["shape"]), "kernels": {
+                      int(batch): None if kernel is None else Kernel(*kernel) for batch, kernel in entry["kernels"].items()}})
                   for name, entry in raw.pop("layers").items()}
         if any(layer.input_scale is not None for layer in layers.values()):
             for name, smoothing in load_file(str(path.with_name(SMOOTHING_FILE))).items():
@@ -146,11 +158,13 @@ class Plan:
                 metrics["layers"][name] = {"kernel": DENSE, "reason": layer.reason or self.reason}
                 continue
             per_batch = {}
-            for batch, alg_id in layer.kernels.items():
-                timing = self.shape_timings[layer.precision][shape_name(layer.shape)][batch]
-                sparse_ms = min(timing["sparse_ms"].values()) if timing["sparse_ms"] else None
+            for batch, kernel in layer.kernels.items():
+                # the chosen kernel's timing; where dense runs, the fastest fp16 2:4 config's
+                timing = self.shape_timings[kernel.precision if kernel else "fp16"][shape_name(layer.shape)][batch]
+                sparse = timing["sparse_ms"]
+                sparse_ms = sparse[kernel.alg_id] if kernel else min(sparse.values()) if sparse else None
                 per_batch[f"bs{batch}"] = {
-                    "kernel": DENSE if alg_id is None else f"cusparselt {layer.precision} alg_id {alg_id}",
+                    "kernel": DENSE if kernel is None else f"cusparselt {kernel.precision} alg_id {kernel.alg_id}",
                     "dense_ms": round(timing["dense_ms"], 4),
                     "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
                     "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
@@ -165,6 +179,8 @@ class Plan:
                 "variant": chosen,
                 # none where a layer is blocked
                 "layers_2of4": sum(layer.kernels.get(batch) is not None for layer in self.layers.values()),
+                "layers_int8": sum(getattr(layer.kernels.get(batch), "precision", None) == "int8"
+                                   for layer in self.layers.values()),
                 "model_dense_ms": round(ms[DENSE], 4),
                 "model_accelerated_ms": round(ms[chosen], 4),
                 "model_speedup": round(ms[DENSE] / ms[chosen], 3),
@@ -175,10 +191,8 @@ class Plan:
     def linear_config(self, name: str) -> LinearConfig:
         """The kernel config a layer's 2:4 Linear is built from."""
         layer = self.layers[name]
-        kernels = layer.token_kernels(self.seq_length)
-        if layer.precision == "int8":
-            return Int8SparseConfig(kernels, layer.smoothing, layer.input_scale)
-        return SparseConfig(kernels)
+        return SparseConfig(layer.token_kernels(self.seq_length), smoothing=layer.smoothing,
+                            input_scale=layer.input_scale)
 
     def apply(self, model: torch.nn.Module, graphs: bool = True) -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
@@ -189,10 +203,10 @@ class Plan:
         (of the torch.compile'd model where the plan was timed compiled): graphs.bucketed. Under a
         dense plan it is the plain model; without a CUDA device that has 2:4 kernels too, except
         that layers the plan puts on int8 compute the int8 kernel's math exactly
-        (Int8ReferenceLinear), so evaluate scores what the GPU would.
+        (Int8ReferenceLinear, LayerPlan.computes_int8), so evaluate scores what the GPU would.
         """
         if device_backend(next(model.parameters()).device)[0] is None:
-            int8 = [name for name, layer in self.layers.items() if layer.precision == "int8"]
+            int8 = [name for name, layer in self.layers.items() if layer.computes_int8]
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
                                                                         self.layers[name].input_scale), named(int8))
         use_fused_attention(model)
@@ -222,6 +236,8 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
     dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
     model_dir = Path(model_dir)
     plan = Plan.load(model_dir / PLAN_FILE)
+    if device.type == "cuda":
+        enable_from_env()  # TWOFOUR_PLAN_CACHE=1: eager 2:4 calls without per-call planning
     if dtype is None:
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
     return plan.apply(inference_model(model_dir, device, dtype), graphs)

@@ -1,10 +1,14 @@
-"""Making a plan on a GPU: time every 2:4 layer's shape against cuBLAS, choose per layer and batch
-size, then time the whole model under each distinct choice and keep the fastest.
+"""Making a plan on a GPU: time every 2:4 layer's shape against cuBLAS (fp16 2:4, and int8 2:4 on the
+layers that passed the int8 check), choose per layer and batch size, then time the whole model under
+each distinct choice and keep the fastest.
 
-`auto` keeps 2:4 per layer and batch size only where it measured faster, then times the whole
-model (as CUDA graphs, of the torch.compile'd model with `compiled`) dense, per-layer and all-2:4
-per batch size and keeps the fastest, so the result is never slower than dense at the shapes it
-was made for; `all` takes each layer's fastest config everywhere; `none` is dense.
+`auto` keeps, per layer and batch size, the fastest 2:4 kernel (fp16 or int8) only where it measured
+faster than dense, then times the whole model (as CUDA graphs, of the torch.compile'd model with
+`compiled`) under each distinct variant per batch size and keeps the fastest, so the result is never
+slower than dense at the shapes it was made for. The variants, at most three per batch size (each is
+a compile and a capture): dense; per_layer (that choice); fp16_2of4 (every layer's fastest fp16
+kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4
+beat int8 2:4 end to end). `all` takes each layer's fastest kernel everywhere; `none` is dense.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
-from .kernels import named, shape_name, swap_linears
-from .plan import DENSE, Plan
+from .kernels import Kernel, named, shape_name, swap_linears
+from .plan import DENSE, LayerPlan, Plan
+from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
@@ -33,10 +38,14 @@ MAX_INT8_RELATIVE_ERROR = 5e-2
 MODEL_TIMING_WARMUP, MODEL_TIMING_REPEATS = 3, 20
 # cuSPARSELt's smallest fp16/bf16 sparse operand dimension.
 SPARSE_DIM_MULTIPLE = 16
-VARIANTS = (DENSE, "per_layer", "all_2of4")
+# Seconds of kernel-config timing per precision, shared by every shape and batch size (tune_linears):
+# an fp16 config costs ~1 s to time, and 0.10 offers dozens per problem.
+TUNING_BUDGET_S = 600.0
+VARIANTS = (DENSE, "per_layer", "fp16_2of4")
 
-LayerTimings = dict[str, dict[int, dict]]  # layer -> batch size -> tune_linears result of its shape
-BatchKernels = dict[int, "int | None"]  # batch size -> alg_id, None = dense
+ByPrecision = dict[str, dict]  # precision -> tune_linears result of one shape at one batch size
+LayerTimings = dict[str, dict[int, ByPrecision]]  # layer -> batch size -> its shape's results
+BatchKernels = dict[int, "Kernel | None"]  # batch size -> kernel, None = dense
 
 
 def why_dense(weight: torch.Tensor) -> str | None:
@@ -48,16 +57,28 @@ def why_dense(weight: torch.Tensor) -> str | None:
     return None
 
 
-def choose_alg(timing: dict, mode: str, min_speedup: float) -> int | None:
-    """The cuSPARSELt config (alg_id) a layer runs at one batch size, or None for the dense matmul.
+def fastest_kernel(by_precision: ByPrecision) -> Kernel | None:
+    """The fastest 2:4 kernel over the precisions timed, or None when no config ran."""
+    kernels = [(timing["sparse_ms"][alg_id], Kernel(precision, alg_id))
+               for precision, timing in by_precision.items() if (alg_id := best_alg(timing)) is not None]
+    return min(kernels)[1] if kernels else None
 
-    `timing` is a tune_linears result. auto keeps 2:4 only where its fastest config beats dense by
-    `min_speedup`; all takes the fastest config wherever one ran; none is always dense.
+
+def kernel_speedup(by_precision: ByPrecision, kernel: Kernel) -> float:
+    timing = by_precision[kernel.precision]
+    return timing["dense_ms"] / timing["sparse_ms"][kernel.alg_id]
+
+
+def choose_kernel(by_precision: ByPrecision, mode: str, min_speedup: float) -> Kernel | None:
+    """The 2:4 kernel a layer runs at one batch size, or None for the dense matmul.
+
+    auto keeps the fastest kernel only where it beats dense by `min_speedup`; all takes the fastest
+    wherever one ran; none is always dense.
     """
-    best = best_alg(timing)
+    best = fastest_kernel(by_precision)
     if mode == "none" or best is None:
         return None
-    if mode == "all" or timing["dense_ms"] / timing["sparse_ms"][best] >= min_speedup:
+    if mode == "all" or kernel_speedup(by_precision, best) >= min_speedup:
         return best
     return None
 
@@ -69,19 +90,20 @@ def choose_variant(latency_ms: dict[str, float], min_speedup: float, baseline: s
 
 
 def layer_kernels(timings: LayerTimings, mode: str) -> dict[str, BatchKernels]:
-    """Per layer and batch size, the kernel each layer's measured shape earned (see choose_alg)."""
-    return {name: {batch: choose_alg(timing, mode, MIN_LAYER_SPEEDUP) for batch, timing in per_batch.items()}
+    """Per layer and batch size, the kernel each layer's measured shape earned (see choose_kernel)."""
+    return {name: {batch: choose_kernel(by_precision, mode, MIN_LAYER_SPEEDUP)
+                   for batch, by_precision in per_batch.items()}
             for name, per_batch in timings.items()}
 
 
 def variant_kernels(variant: str, batch: int, per_layer: dict[str, BatchKernels],
-                    timings: LayerTimings) -> dict[str, int | None]:
+                    timings: LayerTimings) -> dict[str, Kernel | None]:
     """Each layer's kernel at one batch size under a whole-model variant."""
     if variant == DENSE:
         return {name: None for name in per_layer}
     if variant == "per_layer":
         return {name: kernels[batch] for name, kernels in per_layer.items()}
-    return {name: best_alg(timings[name][batch]) for name in per_layer}
+    return {name: fastest_kernel({"fp16": timings[name][batch]["fp16"]}) for name in per_layer}  # fp16_2of4
 
 
 def distinct_variants(batch: int, per_layer: dict[str, BatchKernels], timings: LayerTimings) -> list[str]:
@@ -104,24 +126,56 @@ def final_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerT
               for batch, ms in model_ms.items()}
     kernels: dict[str, BatchKernels] = {name: {} for name in per_layer}
     for batch, variant in chosen.items():
-        for name, alg_id in variant_kernels(variant, batch, per_layer, timings).items():
-            kernels[name][batch] = alg_id
+        for name, kernel in variant_kernels(variant, batch, per_layer, timings).items():
+            kernels[name][batch] = kernel
     return kernels, chosen
 
 
-def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int) -> None:
+def precisions(layer: LayerPlan) -> list[str]:
+    """What a layer's 2:4 kernel may compute in: int8 too where the layer passed the int8 check."""
+    return ["fp16", "int8"] if layer.precision == "int8" else ["fp16"]
+
+
+def report_kernel_timings(precision: str, timings: dict) -> None:
+    """One line per shape and batch size as kernel timing ends, so that a run cut short still shows them."""
+    for shape, per_batch in timings.items():
+        for batch, timing in per_batch.items():
+            best = best_alg(timing)
+            found = "no config ran" if best is None else (
+                f"best alg_id {best} {timing['sparse_ms'][best]:.4f} ms (x{timing['dense_ms'] / timing['sparse_ms'][best]:.3f})")
+            tqdm.write(f"{precision} {shape} bs{batch}: dense {timing['dense_ms']:.4f} ms, {found}; "
+                       f"{len(timing['sparse_ms'])} of {timing['alg_ids_offered']} configs timed, {timing['search']}")
+
+
+def layer_timings(plan: Plan, names) -> LayerTimings:
+    """Per layer and batch size, its shape's timings in each precision it may run (int8 only where
+    it passed the int8 check)."""
+    timings = {}
+    for name in names:
+        shape = shape_name(plan.layers[name].shape)
+        timings[name] = {batch: {p: plan.shape_timings[p][shape][batch] for p in precisions(plan.layers[name])}
+                         for batch in plan.batch_sizes}
+    return timings
+
+
+def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s: float = TUNING_BUDGET_S) -> None:
     """Fill in the plan's timings, kernels and variants (in place) for the layers not left dense,
-    on the GPU, with the model the plan is for."""
+    on the GPU, with the model the plan is for: fp16 2:4 on every such layer, int8 2:4 too on the
+    layers that passed the int8 check."""
+    enable_from_env()
     candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
+    plan.tuning = {"max_alg_id": max_alg_id, "budget_s_per_precision": tuning_budget_s, "alg_ids_offered": {}}
     for precision in ("fp16", "int8"):
-        timings, notes = measure_shapes(
-            {name: linear for name, linear in candidates.items() if plan.layers[name].precision == precision},
-            plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype), max_alg_id, precision)
+        timed = {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
+        timings, notes = measure_shapes(timed, plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype),
+                                        max_alg_id, precision, tuning_budget_s)
         if timings:
             plan.shape_timings[precision] = timings
+            report_kernel_timings(precision, timings)
+            plan.tuning["alg_ids_offered"][precision] = max(
+                timing["alg_ids_offered"] for per_batch in timings.values() for timing in per_batch.values())
         plan.kernel_timing_notes += notes
-    timings = {name: plan.shape_timings[plan.layers[name].precision][shape_name(plan.layers[name].shape)]
-               for name in candidates}
+    timings = layer_timings(plan, candidates)
     per_layer = layer_kernels(timings, plan.mode)
     plan.model_ms = time_model_variants(model, plan, per_layer, timings)
     kernels, plan.variants = final_kernels(plan.mode, per_layer, timings, plan.model_ms)
@@ -133,7 +187,7 @@ def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dic
                         timings: LayerTimings) -> dict[int, dict[str, float]]:
     """Whole-model latency (ms, CUDA graph replay, compiled or not) per batch size of each distinct variant."""
     model = swap_linears(copy.deepcopy(dense_model),
-                         lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_dense=True),
+                         lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
                          named(per_layer))
     vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
     result = {}
@@ -141,11 +195,12 @@ def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dic
         input_ids = random_ids(batch, plan.seq_length, vocab, device)
         result[batch] = {}
         for variant in distinct_variants(batch, per_layer, timings):
-            for name, alg_id in variant_kernels(variant, batch, per_layer, timings).items():
-                model.get_submodule(name).set_kernels({input_ids.numel(): alg_id})
+            for name, kernel in variant_kernels(variant, batch, per_layer, timings).items():
+                model.get_submodule(name).set_kernels({input_ids.numel(): kernel})
             runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
             result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
                                                MODEL_TIMING_REPEATS, device)
+            tqdm.write(f"whole model bs{batch} {variant}: {result[batch][variant]:.3f} ms")
             del runner
             torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
             torch.cuda.empty_cache()
@@ -169,7 +224,7 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: Pl
     seq, vocab = plan.seq_length, dense.config.vocab_size
     device = next(dense.parameters()).device
     sparse_batches = sorted({batch for name in plan.sparse_layers()
-                             for batch, alg_id in plan.layers[name].kernels.items() if alg_id is not None})
+                             for batch, kernel in plan.layers[name].kernels.items() if kernel is not None})
     errors = {}
     for batch in sparse_batches:
         input_ids = random_ids(batch, seq - 1, vocab, device, seed=batch)

@@ -20,12 +20,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers.utils import logging as transformers_logging
+from .runtime import load_cusparselt
 
-from stages.common import StageError, best_device
-from stages.modeling import load_qa_model, load_tokenizer
+load_cusparselt()  # `python -m engine.qa` starts here: $TWOFOUR_CUSPARSELT before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+from stages.common import StageError, best_device  # noqa: E402
+from stages.modeling import load_qa_model, load_tokenizer  # noqa: E402
 
 NO_ANSWER = {"answer": "", "score": 0.0, "start": 0, "end": 0}  # no span fits (an empty context)
 

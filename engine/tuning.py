@@ -1,8 +1,11 @@
-"""Kernel timing: cuBLAS dense against each cuSPARSELt config, per Linear shape and token count,
-in child processes (`python -m engine.tuning`), and the timers the whole-model timings use.
+"""Kernel timing: cuBLAS dense against every cuSPARSELt config the loaded library offers, per Linear
+shape and token count, in child processes (CHILD_COMMAND), and the timers the whole-model
+timings use.
 
-Pure decisions (which config is fastest, how many input sets spill L2) are testable on a CPU with
-fake timings; the timing itself needs a GPU.
+The child's protocol (_serve) takes its timer as an argument and the parent (tune_linears) the
+child's command, so the decisions (how many configs there are, what a failed search or config
+ends, what the time budget leaves out, which config is fastest) are tested on a CPU with a fake
+timer; the timing itself (LinearProblem) needs a GPU.
 """
 from __future__ import annotations
 
@@ -24,12 +27,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .kernels import Precision, int8_sparse_mm, shape_name, sparse_mm
+from .runtime import loaded_version
 
 # A kernel config that makes no progress for this long is treated as failed.
 STALL_TIMEOUT_S = 60.0
-# Every cuSPARSELt config is timed at the largest batch size, only the fastest few there at the
-# others: an fp16 config costs ~1 s to time on an H100, and the ranking barely moves with the size.
-TOP_CONFIGS = 3
+# The highest alg_id probed: cuSPARSELt 0.8 offers ~36 configs per problem on an H100, 0.10 many more
+# (the fastest at 6144 tokens on an H200 were 42 and 46).
+MAX_ALG_ID = 127
+# Configs that may fail (each a fresh child process) before tuning stops trying configs.
+MAX_FAILED_CONFIGS = 8
 
 
 def best_alg(timing: dict) -> int | None:
@@ -47,16 +53,19 @@ def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: 
               budget_s: float | None = None) -> float:
     """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU.
 
-    With `budget_s`, warm-up and timing stop early once that much time is spent (one timed call at
-    least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see _cslt_tokens_mm).
+    With `budget_s`, warm-up and timing stop early once that much time is spent after the first call
+    (one timed call at least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see
+    _cslt_tokens_mm); the first call is left out of the budget because with the plan cache
+    (engine/plan_cache.py) it alone makes the plans, and the calls after it are fast.
     """
-    begin_all = time.perf_counter()
+    budget_from = None
 
     def spent() -> bool:
-        return budget_s is not None and time.perf_counter() - begin_all > budget_s
+        return budget_s is not None and budget_from is not None and time.perf_counter() - budget_from > budget_s
 
     for _ in range(warmup):
         forward()
+        budget_from = budget_from or time.perf_counter()
         if spent():
             break
     times = []
@@ -72,6 +81,7 @@ def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: 
             begin = time.perf_counter()
             forward()
             times.append((time.perf_counter() - begin) * 1000)
+        budget_from = budget_from or time.perf_counter()
     return statistics.median(times)
 
 
@@ -123,13 +133,19 @@ class LinearProblem:
         return graph_time_ms(lambda i: F.linear(self.inputs[i % self.sets], self.weights[i % self.sets], self.bias),
                              self.count)
 
+    def sparse_step(self, i: int, alg_id: int) -> torch.Tensor:
+        packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
+        if self.int8:
+            return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
+        return sparse_mm(packed, x, self.bias, alg_id)
+
     def sparse_ms(self, alg_id: int) -> float:
-        def step(i: int):
-            packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
-            if self.int8:
-                return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
-            return sparse_mm(packed, x, self.bias, alg_id)
-        return graph_time_ms(step, self.count)
+        return graph_time_ms(lambda i: self.sparse_step(i, alg_id), self.count)
+
+    def run(self, alg_id: int) -> None:
+        """One call, finished: raises where the library rejects the alg_id."""
+        self.sparse_step(0, alg_id)
+        torch.cuda.synchronize()
 
     def search(self) -> int:
         if self.int8:
@@ -141,35 +157,67 @@ class LinearProblem:
 
 Problem = tuple[int, int, int]  # (out_features, in_features, tokens)
 EVENT = "@@event "
+# A child loads $TWOFOUR_CUSPARSELT before torch, as its parent did (engine/runtime.py).
+CHILD_COMMAND = [sys.executable, "-c", "from engine.runtime import load_cusparselt; load_cusparselt(); "
+                 "from engine.tuning import _timing_child; _timing_child()"]
+
+
+def _serve(spec: dict, timer_for: Callable[[Problem], LinearProblem], emit: Callable[..., None],
+           clock: Callable[[], float] = time.perf_counter) -> None:
+    """The child's work (CHILD_COMMAND), with the GPU timer passed in (tests pass a fake one).
+
+    spec["probe"]: one call of each alg_id from 0 up on that problem, until the library rejects one
+    (the exception ends the process: the parent reads the count from the last "try"). spec["jobs"]:
+    per problem, dense, cuSPARSELt's own search (its pick is timed first), then each alg_id asked for
+    until the job's budget_s of timing is spent ("skipped" names the rest; one is always timed).
+    """
+    if "probe" in spec:
+        problem = tuple(spec["probe"])
+        timer = timer_for(problem)
+        for alg_id in range(spec["max_alg_id"] + 1):
+            emit("try", problem, what=alg_id)
+            timer.run(alg_id)
+        emit("done", problem)
+        return
+    for job in spec["jobs"]:
+        problem = tuple(job["problem"])
+        timer = timer_for(problem)
+        if job["dense"]:
+            emit("dense", problem, ms=timer.dense_ms())
+        alg_ids = job["alg_ids"]
+        if job["search"]:
+            emit("try", problem, what="search")
+            chosen = timer.search()
+            emit("search", problem, alg_id=chosen)
+            alg_ids = [chosen] + [alg_id for alg_id in alg_ids if alg_id != chosen]
+        began = clock()
+        for index, alg_id in enumerate(alg_ids):
+            if index and job["budget_s"] is not None and clock() - began > job["budget_s"]:
+                emit("skipped", problem, alg_ids=alg_ids[index:])
+                break
+            emit("try", problem, what=alg_id)
+            emit("alg", problem, alg_id=alg_id, ms=timer.sparse_ms(alg_id))
+        emit("done", problem)
 
 
 def _timing_child() -> None:
-    """`python -m engine.tuning`: time the jobs read from stdin, one JSON event per line on stdout.
+    """CHILD_COMMAND: the spec read from stdin, one JSON event per line on stdout.
 
     Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
     parent reads the last "try" event to learn what failed and starts a fresh child without it.
     """
+    from .plan_cache import enable_from_env  # TWOFOUR_PLAN_CACHE=1: ~4x less host time per fp16 config
+
     spec = json.load(sys.stdin)
     dtype = getattr(torch, spec["dtype"])
-
-    def emit(kind: str, problem, **fields) -> None:
-        print(EVENT + json.dumps({"kind": kind, "problem": problem, **fields}), flush=True)
-
+    enable_from_env()
     with torch.inference_mode():
-        for job in spec["jobs"]:
-            problem = job["problem"]
-            timer = LinearProblem(*problem, dtype, spec["precision"])
-            if job["dense"]:
-                emit("dense", problem, ms=timer.dense_ms())
-            alg_ids = job["alg_ids"]
-            if job["search"]:
-                emit("try", problem, what="search")
-                alg_ids = [timer.search()]
-                emit("search", problem, alg_id=alg_ids[0])
-            for alg_id in alg_ids:
-                emit("try", problem, what=alg_id)
-                emit("alg", problem, alg_id=alg_id, ms=timer.sparse_ms(alg_id))
-            emit("done", problem)
+        _serve(spec, lambda problem: LinearProblem(*problem, dtype, spec["precision"]), emit)
+
+
+def emit(kind: str, problem, **fields) -> None:
+    """One event of a timing child, on stdout."""
+    print(EVENT + json.dumps({"kind": kind, "problem": problem, **fields}), flush=True)
 
 
 def _events(child: subprocess.Popen, stall_timeout_s: float):
@@ -194,105 +242,152 @@ def _events(child: subprocess.Popen, stall_timeout_s: float):
             yield json.loads(line.removeprefix(EVENT))
 
 
-def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool = True,
-                 max_alg_id: int = 15, stall_timeout_s: float = STALL_TIMEOUT_S,
-                 precision: Precision = "fp16",
-                 alg_ids: dict[Problem, list[int]] | None = None) -> tuple[dict[Problem, dict], list[str]]:
-    """GPU time (ms) of cuBLAS dense vs each cuSPARSELt config, per (out, in, tokens) problem.
-
-    Runs in child processes (`python -m engine.tuning`): on an H100 with cuSPARSELt 0.8 the
-    kernel search fails (an internal error) and an out-of-range alg_id can kill the CUDA context,
-    which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
-    without an event). A failed search is dropped for hand timing of alg_id 0..max_alg_id, or the
-    ids `alg_ids` names for a problem (torch reports no count of configs for cuSPARSELt 0.8:
-    get_max_alg_id() is None; an H100 has 0..35); a failed alg_id k ends every problem's ids at k.
-    An fp16 config costs ~1 s to time there (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s.
-    precision int8 times the int8 2:4 kernel against cuBLAS in `dtype`.
-    Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search"}}, notes on what failed).
-    """
-    results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried"} for p in problems}
-    pending, notes, search, alg_limit = list(problems), [], try_search, max_alg_id + 1
-    wanted = {p: list(range(max_alg_id + 1)) if alg_ids is None else alg_ids[p] for p in problems}
+def _run_child(spec: dict, on_event: Callable[[dict], None], stall_timeout_s: float,
+               command: list[str]) -> tuple[object, str | None]:
+    """Run one timing child on `spec`, each event to on_event as it comes. Returns (the last "try"
+    not followed by its result, or None; the child's error line, or None when it exited cleanly)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                     os.environ.get("PYTHONPATH")])))
-    progress = tqdm(total=len(problems), desc="timing 2:4 kernels", unit="shape")
+    with tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 env=env)
+        child.stdin.write(json.dumps(spec))
+        child.stdin.close()
+        last_try, error = None, None
+        try:
+            for event in _events(child, stall_timeout_s):
+                if event["kind"] == "try":
+                    last_try = (tuple(event["problem"]), event["what"])
+                elif event["kind"] in ("alg", "search", "done"):
+                    last_try = None
+                on_event(event)
+        except TimeoutError as stalled:
+            error = str(stalled)
+        if child.wait() == 0 and error is None:
+            return None, None
+        stderr.seek(0)
+        error = error or next((ln for ln in reversed(stderr.read().splitlines()) if "Error" in ln),
+                              "no error message")[:200]
+    return last_try, error
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def alg_id_count(problem: Problem, dtype: torch.dtype, precision: Precision = "fp16",
+                 max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
+                 command: list[str] = CHILD_COMMAND) -> tuple[int, str]:
+    """(how many kernel configs the loaded cuSPARSELt offers for this problem, up to max_alg_id + 1;
+    a note saying how that was found). torch reports no count (get_max_alg_id() is None for 0.8 and
+    0.10): a child calls alg_id 0, 1, ... until the library rejects one, which ends that child."""
+    spec = {"dtype": _dtype_name(dtype), "precision": precision, "probe": problem, "max_alg_id": max_alg_id}
+    last_try, error = _run_child(spec, lambda event: None, stall_timeout_s, command)
+    if error is None:
+        return max_alg_id + 1, (f"{precision}: alg_ids 0..{max_alg_id} all ran (the cap, max_alg_id; "
+                                "the library may offer more)")
+    if last_try is None:
+        raise RuntimeError(f"kernel timing process failed outside a kernel config: {error}")
+    count = last_try[1]
+    if count == 0:
+        return 0, f"{precision}: alg_id 0 failed ({error}): no 2:4 config runs"
+    return count, f"{precision}: cuSPARSELt offers alg_ids 0..{count - 1} (alg_id {count}: {error})"
+
+
+def search_works() -> bool:
+    """Whether cuSPARSELt's own search works with the library loaded: it errors on 0.8 (and leaves the
+    CUDA context broken), it works on 0.10."""
+    version = loaded_version()
+    return version is not None and tuple(int(part) for part in version.split(".")) >= (0, 10, 0)
+
+
+def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool | None = None,
+                 max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
+                 precision: Precision = "fp16", budget_s: float | None = None,
+                 command: list[str] = CHILD_COMMAND) -> tuple[dict[Problem, dict], list[str]]:
+    """GPU time (ms) of cuBLAS dense vs every cuSPARSELt config the loaded library offers (alg_id_count,
+    at most 0..max_alg_id), per (out, in, tokens) problem.
+
+    Runs in child processes (CHILD_COMMAND): on cuSPARSELt 0.8 the kernel search fails
+    (an internal error) and leaves the CUDA context broken, and an out-of-range alg_id can kill it,
+    which no exception handler undoes; a bad config may also hang (killed after `stall_timeout_s`
+    without an event). The search (try_search; by default where it works, search_works) picks a
+    config that is timed first; a failed search is dropped for hand timing only; a config that fails is not tried again on any
+    problem (each failure costs a fresh child: after MAX_FAILED_CONFIGS, only dense is timed).
+    An fp16 config costs ~1 s to time (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s, so
+    with `budget_s` each problem gets budget_s / len(problems) seconds of config timing and the
+    configs past it are listed as "untimed". precision int8 times the int8 2:4 kernel against
+    cuBLAS in `dtype`.
+    Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search", "alg_ids_offered",
+    "untimed"}}, notes on what was found and what failed).
+    """
+    count, note = alg_id_count(min(problems, key=lambda p: p[2]), dtype, precision, max_alg_id,
+                               stall_timeout_s, command)
+    results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried", "alg_ids_offered": count,
+                    "untimed": []} for p in problems}
+    search = search_works() if try_search is None else try_search
+    pending, notes, failed = list(problems), [note], set()
+    per_problem_s = None if budget_s is None else budget_s / len(problems)
+    progress = tqdm(total=len(problems), desc=f"timing {precision} 2:4 kernels", unit="shape")
+
+    def record(event: dict) -> None:
+        problem, kind = tuple(event["problem"]), event["kind"]
+        if kind == "try":
+            progress.set_postfix_str(f"{problem} {event['what']}")
+        elif kind == "dense":
+            results[problem]["dense_ms"] = event["ms"]
+        elif kind == "search":
+            results[problem]["search"] = f"search chose alg_id {event['alg_id']}"
+        elif kind == "alg":
+            results[problem]["sparse_ms"][event["alg_id"]] = event["ms"]
+        elif kind == "skipped":
+            results[problem]["untimed"] = event["alg_ids"]
+        else:  # done
+            pending.remove(problem)
+            progress.update()
+
     while pending:
-        spec = {"dtype": str(dtype).removeprefix("torch."), "precision": precision, "jobs": [
-            {"problem": p, "dense": results[p]["dense_ms"] is None, "search": search,
-             "alg_ids": [a for a in wanted[p] if a < alg_limit and a not in results[p]["sparse_ms"]]}
+        configs = len(failed) < MAX_FAILED_CONFIGS  # past that, the rest are timed dense only
+        spec = {"dtype": _dtype_name(dtype), "precision": precision, "jobs": [
+            {"problem": p, "dense": results[p]["dense_ms"] is None, "budget_s": per_problem_s,
+             "search": configs and search and results[p]["search"] == "not tried",
+             "alg_ids": [a for a in range(count) if configs and a not in failed and a not in results[p]["sparse_ms"]]}
             for p in pending]}
-        with tempfile.TemporaryFile("w+") as stderr:
-            child = subprocess.Popen([sys.executable, "-m", "engine.tuning"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-            child.stdin.write(json.dumps(spec))
-            child.stdin.close()
-            last_try, error = None, None
-            try:
-                for event in _events(child, stall_timeout_s):
-                    problem = tuple(event["problem"])
-                    if event["kind"] == "try":
-                        last_try = (problem, event["what"])
-                        progress.set_postfix_str(f"{problem} {event['what']}")
-                    elif event["kind"] == "dense":
-                        results[problem]["dense_ms"] = event["ms"]
-                    elif event["kind"] == "search":
-                        results[problem]["search"] = f"search chose alg_id {event['alg_id']}"
-                    elif event["kind"] == "alg":
-                        results[problem]["sparse_ms"][event["alg_id"]] = event["ms"]
-                    else:  # done
-                        pending.remove(problem)
-                        last_try = None
-                        progress.update()
-            except TimeoutError as stalled:
-                error = str(stalled)
-            if child.wait() == 0:
-                continue
-            stderr.seek(0)
-            error = error or next((ln for ln in reversed(stderr.read().splitlines()) if "Error" in ln),
-                                  "no error message")[:200]
+        last_try, error = _run_child(spec, record, stall_timeout_s, command)
+        if error is None:
+            continue
         if last_try is None:
             raise RuntimeError(f"kernel timing process failed outside a kernel config: {error}")
         problem, what = last_try
         if what == "search":
             search = False
-            notes.append(f"cuSPARSELt search failed ({error}); alg_ids timed by hand")
+            notes.append(f"{precision}: cuSPARSELt search failed ({error}); alg_ids timed by hand")
             for p in problems:
                 results[p]["search"] = "failed; alg_ids timed by hand"
         else:
-            pending.remove(problem)
-            progress.update()
-            if what > 0:
-                alg_limit = min(alg_limit, what)
-            notes.append(f"{problem}: alg_id {what} failed ({error}); ids from {what} on not used")
+            failed.add(what)
+            notes.append(f"{problem}: {precision} alg_id {what} failed ({error}); not tried again")
+            if len(failed) == MAX_FAILED_CONFIGS:
+                notes.append(f"{precision}: {MAX_FAILED_CONFIGS} configs failed: the rest timed dense only")
     progress.close()
+    untimed = sum(len(result["untimed"]) for result in results.values())
+    if untimed:
+        notes.append(f"{precision}: tuning budget {budget_s:.0f} s ({per_problem_s:.1f} s per shape and batch "
+                     f"size) left {untimed} of {len(problems) * count} configs untimed")
     return results, notes
 
 
-def top_configs(timing: dict, count: int = TOP_CONFIGS) -> list[int]:
-    """The `count` fastest cuSPARSELt configs of a tune_linears result."""
-    return sorted(timing["sparse_ms"], key=timing["sparse_ms"].__getitem__)[:count]
-
-
 def measure_shapes(layers: dict[str, torch.nn.Linear], batch_sizes: list[int], seq_length: int, dtype: torch.dtype,
-                   max_alg_id: int, precision: Precision = "fp16") -> tuple[dict, list[str]]:
-    """Per weight shape ("outxin") and batch size: cuBLAS vs cuSPARSELt configs, and notes on failures.
-
-    All configs 0..max_alg_id run at the largest batch size; the TOP_CONFIGS fastest there at the others.
-    """
+                   max_alg_id: int, precision: Precision = "fp16",
+                   budget_s: float | None = None) -> tuple[dict, list[str]]:
+    """Per weight shape ("outxin") and batch size: cuBLAS vs every cuSPARSELt config (tune_linears,
+    within budget_s), and notes on what was found and what failed."""
     if not layers:
         return {}, []
     shapes = sorted({tuple(linear.weight.shape) for linear in layers.values()})
     batch_sizes = sorted(set(batch_sizes))
-    largest = batch_sizes[-1]
-    results, notes = tune_linears([(*shape, largest * seq_length) for shape in shapes], dtype,
-                                  max_alg_id=max_alg_id, precision=precision)
-    others = [(*shape, batch * seq_length) for shape in shapes for batch in batch_sizes[:-1]]
-    if others:
-        search_failed = any(timing["search"].startswith("failed") for timing in results.values())
-        more, more_notes = tune_linears(
-            others, dtype, try_search=not search_failed, max_alg_id=max_alg_id, precision=precision,
-            alg_ids={p: top_configs(results[(*p[:2], largest * seq_length)]) for p in others})
-        results, notes = {**results, **more}, notes + more_notes
+    results, notes = tune_linears([(*shape, batch * seq_length) for shape in shapes for batch in batch_sizes], dtype,
+                                  max_alg_id=max_alg_id, precision=precision, budget_s=budget_s)
     return {shape_name(shape): {batch: results[(*shape, batch * seq_length)] for batch in batch_sizes}
             for shape in shapes}, notes
 
@@ -301,7 +396,3 @@ def random_ids(batch: int, seq_length: int, vocab_size: int, device: torch.devic
     """Seeded random token ids: the inputs whole models are timed and checked on."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, seq_length), generator=generator).to(device)
-
-
-if __name__ == "__main__":
-    _timing_child()

@@ -2,9 +2,10 @@
 
 A stage flow loads params.yaml (validated), runs the stage's work as a Prefect task under
 run facts (device, versions, wall time, peak memory), writes its output directory atomically,
-writes metrics/<stage>.json, plots/<stage>_<name>.json, and publishes the metrics as a Prefect
-table artifact. Its flow run is tagged with the git commit (and DVC experiment, and the
-whole-pipeline run that started it), so the stages of one `dvc repro` are found together.
+writes reports/<stage>.json (what it measured, with the run facts), plots/<stage>_<name>.json (a
+chart's data), and publishes its figures as a Prefect table artifact. Its flow run is tagged with
+the git commit (and DVC experiment, and the whole-pipeline run that started it), so the stages of
+one `dvc repro` are found together.
 
 With no PREFECT_API_URL, the flow reports to the run's own server (flows/server.py). Its log,
 Prefect's included, goes to logs/<stage>.log; stderr gets the stage's warnings and, on failure,
@@ -42,7 +43,6 @@ from flows import server  # noqa: E402
 from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
-METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 LOGS_DIR = Path("logs")
@@ -91,18 +91,18 @@ def is_input_error(err: BaseException) -> bool:
 
 
 def metric_rows(metrics: dict) -> list[dict]:
-    """The default artifact table: one row per (flattened) metric."""
-    return [{"metric": ".".join(keys), "value": str(value)} for keys, value in dict_to_flatdict(metrics).items()]
+    """The default artifact table: one row per (flattened) figure; per-layer details stay in the report."""
+    figures = {key: value for key, value in metrics.items() if key != "layers"}
+    return [{"metric": ".".join(keys), "value": str(value)} for keys, value in dict_to_flatdict(figures).items()]
 
 
 @task(name="publish metrics", cache_policy=NO_CACHE)
 def publish(stage: str, table: list[dict]) -> None:
     create_table_artifact(key=f"{stage.replace('_', '-')}-metrics", table=table,
-                          description=f"twofour stage {stage}: metrics/{stage}.json")
+                          description=f"twofour stage {stage}: {REPORTS_DIR}/{stage}.json")
 
 
-def run_stage(stage: str, work: Work, params: Params, out: str | None,
-              plots: tuple[str, ...], details: tuple[str, ...]) -> dict:
+def run_stage(stage: str, work: Work, params: Params, out: str | None, plots: tuple[str, ...]) -> dict:
     """The stage's work under run facts, with its outputs written atomically."""
     with run_facts() as facts:
         if out is None:
@@ -112,11 +112,8 @@ def run_stage(stage: str, work: Work, params: Params, out: str | None,
                 metrics = work(params, tmp)
     for name in plots:
         write_json(PLOTS_DIR / f"{stage}_{name}.json", metrics.pop(name))
-    extra = {name: metrics.pop(name) for name in details if name in metrics}
-    if extra:
-        write_json(REPORTS_DIR / f"{stage}.json", extra)
     metrics["run"] = facts
-    write_json(METRICS_DIR / f"{stage}.json", metrics)
+    write_json(REPORTS_DIR / f"{stage}.json", metrics)
     return metrics
 
 
@@ -129,7 +126,6 @@ class StageFlow:
     work: Work
     out: str | None = None
     plots: tuple[str, ...] = ()
-    details: tuple[str, ...] = ("layers",)
     table: Callable[[dict], list[dict]] = metric_rows
 
     def build(self, params_path: str):
@@ -143,7 +139,7 @@ class StageFlow:
                              retries=params["orchestration.retries"],
                              retry_delay_seconds=params["orchestration.retry_delay_s"],
                              retry_condition_fn=is_transient)
-            metrics = work_task(self.name, self.work, params, self.out, self.plots, self.details)
+            metrics = work_task(self.name, self.work, params, self.out, self.plots)
             publish(self.name, self.table(metrics))
             return metrics
 
@@ -151,9 +147,9 @@ class StageFlow:
 
 
 def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
-               details: tuple[str, ...] = ("layers",), table: Callable[[dict], list[dict]] = metric_rows) -> StageFlow:
+               table: Callable[[dict], list[dict]] = metric_rows) -> StageFlow:
     """What each flows/<stage>.py defines and hands to `main`."""
-    return StageFlow(stage, work, out, plots, details, table)
+    return StageFlow(stage, work, out, plots, table)
 
 
 def use_run_server() -> bool:

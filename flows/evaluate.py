@@ -1,8 +1,12 @@
 """DVC stage `evaluate`: exact match and F1 of every model variant on the validation split."""
 from pathlib import Path
 
-from flows.common import main, stage_flow
-from stages.evaluate import VARIANTS, evaluate
+from engine.runtime import load_cusparselt
+
+load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.evaluate import VARIANTS, evaluate  # noqa: E402
 
 MODEL_DIRS = {
     "dense": Path("models/baseline"),
@@ -13,16 +17,12 @@ MODEL_DIRS = {
 
 
 def variant_table(metrics: dict) -> list[dict]:
-    """The variants side by side: the Prefect artifact, and plots/evaluate_scores.json's rows."""
+    """The Prefect artifact: the variants side by side."""
     return [{"variant": name, **metrics[name]} for name in VARIANTS if name in metrics]
 
 
-def work(params, out_dir):
-    scores = evaluate(params, Path("features"), MODEL_DIRS)
-    return {**scores, "scores": variant_table(scores)}
-
-
-evaluate_flow = stage_flow("evaluate", work, plots=("scores",), table=variant_table)
+evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS),
+                           table=variant_table)
 
 if __name__ == "__main__":
     main(evaluate_flow)

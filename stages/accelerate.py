@@ -5,8 +5,9 @@ against cuBLAS at the benchmark's batch sizes and keeps 2:4 per layer and batch 
 accelerate.mode says so (auto: only where it measured faster, and never slower than dense end to
 end). Everywhere else (no CUDA, compute capability < 8.0, mode none) every layer is planned dense
 with the reason, and the stage succeeds. With accelerate.precision int8, the layers whose int8 error
-on one calibration batch is small are planned on the int8 kernel. The plan (engine/plan.py) is
-saved beside the model and applied when it is loaded (engine.plan.load_accelerated); the stage
+on one calibration batch is small may run int8 2:4 too: per layer and batch size, the plan takes the
+fastest of dense, fp16 2:4 and int8 2:4. The plan (engine/plan.py) is saved beside the model and
+applied when it is loaded (engine.plan.load_accelerated); the stage
 checks the accelerated outputs against the masked dense model before it ends. Plans are made for,
 and applied to, the model with each BERT layer's query, key and value fused into one Linear.
 """
@@ -21,7 +22,15 @@ from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
 from engine.kernels import device_backend
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
-from engine.planner import MAX_INT8_RELATIVE_ERROR, MAX_RELATIVE_ERROR, check_outputs, measure, why_dense
+from engine.planner import (
+    MAX_INT8_RELATIVE_ERROR,
+    MAX_RELATIVE_ERROR,
+    TUNING_BUDGET_S,
+    check_outputs,
+    measure,
+    why_dense,
+)
+from engine.runtime import with_cusparselt
 from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
 
@@ -59,7 +68,8 @@ def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | No
     return {name: round(error, 6) for name, error in errors.items()}, passed, summary
 
 
-def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None) -> dict:
+def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None,
+        tuning_budget_s: float = TUNING_BUDGET_S) -> dict:
     device = best_device()
     mode, precision = params["accelerate.mode"], params["accelerate.precision"]
     backend, reason = device_backend(device)
@@ -89,9 +99,9 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     plan = Plan(mode=mode, precision=precision, backend=backend, reason=reason,
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
-                layers=layers, int8_layer_error=int8_errors, device=device_facts(device))
+                layers=layers, int8_layer_error=int8_errors, device=with_cusparselt(device_facts(device)))
     if backend is not None and candidates:
-        measure(plan, model, params["accelerate.max_alg_id"])
+        measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s)
 
     for item in sparse_dir.iterdir():
         if item.is_file():
@@ -110,5 +120,5 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         if errors[worst] > bound:
             raise StageError(f"accelerated outputs differ from the masked dense model at {worst}: relative error "
                              f"{errors[worst]:.2e} > {bound} (plan in {out_dir / PLAN_FILE})")
-    metrics["device"] = device_facts(device)
+    metrics["device"] = with_cusparselt(device_facts(device))
     return metrics

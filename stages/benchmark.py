@@ -34,6 +34,7 @@ from engine.graphs import CudaGraphRunner
 from engine.kernels import (
     Fp8Config,
     Int8ReferenceLinear,
+    Kernel,
     SparseLinear,
     device_backend,
     fp8_available,
@@ -41,6 +42,7 @@ from engine.kernels import (
     swap_linears,
 )
 from engine.plan import inference_model, load_accelerated
+from engine.runtime import with_cusparselt
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
 from .common import best_device, device_facts, relative_error
@@ -157,11 +159,10 @@ def gpu_driver_version() -> str | None:
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
 
 
-def measure_batch(models: dict, batch: int, seq_length: int, mode_names: list[str], params,
+def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], params,
                   device) -> tuple[dict, dict, dict]:
     """(latency ms, peak memory MiB, relative spread of the repeats) per variant_mode at one batch
-    size; raises OutOfMemoryError."""
-    input_ids = random_ids(batch, seq_length, models["dense"]["eager"].config.vocab_size, device, seed=batch)
+    of inputs; raises OutOfMemoryError."""
     latency, peak, spread = {}, {}, {}
     for mode in mode_names:
         for variant, by_mode in models.items():
@@ -197,7 +198,7 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     shape = f"x {TUTORIAL_TOKENS}x{TUTORIAL_IN} @ W {TUTORIAL_OUT}x{TUTORIAL_IN} ({str(dtype).removeprefix('torch.')})"
     if alg_id is None:
         return {"shape": shape, "error": "no cuSPARSELt kernel config ran", "kernel_timing_notes": notes}
-    sparse = SparseLinear(linear, {TUTORIAL_TOKENS: alg_id})
+    sparse = SparseLinear(linear, {TUTORIAL_TOKENS: Kernel("fp16", alg_id)})
     subclass = torch.nn.Linear(TUTORIAL_IN, TUTORIAL_OUT).to(device, dtype).eval()
     subclass.bias.copy_(linear.bias)
     subclass.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
@@ -219,13 +220,16 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     }
 
 
-def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict]]:
+def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | None = None,
+        tutorial: bool = True) -> tuple[dict, list[dict]]:
+    """The benchmark; only_modes keeps those of the modes that apply (benchmarks/gpu_engine.py times
+    only "compiled" when GPU time is short), tutorial False skips the tutorial's Linear."""
     device = best_device()
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, params["accelerate.dtype"]) if on_gpu else torch.float32
     batch_sizes = params["benchmark.batch_sizes" if on_gpu else "benchmark.cpu_batch_sizes"]
     seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
-    mode_names = modes(on_gpu, params["benchmark.compile"])
+    mode_names = [mode for mode in modes(on_gpu, params["benchmark.compile"]) if only_modes is None or mode in only_modes]
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
     dense = inference_model(dense_dir, device, dtype)
     plain = {
@@ -245,7 +249,8 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         models = {variant: {mode: wrap(model, mode, on_gpu) for mode in modes_of[variant]}
                   for variant, model in plain.items()}
         try:
-            latency[key], peak, spread[key] = measure_batch(models, batch, seq_length, mode_names, params, device)
+            input_ids = random_ids(batch, seq_length, dense.config.vocab_size, device, seed=batch)
+            latency[key], peak, spread[key] = measure_batch(models, input_ids, mode_names, params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
             if not is_out_of_memory(err):
                 raise
@@ -270,14 +275,14 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
         "latency_ms": latency,
         "speedup": speedups(latency),
         "noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": untrustworthy(spread)},
-        "device": device_facts(device),
+        "device": with_cusparselt(device_facts(device)),
     }
     metrics["trustworthy"] = not metrics["noise"]["untrustworthy"]
     if not metrics["trustworthy"]:
         noisy = [f"{batch} {timing}" for batch, reasons in metrics["noise"]["untrustworthy"].items() for timing in reasons]
         logging.getLogger(__name__).warning(
             f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
-            "see noise.untrustworthy in metrics/benchmark.json")
+            "see noise.untrustworthy in reports/benchmark.json")
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
@@ -287,7 +292,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path) -> tuple[dict, list[dict
     if on_gpu:
         metrics["peak_memory_mb"] = peak_memory
         metrics["device"]["driver"] = gpu_driver_version()
-        if device_backend(device)[0] is not None:
+        if tutorial and device_backend(device)[0] is not None:
             metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
     return metrics, rows
 

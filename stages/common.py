@@ -53,20 +53,24 @@ def mode_after_umask(mode: int) -> int:
     return mode & ~umask
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), mode_after_umask(0o666))
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temp file + rename); nothing is written if `obj` does not serialise."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(obj):

@@ -12,12 +12,15 @@ import datasets
 from engine.sparsity import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything
+from .distributed import is_first_process, processes_to_launch, run_in_processes
 from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
 from .training import checkpoint_dir, train_qa
 
 
 def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
                     baseline_dir: Path = Path("models/baseline")) -> dict:
+    if (processes := processes_to_launch(params, "finetune")) > 1:
+        return run_in_processes(finetune_sparse, processes, params, features_dir, pruned_dir, out_dir, baseline_dir)
     seed_everything(params["seed"])
     model = load_qa_model(str(pruned_dir))
     tokenizer = load_tokenizer(str(pruned_dir))
@@ -36,5 +39,6 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     if not summary["pattern_2of4_holds"]:
         bad = [n for n, r in summary["layers"].items() if r["violations_2of4"]]
         raise StageError(f"2:4 pattern broken after fine-tuning in {len(bad)} layers, first: {bad[0]}")
-    save_model(model, tokenizer, out_dir)
+    if is_first_process():
+        save_model(model, tokenizer, out_dir)
     return {**stats, **summary}

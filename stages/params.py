@@ -31,6 +31,10 @@ def _one_of(*choices):
     return check
 
 
+def _process_count(v):
+    return v == "auto" or (isinstance(v, int) and v >= 1)
+
+
 def _list_of(kind, element_check=None, allow_empty=False):
     def check(v):
         return isinstance(v, list) and (allow_empty or len(v) > 0) and all(
@@ -44,6 +48,7 @@ def _list_of(kind, element_check=None, allow_empty=False):
 _positive.__doc__ = "> 0"
 _non_negative.__doc__ = ">= 0"
 _fraction.__doc__ = "between 0 and 1 (exclusive)"
+_process_count.__doc__ = "auto (one per visible GPU, 1 on the CPU) or a whole number >= 1"
 
 # field -> (type(s), optional extra check). Every field is required.
 SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
@@ -70,6 +75,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
             "warmup_ratio": ((int, float), lambda v: 0 <= v < 1),
             "weight_decay": ((int, float), _non_negative),
             "batch_size": (int, _positive),
+            "num_processes": ((str, int), _process_count),
         }.items()
     },
     "train.eval_batch_size": (int, _positive),

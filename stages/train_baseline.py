@@ -6,11 +6,14 @@ from pathlib import Path
 import datasets
 
 from .common import seed_everything
+from .distributed import is_first_process, processes_to_launch, run_in_processes
 from .modeling import load_qa_model, load_tokenizer, resolve_model_source, save_model
 from .training import checkpoint_dir, train_qa
 
 
 def train_baseline(params, features_dir: Path, out_dir: Path) -> dict:
+    if (processes := processes_to_launch(params, "train")) > 1:
+        return run_in_processes(train_baseline, processes, params, features_dir, out_dir)
     seed_everything(params["seed"])
     source = resolve_model_source(params["model.name"])
     tokenizer = load_tokenizer(source)
@@ -18,5 +21,6 @@ def train_baseline(params, features_dir: Path, out_dir: Path) -> dict:
     train_features = datasets.load_from_disk(str(features_dir / "train"))
     stats = train_qa(model, tokenizer, train_features, params["train"], params["seed"],
                      checkpoints=checkpoint_dir("train_baseline", params, train_features))
-    save_model(model, tokenizer, out_dir)
+    if is_first_process():
+        save_model(model, tokenizer, out_dir)
     return {"model": params["model.name"], **stats}

@@ -14,6 +14,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import ProgressCallback
 
 from .common import StageError
+from .distributed import is_first_process, world_size
 
 
 CHECKPOINTS = Path(".checkpoints")  # outside every DVC output: only an interrupted run leaves one
@@ -25,14 +26,17 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
     """TrainingArguments from a train/finetune params section; mixed precision only on CUDA.
 
     With `checkpoints`, the full training state (model, optimizer, scheduler, RNG) is saved about
-    CHECKPOINTS_PER_RUN times a run, the last one kept, so a killed run resumes where it was."""
+    CHECKPOINTS_PER_RUN times a run, the last one kept, so a killed run resumes where it was.
+
+    Under torchrun each process takes batch_size / WORLD_SIZE of every batch: the effective batch,
+    and so the step count and learning rate schedule, are those of one process."""
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     steps_per_epoch = max(1, -(-n_examples // section["batch_size"]))
     total_steps = section["max_steps"] or max(1, int(steps_per_epoch * section["epochs"]))
     return TrainingArguments(
         output_dir=output_dir,
-        per_device_train_batch_size=section["batch_size"],
+        per_device_train_batch_size=section["batch_size"] // world_size(),
         learning_rate=float(section["learning_rate"]),
         num_train_epochs=float(section["epochs"]),
         max_steps=section["max_steps"] or -1,
@@ -47,6 +51,8 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         save_steps=max(1, total_steps // CHECKPOINTS_PER_RUN),
         save_total_limit=1,
         report_to="none",
+        # A QA model uses every parameter in every step: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         use_cpu=not cuda,
         bf16=bf16,
         fp16=cuda and not bf16,
@@ -138,21 +144,27 @@ class NumericProgressCallback(ProgressCallback):
 
 
 def checkpoint_dir(stage: str, params, train_features) -> Path:
-    """Where `stage` keeps its checkpoints for one configuration (all params and the features):
-    a run with anything changed never resumes from them, and their stale ones are removed."""
-    identity = json.dumps([params, train_features._fingerprint], sort_keys=True, default=str)
+    """Where `stage` keeps its checkpoints for one configuration (all params, the features and the
+    number of processes, `auto` as resolved): a run with anything changed never resumes from them,
+    and their stale ones are removed."""
+    identity = json.dumps([params, train_features._fingerprint, world_size()], sort_keys=True, default=str)
     directory = CHECKPOINTS / f"{stage}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
-    for stale in CHECKPOINTS.glob(f"{stage}-*"):
-        if stale != directory:
-            shutil.rmtree(stale, ignore_errors=True)
+    if is_first_process():
+        for stale in CHECKPOINTS.glob(f"{stage}-*"):
+            if stale != directory:
+                shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 
 def last_complete_checkpoint(directory: Path | None) -> Path | None:
-    """The newest checkpoint whose trainer state (written last by the Trainer) is there."""
+    """The newest checkpoint whose trainer state (written last by the first process) and every
+    process's RNG state (written by each, in no set order) are there."""
     if directory is None:
         return None
-    complete = [c for c in directory.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    processes = world_size()
+    rng_states = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
+    complete = [c for c in directory.glob("checkpoint-*")
+                if all((c / name).is_file() for name in ["trainer_state.json", *rng_states])]
     return max(complete, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
 
 
@@ -163,11 +175,13 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
     With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).
     With `checkpoints` (a directory), training resumes from its last complete checkpoint and
     saves new ones as it goes; the directory is removed once training has finished.
+    Under torchrun every process calls it; samples_per_second counts them all.
     """
     if len(train_features) == 0:
         raise StageError("the train features are empty: nothing to train on")
     with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
         resume_from = last_complete_checkpoint(checkpoints)
+        resumed_step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
         args = training_arguments(section, seed, str(checkpoints or scratch), len(train_features),
                                   checkpoints=checkpoints is not None)
         setup = {
@@ -191,7 +205,8 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             raise StageError(
                 f"out of memory at batch_size={section['batch_size']}: lower it in params.yaml"
             ) from None
-    if checkpoints is not None:
+    trainer.accelerator.wait_for_everyone()  # every process done with the checkpoints before they go
+    if checkpoints is not None and is_first_process():
         shutil.rmtree(checkpoints, ignore_errors=True)
     history = [
         {"step": entry["step"], "loss": round(entry["loss"], 5), "learning_rate": entry.get("learning_rate")}
@@ -203,8 +218,16 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         "final_loss": history[-1]["loss"] if history else None,
         "train_loss": round(result.training_loss, 5),
         "steps": result.global_step,
-        "samples_per_second": round(result.metrics["train_samples_per_second"], 3),
+        "processes": world_size(),
+        "samples_per_second": samples_per_second(result.global_step - (resumed_step or 0), section["batch_size"],
+                                                 result.metrics["train_runtime"]),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
+        "resumed_from_step": resumed_step,
     }
+
+
+def samples_per_second(steps_trained: int, batch_size: int, runtime_s: float) -> float:
+    """Throughput of the steps this run trained (the Trainer's own figure counts a resumed run's
+    steps from before the checkpoint as if trained in this run's time)."""
+    return round(steps_trained * batch_size / max(runtime_s, 1e-9), 3)
 

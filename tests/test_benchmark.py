@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_params
 
 from engine.kernels import Fp8Linear
 from stages import accelerate, benchmark
 from stages.common import relative_error
 from stages.modeling import load_qa_model
+from stages.params import validate
 
 
 def test_benchmark_records_out_of_memory_and_runs_the_other_sizes(params, tiny_model, tmp_path, monkeypatch):
@@ -17,10 +19,10 @@ def test_benchmark_records_out_of_memory_and_runs_the_other_sizes(params, tiny_m
     accelerate.run(params, tiny_model, tmp_path / "accelerated")
     real_measure = benchmark.measure_batch
 
-    def out_of_memory_at_batch_1(models, batch, *args):
-        if batch == 1:
+    def out_of_memory_at_batch_1(models, input_ids, *args):
+        if input_ids.shape[0] == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_measure(models, batch, *args)
+        return real_measure(models, input_ids, *args)
 
     monkeypatch.setattr(benchmark, "measure_batch", out_of_memory_at_batch_1)
     metrics, rows = benchmark.run(params, tiny_model, tmp_path / "accelerated")
@@ -28,6 +30,16 @@ def test_benchmark_records_out_of_memory_and_runs_the_other_sizes(params, tiny_m
     assert metrics["latency_ms"]["bs2"]["dense_eager"] > 0
     assert metrics["speedup"]["bs1"] == {} and metrics["speedup"]["bs2"]["eager"] > 0
     assert {row["batch_size"] for row in rows} == {2}
+
+
+def test_benchmark_of_one_mode_times_only_that_mode(params, tiny_model, tmp_path):
+    """benchmarks/gpu_engine.py times only "compiled" when GPU time is short (no eager model exists then)."""
+    (tmp_path / "accelerated").mkdir()
+    accelerate.run(params, tiny_model, tmp_path / "accelerated")
+    raw = tiny_params(tiny_model)
+    raw["benchmark"].update(cpu_batch_sizes=[1], compile=True)
+    metrics, _ = benchmark.run(validate(raw), tiny_model, tmp_path / "accelerated", only_modes=["compiled"])
+    assert set(metrics["latency_ms"]["bs1"]) == {"dense_compiled", "accelerated_compiled"}
 
 
 def test_benchmark_reraises_errors_that_are_not_out_of_memory(params, tiny_model, tmp_path, monkeypatch):

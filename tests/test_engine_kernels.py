@@ -9,13 +9,13 @@ from engine.kernels import (
     FP8,
     FP8_MAX,
     INT8_MAX,
+    TOKEN_ALIGNMENT,
     Fp8Config,
     Fp8Linear,
     Int8ReferenceConfig,
     Int8ReferenceLinear,
-    Int8SparseConfig,
-    Int8SparseLinear,
     Int8Weights,
+    Kernel,
     SparseConfig,
     SparseLinear,
     absmax_scales,
@@ -62,10 +62,11 @@ def test_swap_linears_puts_each_kind_in_place_and_dense_buckets_match_the_linear
     model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU()), torch.nn.Linear(16, 4))
     x = torch.randn(3, 5, 8)
     expected = model(x)
-    configs = {"0.0": SparseConfig({64: None}), "1": Int8SparseConfig({64: None}, torch.ones(16), 0.05)}
+    configs = {"0.0": SparseConfig({64: None}), "1": SparseConfig({64: None}, True, torch.ones(16), 0.05)}
     swap_linears(model, configs.__getitem__, named(configs))
-    assert type(model[0][0]) is SparseLinear and type(model[1]) is Int8SparseLinear
-    assert model[1].packed.dtype == torch.int8 and model[1].alpha.shape == (4,)
+    assert type(model[0][0]) is SparseLinear and type(model[1]) is SparseLinear
+    assert model[0][0].packed is None and model[0][0].packed_int8 is None  # dense everywhere: only the weight
+    assert model[1].packed_int8.dtype == torch.int8 and model[1].alpha.shape == (4,)  # keep_all: every kernel
     assert torch.allclose(model[1].multipliers, torch.full((16,), 20.0))
     assert torch.allclose(model(x), expected)  # every bucket dense: the plain Linear's result
 
@@ -75,7 +76,7 @@ def test_swap_linears_gives_layers_calibrated_together_one_multipliers_tensor(mo
     model = torch.nn.ModuleDict({n: torch.nn.Linear(8, 8) for n in ("query", "key", "value", "out")})
     together, alone = (torch.linspace(1, 2, 8), 0.1), (torch.linspace(1, 3, 8), 0.1)
     calibration = {"query": together, "key": (together[0].clone(), 0.1), "value": together, "out": alone}
-    swap_linears(model, lambda name: Int8SparseConfig({64: 0}, *calibration[name]), named(model))
+    swap_linears(model, lambda name: SparseConfig({64: Kernel("int8", 0)}, False, *calibration[name]), named(model))
     assert model["query"].multipliers is model["key"].multipliers is model["value"].multipliers
     assert model["out"].multipliers is not model["query"].multipliers
     assert "multipliers" in dict(model["key"].named_buffers())  # still a buffer: moves with .to(device)
@@ -154,32 +155,58 @@ def test_int8_reference_linear_is_the_kernel_math():
     assert 0 < relative_error(linear(x).detach(), emulated(x)) < 2e-2
 
 
-def test_int8_sparse_linear_folds_both_scales_and_the_bias_into_one_kernel_call(monkeypatch):
-    """Int8SparseLinear's arithmetic on a CPU: the cuSPARSELt calls are replaced by their definition."""
+def fake_cslt_sparse_mm(calls: list):
+    """torch._cslt_sparse_mm by its definition (a CPU stand-in), recording each call's kind."""
 
-    calls = []
-
-    def cslt_sparse_mm(packed, dense_t, alpha, bias, out_dtype, transpose_result, alg_id):
+    def cslt_sparse_mm(packed, dense_t, bias=None, alpha=None, out_dtype=None, transpose_result=False, alg_id=0):
         calls.append({"input_dtype": dense_t.dtype, "out_dtype": out_dtype, "alg_id": alg_id})
-        acc = (packed.double() @ dense_t.double()).t()  # int32-exact; transpose_result: (tokens, out)
-        return (acc * alpha.double() + bias.double()).to(out_dtype)
+        acc = (packed.double() @ dense_t.double()).t()  # int32-exact for int8; transpose_result: (tokens, out)
+        out = acc * (1 if alpha is None else alpha.double()) + (0 if bias is None else bias.double())
+        return out.to(out_dtype or dense_t.dtype)
 
+    return cslt_sparse_mm
+
+
+def test_int8_kernel_folds_both_scales_and_the_bias_into_one_kernel_call(monkeypatch):
+    """SparseLinear's int8 arithmetic on a CPU: the cuSPARSELt calls are replaced by their definition."""
+    calls = []
     monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())
-    monkeypatch.setattr(torch, "_cslt_sparse_mm", cslt_sparse_mm)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm(calls))
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     x = torch.randn(2, 7, 32)  # 14 tokens: padded to 16 for the kernel, cut back after
     smoothing = torch.rand(32) + 0.5
     scale = tensor_scale(x / smoothing)
-    module = Int8SparseLinear(linear, {64: 3}, keep_dense=False, smoothing=smoothing, input_scale=scale)
+    module = SparseLinear(linear, {64: Kernel("int8", 3)}, int8=Int8Weights(linear, smoothing, scale))
     reference = Int8ReferenceLinear(linear, smoothing, scale)
-    assert module.weight is None and torch.equal(module.packed, reference.weights.weight_q)
+    assert module.weight is None and module.packed is None  # only what the int8 kernel needs
+    assert torch.equal(module.packed_int8, reference.weights.weight_q)
     assert torch.equal(module.alpha, reference.weights.alpha)
     with torch.no_grad():
         got = module(x)
         expected = reference(x)
     assert calls == [{"input_dtype": torch.int8, "out_dtype": torch.float32, "alg_id": 3}]
     assert got.shape == (2, 7, 16) and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_each_token_bucket_runs_its_own_kernel_dense_fp16_or_int8(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm(calls))
+    monkeypatch.setitem(TOKEN_ALIGNMENT, torch.float32, 4)  # float32 stands in for fp16 on a CPU
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    smoothing = torch.rand(32) + 0.5
+    module = SparseLinear(linear, {16: Kernel("fp16", 5), 64: Kernel("int8", 2), 256: None},
+                          int8=Int8Weights(linear, smoothing, 0.05))
+    assert module.weight is not None and module.packed is not None and module.packed_int8 is not None
+    with torch.no_grad():
+        for tokens in (10, 40, 200):
+            x = torch.randn(tokens, 32)
+            exact = linear(x)
+            error = relative_error(exact, module(x))
+            assert error < (1e-5 if tokens != 40 else 2e-2)  # int8 rounds; fp16 2:4 and dense are the layer
+    assert [(call["input_dtype"], call["alg_id"]) for call in calls] == [(torch.float32, 5), (torch.int8, 2)]
 
 
 def test_fp8_linear_is_the_linear_to_fp8_precision_and_clamps_past_its_scale():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.kernels import Int8ReferenceLinear, Int8SparseConfig, Int8Weights, SparseConfig, reference_linear
+from engine.kernels import Int8ReferenceLinear, Int8Weights, Kernel, SparseConfig, reference_linear
 from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
 from engine.planner import final_kernels
 from stages.common import StageError
-from test_engine_planner import FFN, QUERY, plan_for
+from test_engine_planner import FFN, QUERY, int8, plan_for
 
 # plan.json as accelerate wrote it before plans had a type (int8, one BERT layer, on a CPU).
 PLAN_BEFORE_VERSIONS = Path(__file__).parent / "fixtures" / "plan-v0.json"
@@ -32,7 +32,11 @@ def measured_plan() -> Plan:
     }
     return Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
                 batch_sizes=[4, 256], seq_length=384, layers=layers, variants=variants, model_ms=model_ms,
-                shape_timings={"int8": {"3072x768": timings[FFN]}, "fp16": {"768x768": timings[QUERY]}})
+                shape_timings={precision: {shape: {batch: by_precision[precision]
+                                                   for batch, by_precision in timings[layer].items()}
+                                           for shape, layer in (("3072x768", FFN), ("768x768", QUERY))
+                                           if precision in timings[layer][4]}
+                               for precision in ("fp16", "int8")})
 
 
 def test_plan_round_trips_through_its_files(tmp_path):
@@ -41,8 +45,8 @@ def test_plan_round_trips_through_its_files(tmp_path):
     assert (tmp_path / SMOOTHING_FILE).exists()
     loaded = Plan.load(tmp_path / PLAN_FILE)
     assert loaded.version == PLAN_VERSION and loaded.variants == {4: "dense", 256: "per_layer"}
-    assert loaded.layers[FFN].kernels == {4: None, 256: 4}  # batch sizes, ints again
-    assert loaded.shape_timings["int8"]["3072x768"][256]["sparse_ms"] == {0: 9.8, 4: 8.0}
+    assert loaded.layers[FFN].kernels == {4: None, 256: int8(4)}  # batch sizes, ints again; kernels typed
+    assert loaded.shape_timings["fp16"]["3072x768"][256]["sparse_ms"] == {0: 9.8, 5: 9.0}
     assert torch.equal(loaded.layers[FFN].smoothing, plan.layers[FFN].smoothing)
     without_tensors = {name: dataclasses.replace(layer, smoothing=None) for name, layer in plan.layers.items()}
     assert dataclasses.replace(loaded, layers={}) == dataclasses.replace(plan, layers={})
@@ -53,13 +57,14 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
     metrics = measured_plan().summary()
     assert (metrics["backend"], metrics["layers_2of4"], metrics["layers_dense"]) == ("cusparselt", 1, 2)
     assert metrics["layers"][BLOCKED] == {"kernel": "dense", "reason": "dense: weight is not 2:4 sparse"}
-    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "model_dense_ms": 5.0,
-                                          "model_accelerated_ms": 5.0, "model_speedup": 1.0}
-    assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1
+    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "layers_int8": 0,
+                                          "model_dense_ms": 5.0, "model_accelerated_ms": 5.0, "model_speedup": 1.0}
+    assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1 and metrics["by_batch"]["bs256"]["layers_int8"] == 1
     assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
     assert metrics["layers"][FFN]["bs256"] == {"kernel": "cusparselt int8 alg_id 4", "dense_ms": 10.0,
                                                "sparse_ms": 8.0, "speedup": 1.25}
-    assert metrics["layers"][QUERY]["bs4"]["kernel"] == "dense"
+    # dense here: beside it, the fastest fp16 2:4 config it was timed against
+    assert metrics["layers"][FFN]["bs4"] == {"kernel": "dense", "dense_ms": 1.0, "sparse_ms": 1.1, "speedup": 0.909}
 
 
 def test_a_dense_plan_summarizes_without_timings_and_still_reports_every_layer():
@@ -91,8 +96,8 @@ def test_a_plan_written_before_versions_fails_with_one_line_naming_both_versions
 def test_kernel_configs_key_the_kernels_by_token_count():
     plan = measured_plan()
     ffn = plan.linear_config(FFN)
-    assert isinstance(ffn, Int8SparseConfig) and ffn.input_scale == 0.05
-    assert ffn.kernels == {4 * 384: None, 256 * 384: 4} and ffn.smoothing is plan.layers[FFN].smoothing
+    assert ffn.input_scale == 0.05 and ffn.smoothing is plan.layers[FFN].smoothing  # it may run int8
+    assert ffn.kernels == {4 * 384: None, 256 * 384: int8(4)}
     assert plan.linear_config(QUERY) == SparseConfig({4 * 384: None, 256 * 384: None})
 
 
@@ -102,12 +107,14 @@ def test_applied_on_a_cpu_int8_layers_compute_the_kernels_math_and_the_rest_stay
     first, last = model[0], model[2]
     smoothing = torch.rand(8) + 0.5
     plan = dataclasses.replace(measured_plan(), layers={
-        "0": LayerPlan((16, 8), "int8", {4: 1}, input_scale=0.02, smoothing=smoothing),
-        "2": LayerPlan((4, 16), "fp16", {4: 2}),
+        "0": LayerPlan((16, 8), "int8", {4: Kernel("int8", 1), 64: Kernel("fp16", 3)}, input_scale=0.02,
+                       smoothing=smoothing),
+        "2": LayerPlan((4, 16), "int8", {4: Kernel("fp16", 2)}, input_scale=0.02, smoothing=smoothing.repeat(2)),
     })
     x = torch.randn(3, 8)
     applied = plan.apply(model)
-    assert type(applied[0]) is Int8ReferenceLinear and applied[2] is last  # no 2:4 kernels on a CPU
+    # no 2:4 kernels on a CPU: int8 math where int8 runs at some batch size, else the plain Linear
+    assert type(applied[0]) is Int8ReferenceLinear and applied[2] is last
     with torch.no_grad():
         expected = last(torch.relu(reference_linear(x, Int8Weights(first, smoothing, 0.02), first.bias)))
         assert torch.equal(applied(x), expected)

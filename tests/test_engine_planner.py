@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from engine.kernels import Kernel
 from engine.planner import (
     MIN_LAYER_SPEEDUP,
-    choose_alg,
+    choose_kernel,
     choose_variant,
     distinct_variants,
+    fastest_kernel,
     final_kernels,
     layer_kernels,
     why_dense,
@@ -16,25 +18,42 @@ from engine.tuning import best_alg
 
 
 def timing(dense_ms, **sparse_ms):
-    return {"dense_ms": dense_ms, "sparse_ms": {int(k[1:]): v for k, v in sparse_ms.items()}, "search": "x"}
+    return {"dense_ms": dense_ms, "sparse_ms": {int(k[1:]): v for k, v in sparse_ms.items()}, "search": "x",
+            "alg_ids_offered": 8}
+
+
+def fp16(alg_id):
+    return Kernel("fp16", alg_id)
+
+
+def int8(alg_id):
+    return Kernel("int8", alg_id)
 
 
 def test_kernel_choice_by_mode():
-    faster = timing(1.0, a0=1.2, a3=0.8, a5=0.9)
-    marginal = timing(1.0, a1=0.995)  # 1.005x: inside timing noise
-    slower = timing(1.0, a0=1.3)
-    assert best_alg(faster) == 3 and best_alg(timing(1.0)) is None
-    assert [choose_alg(faster, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [3, 3, None]
-    assert [choose_alg(marginal, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, 1, None]
-    assert [choose_alg(slower, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, 0, None]
+    faster = {"fp16": timing(1.0, a0=1.2, a3=0.8, a5=0.9)}
+    marginal = {"fp16": timing(1.0, a1=0.995)}  # 1.005x: inside timing noise
+    slower = {"fp16": timing(1.0, a0=1.3)}
+    assert best_alg(faster["fp16"]) == 3 and best_alg(timing(1.0)) is None
+    assert [choose_kernel(faster, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [fp16(3), fp16(3), None]
+    assert [choose_kernel(marginal, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, fp16(1), None]
+    assert [choose_kernel(slower, mode, MIN_LAYER_SPEEDUP) for mode in ("auto", "all", "none")] == [None, fp16(0), None]
     # No config ran (every alg_id failed): dense in every mode.
-    assert choose_alg(timing(1.0), "all", MIN_LAYER_SPEEDUP) is None
+    assert choose_kernel({"fp16": timing(1.0)}, "all", MIN_LAYER_SPEEDUP) is None
+
+
+def test_the_fastest_kernel_over_both_precisions_wins():
+    mixed = {"fp16": timing(1.0, a2=0.8, a9=0.85), "int8": timing(1.0, a4=0.6, a1=0.7)}
+    assert fastest_kernel(mixed) == int8(4) and choose_kernel(mixed, "auto", MIN_LAYER_SPEEDUP) == int8(4)
+    fp16_wins = {"fp16": timing(1.0, a2=0.5), "int8": timing(1.0, a4=0.6)}
+    assert choose_kernel(fp16_wins, "auto", MIN_LAYER_SPEEDUP) == fp16(2)
+    assert fastest_kernel({"fp16": timing(1.0), "int8": timing(1.0)}) is None
 
 
 def test_variant_choice_keeps_dense_unless_clearly_faster():
-    assert choose_variant({"dense": 10.0, "per_layer": 9.0, "all_2of4": 9.5}, 1.01) == "per_layer"
+    assert choose_variant({"dense": 10.0, "per_layer": 9.0, "fp16_2of4": 9.5}, 1.01) == "per_layer"
     assert choose_variant({"dense": 10.0, "per_layer": 9.95}, 1.01) == "dense"
-    assert choose_variant({"dense": 10.0, "all_2of4": 12.0}, 1.01) == "dense"
+    assert choose_variant({"dense": 10.0, "fp16_2of4": 12.0}, 1.01) == "dense"
 
 
 def test_why_dense_names_the_reason():
@@ -49,33 +68,44 @@ FFN, QUERY = "encoder.layer.0.intermediate.dense", "encoder.layer.0.attention.se
 
 
 def plan_for(mode: str):
-    """Two layers' fake timings by batch size: FFN1 wins at batch 256 only, attention never."""
+    """Two layers' fake timings by batch size and precision: FFN1 (int8 allowed) wins at batch 256
+    only, on int8 2:4, and is fastest on fp16 2:4 at batch 4 (slower than dense); attention (fp16 only)
+    never wins."""
     timings = {
-        FFN: {4: timing(1.0, a0=1.3, a2=1.1), 256: timing(10.0, a0=9.8, a4=8.0)},
-        QUERY: {4: timing(0.3, a0=0.5), 256: timing(3.0, a1=3.5)},
+        FFN: {4: {"fp16": timing(1.0, a0=1.3, a2=1.1), "int8": timing(1.0, a1=1.2)},
+              256: {"fp16": timing(10.0, a0=9.8, a5=9.0), "int8": timing(10.0, a4=8.0)}},
+        QUERY: {4: {"fp16": timing(0.3, a0=0.5)}, 256: {"fp16": timing(3.0, a1=3.5)}},
     }
     per_layer = layer_kernels(timings, mode)
-    model_ms = {4: {"dense": 5.0, "all_2of4": 6.0}, 256: {"dense": 100.0, "per_layer": 92.0, "all_2of4": 97.0}}
-    if mode != "auto":  # all: per-layer kernels are each shape's fastest, the same as all_2of4
-        model_ms = {4: {"dense": 5.0, "per_layer": 6.0}, 256: {"dense": 100.0, "per_layer": 97.0}}
+    model_ms = {4: {"dense": 5.0, "fp16_2of4": 6.0}, 256: {"dense": 100.0, "per_layer": 92.0, "fp16_2of4": 99.0}}
+    if mode != "auto":  # all: per-layer kernels are each shape's fastest, at batch 4 the fp16 ones
+        model_ms = {4: {"dense": 5.0, "per_layer": 6.0}, 256: {"dense": 100.0, "per_layer": 97.0, "fp16_2of4": 99.0}}
     return timings, per_layer, model_ms
 
 
 def test_auto_plan_keeps_2of4_only_where_it_won():
     timings, per_layer, model_ms = plan_for("auto")
-    assert per_layer == {FFN: {4: None, 256: 4}, QUERY: {4: None, 256: None}}
+    assert per_layer == {FFN: {4: None, 256: int8(4)}, QUERY: {4: None, 256: None}}
     kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
-    assert distinct_variants(256, per_layer, timings) == ["dense", "per_layer", "all_2of4"]
-    assert distinct_variants(4, per_layer, timings) == ["dense", "all_2of4"]
+    assert distinct_variants(256, per_layer, timings) == ["dense", "per_layer", "fp16_2of4"]
+    assert distinct_variants(4, per_layer, timings) == ["dense", "fp16_2of4"]  # per_layer: dense, the same kernels
     assert variants == {4: "dense", 256: "per_layer"}
     assert kernels == per_layer
 
 
+def test_the_fp16_variant_wins_a_batch_size_where_int8_loses_end_to_end():
+    timings, per_layer, model_ms = plan_for("auto")
+    model_ms[256]["fp16_2of4"] = 90.0  # int8's quantization passes cost more than they save
+    kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
+    assert variants == {4: "dense", 256: "fp16_2of4"}
+    assert kernels == {FFN: {4: None, 256: fp16(5)}, QUERY: {4: None, 256: fp16(1)}}  # every layer on fp16 2:4
+
+
 def test_all_plan_takes_every_fastest_config():
     timings, per_layer, model_ms = plan_for("all")
-    assert distinct_variants(4, per_layer, timings) == ["dense", "per_layer"]
+    assert distinct_variants(4, per_layer, timings) == ["dense", "per_layer"]  # fp16_2of4: the same kernels
     kernels, variants = final_kernels("all", per_layer, timings, model_ms)
-    assert kernels == {FFN: {4: 2, 256: 4}, QUERY: {4: 0, 256: 1}}
+    assert kernels == {FFN: {4: fp16(2), 256: int8(4)}, QUERY: {4: fp16(0), 256: fp16(1)}}
     assert variants == {4: "per_layer", 256: "per_layer"}  # all keeps 2:4 even where it is slower
 
 
@@ -89,10 +119,12 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
     timings, _, model_ms = plan_for("auto")
     measured = []
 
-    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision):
-        measured.append((sorted(layers), batch_sizes, seq_length, dtype, precision))
-        by_shape = {"int8": {"3072x768": timings[FFN]}, "fp16": {"768x768": timings[QUERY]}}[precision]
-        return by_shape, [f"{precision} note"]
+    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s):
+        measured.append((sorted(layers), batch_sizes, seq_length, dtype, precision, budget_s))
+        layer_of = {"3072x768": FFN, "768x768": QUERY}
+        shapes = {f"{linear.out_features}x{linear.in_features}" for linear in layers.values()}
+        return ({shape: {batch: by_precision[precision] for batch, by_precision in timings[layer_of[shape]].items()}
+                 for shape in shapes}, [f"{precision} note"])
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
     monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, per_layer, timings: model_ms)
@@ -101,9 +133,12 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
                     "ffn": LayerPlan((3072, 768), "int8", input_scale=0.1, smoothing=torch.ones(768)),
                     "query": LayerPlan((768, 768)),
                     "pooler": LayerPlan((768, 768), reason="dense: weight is not 2:4 sparse")})
-    planner.measure(plan, model, max_alg_id=7)
-    assert measured == [(["query"], [4, 256], 384, torch.float16, "fp16"), (["ffn"], [4, 256], 384, torch.float16, "int8")]
+    planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
+    assert measured == [(["ffn", "query"], [4, 256], 384, torch.float16, "fp16", 60),
+                        (["ffn"], [4, 256], 384, torch.float16, "int8", 60)]  # int8 only where it passed
     assert plan.kernel_timing_notes == ["fp16 note", "int8 note"]
+    assert plan.tuning == {"max_alg_id": 7, "budget_s_per_precision": 60, "alg_ids_offered": {"fp16": 8, "int8": 8}}
     assert plan.variants == {4: "dense", 256: "per_layer"} and plan.model_ms == model_ms
-    assert plan.layers["ffn"].kernels == {4: None, 256: 4} and plan.layers["query"].kernels == {4: None, 256: None}
+    assert plan.layers["ffn"].kernels == {4: None, 256: int8(4)}
+    assert plan.layers["query"].kernels == {4: None, 256: None}
     assert plan.layers["pooler"].kernels == {} and plan.sparse_layers() == ["ffn"]

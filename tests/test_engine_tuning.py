@@ -35,37 +35,132 @@ def test_kernel_timing_without_gpu_fails_with_the_childs_error():
         tune_linears([(32, 32, 64)], torch.float16)
 
 
-def test_measure_shapes_times_every_config_at_the_largest_bucket_and_the_best_few_elsewhere(monkeypatch):
+# A timing child whose "GPU" offers alg_ids 0..OFFERED-1, the fastest BEST, and whose search works or
+# fails as SEARCH_WORKS says (0.10 / 0.8): the real protocol (_serve) around a fake timer.
+FAKE_CHILD = """
+import json, sys
+from engine import tuning
+
+class Timer:
+    def __init__(self, problem):
+        self.problem = problem
+    def dense_ms(self):
+        return 1.0
+    def run(self, alg_id):
+        if alg_id >= {offered}:
+            raise RuntimeError("CUSPARSE_STATUS_INVALID_VALUE: alg_id out of range")
+    def sparse_ms(self, alg_id):
+        self.run(alg_id)
+        if {fails_when}:
+            raise RuntimeError(f"CUSPARSE_STATUS_NOT_SUPPORTED: alg_id {{alg_id}} at {{self.problem}}")
+        return 0.5 + abs(alg_id - {best}) / 100
+    def search(self):
+        if not {search_works}:
+            raise RuntimeError("cuSPARSELt search: internal error")
+        return {best}
+
+tuning._serve(json.load(sys.stdin), Timer, tuning.emit)
+"""
+
+
+def fake_child(offered: int, best: int, search_works: bool, fails_when: str = "False") -> list[str]:
+    """fails_when: a condition on alg_id and self.problem under which a config that exists fails."""
+    return [sys.executable, "-c", FAKE_CHILD.format(offered=offered, best=best, search_works=search_works,
+                                                    fails_when=fails_when)]
+
+
+def test_every_offered_config_is_timed_at_every_problem_and_a_failed_search_is_dropped():
+    problems = [(32, 32, 64), (32, 32, 256)]
+    results, notes = tune_linears(problems, torch.float16, try_search=True, max_alg_id=40,
+                                  command=fake_child(12, 7, False))
+    for problem in problems:
+        assert sorted(results[problem]["sparse_ms"]) == list(range(12))  # 0..11: the count the probe found
+        assert results[problem]["alg_ids_offered"] == 12 and results[problem]["untimed"] == []
+        assert tuning.best_alg(results[problem]) == 7 and results[problem]["dense_ms"] == 1.0
+        assert results[problem]["search"] == "failed; alg_ids timed by hand"
+    assert notes[0].startswith("fp16: cuSPARSELt offers alg_ids 0..11 (alg_id 12: RuntimeError: CUSPARSE_STATUS")
+    assert notes[1].startswith("fp16: cuSPARSELt search failed (RuntimeError: cuSPARSELt search: internal error)")
+
+
+def test_a_working_search_is_timed_first_and_the_budget_leaves_the_rest_untimed():
+    problem = (32, 32, 64)
+    results, notes = tune_linears([problem], torch.float16, try_search=True, max_alg_id=5, budget_s=0.0,
+                                  command=fake_child(64, 3, True))
+    assert results[problem]["search"] == "search chose alg_id 3"
+    assert results[problem]["sparse_ms"] == {3: 0.5}  # one config is always timed: the search's pick
+    assert results[problem]["untimed"] == [0, 1, 2, 4, 5] and results[problem]["alg_ids_offered"] == 6
+    assert notes == ["fp16: alg_ids 0..5 all ran (the cap, max_alg_id; the library may offer more)",
+                     "fp16: tuning budget 0 s (0.0 s per shape and batch size) left 5 of 6 configs untimed"]
+
+
+def test_a_config_that_fails_on_one_problem_is_dropped_and_the_problem_carries_on():
+    problems = [(32, 32, 64), (32, 32, 256)]
+    results, notes = tune_linears(problems, torch.float16, try_search=False, command=fake_child(
+        8, 6, False, fails_when="alg_id == 5 and self.problem[2] == 256"))
+    assert sorted(results[(32, 32, 64)]["sparse_ms"]) == list(range(8))  # timed before 5 failed elsewhere
+    assert sorted(results[(32, 32, 256)]["sparse_ms"]) == [0, 1, 2, 3, 4, 6, 7]
+    assert tuning.best_alg(results[(32, 32, 256)]) == 6 and results[(32, 32, 256)]["dense_ms"] == 1.0
+    assert notes[1].startswith("(32, 32, 256): fp16 alg_id 5 failed (RuntimeError: CUSPARSE_STATUS_NOT_SUPPORTED")
+
+
+def test_after_too_many_failed_configs_only_dense_is_timed(monkeypatch):
+    monkeypatch.setattr(tuning, "MAX_FAILED_CONFIGS", 2)
+    problems = [(32, 32, 64), (32, 32, 256)]
+    results, notes = tune_linears(problems, torch.float16, try_search=False,
+                                  command=fake_child(8, 6, False, fails_when="alg_id >= 2"))
+    assert {p: sorted(r["sparse_ms"]) for p, r in results.items()} == {problems[0]: [0, 1], problems[1]: []}
+    assert all(result["dense_ms"] == 1.0 for result in results.values())  # the layer stays dense, timed
+    assert notes[-1] == "fp16: 2 configs failed: the rest timed dense only"
+
+
+@pytest.mark.parametrize("loaded, works", [(None, False), ("0.8.0", False), ("0.8.1", False), ("0.10.0", True),
+                                           ("0.11.2", True), ("1.0.0", True)])
+def test_the_search_is_tried_only_on_a_library_where_it_works(monkeypatch, loaded, works):
+    monkeypatch.setattr(tuning, "loaded_version", lambda: loaded)
+    assert tuning.search_works() is works
+
+
+def test_the_child_protocol_stops_at_the_budget_on_its_clock():
+    events, now = [], iter([0.0, 1.0, 2.5, 3.0])
+
+    class Timer:
+        def __init__(self, problem):
+            pass
+
+        def dense_ms(self):
+            return 1.0
+
+        def sparse_ms(self, alg_id):
+            return 0.1 * alg_id
+
+    spec = {"jobs": [{"problem": [16, 16, 64], "dense": False, "search": False, "budget_s": 2.0,
+                      "alg_ids": [0, 1, 2, 3]}]}
+    tuning._serve(spec, Timer, lambda kind, problem, **fields: events.append((kind, fields)), clock=lambda: next(now))
+    assert [kind for kind, _ in events] == ["try", "alg", "try", "alg", "skipped", "done"]
+    assert events[4][1] == {"alg_ids": [2, 3]}  # 2.5 s spent after alg_id 1: past the 2 s budget
+
+
+def test_measure_shapes_asks_for_every_shape_at_every_batch_size(monkeypatch):
     calls = []
 
-    def fake_tune(problems, dtype, try_search=True, max_alg_id=15, precision="fp16", alg_ids=None, **_):
-        calls.append({"problems": problems, "try_search": try_search, "precision": precision, "alg_ids": alg_ids})
-        results = {}
-        for p in problems:
-            ids = range(max_alg_id + 1) if alg_ids is None else alg_ids[p]
-            # alg_id 4 fastest, then 2, then 7; the rest slower
-            order = {4: 0.5, 2: 0.6, 7: 0.7}
-            results[p] = {"dense_ms": 1.0, "sparse_ms": {a: order.get(a, 0.9 + a / 100) for a in ids},
-                          "search": "failed; alg_ids timed by hand"}
-        return results, []
+    def fake_tune(problems, dtype, max_alg_id, precision, budget_s):
+        calls.append((problems, max_alg_id, precision, budget_s))
+        return {p: {"dense_ms": 1.0, "sparse_ms": {0: p[2] / 1000}} for p in problems}, ["note"]
 
     monkeypatch.setattr(tuning, "tune_linears", fake_tune)
     layers = {"a": torch.nn.Linear(8, 16), "b": torch.nn.Linear(16, 8), "c": torch.nn.Linear(8, 16)}
-    timings, _ = tuning.measure_shapes(layers, [4, 1, 16], 64, torch.float16, max_alg_id=9, precision="int8")
-    assert calls[0]["problems"] == [(8, 16, 1024), (16, 8, 1024)] and calls[0]["alg_ids"] is None
-    assert calls[1]["problems"] == [(8, 16, 64), (8, 16, 256), (16, 8, 64), (16, 8, 256)]
-    assert calls[1]["alg_ids"] == {p: [4, 2, 7] for p in calls[1]["problems"]}
-    assert not calls[1]["try_search"] and calls[1]["precision"] == "int8"  # the search failed once: not tried again
-    assert set(timings) == {"16x8", "8x16"} and set(timings["16x8"]) == {1, 4, 16}  # by batch size
-    assert set(timings["16x8"][1]["sparse_ms"]) == {4, 2, 7}
-    assert len(timings["16x8"][16]["sparse_ms"]) == 10
+    timings, notes = tuning.measure_shapes(layers, [4, 1], 64, torch.float16, max_alg_id=9, precision="int8",
+                                           budget_s=30)
+    assert calls == [([(8, 16, 64), (8, 16, 256), (16, 8, 64), (16, 8, 256)], 9, "int8", 30)]
+    assert set(timings) == {"16x8", "8x16"} and timings["16x8"][4]["sparse_ms"] == {0: 0.256}
+    assert notes == ["note"]
 
 
 def test_timing_budget_stops_slow_calls_after_one_timed_call():
     calls = []
     slow = lambda: (calls.append(1), time.sleep(0.2))  # noqa: E731
     assert median_ms(slow, warmup=5, repeats=20, device=torch.device("cpu"), budget_s=0.3) >= 200
-    assert len(calls) == 3  # 2 warm-ups spend the budget, then the one timed call
+    assert len(calls) == 4  # the first call, then 2 warm-ups spend the budget, then the one timed call
     calls.clear()
     median_ms(lambda: calls.append(1), warmup=2, repeats=20, device=torch.device("cpu"), budget_s=5)
     assert len(calls) == 22  # fast calls: the whole count

@@ -10,11 +10,12 @@ import sys
 import pytest
 from prefect.states import Failed
 
-from flows import common
-from flows.benchmark import batch_table, latency_series
-from flows.common import is_transient, run_stage, run_tags
-from flows.pipeline import PUSH_HINT, dvc_command, metrics_table, summarize_repro
 from conftest import REPO
+from flows import common
+from flows.benchmark import batch_table
+from flows.common import is_transient, metric_rows, run_stage, run_tags
+from flows.pipeline import PUSH_HINT, dvc_command, metrics_table, summarize_repro
+from flows.summary import score_table
 from stages.common import StageError
 from stages.params import ParamError
 
@@ -25,18 +26,21 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_run_stage_writes_outputs_metrics_plots_and_details(in_tmp, params):
+def test_run_stage_writes_outputs_report_and_plot_data(in_tmp, params):
     def work(p, out):
         (out / "model.bin").write_text("weights")
         return {"f1": 50.0, "layers": {"a": 1}, "loss_history": [{"step": 1, "loss": 2.0}]}
 
-    metrics = run_stage("demo", work, params, "models/demo", plots=("loss_history",), details=("layers",))
+    metrics = run_stage("demo", work, params, "models/demo", plots=("loss_history",))
     assert (in_tmp / "models/demo/model.bin").read_text() == "weights"
-    saved = json.loads((in_tmp / "metrics/demo.json").read_text())
-    assert saved == metrics and saved["f1"] == 50.0 and saved["run"]["device"] == "cpu"
-    assert "layers" not in saved and "loss_history" not in saved
+    saved = json.loads((in_tmp / "reports/demo.json").read_text())
+    assert saved == metrics and saved["f1"] == 50.0 and saved["layers"] == {"a": 1} and saved["run"]["device"] == "cpu"
+    assert "loss_history" not in saved
     assert json.loads((in_tmp / "plots/demo_loss_history.json").read_text()) == [{"step": 1, "loss": 2.0}]
-    assert json.loads((in_tmp / "reports/demo.json").read_text()) == {"layers": {"a": 1}}
+    assert not (in_tmp / "metrics").exists()  # only the summary stage writes a metrics file
+    assert {row["metric"] for row in metric_rows(metrics)} == {"f1", "run.device", "run.torch", "run.transformers",
+                                                               "run.python", "run.cpu", "run.cpu_threads",
+                                                               "run.wall_s", "run.peak_memory_mb"}
 
 
 def test_failed_stage_leaves_the_previous_output_and_no_temp(in_tmp, params):
@@ -48,10 +52,10 @@ def test_failed_stage_leaves_the_previous_output_and_no_temp(in_tmp, params):
         raise StageError("bad input")
 
     with pytest.raises(StageError):
-        run_stage("demo", half_written, params, "models/demo", plots=(), details=())
+        run_stage("demo", half_written, params, "models/demo", plots=())
     assert (in_tmp / "models/demo/model.bin").read_text() == "good"
     assert sorted(p.name for p in (in_tmp / "models").iterdir()) == ["demo"]
-    assert not (in_tmp / "metrics/demo.json").exists()
+    assert not (in_tmp / "reports/demo.json").exists()
 
 
 def test_only_unexpected_failures_are_retried():
@@ -81,18 +85,21 @@ def test_dvc_command():
         "exp", "run", "-S", "prune.method=wanda", "-S", "seed=1"]
 
 
-def test_metrics_table_and_latency_series():
-    shown = {"workspace": {"data": {
-        "metrics/evaluate.json": {"data": {"dense": {"f1": 60.1, "exact_match": 55.5}, "run": {"wall_s": 3}}},
-        "metrics/benchmark.json": {"data": {"speedup": {"bs4": {"eager": 1.1}}, "latency_ms": {"bs4": {}}}},
-    }}}
-    scores, speedups = metrics_table(shown).split("\n\n")
-    assert [line.replace(" ", "") for line in scores.splitlines()[::2]] == ["|variant|f1|exact_match|", "|dense|60.1|55.5|"]
-    assert [line.replace(" ", "") for line in speedups.splitlines()[::2]] == ["|batchsize|speedupeager|", "|bs4|1.1|"]
-    rows = [{"batch_size": 4, "variant": "dense", "mode": "eager", "latency_ms": 2.0},
-            {"batch_size": 1, "variant": "accelerated", "mode": "compiled", "latency_ms": 1.0}]
-    assert latency_series(rows) == [{"batch_size": 4, "series": "dense eager", "latency_ms": 2.0},
-                                    {"batch_size": 1, "series": "accelerated compiled", "latency_ms": 1.0}]
+def test_metrics_table_is_the_scores_file_as_a_markdown_row():
+    shown = {"workspace": {"data": {"metrics/scores.json": {"data": {"f1": {"dense": 60.1, "sparse": 58.2},
+                                                                     "speedup": 1.45}}}}}
+    assert [line.replace(" ", "") for line in metrics_table(shown).splitlines()[::2]] == [
+        "|file|speedup|f1.dense|f1.sparse|", "|metrics/scores.json|1.45|60.1|58.2|"]
+
+
+def test_summary_table_says_where_the_speedup_was_measured():
+    scores = {"f1": {"dense": 60.1, "sparse": 58.2}, "speedup": 1.45}
+    headline = {"batch_size": 64, "mode": "compiled", "speedup": 1.45}
+    assert score_table({"scores": scores, "headline_speedup": headline}) == [
+        {"score": "F1 dense", "value": 60.1}, {"score": "F1 sparse", "value": 58.2},
+        {"score": "speedup (batch 64, compiled)", "value": 1.45}]
+    unmeasured = score_table({"scores": {**scores, "speedup": None}, "headline_speedup": None})
+    assert unmeasured[-1] == {"score": "speedup (not measured)", "value": None}
 
 
 def test_batch_table_has_latencies_and_speedups_per_batch_size():
@@ -106,7 +113,7 @@ def test_temp_output_of_a_killed_run_is_cleared_next_time(in_tmp, params):
     stale = in_tmp / "models/.demo.tmp-killed"
     stale.mkdir(parents=True)
     (stale / "model.bin").write_text("half")
-    run_stage("demo", lambda p, out: {"ok": 1}, params, "models/demo", plots=(), details=())
+    run_stage("demo", lambda p, out: {"ok": 1}, params, "models/demo", plots=())
     assert sorted(p.name for p in (in_tmp / "models").iterdir()) == ["demo"]
 
 
@@ -119,10 +126,10 @@ def test_outputs_are_readable_as_the_umask_allows(in_tmp, params, umask, file_mo
 
     previous = os.umask(umask)
     try:
-        run_stage("demo", work, params, "models/demo", plots=("loss_history",), details=("layers",))
+        run_stage("demo", work, params, "models/demo", plots=("loss_history",))
     finally:
         os.umask(previous)
-    for written in ("metrics/demo.json", "plots/demo_loss_history.json", "reports/demo.json"):
+    for written in ("plots/demo_loss_history.json", "reports/demo.json"):
         assert stat.S_IMODE((in_tmp / written).stat().st_mode) == file_mode, written
     assert stat.S_IMODE((in_tmp / "models/demo").stat().st_mode) == dir_mode
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark")
+STAGES = ("tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark",
+          "summary")
 
 
 def imported_modules(path: Path) -> set[str]:

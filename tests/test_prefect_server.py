@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_project, sh
 
-STAGES = ["tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark"]
+STAGES = ["tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark", "summary"]
 
 
 def free_port() -> int:
@@ -98,5 +98,7 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     assert "**ran:** tokenize, train_baseline, prune" in summaries[0].data
     assert "**ran:** nothing" in summaries[1].data
     assert f"**cached:** {', '.join(STAGES)}" in summaries[1].data
-    scores = summaries[1].data.split("| variant ")[1]  # the F1/EM table: a row per variant
-    assert all(f"| {variant} " in scores for variant in ("dense", "pruned", "sparse", "accelerated"))
+    scores = summaries[1].data.split("| metrics/scores.json ")[0]  # `dvc metrics show` as a table: its header
+    assert all(f" f1.{variant} |" in scores for variant in ("dense", "pruned", "sparse", "accelerated"))
+    summary_table = json.loads(artifacts_by_key(server, "summary-metrics")[0].data)
+    assert [row["score"] for row in summary_table][:4] == ["F1 dense", "F1 pruned", "F1 sparse", "F1 accelerated"]

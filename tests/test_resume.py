@@ -114,6 +114,13 @@ def test_killed_training_resumes_to_the_same_result(fresh_workdir, stage, sig):
     assert not list(killed_dir.glob(".checkpoints/*"))  # removed once training finished
 
 
+def test_throughput_counts_only_the_steps_this_run_trained():
+    from stages.training import samples_per_second
+
+    # resumed at step 1725 of 3458, batch 64, 238 s: 466 samples/s (the Trainer said 930)
+    assert samples_per_second(3458 - 1725, 64, 238.0) == pytest.approx(466.0, abs=0.1)
+
+
 def test_same_seed_gives_bit_identical_results(fresh_workdir):
     """Two fresh runs of the same stage with the same params: identical loss and weights."""
     runs = [fresh_workdir(f"run{i}") for i in range(2)]

@@ -31,4 +31,4 @@ def test_a_param_switched_back_restores_prune_from_the_run_cache(tmp_path):
     assert "Stage 'prune' is cached - skipping run, checking out outputs" in back
     assert {p.name: p.read_bytes() for p in (root / "models/pruned").iterdir()} == pruned
     assert (root / "reports/prune.json").read_bytes() == report
-    assert '"method": "magnitude"' in (root / "metrics/prune.json").read_text()
+    assert '"method": "magnitude"' in (root / "reports/prune.json").read_text()

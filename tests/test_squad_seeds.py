@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from squad_seeds import parse_overrides, summary, with_overrides  # noqa: E402
+from squad_seeds import built, logged, parse_overrides, summary, with_overrides  # noqa: E402
 
 
 def test_overrides_read_as_yaml_into_the_params():
@@ -35,3 +35,36 @@ def test_summary_of_the_committed_h200_run():
     text = summary(REPO / "docs" / "results" / "2026-12-01-squad-seeds-h200.jsonl")
     assert "sparse - dense on dev: -1.29 F1 (se 0.16, 3 paired seeds)" in text
     assert "sparse - dense on extra: -0.57 F1 (se 0.17, 3 paired seeds)" in text
+
+
+def test_summary_of_the_committed_resumable_h200_run():
+    text = summary(REPO / "docs" / "results" / "2026-12-01-squad-2.5-epochs-h200.jsonl")
+    assert "sparse - dense on dev: -0.91 F1 (se 0.14, 3 paired seeds)" in text
+    assert "int8 - sparse on dev: -0.07 F1 (se 0.01, 3 paired seeds)" in text
+
+
+def test_a_model_is_built_whole_or_not_at_all_and_never_twice(tmp_path):
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "model.safetensors").write_text("weights")
+
+    def killed(tmp):
+        (tmp / "model.safetensors").write_text("half")
+        raise KeyboardInterrupt  # a time limit's signal, mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        built(tmp_path / "dense-1", killed)
+    assert not (tmp_path / "dense-1").exists() and not list(tmp_path.iterdir())
+    built(tmp_path / "dense-1", build)
+    built(tmp_path / "dense-1", build)
+    assert len(calls) == 1 and (tmp_path / "dense-1" / "model.safetensors").read_text() == "weights"
+
+
+def test_scores_already_logged_are_known_by_seed_variant_and_set(tmp_path):
+    results = tmp_path / "results.jsonl"
+    assert logged(results) == set()
+    results.write_text(json.dumps({"tokenize": "dev"}) + "\n"
+                       + json.dumps({"seed": 1, "variant": "dense", "on": "dev", "f1": 80.0}) + "\n")
+    assert logged(results) == {(1, "dense", "dev")}

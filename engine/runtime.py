@@ -1,0 +1,102 @@
+"""Which cuSPARSELt the process runs: the library file named by TWOFOUR_CUSPARSELT, loaded before torch
+loads its own, and the version actually loaded, read from the library itself.
+
+torch 2.11 links cuSPARSELt 0.8; 0.10 (PyPI nvidia-cusparselt-cu13) has many more kernel configs and a
+working kernel search, and measured up to 1.3x faster for fp16 2:4 on an H200. Both carry the soname
+libcusparseLt.so.0, and the dynamic linker gives torch whichever object of that soname the process
+already holds, so loading the named file first (RTLD_GLOBAL) is all it takes, as LD_PRELOAD would.
+torch.backends.cusparselt.version() reports the version torch was compiled against whatever is loaded,
+so the version recorded is cusparseLtGetProperty's, which needs no handle and no GPU.
+
+This module imports no torch, so the places where the engine starts call load_cusparselt() before
+anything imports torch: the accelerate, evaluate and benchmark flows, `python -m engine.qa`, the kernel
+timing children (engine/tuning.py) and the benchmarks.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+ENV_VAR = "TWOFOUR_CUSPARSELT"
+SONAME = "libcusparseLt.so.0"
+_MAJOR, _MINOR, _PATCH = 0, 1, 2  # libraryPropertyType
+
+
+class CusparseLtError(RuntimeError):
+    """The library TWOFOUR_CUSPARSELT names cannot be used; the message is one line naming it."""
+
+
+def mapped_cusparselt(maps: Path = Path("/proc/self/maps")) -> list[str]:
+    """The cuSPARSELt library files this process has loaded (real paths, in load order)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:  # not Linux
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(maxsplit=5)  # address perms offset device inode [path]
+        path = fields[5] if len(fields) == 6 else ""
+        if "libcusparseLt" in Path(path).name and path not in found:
+            found.append(path)
+    return found
+
+
+def load_cusparselt(path: str | None = None) -> str | None:
+    """Load the cuSPARSELt library file `path` (default: $TWOFOUR_CUSPARSELT) for the whole process, so
+    that torch's kernels run on it; the real path loaded, or None when none is named. Call it before
+    torch is imported; loading the same file again does nothing."""
+    path = path or os.environ.get(ENV_VAR)
+    if not path:
+        return None
+    library = Path(path).expanduser()
+    if not library.is_file():
+        raise CusparseLtError(f"{ENV_VAR}={path}: no such file (name a libcusparseLt.so.0, e.g. from "
+                              "pip install --no-deps --target DIR nvidia-cusparselt-cu13, or unset it)")
+    real = os.path.realpath(library)
+    loaded = mapped_cusparselt()
+    if loaded and real not in loaded:
+        raise CusparseLtError(f"{ENV_VAR}={path}: this process already runs cuSPARSELt from {loaded[0]} (torch was "
+                              "imported first): call engine.runtime.load_cusparselt() before importing torch")
+    try:
+        ctypes.CDLL(real, mode=ctypes.RTLD_GLOBAL)
+    except OSError as err:
+        raise CusparseLtError(f"{ENV_VAR}={path}: cannot load it ({err})") from None
+    return real
+
+
+def loaded_version() -> str | None:
+    """The version ("0.10.0") of the cuSPARSELt this process has loaded, asked of the library; None when
+    none is loaded (a CPU build of torch, or before torch is imported without TWOFOUR_CUSPARSELT)."""
+    try:
+        library = ctypes.CDLL(SONAME, mode=os.RTLD_NOLOAD)  # only an already loaded one: never load here
+        get_property = library.cusparseLtGetProperty
+    except (OSError, AttributeError):
+        return None
+    parts = []
+    for prop in (_MAJOR, _MINOR, _PATCH):
+        value = ctypes.c_int()
+        if get_property(prop, ctypes.byref(value)) != 0:
+            return None
+        parts.append(str(value.value))
+    return ".".join(parts)
+
+
+def with_cusparselt(facts: dict) -> dict:
+    """A stage's device facts (stages.common.device_facts) with, on a GPU, the cuSPARSELt loaded:
+    its "cusparselt" then names the version running, not the one torch was compiled against."""
+    return {**facts, **cusparselt_facts()} if facts.get("device") == "cuda" else facts
+
+
+def cusparselt_facts() -> dict:
+    """What makes a 2:4 timing comparable: the cuSPARSELt version loaded (the first object of its soname,
+    the one torch's calls bind to), every cuSPARSELt file mapped, and the version torch was compiled
+    against (torch.backends.cusparselt.version(); None without cuSPARSELt)."""
+    import torch
+
+    try:
+        compiled = torch.backends.cusparselt.version()
+    except Exception:  # a build without cuSPARSELt
+        compiled = None
+    return {"cusparselt": loaded_version(), "cusparselt_files": mapped_cusparselt(),
+            "cusparselt_torch_compiled": compiled}

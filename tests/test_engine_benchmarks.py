@@ -1,0 +1,115 @@
+"""The GPU run's benchmark scripts on a CPU: the variable-shape stream (benchmarks/engine_stream.py),
+question-answering latency (benchmarks/engine_qa_latency.py) and the tokenizer gpu_engine.py gives its
+model, on a tiny model and a dense plan (what accelerate makes without a GPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import engine_qa_latency  # noqa: E402
+import engine_stream  # noqa: E402
+from stages import accelerate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def work(tiny_model, tmp_path_factory):
+    """gpu_engine.py --work's layout: dense/ and accelerated/ (with its plan)."""
+    from conftest import tiny_params
+    from stages.params import validate
+
+    root = tmp_path_factory.mktemp("work")
+    shutil.copytree(tiny_model, root / "dense")
+    (root / "accelerated").mkdir()
+    accelerate.run(validate(tiny_params(tiny_model)), tiny_model, root / "accelerated")
+    return root
+
+
+def test_requests_are_seeded_and_inside_their_ranges():
+    shapes = engine_stream.requests(200, seed=3, max_batch=256, min_seq=64, max_seq=384)
+    assert shapes == engine_stream.requests(200, seed=3) and shapes != engine_stream.requests(200, seed=4)
+    assert all(1 <= batch <= 256 and 64 <= seq <= 384 for batch, seq in shapes)
+    assert min(b for b, _ in shapes) < 32 and max(b for b, _ in shapes) > 224  # the range is used
+
+
+def test_the_stream_pads_to_buckets_without_changing_outputs_and_reports_the_speedup(work, tmp_path):
+    out = tmp_path / "stream.json"
+    engine_stream.main(["--work", str(work), "--out", str(out), "--requests", "5", "--seed", "1", "--passes", "2",
+                        "--max-batch", "5", "--min-seq", "8", "--max-seq", "30", "--batch-buckets", "2", "4",
+                        "--seq-buckets", "16", "32", "--no-compile"])
+    result = json.loads(out.read_text())
+    shapes = [tuple(shape) for shape in result["request_shapes"]]
+    assert shapes == engine_stream.requests(5, 1, 5, 8, 30)
+    assert result["tokens"] == sum(batch * seq for batch, seq in shapes)
+    assert len(result["seconds"]["dense"]) == 2 and result["speedup"] > 0
+    assert result["speedup"] == round(result["tokens_per_s"]["accelerated"] / result["tokens_per_s"]["dense"], 3)
+    assert len(result["relative_error"]) == engine_stream.CHECKED_REQUESTS
+    for errors in result["relative_error"].values():
+        assert errors["padding"] < 1e-5  # padded and masked: the unpadded model's logits
+        assert errors["accelerated_vs_dense"] < 1e-5  # a dense plan on a CPU: the same model
+
+
+def test_qa_latency_times_both_answerers_on_the_same_questions(work, tmp_path):
+    out = tmp_path / "qa.json"
+    engine_qa_latency.main(["--work", str(work), "--out", str(out), "--questions", "2", "--repeats", "2"])
+    result = json.loads(out.read_text())
+    assert len(result["questions"]) == 2
+    for name in ("accelerated", "dense"):
+        assert len(result[name]["median_ms"]) == 2 and result[name]["all_questions_in_one_call_ms"] > 0
+    assert result["accelerated"]["answers"] == result["dense"]["answers"]  # a dense plan answers as its model
+
+
+def test_gpu_engine_gives_its_model_a_tokenizer_that_needs_no_hub(tmp_path):
+    from gpu_engine import save_tokenizer
+    from transformers import AutoTokenizer
+
+    save_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    encoded = tokenizer("Where was Ada born?", "Ada was born in London, 1815.")["input_ids"]
+    assert tokenizer.unk_token_id not in encoded and max(encoded) < 200  # ids inside any BERT vocabulary
+    assert tokenizer.decode(encoded, skip_special_tokens=True).replace(" ", "").replace("#", "") == \
+        "WherewasAdaborn?AdawasborninLondon,1815."
+
+
+def test_benchmark_metrics_of_one_batch_size_at_a_time_fold_into_one():
+    from gpu_engine import merge_benchmark
+
+    def one(batch, spread):
+        key = f"bs{batch}"
+        return {"seq_length": 384, "latency_ms": {key: {"dense_compiled": 2.0 * batch}}, "speedup": {key: {"compiled": 1.1}},
+                "noise": {"limit": 0.2, "spread": {key: {"dense_compiled": spread}},
+                          "untrustworthy": {key: {"dense_compiled": "spread"}} if spread > 0.2 else {}},
+                "speedup_vs_dense_fp8": {key: 1.2}, "device": {"gpu": "H200"}, "trustworthy": spread <= 0.2}
+
+    merged = {}
+    merge_benchmark(merged, one(16, 0.01))
+    assert merged["trustworthy"]
+    merge_benchmark(merged, one(64, 0.5))
+    assert merged["latency_ms"] == {"bs16": {"dense_compiled": 32.0}, "bs64": {"dense_compiled": 128.0}}
+    assert merged["speedup_vs_dense_fp8"] == {"bs16": 1.2, "bs64": 1.2} and merged["device"] == {"gpu": "H200"}
+    assert merged["noise"]["spread"] == {"bs16": {"dense_compiled": 0.01}, "bs64": {"dense_compiled": 0.5}}
+    assert not merged["trustworthy"] and list(merged["noise"]["untrustworthy"]) == ["bs64"]
+
+
+def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_steps(tmp_path):
+    import engine_gpu_summary
+
+    (tmp_path / "accelerate.json").write_text(json.dumps({"plan": {
+        "model_ms": {"16": {"dense": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
+        "tuning": {"alg_ids_offered": {"fp16": 60}}}}))
+    (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {"latency_ms": {"bs16": {
+        "dense_compiled": 2.6, "dense_fp8_compiled": 2.4, "accelerated_compiled": 2.0}}}}))
+    (tmp_path / "stream.json").write_text("{not json")  # a step killed while writing
+    engine_gpu_summary.main([str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["by_batch"]["bs16"] == {"variant": "fp16_2of4", "accelerate_vs_fp16": 1.3, "benchmark_vs_fp16": 1.3,
+                                           "benchmark_vs_fp8": 1.2, "eager_vs_fp16_eager": None, "target_vs_fp16": 1.25,
+                                           "target_vs_fp8": 1.10, "target_eager": 0.9}
+    assert summary["by_batch"]["bs64"]["accelerate_vs_fp16"] is None and summary["stream"]["speedup"] is None
+    assert summary["tuning"] == {"alg_ids_offered": {"fp16": 60}} and summary["cusparselt"] is None
+    assert summary["plan_cache"] is None  # versions.json missing

@@ -1,0 +1,152 @@
+"""engine/plan_cache.py on a CPU: what it says where it cannot run, and its bookkeeping (one plan per
+shape, kernel and bias; the arguments each matmul passes) with the compiled C library played by a
+Python stand-in that computes what the kernel would, through SparseLinear and the custom op."""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine import kernels, plan_cache
+from engine.kernels import Int8Weights, Kernel, SparseLinear, reference_linear
+from engine.plan_cache import COMPRESSION_FACTOR, PlanCache, PlanCacheError
+
+# The nvidia-cusparselt wheel's include/ where a developer unpacked it (the compile test needs it).
+REAL_HEADER = Path(os.environ.get(plan_cache.INCLUDE_ENV, "/nonexistent"))
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    monkeypatch.setattr(plan_cache, "_state", {})
+    monkeypatch.setattr(kernels, "PLANNED_MM", None)
+
+
+def test_without_cuda_it_stays_off_and_says_why_once(fresh_state, monkeypatch, capsys):
+    monkeypatch.delenv(plan_cache.ENV_VAR, raising=False)
+    plan_cache.enable_from_env()
+    assert capsys.readouterr().err == "" and plan_cache._state == {}  # not asked for: nothing tried
+    monkeypatch.setenv(plan_cache.ENV_VAR, "1")
+    plan_cache.enable_from_env()
+    plan_cache.enable_from_env()
+    assert capsys.readouterr().err == (f"{plan_cache.ENV_VAR}=1: plan cache off (no CUDA device); "
+                                       "2:4 calls plan on every call\n")
+    assert kernels.PLANNED_MM is None
+
+
+def test_build_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(plan_cache, "mapped_cusparselt", lambda: [])
+    with pytest.raises(PlanCacheError, match="no cuSPARSELt loaded in this process"):
+        plan_cache.build(tmp_path)
+    monkeypatch.setattr(plan_cache, "mapped_cusparselt", lambda: ["/opt/lib/libcusparseLt.so.0"])
+    monkeypatch.setattr(plan_cache, "include_candidates", lambda: [tmp_path])
+    with pytest.raises(PlanCacheError, match=f"cusparseLt.h not found: set {plan_cache.INCLUDE_ENV}"):
+        plan_cache.build(tmp_path)
+
+
+@pytest.mark.skipif(not (REAL_HEADER / "cusparseLt.h").is_file(),
+                    reason=f"needs the nvidia-cusparselt wheel's header ({plan_cache.INCLUDE_ENV})")
+def test_the_c_file_compiles_against_the_real_header_once(monkeypatch, tmp_path):
+    cuda_stub = tmp_path / "cuda"
+    cuda_stub.mkdir()
+    (cuda_stub / "driver_types.h").write_text("typedef struct CUstream_st* cudaStream_t;\n")
+    (cuda_stub / "library_types.h").write_text(
+        "typedef enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_8I = 3, CUDA_R_16BF = 14 } cudaDataType;\n"
+        "typedef enum libraryPropertyType_t { MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL } libraryPropertyType;\n")
+    library = tmp_path / "libcusparseLt.so.0"
+    (tmp_path / "empty.c").write_text("int nothing;\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(tmp_path / "empty.c")], check=True)
+    monkeypatch.setattr(plan_cache, "mapped_cusparselt", lambda: [str(library)])
+    monkeypatch.setattr(plan_cache, "include_candidates", lambda: [REAL_HEADER, cuda_stub])
+    built = plan_cache.build(tmp_path / "cache")
+    assert built.is_file() and plan_cache.build(tmp_path / "cache") == built  # reused, not rebuilt
+    assert list((tmp_path / "cache").iterdir()) == [built]  # no partial file left
+
+
+def memory(pointer: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """The `count` values at a CPU address, as a tensor sharing that memory."""
+    ctype = {torch.float32: ctypes.c_float, torch.int8: ctypes.c_int8}[dtype]
+    return torch.frombuffer((ctype * count).from_address(pointer), dtype=dtype)
+
+
+class StandIn:
+    """The compiled cslt_plans.c, played in Python on a CPU (float32 standing in for fp16): plans are
+    recorded, a matmul reads its operands at the pointers it is given and writes what the kernel
+    computes, from the uncompressed weights the fake torch._cslt_compress remembers."""
+
+    DTYPES = {0: torch.float32, 2: torch.int8}
+
+    def __init__(self):
+        self.weights: dict[int, torch.Tensor] = {}  # packed data_ptr -> the weight it packs
+        self.plans: list[tuple] = []
+
+        def plan_init(m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, entry, workspace):
+            self.plans.append((m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector))
+            entry._obj.value, workspace._obj.value = len(self.plans), 64
+            return 0
+
+        def matmul(entry, alpha, a, x, d, workspace, stream):
+            m, n, k, dtype, _, _, bias, alpha_vector = self.plans[entry.value - 1]
+            out = memory(x, n * k, self.DTYPES[dtype]).reshape(n, k).double() @ self.weights[a].double().t()
+            if alpha_vector:
+                out = out * memory(alpha, m, torch.float32).double()
+            if bias:
+                out = out + memory(bias, m, torch.float32).double()
+            memory(d, n * m, torch.float32).copy_(out.flatten())
+            return 0
+
+        self.twofour_plan_init, self.twofour_matmul = plan_init, matmul
+
+    def compress(self, weight: torch.Tensor) -> torch.Tensor:
+        packed = weight.new_empty(weight.numel() * COMPRESSION_FACTOR[weight.dtype] // 16)
+        self.weights[packed.data_ptr()] = weight.clone()
+        return packed
+
+
+def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_state, monkeypatch):
+    stand_in = StandIn()
+    monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("Stream", (), {"cuda_stream": 0}))
+    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)  # float32 stands in for fp16 on a CPU
+    monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
+    monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
+    plan_cache._state["cache"] = PlanCache(stand_in, str)
+    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_cslt_mm)
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
+    module = SparseLinear(linear, {16: Kernel("fp16", 5), 64: Kernel("int8", 2)}, int8=int8)
+    with torch.inference_mode():
+        for tokens in (10, 10, 12, 40, 40):
+            x = torch.randn(tokens, 32)
+            expected = linear(x) if tokens <= 16 else reference_linear(x, int8, linear.bias.detach())
+            got = module(x)
+            assert got.shape == (tokens, 16) and torch.allclose(got, expected, atol=1e-4)
+    bias = module.bias.data_ptr()
+    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0),  # 10 and 12 tokens pad to 12: one plan
+                              (16, 48, 32, 2, 0, 2, bias, 1)]  # int8: 40 tokens pad to 48, alpha per row
+
+
+def test_planned_results_have_the_kernels_shape_for_torch_compile():
+    with torch._subclasses.fake_tensor.FakeTensorMode():  # what torch.compile traces with
+        packed, x = torch.empty(3072 * 768 * 9 // 16, dtype=torch.float16), torch.empty(100, 768, dtype=torch.float16)
+        out = torch.ops.twofour.planned_cslt_mm(packed, x, None, None, None, 7)
+        int8_out = torch.ops.twofour.planned_cslt_mm(torch.empty(3072 * 768 * 10 // 16, dtype=torch.int8),
+                                                     x.to(torch.int8), None, None, torch.float16, 7)
+    assert out.shape == (100, 3072) and out.dtype == torch.float16
+    assert int8_out.shape == (100, 3072) and int8_out.dtype == torch.float16
+
+
+def test_a_cusparselt_error_is_one_line_with_the_librarys_words():
+    def failing(*args):
+        return 7
+
+    library = type("Library", (), {})()
+    library.twofour_plan_init, library.twofour_matmul = failing, failing
+    cache = PlanCache(library, lambda status: "CUSPARSE_STATUS_NOT_SUPPORTED")
+    with pytest.raises(RuntimeError, match=r"^cuSPARSELt plan: CUSPARSE_STATUS_NOT_SUPPORTED \(status 7\)$"):
+        cache.plan((64, 32, 128, torch.float16, torch.float16, 0), None, False)
