@@ -128,5 +128,5 @@ def test_a_stage_hashes_as_datasets_does_outside_prefect(project):
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads((root / "metrics/fingerprint.json").read_text())["hash"] == Hasher.hash(pa.table({"a": [1, 2]}))
+    assert json.loads((root / "reports/fingerprint.json").read_text())["hash"] == Hasher.hash(pa.table({"a": [1, 2]}))
     assert "LOAD_GLOBAL" not in (root / "logs/fingerprint.log").read_text()
