@@ -1,7 +1,6 @@
 """The benchmark's noise check: timings whose repeats spread too wide are marked untrustworthy."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from stages import benchmark

@@ -10,7 +10,6 @@ from engine.sparsity import (
     input_channel_norms,
     input_grams,
     masks_in_weights,
-    sparsegpt,
     SPARSEGPT_DAMP,
     sparsegpt,
     sparsegpt_layers,
