@@ -19,9 +19,7 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
-from squad_seeds import REPO, log, parse_overrides, tokenize_once, with_overrides
+from squad_seeds import add_run_arguments, full_data_params, log, parse_overrides, tokenize_once, with_overrides
 
 
 def train_and_score(raw: dict, gpus: int, seed: int, features: Path, work: Path, results: Path) -> None:
@@ -58,15 +56,9 @@ def summary(results: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the SQuAD files")
-    parser.add_argument("--train", required=True, help="train file name in --data-dir (.json or .json.gz)")
-    parser.add_argument("--validation", required=True, help="validation file name in --data-dir")
+    add_run_arguments(parser)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="GPU counts, in order")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--out", type=Path, required=True, help="results.jsonl goes here")
-    parser.add_argument("--work", type=Path, default=None, help="features, models, checkpoints (default: OUT/work)")
-    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml value, as dvc exp run -S does")
     args = parser.parse_args()
     import torch
 
@@ -78,9 +70,7 @@ def main() -> None:
     work = (args.work or args.out / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # the stage's .checkpoints/ go here, not into a checkout's
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(max_train_examples=0, max_validation_examples=0)  # all of it, unless -S says otherwise
-    raw = with_overrides(raw, parse_overrides(args.overrides))
+    raw = with_overrides(full_data_params(), parse_overrides(args.overrides))
     args.extra_validation = None  # tokenize_once's optional second validation set
     features = tokenize_once(raw, args, work)["dev"]
     for gpus in args.gpus:

@@ -65,6 +65,24 @@ def log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data files, where results and work go, and -S overrides: what every SQuAD driver takes."""
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the SQuAD files")
+    parser.add_argument("--train", required=True, help="train file name in --data-dir (.json or .json.gz)")
+    parser.add_argument("--validation", required=True, help="validation file name in --data-dir")
+    parser.add_argument("--out", type=Path, required=True, help="results.jsonl and logs go here")
+    parser.add_argument("--work", type=Path, default=None, help="features, models, checkpoints (default: OUT/work)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml value, as dvc exp run -S does")
+
+
+def full_data_params() -> dict:
+    """params.yaml with no cap on the questions used: all of the files, unless -S says otherwise."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(max_train_examples=0, max_validation_examples=0)
+    return raw
+
+
 def logged(path: Path) -> set[tuple]:
     """(seed, variant, on) of every score already in results.jsonl."""
     if not path.exists():
@@ -197,16 +215,10 @@ def summary(results: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the SQuAD files")
-    parser.add_argument("--train", required=True, help="train file name in --data-dir (.json or .json.gz)")
-    parser.add_argument("--validation", required=True, help="validation file name in --data-dir")
+    add_run_arguments(parser)
     parser.add_argument("--extra-validation", help="a second validation file in --data-dir (e.g. XQuAD-en)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--parallel", type=int, default=0, help="seeds at a time (0: all)")
-    parser.add_argument("--out", type=Path, required=True, help="results.jsonl and logs go here")
-    parser.add_argument("--work", type=Path, default=None, help="features and models (default: OUT/work)")
-    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml value, as dvc exp run -S does")
     parser.add_argument("--zero-shot-only", action="store_true", help="dense and zero-shot 2:4 only, no fine-tuning")
     parser.add_argument("--int8", action="store_true",
                         help="also score the accelerate stage's int8 2:4 plan of the fine-tuned model (needs a GPU)")
@@ -215,8 +227,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(max_train_examples=0, max_validation_examples=0)  # all of it, unless -S says otherwise
+    raw = full_data_params()
     # Seeds run side by side, one process each: not each one torchrun over every GPU (unless -S says so).
     raw["train"]["num_processes"] = raw["finetune"]["num_processes"] = 1
     raw = with_overrides(raw, parse_overrides(args.overrides))
