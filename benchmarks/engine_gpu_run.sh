@@ -10,6 +10,7 @@
 # in $OUT:
 #   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded, plan cache
 #                       (engine/plan_cache.py: used by the later steps only if it passes its check here)
+#   cslt_plans-*.log    the compiler's whole output, only where the plan cache failed to build
 #   accelerate.json     the plan: per layer and batch size dense / fp16 2:4 / int8 2:4, kernel timings,
 #                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
 #   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
@@ -88,6 +89,9 @@ reason = enable()
 facts["plan_cache"] = reason or "on: checked against torch._cslt_sparse_mm"
 open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
 print(f"plan cache: {facts['plan_cache']}")
+if reason and "(whole output: " in reason:  # the compiler's whole output comes back in $OUT
+    import os, shutil
+    shutil.copy(reason.rsplit("(whole output: ", 1)[1].rstrip(")"), os.path.dirname(sys.argv[1]))
 sys.exit(0 if reason is None else 3)
 EOF
 then

@@ -5,6 +5,7 @@
  * _cslt_compress layout, row-major, 16-byte alignment; B: x (n tokens x k) row-major, read transposed;
  * D: m x n column-major, i.e. the (n, m) row-major result) once; twofour_matmul runs it on a stream.
  * Plain C against cusparseLt.h only: torch's allocator and streams stay on the Python side. */
+#include <stdalign.h>  /* cusparseLt.h 0.8 uses alignas without it (0.10 includes it itself) */
 #include <stdint.h>
 #include <stdlib.h>
 #include <cusparseLt.h>

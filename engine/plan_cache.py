@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,55 +46,131 @@ class PlanCacheError(RuntimeError):
 
 def include_candidates() -> list[Path]:
     """Folders that may hold cusparseLt.h and the CUDA headers: TWOFOUR_CUSPARSELT_INCLUDE, the include
-    folder beside each cuSPARSELt loaded, the CUDA toolkit's, and the nvidia wheels' on sys.path."""
+    folder beside each cuSPARSELt loaded (and the library's own folder), the CUDA toolkit's, and the
+    nvidia wheels' on sys.path (nvidia/cusparselt/include for 0.8, nvidia/cu13/include for 0.10 and CUDA 13)."""
     nvcc = shutil.which("nvcc")
     toolkits = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), nvcc and Path(nvcc).resolve().parent.parent,
                 "/usr/local/cuda"]
-    found = [os.environ.get(INCLUDE_ENV), *(Path(path).parent.parent / "include" for path in mapped_cusparselt()),
-             *(Path(toolkit) / "include" for toolkit in toolkits if toolkit)]
+    found = [os.environ.get(INCLUDE_ENV)]
+    for path in mapped_cusparselt():
+        found += [Path(path).parent.parent / "include", Path(path).parent / "include", Path(path).parent]
+    found += [Path(toolkit) / "include" for toolkit in toolkits if toolkit]
     for entry in sys.path:
         found += sorted(Path(entry or ".").glob("nvidia/*/include"))
-    return [Path(folder) for folder in found if folder]
+    unique = []
+    for folder in (Path(folder) for folder in found if folder):
+        if folder not in unique:
+            unique.append(folder)
+    return unique
 
 
 def first_holding(header: str, folders: list[Path]) -> Path | None:
     return next((folder for folder in folders if (folder / header).is_file()), None)
 
 
+def header_version(folder: Path) -> tuple[int, ...] | None:
+    """(major, minor, patch) of the cusparseLt.h in `folder`, from its CUSPARSELT_VER_* lines."""
+    try:
+        text = (folder / "cusparseLt.h").read_text(errors="replace")
+    except OSError:
+        return None
+    parts = [re.search(rf"#define\s+CUSPARSELT_VER_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")]
+    return tuple(int(part.group(1)) for part in parts) if all(parts) else None
+
+
+def library_version(path: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a loaded cuSPARSELt (cusparseLtGetProperty), None where it cannot say."""
+    try:
+        get = ctypes.CDLL(path).cusparseLtGetProperty
+        values = [ctypes.c_int() for _ in range(3)]
+        if any(get(kind, ctypes.byref(value)) != 0 for kind, value in enumerate(values)):
+            return None
+        return tuple(value.value for value in values)
+    except (OSError, AttributeError):
+        return None
+
+
+def choose_header(folders: list[Path], library: str) -> Path | None:
+    """The first folder whose cusparseLt.h has the loaded library's version, else the first holding one
+    (the descriptors' layout and the enum values used are the same from 0.8 to 0.10)."""
+    holding = [folder for folder in folders if (folder / "cusparseLt.h").is_file()]
+    wanted = library_version(library)
+    return next((folder for folder in holding if wanted and header_version(folder) == wanted),
+                holding[0] if holding else None)
+
+
+def compile_error(stderr: str) -> str:
+    """The compiler's first error line (gcc/clang: "file:line:col: [fatal ]error: ..."), else its first
+    line that is not source or a caret; the whole output goes to the log."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()] or ["no message"]
+    for pattern in (r"\berror:", r"\berror\b"):
+        found = next((line for line in lines if re.search(pattern, line, re.IGNORECASE)), None)
+        if found:
+            return found
+    return next((line for line in lines if not line.startswith("|") and not line[0].isdigit()), lines[0])
+
+
+# Searched last: cusparseLt.h 0.8 includes <cstddef> (C++ only; 0.10 includes <stddef.h>), and "cusparse.h"
+# for three enums, which no folder may hold (0.10 falls back to its own stub): cuSPARSE's values of those.
+SHIM = {"cstddef": "#include <stddef.h>\n",
+        "cusparse.h": "#ifndef CUSPARSE_H_\n#define CUSPARSE_H_\n"
+                      "typedef enum { CUSPARSE_STATUS_SUCCESS = 0, CUSPARSE_STATUS_NOT_INITIALIZED = 1,\n"
+                      "  CUSPARSE_STATUS_ALLOC_FAILED = 2, CUSPARSE_STATUS_INVALID_VALUE = 3,\n"
+                      "  CUSPARSE_STATUS_ARCH_MISMATCH = 4,\n"
+                      "  CUSPARSE_STATUS_MAPPING_ERROR = 5, CUSPARSE_STATUS_EXECUTION_FAILED = 6,\n"
+                      "  CUSPARSE_STATUS_INTERNAL_ERROR = 7, CUSPARSE_STATUS_MATRIX_TYPE_NOT_SUPPORTED = 8,\n"
+                      "  CUSPARSE_STATUS_ZERO_PIVOT = 9, CUSPARSE_STATUS_NOT_SUPPORTED = 10,\n"
+                      "  CUSPARSE_STATUS_INSUFFICIENT_RESOURCES = 11 } cusparseStatus_t;\n"
+                      "typedef enum { CUSPARSE_OPERATION_NON_TRANSPOSE = 0, CUSPARSE_OPERATION_TRANSPOSE = 1 } "
+                      "cusparseOperation_t;\n"
+                      "typedef enum { CUSPARSE_ORDER_COL = 1, CUSPARSE_ORDER_ROW = 2 } cusparseOrder_t;\n#endif\n"}
+
+
 def build(cache_dir: Path | None = None) -> Path:
     """cslt_plans.c compiled against the cuSPARSELt this process runs (reused while the source, the
-    library and the header stay the same); PlanCacheError says what is missing."""
+    library and the header stay the same); PlanCacheError says what is missing. The compiler's command
+    and whole output are kept in cslt_plans-<key>.log beside the library (in the cache folder)."""
     libraries = mapped_cusparselt()
     if not libraries:
         raise PlanCacheError("no cuSPARSELt loaded in this process (a CUDA build of torch loads one)")
     folders = include_candidates()
-    header, cuda_headers = first_holding("cusparseLt.h", folders), first_holding("driver_types.h", folders)
+    header = choose_header(folders, libraries[0])
+    cuda_headers = first_holding("driver_types.h", folders)
     if header is None:
         raise PlanCacheError(f"cusparseLt.h not found: set {INCLUDE_ENV} to the folder that holds it "
                              "(the nvidia-cusparselt wheel's include/)")
     if cuda_headers is None:
         raise PlanCacheError("the CUDA headers (driver_types.h) not found: install the CUDA toolkit or set CUDA_HOME")
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), libraries[0], str(header)]).encode()).hexdigest()[:16]
+    # What those headers include in turn (CUDA 13 wheels split crt/ off; cusparseLt.h 0.8 needs cusparse.h).
+    extra = [first_holding(name, folders) for name in ("library_types.h", "crt/host_defines.h", "cusparse.h")]
+    includes = list(dict.fromkeys([header, cuda_headers, *(folder for folder in extra if folder)]))
+    fingerprint = [SOURCE.read_text(), libraries[0], *map(str, includes), *SHIM.values()]
+    key = hashlib.sha256("\n".join(fingerprint).encode()).hexdigest()[:16]
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "twofour"
     built = cache_dir / f"cslt_plans-{key}.so"
     if built.is_file():
         return built
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    shim = cache_dir / "c-shim"
+    shim.mkdir(parents=True, exist_ok=True)
+    for name, text in SHIM.items():
+        if not (shim / name).is_file() or (shim / name).read_text() != text:
+            (shim / name).write_text(text)
     partial = built.with_suffix(f".{os.getpid()}.tmp")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise PlanCacheError("no C compiler (cc, gcc or $CC)")
-    command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(SOURCE), f"-I{header}", f"-I{cuda_headers}",
-               libraries[0]]
+    # -Wno-deprecated-declarations: the toolkit's cusparse.h warns about its own old types, hundreds of lines.
+    command = [compiler, "-O2", "-shared", "-fPIC", "-Wno-deprecated-declarations", "-o", str(partial), str(SOURCE),
+               *(f"-I{folder}" for folder in [*includes, shim]), libraries[0]]
+    log = built.with_suffix(".log")
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as err:
         raise PlanCacheError(f"building {SOURCE.name}: {err}") from None
+    log.write_text(" ".join(command) + f"\nexit status {result.returncode}\n{result.stdout}{result.stderr}")
     if result.returncode:
-        lines = result.stderr.strip().splitlines() or ["no message"]
-        # The compiler's first "error:" line names the cause; the last is often only a caret.
-        cause = next((line.strip() for line in lines if "error" in line), lines[-1].strip())
-        raise PlanCacheError(f"building {SOURCE.name} failed: {cause}")
+        partial.unlink(missing_ok=True)
+        raise PlanCacheError(f"building {SOURCE.name} failed: {compile_error(result.stderr)} (whole output: {log})")
     partial.rename(built)
     return built
 

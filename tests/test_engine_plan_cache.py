@@ -64,7 +64,62 @@ def test_the_c_file_compiles_against_the_real_header_once(monkeypatch, tmp_path)
     monkeypatch.setattr(plan_cache, "include_candidates", lambda: [REAL_HEADER, cuda_stub])
     built = plan_cache.build(tmp_path / "cache")
     assert built.is_file() and plan_cache.build(tmp_path / "cache") == built  # reused, not rebuilt
-    assert list((tmp_path / "cache").iterdir()) == [built]  # no partial file left
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == sorted(
+        [built.name, built.with_suffix(".log").name, "c-shim"])  # no partial file left
+    assert "exit status 0" in built.with_suffix(".log").read_text()
+
+
+GCC_STDERR = """\
+In file included from /work/engine/cslt_plans.c:10:
+/site/nvidia/cusparselt/include/cusparseLt.h:13:10: fatal error: cstddef: No such file or directory
+   13 | #include <cstddef>         // size_t
+      |          ^~~~~~~
+compilation terminated.
+"""
+
+
+def test_a_compile_failure_is_one_line_with_the_first_error_and_the_whole_log_is_kept(monkeypatch, tmp_path):
+    (tmp_path / "cusparseLt.h").write_text("#define CUSPARSELT_VER_MAJOR 0\n")
+    (tmp_path / "driver_types.h").write_text("")
+    compiler = tmp_path / "fake-cc"
+    compiler.write_text(f"#!/bin/sh\ncat >&2 <<'END'\n{GCC_STDERR}END\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setattr(plan_cache, "mapped_cusparselt", lambda: [str(tmp_path / "libcusparseLt.so.0")])
+    monkeypatch.setattr(plan_cache, "include_candidates", lambda: [tmp_path])
+    with pytest.raises(PlanCacheError) as raised:
+        plan_cache.build(tmp_path / "cache")
+    message = str(raised.value)
+    log = next((tmp_path / "cache").glob("cslt_plans-*.log"))
+    assert message == (f"building cslt_plans.c failed: /site/nvidia/cusparselt/include/cusparseLt.h:13:10: fatal error: "
+                       f"cstddef: No such file or directory (whole output: {log})")
+    assert GCC_STDERR in log.read_text() and str(compiler) in log.read_text() and "exit status 1" in log.read_text()
+    assert not list((tmp_path / "cache").glob("*.tmp")) and not list((tmp_path / "cache").glob("*.so"))
+
+
+@pytest.mark.parametrize("stderr, cause", [
+    ("x.c: In function 'f':\nx.c:3:5: warning: unused variable 'y'\nx.c:4:1: error: expected ';' before '}' token\n"
+     "    4 | }\n      | ^\n", "x.c:4:1: error: expected ';' before '}' token"),
+    ("ld: cannot find -lfoo\ncollect2: error: ld returned 1 exit status\n", "collect2: error: ld returned 1 exit status"),
+    ("   13 | #include <x>\n      |          ^~~~~~~\nsomething odd\n", "something odd"),
+    ("", "no message"),
+])
+def test_compile_error_takes_the_first_error_line_not_the_caret(stderr, cause):
+    assert plan_cache.compile_error(stderr) == cause
+
+
+def test_the_header_matching_the_loaded_library_is_preferred(monkeypatch, tmp_path):
+    folders = []
+    for name, minor in (("old", 8), ("new", 10)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cusparseLt.h").write_text(
+            f"#define CUSPARSELT_VER_MAJOR 0\n#define CUSPARSELT_VER_MINOR {minor}\n#define CUSPARSELT_VER_PATCH 0\n")
+        folders.append(tmp_path / name)
+    assert plan_cache.header_version(folders[1]) == (0, 10, 0)
+    monkeypatch.setattr(plan_cache, "library_version", lambda path: (0, 10, 0))
+    assert plan_cache.choose_header([tmp_path, *folders], "lib") == folders[1]
+    monkeypatch.setattr(plan_cache, "library_version", lambda path: None)  # cannot say: the first found
+    assert plan_cache.choose_header([tmp_path, *folders], "lib") == folders[0]
 
 
 def memory(pointer: int, count: int, dtype: torch.dtype) -> torch.Tensor:
