@@ -4,6 +4,8 @@ each calls the stage's own function, DDP runs through the Trainer, and only the 
 The stage's process only launches and waits: DVC still sees one stage and Prefect one flow run,
 whose log gets every rank's lines. The first process's return value (the stage's metrics) comes
 back through a file; a StageError in any rank comes back as the stage's one-line error.
+The benchmark stage launches its processes the same way (cusparselt_first), with no process group:
+they need no collective op.
 
     python -m stages.distributed EXCHANGE_DIR   # what torchrun runs in each process
 """
