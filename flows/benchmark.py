@@ -6,7 +6,7 @@ from engine.runtime import load_cusparselt
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
 from flows.common import main, stage_flow  # noqa: E402
-from stages.benchmark import latency_frame, run  # noqa: E402
+from stages.benchmark import benchmark, latency_frame  # noqa: E402
 
 
 def batch_table(metrics: dict) -> list[dict]:
@@ -15,8 +15,7 @@ def batch_table(metrics: dict) -> list[dict]:
 
 
 def work(params, out_dir):
-    metrics, _ = run(params, Path("models/baseline"), Path("models/accelerated"))  # the same latencies as rows
-    return metrics
+    return benchmark(params, Path("models/baseline"), Path("models/accelerated"))
 
 
 benchmark_flow = stage_flow("benchmark", work, table=batch_table)

@@ -13,14 +13,21 @@ runs the tutorial's single-Linear microbenchmark.
 Each timing's repeats are checked for noise: a timing whose repeats spread more than NOISE_LIMIT
 (interquartile range / median), or that has a single timed call, is listed under
 `noise.untrustworthy`, `trustworthy` is then false, and a warning is printed.
+
+With benchmark.num_processes above 1 the batch sizes are dealt out round-robin to that many
+processes under torchrun (stages/distributed.py), rank i on GPU i; each writes its share's report,
+and the stage merges them into the one report a single process writes, plus `processes` and, per
+batch size, the `device_index` that measured it.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +52,8 @@ from engine.plan import inference_model, load_accelerated
 from engine.runtime import with_cusparselt
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
-from .common import best_device, device_facts, relative_error
+from .common import best_device, device_facts, read_json, relative_error, write_json
+from .distributed import processes_asked, run_in_processes
 from .modeling import encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
@@ -57,6 +65,8 @@ EAGER_BUDGET_S = 10.0
 # often by other work on the machine: a loaded 2-core CPU once gave two identical models a 156x
 # "speedup".
 NOISE_LIMIT = 0.2
+# The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
+PER_BATCH_SIZE = ("latency_ms", "speedup", "speedup_vs_dense_fp8", "peak_memory_mb")
 
 
 def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
@@ -137,6 +147,18 @@ def untrustworthy(spread: dict[str, dict[str, float | None]]) -> dict[str, dict[
         if reasons:
             found[batch] = reasons
     return found
+
+
+def noise_check(spread: dict[str, dict[str, float | None]]) -> dict:
+    """The report's noise section and trust flag for these spreads; a warning names the noisy timings."""
+    noisy_reasons = untrustworthy(spread)
+    if noisy_reasons:
+        noisy = [f"{batch} {timing}" for batch, reasons in noisy_reasons.items() for timing in reasons]
+        logging.getLogger(__name__).warning(
+            f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
+            "see noise.untrustworthy in reports/benchmark.json")
+    return {"noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": noisy_reasons},
+            "trustworthy": not noisy_reasons}
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -220,14 +242,19 @@ def tutorial_linear(device: torch.device, dtype: torch.dtype, params) -> dict:
     }
 
 
+def device_batch_sizes(params, on_gpu: bool) -> list[int]:
+    return params["benchmark.batch_sizes" if on_gpu else "benchmark.cpu_batch_sizes"]
+
+
 def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | None = None,
-        tutorial: bool = True) -> tuple[dict, list[dict]]:
+        tutorial: bool = True, batch_sizes: list[int] | None = None) -> tuple[dict, list[dict]]:
     """The benchmark; only_modes keeps those of the modes that apply (benchmarks/gpu_engine.py times
-    only "compiled" when GPU time is short), tutorial False skips the tutorial's Linear."""
+    only "compiled" when GPU time is short), tutorial False skips the tutorial's Linear, batch_sizes
+    replaces the device's batch sizes of params."""
     device = best_device()
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, params["accelerate.dtype"]) if on_gpu else torch.float32
-    batch_sizes = params["benchmark.batch_sizes" if on_gpu else "benchmark.cpu_batch_sizes"]
+    batch_sizes = device_batch_sizes(params, on_gpu) if batch_sizes is None else batch_sizes
     seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
     mode_names = [mode for mode in modes(on_gpu, params["benchmark.compile"]) if only_modes is None or mode in only_modes]
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
@@ -274,15 +301,9 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "repeats": params["benchmark.repeats"],
         "latency_ms": latency,
         "speedup": speedups(latency),
-        "noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": untrustworthy(spread)},
+        **noise_check(spread),
         "device": with_cusparselt(device_facts(device)),
     }
-    metrics["trustworthy"] = not metrics["noise"]["untrustworthy"]
-    if not metrics["trustworthy"]:
-        noisy = [f"{batch} {timing}" for batch, reasons in metrics["noise"]["untrustworthy"].items() for timing in reasons]
-        logging.getLogger(__name__).warning(
-            f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
-            "see noise.untrustworthy in reports/benchmark.json")
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {
             batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
@@ -295,6 +316,54 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         if tutorial and device_backend(device)[0] is not None:
             metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
     return metrics, rows
+
+
+def benchmark(params, dense_dir: Path, accelerated_dir: Path) -> dict:
+    """The stage's report: `run` in this process, or with benchmark.num_processes above 1 (never more
+    than there are batch sizes) the batch sizes dealt out to that many processes and merged."""
+    batch_sizes = device_batch_sizes(params, torch.cuda.is_available())
+    processes = min(processes_asked(params, "benchmark"), len(batch_sizes))
+    if processes == 1:
+        metrics, _ = run(params, dense_dir, accelerated_dir)
+        return {**metrics, "processes": 1}
+    # Processes, not threads: cuSPARSELt handles are per process (not thread-safe), and each GPU must
+    # be timed with no other process's kernels on it. Round-robin spreads the big batches.
+    shares = [batch_sizes[rank::processes] for rank in range(processes)]
+    with tempfile.TemporaryDirectory(prefix="twofour-benchmark-") as parts:
+        run_in_processes(measure_share, processes, params, dense_dir, accelerated_dir, shares, Path(parts),
+                         cusparselt_first=True)
+        return merged([read_json(Path(parts) / f"rank{rank}.json") for rank in range(processes)], batch_sizes)
+
+
+def measure_share(params, dense_dir: Path, accelerated_dir: Path, shares: list[list[int]], parts: Path) -> None:
+    """A launched rank: its share of the batch sizes on its own GPU, the report written to
+    parts/rank<N>.json (atomically); rank 0 also times the tutorial's Linear."""
+    rank = int(os.environ["RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before any CUDA work
+    metrics, _ = run(params, dense_dir, accelerated_dir, tutorial=rank == 0, batch_sizes=shares[rank])
+    write_json(parts / f"rank{rank}.json", metrics)
+
+
+def merged(partials: list[dict], batch_sizes: list[int]) -> dict:
+    """The report one process would have written, from each rank's report of its share: rank 0's
+    facts, every per-batch-size table in batch order, the noise check over all timings; plus how many
+    processes ran and, per batch size, the rank that measured it, which is its GPU's index."""
+    order = [f"bs{batch}" for batch in batch_sizes]
+
+    def in_batch_order(tables) -> dict:
+        rows = {key: row for table in tables for key, row in table.items()}
+        return {key: rows[key] for key in order if key in rows}
+
+    metrics = dict(partials[0])
+    for table in PER_BATCH_SIZE:
+        if table in metrics:
+            metrics[table] = in_batch_order(partial[table] for partial in partials)
+    metrics.update(noise_check(in_batch_order(partial["noise"]["spread"] for partial in partials)))
+    metrics["processes"] = len(partials)
+    metrics["device_index"] = {key: rank for key in order for rank, partial in enumerate(partials)
+                               if key in partial["latency_ms"]}
+    return metrics
 
 
 def latency_frame(metrics: dict) -> pd.DataFrame:

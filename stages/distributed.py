@@ -4,6 +4,8 @@ each calls the stage's own function, DDP runs through the Trainer, and only the 
 The stage's process only launches and waits: DVC still sees one stage and Prefect one flow run,
 whose log gets every rank's lines. The first process's return value (the stage's metrics) comes
 back through a file; a StageError in any rank comes back as the stage's one-line error.
+The benchmark stage launches its processes the same way (cusparselt_first), with no process group:
+they need no collective op.
 
     python -m stages.distributed EXCHANGE_DIR   # what torchrun runs in each process
 """
@@ -29,6 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # prctl(2)
 # Looked up now: between fork and exec (preexec_fn) only an already loaded function is safe to call.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+# A rank of the engine: this module imports torch, so the rank loads the named cuSPARSELt in -c first.
+ENGINE_RANK = ["--no-python", sys.executable, "-u", "-c",
+               "import sys; from engine.runtime import load_cusparselt; load_cusparselt(); "
+               "from pathlib import Path; from stages.distributed import main; main(Path(sys.argv[1]))"]
 
 
 def world_size() -> int:
@@ -41,18 +47,26 @@ def is_first_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
-def processes_to_launch(params, section: str) -> int:
-    """How many processes the stage's training `section` (train, finetune) asks for: its num_processes,
-    `auto` being one per visible GPU (1 on the CPU); 1 inside a launched process, which trains itself.
-
-    Fails in one line when the batch does not split evenly, or when more GPUs are asked for than seen."""
+def processes_asked(params, section: str) -> int:
+    """How many processes `section`'s num_processes asks for, `auto` being one per visible GPU (1 on the
+    CPU); 1 inside a launched process, which does the work itself. Fails in one line when more GPUs
+    are asked for than seen."""
     if os.environ.get(LAUNCHED):
         return 1
-    setting, batch_size = params[section]["num_processes"], params[section]["batch_size"]
+    setting = params[section]["num_processes"]
     gpus = torch.cuda.device_count()
     processes = max(1, gpus) if setting == "auto" else setting
     if gpus and processes > gpus:
         raise StageError(f"{section}.num_processes={setting}: only {gpus} GPU(s) visible, one process per GPU")
+    return processes
+
+
+def processes_to_launch(params, section: str) -> int:
+    """How many processes the stage's training `section` (train, finetune) asks for (processes_asked).
+
+    Fails in one line when the batch does not split evenly, or when more GPUs are asked for than seen."""
+    setting, batch_size = params[section]["num_processes"], params[section]["batch_size"]
+    processes = processes_asked(params, section)
     if batch_size % processes:
         raise StageError(f"{section}.batch_size={batch_size} does not split over {processes} processes "
                          f"({section}.num_processes={setting}): make it a multiple of {processes}")
@@ -67,16 +81,19 @@ def die_with_parent() -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_in_processes(function: Callable[..., dict], processes: int, *args) -> dict:
+def run_in_processes(function: Callable[..., dict], processes: int, *args, cusparselt_first: bool = False) -> dict:
     """function(*args) in `processes` processes under torchrun; what the first one returns.
+    cusparselt_first: ranks that run the 2:4 engine load $TWOFOUR_CUSPARSELT before anything
+    imports torch (engine/runtime.py), as the stage's own process did.
 
     Each rank's output is printed as it comes, prefixed [rank<N>]: under a Prefect flow with
     log_prints, print lands in the flow run's log and in logs/<stage>.log."""
     with tempfile.TemporaryDirectory(prefix="twofour-ranks-") as exchange:
         exchange = Path(exchange)
         (exchange / "call.pkl").write_bytes(pickle.dumps((function, args)))
+        rank_command = ENGINE_RANK if cusparselt_first else ["-m", __name__]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                   "--tee=3", f"--log-dir={exchange / 'logs'}", "-m", __name__, str(exchange)]
+                   "--tee=3", f"--log-dir={exchange / 'logs'}", *rank_command, str(exchange)]
         env = {
             **os.environ,
             LAUNCHED: "1",

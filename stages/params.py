@@ -108,6 +108,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "benchmark.warmup": (int, _non_negative),
     "benchmark.repeats": (int, _positive),
     "benchmark.compile": (bool, None),
+    "benchmark.num_processes": ((str, int), _process_count),
 }
 # Fields newer than some params.yaml files: absent means this value.
 _CHECK_DOCS = {
