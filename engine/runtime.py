@@ -82,12 +82,6 @@ def loaded_version() -> str | None:
     return ".".join(parts)
 
 
-def with_cusparselt(facts: dict) -> dict:
-    """A stage's device facts (stages.common.device_facts) with, on a GPU, the cuSPARSELt loaded:
-    its "cusparselt" then names the version running, not the one torch was compiled against."""
-    return {**facts, **cusparselt_facts()} if facts.get("device") == "cuda" else facts
-
-
 def cusparselt_facts() -> dict:
     """What makes a 2:4 timing comparable: the cuSPARSELt version loaded (the first object of its soname,
     the one torch's calls bind to), every cuSPARSELt file mapped, and the version torch was compiled

@@ -30,7 +30,6 @@ from engine.planner import (
     measure,
     why_dense,
 )
-from engine.runtime import with_cusparselt
 from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
 
@@ -99,7 +98,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     plan = Plan(mode=mode, precision=precision, backend=backend, reason=reason,
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
-                layers=layers, int8_layer_error=int8_errors, device=with_cusparselt(device_facts(device)))
+                layers=layers, int8_layer_error=int8_errors, device=device_facts(device))
     if backend is not None and candidates:
         measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s)
 
@@ -120,5 +119,5 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         if errors[worst] > bound:
             raise StageError(f"accelerated outputs differ from the masked dense model at {worst}: relative error "
                              f"{errors[worst]:.2e} > {bound} (plan in {out_dir / PLAN_FILE})")
-    metrics["device"] = with_cusparselt(device_facts(device))
+    metrics["device"] = device_facts(device)
     return metrics

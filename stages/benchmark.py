@@ -49,7 +49,6 @@ from engine.kernels import (
     swap_linears,
 )
 from engine.plan import inference_model, load_accelerated
-from engine.runtime import with_cusparselt
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
 from .common import best_device, device_facts, read_json, relative_error, write_json
@@ -302,7 +301,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "latency_ms": latency,
         "speedup": speedups(latency),
         **noise_check(spread),
-        "device": with_cusparselt(device_facts(device)),
+        "device": device_facts(device),
     }
     if with_fp8:
         metrics["speedup_vs_dense_fp8"] = {

@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from engine.runtime import cusparselt_facts
+
 
 class StageError(RuntimeError):
     """A failure caused by the stage's input (data, model, params); its message is the whole story."""
@@ -116,19 +118,12 @@ def device_facts(device: torch.device | None = None) -> dict:
             gpu=torch.cuda.get_device_name(device),
             compute_capability=f"{major}.{minor}",
             cuda=torch.version.cuda,
-            cusparselt=_cusparselt_version(),
         )
+        facts.update(cusparselt_facts())  # the version loaded, not the one torch was compiled against
     else:
         facts["cpu"] = platform.processor() or platform.machine()
         facts["cpu_threads"] = torch.get_num_threads()
     return facts
-
-
-def _cusparselt_version() -> str | None:
-    try:
-        return str(torch.backends.cusparselt.version())
-    except Exception:  # not built with cuSPARSELt
-        return None
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.runtime import (
     ENV_VAR,
@@ -19,7 +20,6 @@ from engine.runtime import (
     load_cusparselt,
     loaded_version,
     mapped_cusparselt,
-    with_cusparselt,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,11 +89,17 @@ def test_a_library_loaded_first_by_someone_else_is_an_error_naming_both(tmp_path
     assert result.stdout.strip() == "0.8.0", result.stderr
 
 
-def test_only_gpu_facts_get_the_cusparselt_loaded():
-    cpu = {"device": "cpu", "torch": "2.13.0"}
-    assert with_cusparselt(cpu) == cpu
-    gpu = with_cusparselt({"device": "cuda", "cusparselt": "800"})
-    assert gpu["cusparselt"] is None and gpu["cusparselt_files"] == []  # what this CPU process loaded: none
+def test_gpu_device_facts_name_the_cusparselt_loaded_not_the_one_torch_was_compiled_against(monkeypatch):
+    from stages.common import device_facts
+
+    cpu = device_facts(torch.device("cpu"))
+    assert not any(key.startswith("cusparselt") for key in cpu)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU standing in")
+    gpu = device_facts(torch.device("cuda"))
+    # What this CPU process loaded: no cuSPARSELt, whatever torch was compiled against.
+    assert gpu["cusparselt"] is None and gpu["cusparselt_files"] == []
+    assert "cusparselt_torch_compiled" in gpu
 
 
 def test_mapped_libraries_are_read_from_the_process_map(tmp_path):
