@@ -1,36 +1,57 @@
 #!/usr/bin/env bash
-# Issue #18's GPU measurements in one time-limited run (about 9.5 minutes: a whole device call), from the repository root:
+# Issue #18's GPU measurements, resumable across back-to-back device calls (each about 9.5 minutes),
+# from the repository root: after the three cuSPARSELt part copies, run twice back to back
 #
-#   OUT=/some/dir bash benchmarks/engine_gpu_run.sh
+#   ENGINE_RUN_BUDGET_S=580 OUT=/some/dir bash benchmarks/engine_gpu_run.sh
+#
+# The state folder ENGINE_STATE (default /root/twofour-engine; it lasts while the machine stays warm)
+# keeps what a call finished: each step runs in running/STEP and is renamed to done/STEP only when it
+# exits 0, so a step that fails, times out or is killed with its call leaves no result and runs again
+# in the next call; a step in done/ is skipped with a line saying so. The models and plan the
+# accelerate step makes stay in done/accelerate/work for the later steps; the compile cache
+# (TORCHINDUCTOR_CACHE_DIR) is in the state folder too, so a retried step reuses the compiles it got
+# through. Each step starts only with its minimum time left (else it waits for the next call; later,
+# shorter steps still run) and runs under its cap or the time left of ENGINE_RUN_BUDGET_S (default
+# 580 s), less 15 s for the summary. Delete the state folder to start over.
 #
 # cuSPARSELt: TWOFOUR_CUSPARSELT (default /root/cslt/libcusparseLt.so.0, the 0.10 that
 # ../shared/tools/cusparselt/prepare.sh packs) when that file exists, else the one torch links.
-# The steps, in this order, each under its own timeout (its cap, or what is left of ENGINE_RUN_BUDGET_S,
-# default 580 s), each saving as it goes, so a failure or a hang loses only that step; at most 8 files
-# in $OUT:
+# The steps, in this order; each call copies the results of the steps done so far (at most 6 files)
+# with summary.json and run.log to $OUT (8 files at most):
 #   versions.json       device, driver, torch, CUDA, transformers, triton, cuSPARSELt loaded, plan cache
 #                       (engine/plan_cache.py: used by the later steps only if it passes its check here)
 #   cslt_plans-*.log    the compiler's whole output, only where the plan cache failed to build
 #   accelerate.json     the plan: per layer and batch size dense / fp16 2:4 / int8 2:4, kernel timings,
 #                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
-#   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
 #   qa.json             engine.qa latency, accelerated vs dense
+#   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
 #   benchmark.json      latency per batch size, compiled (dense fp16, dense fp8, accelerated) and, with
 #                       the plan cache on, eager
-#   (run.log only)      `python -m engine.qa` end to end on the accelerated model (only if 75 s are left)
-#   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear (only if 50 s are left)
+#   (run.log only)      `python -m engine.qa` end to end on the accelerated model
+#   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear
 #   summary.json        the figures beside the targets (also printed at the end)
-#   run.log             everything printed
+#   run.log             everything printed, by every call
+# A first call does versions, accelerate (~330 s), qa and the short steps; the second the stream and
+# the benchmark.
 set -uo pipefail
 : "${OUT:?set OUT to the directory the results go to}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-PY="$(command -v python || command -v python3)"
+PY="${PY:-$(command -v python || command -v python3)}"
 BUDGET_S="${ENGINE_RUN_BUDGET_S:-580}"
 BATCH_SIZES="${ENGINE_RUN_BATCH_SIZES:-16 64 256}"
-WORK="$(mktemp -d)"  # the models (~1.3 GB): never under $OUT
-LOG="$OUT/run.log"
+STATE="${ENGINE_STATE:-/root/twofour-engine}"  # the models (~1.3 GB): never under $OUT
+RUNNING="$STATE/running"
+DONE="$STATE/done"
+WORK="$DONE/accelerate/work"
+LOG="$STATE/run.log"
+SUMMARY_S=15
+MAX_RESULT_FILES=6  # $OUT takes 8 files: these, summary.json and run.log
+rm -rf "$RUNNING"  # what a call killed mid-step left
+mkdir -p "$RUNNING" "$DONE"
+export TORCHINDUCTOR_CACHE_DIR="$STATE/inductor-cache"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_MININTERVAL=15 PYTHONUNBUFFERED=1
+echo "== call of $(date -u '+%F %T') UTC, budget ${BUDGET_S} s, state $STATE" | tee -a "$LOG"
 CSLT="${TWOFOUR_CUSPARSELT:-/root/cslt/libcusparseLt.so.0}"
 if [ -f "$CSLT" ]; then
   export TWOFOUR_CUSPARSELT="$CSLT"
@@ -39,29 +60,59 @@ else
   unset TWOFOUR_CUSPARSELT
 fi
 
-left() { echo $((BUDGET_S - SECONDS)); }
+left() { echo $((BUDGET_S - SECONDS - SUMMARY_S)); }
 
-# step NAME CAP_S COMMAND...: runs COMMAND under timeout (CAP_S or the time left, less 15 s for the summary)
+STEPS=()  # this call's steps, in order: whose results go to $OUT
+# The results of the steps done, in step order (at most MAX_RESULT_FILES), and run.log, to $OUT.
+copy_results() {
+  local name file copied=0
+  for name in "${STEPS[@]}"; do
+    for file in "$DONE/$name"/*.json "$DONE/$name"/*.log; do
+      [ -f "$file" ] || continue
+      if [ "$copied" -lt "$MAX_RESULT_FILES" ]; then
+        cp "$file" "$OUT/" && copied=$((copied + 1))
+      else
+        echo "== not copied to \$OUT (8 files at most): $file" | tee -a "$LOG"
+      fi
+    done
+  done
+  cp "$LOG" "$OUT/"
+}
+
+# step NAME MIN_S CAP_S COMMAND...: COMMAND writes its results in $RUNNING/NAME; it starts only with
+# MIN_S left and runs under CAP_S or the time left; done/NAME only if it exits 0.
 step() {
-  local name="$1" cap="$2"; shift 2
-  local limit=$(( $(left) - 15 < cap ? $(left) - 15 : cap ))
-  if [ "$limit" -lt 10 ]; then
-    echo "== $name: skipped, $(left) s left" | tee -a "$LOG"
+  local name="$1" min="$2" cap="$3"; shift 3
+  STEPS+=("$name")
+  if [ -d "$DONE/$name" ]; then
+    echo "== $name: done in an earlier call, skipped" | tee -a "$LOG"
+    return 0
+  fi
+  if [ "$(left)" -lt "$min" ]; then
+    echo "== $name: needs ${min} s, $(left) s left: for the next call" | tee -a "$LOG"
     return 1
   fi
+  local limit=$(( $(left) < cap ? $(left) : cap ))
+  rm -rf "${RUNNING:?}/$name"
+  mkdir -p "$RUNNING/$name"
   echo "== $name (limit ${limit} s, at ${SECONDS} s): $*" | tee -a "$LOG"
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local status="${PIPESTATUS[0]}"
+  if [ "$status" = 0 ]; then
+    mv "$RUNNING/$name" "$DONE/$name"
+  else
+    rm -rf "${RUNNING:?}/$name"  # nothing half-written: the step runs again in the next call
+  fi
   echo "== $name: exit $status after ${SECONDS} s$([ "$status" = 124 ] && echo ' (timed out)')" | tee -a "$LOG"
+  copy_results
   return "$status"
 }
 
 # Versions, then the optional plan cache (engine/plan_cache.py): built and checked against
 # torch._cslt_sparse_mm here, in a process of its own; only if that passes do the later steps use it
 # (TWOFOUR_PLAN_CACHE=1) and time eager forwards too (without it an eager fp16 2:4 forward plans every
-# call: ~10 s).
-MODES="compiled"
-if step versions-and-plan-cache 60 "$PY" - "$OUT/versions.json" <<'EOF'
+# call: ~10 s). The built library stays in ~/.cache/twofour for the next call.
+step versions-and-plan-cache 30 60 "$PY" - "$RUNNING/versions-and-plan-cache/versions.json" <<'PYTHON'
 import json, platform, subprocess, sys
 from engine.runtime import load_cusparselt
 load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch
@@ -83,7 +134,6 @@ facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda"
          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
          "compute_capability": torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
          "cusparselt": cusparselt_facts()}
-open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
 print(json.dumps(facts, indent=2), flush=True)
 reason = enable()
 facts["plan_cache"] = reason or "on: checked against torch._cslt_sparse_mm"
@@ -92,38 +142,45 @@ print(f"plan cache: {facts['plan_cache']}")
 if reason and "(whole output: " in reason:  # the compiler's whole output comes back in $OUT
     import os, shutil
     shutil.copy(reason.rsplit("(whole output: ", 1)[1].rstrip(")"), os.path.dirname(sys.argv[1]))
-sys.exit(0 if reason is None else 3)
-EOF
-then
+PYTHON
+MODES="compiled"
+if grep -q '"plan_cache": "on' "$DONE/versions-and-plan-cache/versions.json" 2>/dev/null; then
   export TWOFOUR_PLAN_CACHE=1
   MODES="eager compiled"
 fi
 
-# The plan first: everything after it runs on the models and plan it leaves in $WORK. Then the new
-# serving paths (stream, QA), then the compiled benchmark (dense fp8) with the time that is left.
-# Kernel timing is kept short here (15 s of config timing per precision, alg_ids probed up to 47: the
-# fastest on 0.10 at 6144 tokens were 42 and 46), cuSPARSELt's search picking first where it works;
-# the whole-model variants and the output check (compiles, captures) take the rest of the time.
+# The plan first (in the step's own folder, so a half-built one is never used): everything after it
+# runs on the models and plan it leaves in $WORK. Kernel timing is kept short here (15 s of config
+# timing per precision, alg_ids probed up to 47: the fastest on 0.10 at 6144 tokens were 42 and 46),
+# cuSPARSELt's search picking first where it works; the whole-model variants and the output check
+# (compiles, captures) take the rest of the time (~330 s in all on the H200).
 # shellcheck disable=SC2086  # BATCH_SIZES is a list
-step accelerate 380 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$WORK" --precision int8 \
-  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --max-alg-id 47 --tuning-budget-s 15 \
-  --out "$OUT/accelerate.json"
-# Four buckets a model (each a compile and a capture; the 384 ones may come from the compile cache).
-step stream 120 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
-  --batch-buckets 16 256 --seq-buckets 192 384 --out "$OUT/stream.json"
-step qa 60 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 --out "$OUT/qa.json"
-# shellcheck disable=SC2086
-step benchmark "$BUDGET_S" "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
-  --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
-  --out "$OUT/benchmark.json"
-if [ "$(left)" -ge 75 ]; then  # the CLI as a user runs it, end to end (its wall time is in run.log)
-  step qa-cli 60 "$PY" -m engine.qa --model "$WORK/accelerated" --question "Where was Ada born?" \
+step accelerate 360 450 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$RUNNING/accelerate/work" \
+  --precision int8 --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --max-alg-id 47 --tuning-budget-s 15 \
+  --out "$RUNNING/accelerate/accelerate.json"
+if [ -d "$WORK" ]; then
+  step qa 60 120 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 \
+    --out "$RUNNING/qa/qa.json"
+  # Four buckets a model, each a compile and a capture (eight in all; a retry reuses the compile cache).
+  step stream 240 450 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
+    --batch-buckets 16 256 --seq-buckets 192 384 --out "$RUNNING/stream/stream.json"
+  # shellcheck disable=SC2086
+  step benchmark 240 450 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
+    --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
+    --out "$RUNNING/benchmark/benchmark.json"
+  # The CLI as a user runs it, end to end (its wall time is in run.log).
+  step qa-cli 60 60 "$PY" -m engine.qa --model "$WORK/accelerated" --question "Where was Ada born?" \
     --context "Ada Lovelace was born in London in 1815 and worked with Charles Babbage."
+else
+  WAITING="qa stream benchmark qa-cli"
+  echo "== $WAITING: waiting for the accelerate step" | tee -a "$LOG"
 fi
-if [ -n "${TWOFOUR_CUSPARSELT:-}" ] && [ "$(left)" -ge 50 ]; then
-  step cusparselt-0.8 "$(( $(left) - 15 ))" env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \
-    --budget-s 5 --out "$OUT/cusparselt-0.8.json"
+if [ -n "${TWOFOUR_CUSPARSELT:-}" ]; then
+  step cusparselt-0.8 40 60 env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \
+    --budget-s 5 --out "$RUNNING/cusparselt-0.8/cusparselt-0.8.json"
 fi
+copy_results
 "$PY" benchmarks/engine_gpu_summary.py "$OUT" 2>&1 | tee -a "$LOG"
-rm -rf "$WORK"
-echo "== done after ${SECONDS} s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+pending="$(for name in "${STEPS[@]}"; do [ -d "$DONE/$name" ] || echo -n "$name "; done)${WAITING:-}"
+echo "== call done after ${SECONDS} s; steps left for the next call: ${pending:-none}; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+cp "$LOG" "$OUT/"
