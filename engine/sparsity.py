@@ -13,6 +13,7 @@ for them (an optimal-brain-surgeon step with the inverse of X^T X).
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 from torch.ao.pruning import WeightNormSparsifier
@@ -77,13 +78,19 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
     totals: dict[str, torch.Tensor] = {}
     real_tokens = None  # the current batch's attention mask, read by the hooks
     waiting: set[str] = set()  # layers yet to see the current batch
+    computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # this batch's statistics by input: id -> (input, value)
 
     def recorder(name):
         def record(module, args):
             inputs = args[0]
-            # Token-level inputs drop their padding; pooled inputs (one row per sequence) count whole.
-            rows = inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape else inputs.reshape(-1, inputs.shape[-1])
-            value = statistic(rows.double())
+            if id(inputs) in computed:  # query, key and value read one tensor: one statistic for the three
+                value = computed[id(inputs)][1]
+            else:
+                # Token-level inputs drop their padding; pooled inputs (one row per sequence) count whole.
+                rows = (inputs[real_tokens] if inputs.shape[:-1] == real_tokens.shape
+                        else inputs.reshape(-1, inputs.shape[-1]))
+                value = statistic(rows.double())
+                computed[id(inputs)] = inputs, value
             totals[name] = totals[name] + value if name in totals else value
             waiting.discard(name)
             if not waiting:
@@ -96,6 +103,7 @@ def sum_over_inputs(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], 
         for batch in tqdm(batches, desc="calibration", unit="batch", leave=False):
             real_tokens = batch["attention_mask"].bool()
             waiting.update(layers)
+            computed.clear()
             with contextlib.suppress(_AllInputsSeen):
                 model(**batch)
     finally:
@@ -174,14 +182,75 @@ def sparsegpt_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Linear],
     else:
         groups = [list(layers)]
     masks = {}
-    with tqdm(total=len(layers), desc="sparsegpt", unit="layer") as progress:
+    with tqdm(total=len(layers), desc="sparsegpt", unit="layer") as progress, \
+            BlockReplay(model, layers if sequential else {}, len(batches)) as replay:
         for names in groups:
             grams = input_grams(model, {name: layers[name] for name in names}, batches)
             for name in names:
                 pruned, masks[name] = sparsegpt(layers[name].weight, grams[name], zeros_per_block)
                 layers[name].weight.data.copy_(pruned)
                 progress.update()
+            replay.pruned(names)
     return masks
+
+
+class BlockReplay:
+    """Sequential SparseGPT's shortcut: once every layer to prune in a transformer block (an item of
+    one of the model's ModuleLists) is pruned, the block's output for each calibration batch stays
+    the same on every later pass. It is recorded on the next pass and returned from then on, so a
+    pass computes the block being pruned, not every block before it again (the default prune: 50 s
+    to ~20 s), with the same masks and weights bit for bit."""
+
+    def __init__(self, model: torch.nn.Module, layers: dict[str, torch.nn.Linear], n_batches: int):
+        self.n_batches = n_batches
+        self.pending: dict[torch.nn.Module, set[str]] = {}  # block -> its layers not yet pruned
+        for list_name, blocks in model.named_modules():
+            if isinstance(blocks, torch.nn.ModuleList):
+                for index, block in enumerate(blocks):
+                    inside = {name for name in layers if name.startswith(f"{list_name}.{index}.")}
+                    if inside:
+                        self.pending[block] = inside
+        self.recorded: dict[torch.nn.Module, list] = {}
+        self.recording: dict[torch.nn.Module, torch.utils.hooks.RemovableHandle] = {}
+
+    def pruned(self, names: list[str]) -> None:
+        """After `names` are pruned (and one more pass has run since the last call)."""
+        for block, handle in self.recording.items():  # the pass since the last call recorded them
+            handle.remove()
+            if len(self.recorded[block]) != self.n_batches:
+                raise RuntimeError(f"recorded {len(self.recorded[block])} outputs of a block for {self.n_batches} batches")
+            block.forward = self.replayer(self.recorded[block])
+        self.recording = {}
+        for block, pending in list(self.pending.items()):
+            pending.difference_update(names)
+            if not pending:
+                del self.pending[block]
+                self.recorded[block] = []
+                self.recording[block] = block.register_forward_hook(
+                    lambda module, args, output, outputs=self.recorded[block]: outputs.append(cloned(output)))
+
+    @staticmethod
+    def replayer(outputs: list):
+        """A block forward returning the recorded outputs in turn, one per batch of a pass."""
+        turns = itertools.cycle(outputs)
+        return lambda *args, **kwargs: cloned(next(turns))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.recording.values():
+            handle.remove()
+        for block in self.recorded:
+            block.__dict__.pop("forward", None)  # the class's forward again
+
+
+def cloned(output):
+    """A block's output (a tensor, or a tuple of them and None), copied: the next block may change
+    its input in place."""
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    return tuple(cloned(item) for item in output) if type(output) is tuple else output
 
 
 def masks_in_weights(layers: dict[str, torch.nn.Linear], zeros_per_block: int) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datasets
 import torch
 
+import engine.sparsity
 from engine.sparsity import (
     attach_sparsifier,
     calibration_batches,
@@ -178,6 +179,25 @@ def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_
         expected, mask = sparsegpt(model.get_submodule(names[1]).weight, gram)
         assert torch.equal(runs[sequential][names[1]][0], expected) and torch.equal(runs[sequential][names[1]][1], mask)
     assert not torch.equal(runs[False][names[1]][0], runs[True][names[1]][0])
+
+
+def test_sequential_sparsegpt_replays_pruned_blocks_with_the_same_result(tiny_model, features, monkeypatch):
+    tokenizer = load_tokenizer(str(tiny_model))
+    batches = calibration_batches(datasets.load_from_disk(str(features / "train")), tokenizer, 2, 4, seed=0)
+    runs = {}
+    for replay in (True, False):
+        if not replay:
+            monkeypatch.setattr(engine.sparsity.BlockReplay, "pruned", lambda self, names: None)
+        model = load_qa_model(str(tiny_model))
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n}
+        first_block_computes = []  # a layer of block 0 runs only where the block computes
+        model.bert.encoder.layer[0].output.dense.register_forward_hook(lambda *args: first_block_computes.append(1))
+        masks = sparsegpt_layers(model, layers, batches, 2, sequential=True)
+        runs[replay] = masks, {n: m.weight.detach().clone() for n, m in layers.items()}, len(first_block_computes)
+        assert "forward" not in vars(model.bert.encoder.layer[0])  # the block's own forward again
+    (masks, weights, calls), (plain_masks, plain_weights, plain_calls) = runs[True], runs[False]
+    assert all(torch.equal(masks[n], plain_masks[n]) and torch.equal(weights[n], plain_weights[n]) for n in masks)
+    assert calls < plain_calls  # replayed once block 1's passes have recorded it
 
 
 def test_masks_in_weights_are_2of4_even_where_a_kept_weight_is_zero():
