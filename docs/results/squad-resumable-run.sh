@@ -2,7 +2,8 @@
 # SQuAD seeds on the lent GPU, in as many calls as it takes: the state lives in /root/twofour (kept
 # while the machine stays warm between calls), squad_seeds.py resumes where the last call stopped.
 # The first call carries .whl (datasets wheels) and .gpu (the SQuAD/XQuAD files, an fp16 copy of the
-# embedded model); later calls carry .whl only.
+# embedded model); later calls carry .whl only. FINETUNE_EPOCHS (default 4): the 2026-12-02 run; the
+# 2026-12-01 run was FINETUNE_EPOCHS=2.5.
 set -o pipefail
 STATE=/root/twofour
 mkdir -p $STATE/out
@@ -21,7 +22,7 @@ timeout ${BUDGET_S:-540} python3 benchmarks/squad_seeds.py --data-dir $STATE/dat
   --out $STATE/out --work $STATE/work -S model.name=$STATE/embedded \
   -S train.epochs=2 -S train.batch_size=64 -S train.learning_rate=0.00015 -S train.warmup_ratio=0.1 \
   -S prune.method=sparsegpt -S prune.sequential=true \
-  -S finetune.epochs=2.5 -S finetune.batch_size=64 -S finetune.learning_rate=0.0001 -S finetune.warmup_ratio=0.05 \
+  -S finetune.epochs=${FINETUNE_EPOCHS:-4} -S finetune.batch_size=64 -S finetune.learning_rate=0.0001 -S finetune.warmup_ratio=0.05 \
   -S finetune.distill=true -S finetune.distill_alpha=0.9 -S finetune.distill_hidden=10 \
   -S evaluate.batch_size=256 > $STATE/out/driver.log 2>&1
 echo "squad_seeds rc=$?"
