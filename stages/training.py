@@ -89,9 +89,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over the layers' outputs (embeddings included) of the MSE between student and teacher
-    hidden states, over the real tokens only (padding is an artefact of batching)."""
-    real = attention_mask.bool()
-    return torch.stack([F.mse_loss(s[real], t[real]) for s, t in zip(student_states, teacher_states)]).mean()
+    hidden states, over the real tokens only (padding is an artefact of batching). Masked with
+    torch.where, not a boolean index: an index's size is only known once the GPU has computed the mask,
+    so it would stall every step until the GPU caught up."""
+    real = attention_mask.bool().unsqueeze(-1)
+    values = real.sum() * student_states[0].shape[-1]
+    # The difference masked before it is squared, so that padding never reaches a gradient either.
+    return torch.stack([torch.where(real, s.float() - t.float(), 0.0).pow(2).sum() / values
+                        for s, t in zip(student_states, teacher_states)]).mean()
 
 
 class DistillationTrainer(Trainer):
@@ -176,7 +181,12 @@ def last_complete_checkpoint(directory: Path | None) -> Path | None:
     rng_states = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
     complete = [c for c in directory.glob("checkpoint-*")
                 if all((c / name).is_file() for name in ["trainer_state.json", *rng_states])]
-    return max(complete, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a Trainer checkpoint folder (checkpoint-<step>) was saved at."""
+    return int(checkpoint.name.rsplit("-", 1)[1])
 
 
 def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None,
@@ -192,7 +202,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         raise StageError("the train features are empty: nothing to train on")
     with tempfile.TemporaryDirectory(prefix="twofour-trainer-") as scratch:
         resume_from = last_complete_checkpoint(checkpoints)
-        resumed_step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
+        resumed_step = checkpoint_step(resume_from) if resume_from else None
         args = training_arguments(section, seed, str(checkpoints or scratch), len(train_features),
                                   checkpoints=checkpoints is not None)
         setup = {

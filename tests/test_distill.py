@@ -115,6 +115,13 @@ def test_hidden_state_loss_is_the_layer_mean_of_mse_over_real_tokens():
     for t in padded:
         t[~mask.bool()] = 1e6  # padding positions do not count
     assert hidden_state_loss(student, padded, mask).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    for t in padded:
+        t[~mask.bool()] = float("nan")  # nor does whatever a padded position holds, in the loss or its gradient
+    student = [s.requires_grad_() for s in student]
+    loss = hidden_state_loss(student, padded, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert all(torch.isfinite(s.grad).all() and (s.grad[~mask.bool()] == 0).all() for s in student)
     assert hidden_state_loss(teacher, teacher, mask).item() == 0
 
 
