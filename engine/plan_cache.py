@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import kernels
-from .runtime import mapped_cusparselt
+from .runtime import loaded_version, mapped_cusparselt
 
 ENV_VAR = "TWOFOUR_PLAN_CACHE"
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
@@ -57,44 +57,29 @@ def include_candidates() -> list[Path]:
     found += [Path(toolkit) / "include" for toolkit in toolkits if toolkit]
     for entry in sys.path:
         found += sorted(Path(entry or ".").glob("nvidia/*/include"))
-    unique = []
-    for folder in (Path(folder) for folder in found if folder):
-        if folder not in unique:
-            unique.append(folder)
-    return unique
+    return list(dict.fromkeys(Path(folder) for folder in found if folder))
 
 
 def first_holding(header: str, folders: list[Path]) -> Path | None:
     return next((folder for folder in folders if (folder / header).is_file()), None)
 
 
-def header_version(folder: Path) -> tuple[int, ...] | None:
-    """(major, minor, patch) of the cusparseLt.h in `folder`, from its CUSPARSELT_VER_* lines."""
+def header_version(folder: Path) -> str | None:
+    """The version ("0.10.0") of the cusparseLt.h in `folder`, from its CUSPARSELT_VER_* lines."""
     try:
         text = (folder / "cusparseLt.h").read_text(errors="replace")
     except OSError:
         return None
     parts = [re.search(rf"#define\s+CUSPARSELT_VER_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")]
-    return tuple(int(part.group(1)) for part in parts) if all(parts) else None
+    return ".".join(part.group(1) for part in parts) if all(parts) else None
 
 
-def library_version(path: str) -> tuple[int, ...] | None:
-    """(major, minor, patch) of a loaded cuSPARSELt (cusparseLtGetProperty), None where it cannot say."""
-    try:
-        get = ctypes.CDLL(path).cusparseLtGetProperty
-        values = [ctypes.c_int() for _ in range(3)]
-        if any(get(kind, ctypes.byref(value)) != 0 for kind, value in enumerate(values)):
-            return None
-        return tuple(value.value for value in values)
-    except (OSError, AttributeError):
-        return None
-
-
-def choose_header(folders: list[Path], library: str) -> Path | None:
-    """The first folder whose cusparseLt.h has the loaded library's version, else the first holding one
-    (the descriptors' layout and the enum values used are the same from 0.8 to 0.10)."""
+def choose_header(folders: list[Path]) -> Path | None:
+    """The first folder whose cusparseLt.h has the version of the cuSPARSELt torch's calls run on
+    (runtime.loaded_version), else the first holding one (the descriptors' layout and the enum values
+    used are the same from 0.8 to 0.10)."""
     holding = [folder for folder in folders if (folder / "cusparseLt.h").is_file()]
-    wanted = library_version(library)
+    wanted = loaded_version()
     return next((folder for folder in holding if wanted and header_version(folder) == wanted),
                 holding[0] if holding else None)
 
@@ -134,7 +119,7 @@ def build(cache_dir: Path | None = None) -> Path:
     if not libraries:
         raise PlanCacheError("no cuSPARSELt loaded in this process (a CUDA build of torch loads one)")
     folders = include_candidates()
-    header = choose_header(folders, libraries[0])
+    header = choose_header(folders)
     cuda_headers = first_holding("driver_types.h", folders)
     if header is None:
         raise PlanCacheError(f"cusparseLt.h not found: set {INCLUDE_ENV} to the folder that holds it "

@@ -115,11 +115,11 @@ def test_the_header_matching_the_loaded_library_is_preferred(monkeypatch, tmp_pa
         (tmp_path / name / "cusparseLt.h").write_text(
             f"#define CUSPARSELT_VER_MAJOR 0\n#define CUSPARSELT_VER_MINOR {minor}\n#define CUSPARSELT_VER_PATCH 0\n")
         folders.append(tmp_path / name)
-    assert plan_cache.header_version(folders[1]) == (0, 10, 0)
-    monkeypatch.setattr(plan_cache, "library_version", lambda path: (0, 10, 0))
-    assert plan_cache.choose_header([tmp_path, *folders], "lib") == folders[1]
-    monkeypatch.setattr(plan_cache, "library_version", lambda path: None)  # cannot say: the first found
-    assert plan_cache.choose_header([tmp_path, *folders], "lib") == folders[0]
+    assert plan_cache.header_version(folders[1]) == "0.10.0"
+    monkeypatch.setattr(plan_cache, "loaded_version", lambda: "0.10.0")
+    assert plan_cache.choose_header([tmp_path, *folders]) == folders[1]
+    monkeypatch.setattr(plan_cache, "loaded_version", lambda: None)  # cannot say: the first found
+    assert plan_cache.choose_header([tmp_path, *folders]) == folders[0]
 
 
 def memory(pointer: int, count: int, dtype: torch.dtype) -> torch.Tensor:
