@@ -198,8 +198,8 @@ class BlockReplay:
     """Sequential SparseGPT's shortcut: once every layer to prune in a transformer block (an item of
     one of the model's ModuleLists) is pruned, the block's output for each calibration batch stays
     the same on every later pass. It is recorded on the next pass and returned from then on, so a
-    pass computes the block being pruned, not every block before it again (the default prune: 50 s
-    to ~20 s), with the same masks and weights bit for bit."""
+    pass computes the block being pruned, not every block before it again, with the same masks and
+    weights bit for bit."""
 
     def __init__(self, model: torch.nn.Module, layers: dict[str, torch.nn.Linear], n_batches: int):
         self.n_batches = n_batches

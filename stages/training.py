@@ -65,8 +65,8 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
 
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16, AMX): there bf16 autocast runs
-    training's matmuls about 3x faster than fp32 (2-core AMD EPYC: 425 vs 148 GFLOPS); elsewhere
-    oneDNN would emulate bf16, slower than fp32."""
+    training's matmuls faster than fp32 (docs/history.md); elsewhere oneDNN would emulate bf16, slower
+    than fp32."""
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
@@ -143,8 +143,8 @@ class FailOnNonFinite(TrainerCallback):
 
     @staticmethod
     def check_weights(model, step: int) -> None:
-        # A tensor is all finite when its min and max are (a NaN makes both NaN): one pass without
-        # a mask the size of the model, 15x faster than isfinite(weight).all() on the CPU.
+        # A tensor is all finite when its min and max are (a NaN makes both NaN): one pass, without
+        # a boolean mask the size of the model as isfinite(weight).all() makes.
         for name, weight in model.named_parameters():
             if not torch.isfinite(torch.stack(torch.aminmax(weight.detach()))).all():
                 raise StageError(f"the weights ({name}) are not finite at step {step} (learning_rate too high?)")
