@@ -117,7 +117,7 @@ import json, platform, subprocess, sys
 from engine.runtime import load_cusparselt
 load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch
 import torch, transformers
-from engine.plan_cache import enable, gelu_epilogue
+from engine.plan_cache import enable
 from engine.runtime import cusparselt_facts
 try:
     import triton
@@ -137,9 +137,8 @@ facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda"
 print(json.dumps(facts, indent=2), flush=True)
 reason = enable()
 facts["plan_cache"] = reason or "on: checked against torch._cslt_sparse_mm"
-facts["gelu_epilogue"] = gelu_epilogue()
 open(sys.argv[1], "w").write(json.dumps(facts, indent=2))
-print(f"plan cache: {facts['plan_cache']}; GELU epilogue: {facts['gelu_epilogue']}")
+print(f"plan cache: {facts['plan_cache']}")
 if reason and "(whole output: " in reason:  # the compiler's whole output comes back in $OUT
     import os, shutil
     shutil.copy(reason.rsplit("(whole output: ", 1)[1].rstrip(")"), os.path.dirname(sys.argv[1]))
@@ -175,12 +174,6 @@ if [ -d "$WORK" ]; then
 else
   WAITING="qa stream benchmark qa-cli"
   echo "== $WAITING: waiting for the accelerate step" | tee -a "$LOG"
-fi
-if [ -n "${TWOFOUR_PLAN_CACHE:-}" ]; then
-  # The FFN-in Linear + GELU alone: GELU in the 2:4 kernel's epilogue vs after it, vs dense (0.10's
-  # fastest fp16 configs at these shapes were alg_ids 40-49).
-  step gelu-epilogue 60 90 "$PY" benchmarks/gelu_epilogue.py --alg-ids 38-49 --budget-s 50 \
-    --out "$RUNNING/gelu-epilogue/gelu-epilogue.json"
 fi
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ]; then
   step cusparselt-0.8 40 60 env -u TWOFOUR_CUSPARSELT "$PY" benchmarks/cusparselt_probe.py \

@@ -4,8 +4,6 @@
  * (~250 ms on the host for fp16). twofour_plan_init makes the same descriptors as that call (A: torch's
  * _cslt_compress layout, row-major, 16-byte alignment; B: x (n tokens x k) row-major, read transposed;
  * D: m x n column-major, i.e. the (n, m) row-major result) once; twofour_matmul runs it on a stream.
- * Optionally GELU in the kernel's epilogue, after alpha and the bias, which torch's call cannot ask for:
- * BERT's FFN then writes its 3072-wide activation once instead of once more for a separate GELU pass.
  * Plain C against cusparseLt.h only: torch's allocator and streams stay on the Python side. */
 #include <stdalign.h>  /* cusparseLt.h 0.8 uses alignas without it (0.10 includes it itself) */
 #include <stdint.h>
@@ -30,11 +28,10 @@ static cudaDataType data_type(int dtype) {
 
 #define TRY(call) do { cusparseStatus_t status_ = (call); if (status_ != CUSPARSE_STATUS_SUCCESS) return (int) status_; } while (0)
 
-/* A plan for D (m x n, column-major) = [GELU](A (m x k, 2:4, compressed) @ x.t() (x: n x k, row-major) [+ bias]),
- * alpha a per-row vector when alpha_vector, GELU when gelu; *entry and *workspace_size out.
- * Returns a cusparseStatus_t. */
+/* A plan for D (m x n, column-major) = A (m x k, 2:4, compressed) @ x.t() (x: n x k, row-major) [+ bias],
+ * alpha a per-row vector when alpha_vector; *entry and *workspace_size out. Returns a cusparseStatus_t. */
 int twofour_plan_init(int64_t m, int64_t n, int64_t k, int dtype, int out_dtype, int32_t alg_id,
-                      const void* bias, int32_t alpha_vector, int32_t gelu, void** entry, size_t* workspace_size) {
+                      const void* bias, int32_t alpha_vector, void** entry, size_t* workspace_size) {
     if (!handle_ready) {
         TRY(cusparseLtInit(&handle));
         handle_ready = 1;
@@ -58,9 +55,6 @@ int twofour_plan_init(int64_t m, int64_t n, int64_t k, int dtype, int out_dtype,
     if (status == CUSPARSE_STATUS_SUCCESS && bias != NULL)
         status = cusparseLtMatmulDescSetAttribute(&handle, &made->matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias,
                                                   sizeof(bias));
-    if (status == CUSPARSE_STATUS_SUCCESS && gelu)
-        status = cusparseLtMatmulDescSetAttribute(&handle, &made->matmul, CUSPARSELT_MATMUL_ACTIVATION_GELU, &gelu,
-                                                  sizeof(gelu));
     if (status == CUSPARSE_STATUS_SUCCESS)
         status = cusparseLtMatmulAlgSelectionInit(&handle, &made->selection, &made->matmul,
                                                   CUSPARSELT_MATMUL_ALG_DEFAULT);
@@ -82,7 +76,7 @@ int twofour_plan_init(int64_t m, int64_t n, int64_t k, int dtype, int out_dtype,
     return (int) CUSPARSE_STATUS_SUCCESS;
 }
 
-/* D = [GELU](alpha * A @ x.t() [+ bias]) with a plan from twofour_plan_init, on `stream`. */
+/* D = alpha * A @ x.t() [+ bias] with a plan from twofour_plan_init, on `stream`. */
 int twofour_matmul(void* entry, const void* alpha, const void* a, const void* x, void* d, void* workspace,
                    void* stream) {
     static const float beta = 0.0f;

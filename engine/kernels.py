@@ -152,18 +152,14 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- cuSPARSELt calls
 # The planned 2:4 call (engine/plan_cache.py's planned_cslt_mm, same arguments and result as
-# _cslt_tokens_mm's call of torch._cslt_sparse_mm, and a GELU flag) once plan_cache.enable() has checked
-# it; None: torch's. PLANNED_GELU: its GELU epilogue passed the check too.
+# _cslt_tokens_mm's call of torch._cslt_sparse_mm) once plan_cache.enable() has checked it; None: torch's.
 PLANNED_MM: Callable | None = None
-PLANNED_GELU = False
 
 
 def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
-                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                    gelu: bool = False) -> torch.Tensor:
+                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
-    kernel's alignment and cut back after; GELU after it, in the kernel's epilogue where the plan
-    cache offers one (PLANNED_GELU).
+    kernel's alignment and cut back after.
 
     cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
     place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
@@ -176,29 +172,25 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor 
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
-    in_epilogue = gelu and PLANNED_MM is not None and PLANNED_GELU
     if PLANNED_MM is not None:
-        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id, in_epilogue)
+        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id)
     else:
         out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, alpha=alpha, out_dtype=out_dtype,
                                     transpose_result=True, alg_id=alg_id)
-    if gelu and not in_epilogue:
-        out = F.gelu(out)
     return out[:tokens] if pad else out
 
 
-def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
-              gelu: bool = False) -> torch.Tensor:
-    """x2d @ W.t() + bias (then GELU) with W packed by torch._cslt_compress."""
-    return _cslt_tokens_mm(packed, x2d, bias, alg_id, gelu=gelu)
+def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
+    """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
+    return _cslt_tokens_mm(packed, x2d, bias, alg_id)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
-                   alg_id: int, gelu: bool = False) -> torch.Tensor:
-    """(x_q @ W_q.t()) * alpha + bias (then GELU) for int8 x_q (tokens, in) and an int8 2:4 W_q packed
-    by torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
+                   alg_id: int) -> torch.Tensor:
+    """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
+    torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
     scale) and the bias applied by the kernel, out in the bias's dtype (fp16: no pass after it)."""
-    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype, gelu=gelu)
+    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype)
 
 
 # --------------------------------------------------------------------------- the Linears
@@ -211,16 +203,12 @@ class SparseLinear(nn.Module):
     (alpha and bias applied inside) is final. Only what some bucket runs is kept (the dense weight,
     the packed fp16 and int8 weights); `keep_all` keeps everything, so that set_kernels may later
     choose any kernel (the planner times whole-model variants on one model that way).
-
-    `gelu` (set by fold_gelu): the exact GELU follows the Linear, in the 2:4 kernel's epilogue where
-    the plan cache offers one, else as its own op.
     """
 
     def __init__(self, linear: nn.Linear, kernels: Kernels, keep_all: bool = False,
                  int8: Int8Weights | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.gelu = False
         self.set_kernels(kernels)
         weight = linear.weight.detach()
         runs = {None if kernel is None else kernel.precision for kernel in self.kernels.values()}
@@ -244,17 +232,15 @@ class SparseLinear(nn.Module):
         kernel = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
         if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
-            out = F.gelu(out) if self.gelu else out
         elif kernel.precision == "int8":
             out = int8_sparse_mm(self.packed_int8, quantize_input(x2d, self.multipliers), self.alpha, self.bias,
-                                 kernel.alg_id, self.gelu)
+                                 kernel.alg_id)
         else:
-            out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id, self.gelu)
+            out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
-                + (", gelu=True" if self.gelu else ""))
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
 
 
 class Int8ReferenceLinear(nn.Module):
@@ -347,21 +333,6 @@ def swap_linears(model: nn.Module, config_for: Callable[[str], LinearConfig], fi
             model.set_submodule(fqn, replacement)
             swapped.append(replacement)
     _share_multipliers([m for m in swapped if isinstance(m, SparseLinear) and m.multipliers is not None])
-    return model
-
-
-def fold_gelu(model: nn.Module) -> nn.Module:
-    """Hand each exact GELU that follows a SparseLinear (BERT's intermediate: `dense`, then
-    `intermediate_act_fn`) to that Linear (SparseLinear.gelu), in place; same outputs. The tanh forms
-    ("gelu_new" and the like) are left where they are: the Linear's fallback GELU is the exact one."""
-    from transformers.activations import GELUActivation
-
-    for module in model.modules():
-        linear, activation = getattr(module, "dense", None), getattr(module, "intermediate_act_fn", None)
-        if (isinstance(linear, SparseLinear) and type(activation) is GELUActivation
-                and activation.act is F.gelu):
-            linear.gelu = True
-            module.intermediate_act_fn = nn.Identity()
     return model
 
 

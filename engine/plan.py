@@ -30,7 +30,6 @@ from .kernels import (
     Precision,
     SparseConfig,
     device_backend,
-    fold_gelu,
     named,
     shape_name,
     swap_linears,
@@ -197,8 +196,7 @@ class Plan:
 
     def apply(self, model: torch.nn.Module, graphs: bool = True) -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
-        kernels swapped in, each exact GELU after a 2:4 Linear handed to it (kernels.fold_gelu: in the
-        kernel's epilogue where the plan cache offers one).
+        kernels swapped in.
 
         With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
         two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
@@ -215,7 +213,7 @@ class Plan:
         sparse = self.sparse_layers()
         if not sparse:
             return model
-        fold_gelu(swap_linears(model, self.linear_config, named(sparse)))
+        swap_linears(model, self.linear_config, named(sparse))
         if not graphs:
             return model
         return bucketed(model, self.batch_sizes, self.seq_length, self.compiled)

@@ -6,15 +6,12 @@ cuSPARSELt version measured, so an fp16 2:4 model run eagerly took ~10 s per for
 graph capture paid it per layer, and every kernel config timed paid it several times. cslt_plans.c
 makes the same descriptors and plan once per (weight shape, token count, kernel config, bias) and
 runs it; PlanCache keeps them, torch's allocator and stream stay in charge of memory and ordering.
-It can also run GELU in the kernel's epilogue (torch's call cannot), so BERT's FFN writes its 3072-wide
-activation once instead of twice; checked on its own, and where it is off or a kernel config lacks it,
-GELU runs after the call as before.
 
 Optional, off unless TWOFOUR_PLAN_CACHE=1 (or enable() is called): the C file is compiled on first
 use (the C compiler, cusparseLt.h, and the CUDA headers it includes; TWOFOUR_CUSPARSELT_INCLUDE may
 name cusparseLt.h's folder) against the cuSPARSELt this process loaded, and checked against
 torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph) before the engine's 2:4 calls
-(kernels.PLANNED_MM) go through it, and its GELU epilogue against torch's GELU (kernels.PLANNED_GELU). Anything missing or any mismatch leaves the engine on
+(kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
 torch._cslt_sparse_mm and says why in one line.
 """
 from __future__ import annotations
@@ -29,21 +26,18 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import kernels
 from .runtime import loaded_version, mapped_cusparselt
 
 ENV_VAR = "TWOFOUR_PLAN_CACHE"
-GELU_ENV_VAR = "TWOFOUR_GELU_EPILOGUE"  # 0: GELU after the 2:4 call even where the epilogue works (A/B timing)
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
 SOURCE = Path(__file__).with_name("cslt_plans.c")
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}  # cslt_plans.c's TWOFOUR_FP16, ...
 # torch._cslt_compress allocates numel * factor / 16 elements: the weight's out_features come back from it.
 COMPRESSION_FACTOR = {torch.float16: 9, torch.bfloat16: 9, torch.int8: 10}
 _ONE = ctypes.c_float(1.0)  # alpha where no per-row vector is given
-_state: dict = {}  # "reason": why enable() left the plan cache off ("" once on), "cache": the PlanCache,
-# "gelu": why its GELU epilogue is off ("" when on)
+_state: dict = {}  # "reason": why enable() left the plan cache off ("" once on), "cache": the PlanCache
 
 
 class PlanCacheError(RuntimeError):
@@ -173,45 +167,34 @@ class PlanCache:
         self.library, self.status_text = library, status_text
         library.twofour_plan_init.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                               ctypes.c_int, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
-                                              ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p),
-                                              ctypes.POINTER(ctypes.c_size_t)]
+                                              ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
         library.twofour_matmul.argtypes = [ctypes.c_void_p] * 7
-        # None: a GELU epilogue this kernel config does not offer (GELU then runs after the call)
-        self.plans: dict[tuple, tuple[ctypes.c_void_p, int] | None] = {}
+        self.plans: dict[tuple, tuple[ctypes.c_void_p, int]] = {}
 
     def check(self, status: int, what: str) -> None:
         if status != 0:
             raise RuntimeError(f"cuSPARSELt {what}: {self.status_text(status)} (status {status})")
 
-    def plan(self, key: tuple, bias: torch.Tensor | None, alpha_vector: bool,
-             gelu: bool = False) -> tuple[ctypes.c_void_p, int]:
+    def plan(self, key: tuple, bias: torch.Tensor | None, alpha_vector: bool) -> tuple[ctypes.c_void_p, int]:
         m, n, k, dtype, out_dtype, alg_id = key[:6]
         entry, workspace = ctypes.c_void_p(), ctypes.c_size_t()
         self.check(self.library.twofour_plan_init(m, n, k, DTYPE_CODES[dtype], DTYPE_CODES[out_dtype], alg_id,
                                                   None if bias is None else bias.data_ptr(), int(alpha_vector),
-                                                  int(gelu), ctypes.byref(entry), ctypes.byref(workspace)), "plan")
+                                                  ctypes.byref(entry), ctypes.byref(workspace)), "plan")
         return entry, workspace.value
 
     def matmul(self, packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
-               out_dtype: torch.dtype | None, alg_id: int, gelu: bool = False) -> torch.Tensor:
-        """(tokens, out) = [GELU](x2d @ W.t() (* alpha) (+ bias)) for a contiguous (tokens, in) x2d and W packed
-        by torch._cslt_compress; the plan for this shape, kernel, bias and epilogue made on the first call.
-        Where the kernel config has no GELU epilogue, torch's exact GELU runs after it."""
+               out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
+        """(tokens, out) = x2d @ W.t() (* alpha) (+ bias) for a contiguous (tokens, in) x2d and W packed by
+        torch._cslt_compress; the plan for this shape, kernel and bias made on the first call."""
         x2d = x2d.contiguous()  # the plan reads it row-major; a compiled graph may hand over other strides
         tokens, in_features = x2d.shape
         out_features = packed.numel() * 16 // COMPRESSION_FACTOR[packed.dtype] // in_features
         out_dtype = out_dtype or x2d.dtype
         key = (out_features, tokens, in_features, x2d.dtype, out_dtype, alg_id,
-               None if bias is None else bias.data_ptr(), alpha is not None, x2d.device.index, gelu)
+               None if bias is None else bias.data_ptr(), alpha is not None, x2d.device.index)
         if key not in self.plans:
-            try:
-                self.plans[key] = self.plan(key, bias, alpha is not None, gelu)
-            except RuntimeError:
-                if not gelu:
-                    raise
-                self.plans[key] = None
-        if self.plans[key] is None:
-            return F.gelu(self.matmul(packed, x2d, bias, alpha, out_dtype, alg_id))
+            self.plans[key] = self.plan(key, bias, alpha is not None)
         entry, workspace_bytes = self.plans[key]
         out = torch.empty((tokens, out_features), dtype=out_dtype, device=x2d.device)
         workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x2d.device)
@@ -224,22 +207,20 @@ class PlanCache:
 
 @torch.library.custom_op("twofour::planned_cslt_mm", mutates_args=())
 def planned_cslt_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
-                    out_dtype: torch.dtype | None, alg_id: int, gelu: bool = False) -> torch.Tensor:
+                    out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
     """PlanCache.matmul as one op torch.compile keeps whole (it cannot trace a ctypes call)."""
-    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id, gelu)
+    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id)
 
 
 @planned_cslt_mm.register_fake
-def _(packed, x2d, bias, alpha, out_dtype, alg_id, gelu=False):
+def _(packed, x2d, bias, alpha, out_dtype, alg_id):
     out_features = packed.numel() * 16 // COMPRESSION_FACTOR[packed.dtype] // x2d.shape[1]
     return x2d.new_empty((x2d.shape[0], out_features), dtype=out_dtype or x2d.dtype)
 
 
-def mismatch(cache: PlanCache, gelu: bool = False) -> str | None:
+def mismatch(cache: PlanCache) -> str | None:
     """Where the planned calls differ from torch._cslt_sparse_mm on this GPU (fp16 and int8, eager and
-    replayed from a CUDA graph), or None when they agree. With gelu, the planned calls with the GELU
-    epilogue against torch's exact GELU of torch._cslt_sparse_mm's result (cuSPARSELt's GELU may be the
-    tanh form: at most 5e-4 apart, within fp16's rounding of values that large)."""
+    replayed from a CUDA graph), or None when they agree."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     pattern = torch.tensor([0, 0, 1, 1], device="cuda", dtype=torch.float16)
     for out_features, in_features, tokens in ((64, 128, 32), (3072, 768, 112)):
@@ -254,20 +235,15 @@ def mismatch(cache: PlanCache, gelu: bool = False) -> str | None:
         for name, (packed, x_in, bias_in, alpha_in, out_dtype) in cases.items():
             expected = torch._cslt_sparse_mm(packed, x_in.t(), bias=bias_in, alpha=alpha_in, out_dtype=out_dtype,
                                              transpose_result=True)
-            if gelu:
-                expected = F.gelu(expected.float())
-            eager = cache.matmul(packed, x_in, bias_in, alpha_in, out_dtype, 0, gelu)
-            if None in cache.plans.values():
-                return f"cuSPARSELt made no plan with a GELU epilogue ({name} {out_features}x{in_features})"
+            eager = cache.matmul(packed, x_in, bias_in, alpha_in, out_dtype, 0)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                captured = cache.matmul(packed, x_in, bias_in, alpha_in, out_dtype, 0, gelu)
+                captured = cache.matmul(packed, x_in, bias_in, alpha_in, out_dtype, 0)
             graph.replay()
             torch.cuda.synchronize()
             for how, got in (("eager", eager), ("in a CUDA graph", captured)):
                 if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), rtol=1e-3, atol=1e-2):
-                    return (f"{name}{' with GELU' if gelu else ''} {out_features}x{in_features} at {tokens} tokens "
-                            f"{how} differs from torch._cslt_sparse_mm")
+                    return f"{name} {out_features}x{in_features} at {tokens} tokens {how} differs from torch._cslt_sparse_mm"
     return None
 
 
@@ -294,26 +270,7 @@ def _enable() -> str:
         return wrong
     _state["cache"] = cache
     kernels.PLANNED_MM = planned_cslt_mm
-    _state["gelu"] = _check_gelu(cache)
-    kernels.PLANNED_GELU = not _state["gelu"]
     return ""
-
-
-def _check_gelu(cache: PlanCache) -> str:
-    """Why the GELU epilogue stays off ("" when it passed its check)."""
-    if os.environ.get(GELU_ENV_VAR) == "0":
-        return f"{GELU_ENV_VAR}=0"
-    try:
-        return mismatch(cache, gelu=True) or ""
-    except RuntimeError as err:
-        return str(err).splitlines()[0]
-
-
-def gelu_epilogue() -> str:
-    """What enable() found for the GELU epilogue, in a few words (for run records)."""
-    if _state.get("reason", "off"):
-        return "off: plan cache off"
-    return "on: checked against torch's GELU" if not _state["gelu"] else f"off: {_state['gelu']}"
 
 
 def enable_from_env() -> None:

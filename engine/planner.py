@@ -22,9 +22,9 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
-from .kernels import Kernel, SparseLinear, fold_gelu, named, shape_name, swap_linears
+from .kernels import Kernel, named, shape_name, swap_linears
 from .plan import DENSE, LayerPlan, Plan
-from .plan_cache import enable_from_env, gelu_epilogue
+from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
@@ -186,12 +186,9 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
 def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dict[str, BatchKernels],
                         timings: LayerTimings) -> dict[int, dict[str, float]]:
     """Whole-model latency (ms, CUDA graph replay, compiled or not) per batch size of each distinct variant."""
-    model = fold_gelu(swap_linears(copy.deepcopy(dense_model),
-                                   lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
-                                   named(per_layer)))
-    plan.tuning["gelu_epilogue"] = gelu_epilogue()
-    plan.tuning["gelu_folded_into"] = sum(isinstance(m, SparseLinear) and m.gelu for m in model.modules())
-    tqdm.write(f"GELU folded into {plan.tuning['gelu_folded_into']} 2:4 Linears; epilogue {plan.tuning['gelu_epilogue']}")
+    model = swap_linears(copy.deepcopy(dense_model),
+                         lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
+                         named(per_layer))
     vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
     result = {}
     for batch in tqdm(sorted(plan.batch_sizes), desc="timing whole-model variants", unit="batch size"):

@@ -106,12 +106,11 @@ class LinearProblem:
     """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with.
 
     Dense is always cuBLAS in `dtype`; the 2:4 kernel runs in `dtype` (precision fp16), or in int8
-    (int8 weights and tokens, per-channel alpha and bias in the kernel, `dtype` out). With gelu, both
-    are followed by GELU (the 2:4 kernel's epilogue where kernels.PLANNED_GELU says it works).
+    (int8 weights and tokens, per-channel alpha and bias in the kernel, `dtype` out).
     """
 
     def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype,
-                 precision: Precision = "fp16", gelu: bool = False):
+                 precision: Precision = "fp16"):
         device = torch.device("cuda")
         bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize
         self.sets = rotation_count(bytes_per_call, torch.cuda.get_device_properties(device).L2_cache_size)
@@ -120,7 +119,7 @@ class LinearProblem:
                         for _ in range(self.sets)]
         self.inputs = [torch.randn(tokens, in_features, device=device, dtype=dtype) for _ in range(self.sets)]
         self.bias = torch.randn(out_features, device=device, dtype=dtype)
-        self.int8, self.gelu = precision == "int8", gelu
+        self.int8 = precision == "int8"
         if self.int8:
             self.alpha = torch.rand(out_features, device=device) / 100
             self.sparse_inputs = [(x * 30).clamp(-127, 127).to(torch.int8) for x in self.inputs]
@@ -130,18 +129,15 @@ class LinearProblem:
             self.packed = [torch._cslt_compress(w) for w in self.weights]
         self.count = max(self.sets, 4)
 
-    def dense_step(self, i: int) -> torch.Tensor:
-        out = F.linear(self.inputs[i % self.sets], self.weights[i % self.sets], self.bias)
-        return F.gelu(out) if self.gelu else out
-
     def dense_ms(self) -> float:
-        return graph_time_ms(self.dense_step, self.count)
+        return graph_time_ms(lambda i: F.linear(self.inputs[i % self.sets], self.weights[i % self.sets], self.bias),
+                             self.count)
 
     def sparse_step(self, i: int, alg_id: int) -> torch.Tensor:
         packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
         if self.int8:
-            return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id, self.gelu)
-        return sparse_mm(packed, x, self.bias, alg_id, self.gelu)
+            return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
+        return sparse_mm(packed, x, self.bias, alg_id)
 
     def sparse_ms(self, alg_id: int) -> float:
         return graph_time_ms(lambda i: self.sparse_step(i, alg_id), self.count)

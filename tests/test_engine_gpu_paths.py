@@ -68,10 +68,6 @@ def test_a_mixed_plan_applied_serves_any_shape_with_each_batch_sizes_kernels(cpu
     qkv, ffn = names[0], next(name for name in names if "intermediate" in name)
     plan = mixed_plan(model, {qkv: {1: Kernel("int8", 0), 2: Kernel("fp16", 3)}, ffn: {1: Kernel("fp16", 1), 2: None}})
     served = plan.apply(model)
-    # the FFN's GELU now runs in (or right after) its Linear, nowhere else; the outputs below stay the dense model's
-    folded = {name for name, module in model.named_modules() if isinstance(module, SparseLinear) and module.gelu}
-    assert folded == {ffn}
-    assert isinstance(model.get_submodule(ffn.rsplit(".", 1)[0]).intermediate_act_fn, torch.nn.Identity)
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for batch, seq in ((1, 10), (2, 16), (2, 5)):

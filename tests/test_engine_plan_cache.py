@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine import kernels, plan_cache
@@ -136,28 +135,22 @@ class StandIn:
 
     DTYPES = {0: torch.float32, 2: torch.int8}
 
-    NOT_SUPPORTED = 10
-
-    def __init__(self, gelu_alg_ids=range(100)):
+    def __init__(self):
         self.weights: dict[int, torch.Tensor] = {}  # packed data_ptr -> the weight it packs
         self.plans: list[tuple] = []
 
-        def plan_init(m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, gelu, entry, workspace):
-            if gelu and alg_id not in gelu_alg_ids:
-                return self.NOT_SUPPORTED
-            self.plans.append((m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, gelu))
+        def plan_init(m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, entry, workspace):
+            self.plans.append((m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector))
             entry._obj.value, workspace._obj.value = len(self.plans), 64
             return 0
 
         def matmul(entry, alpha, a, x, d, workspace, stream):
-            m, n, k, dtype, _, _, bias, alpha_vector, gelu = self.plans[entry.value - 1]
+            m, n, k, dtype, _, _, bias, alpha_vector = self.plans[entry.value - 1]
             out = memory(x, n * k, self.DTYPES[dtype]).reshape(n, k).double() @ self.weights[a].double().t()
             if alpha_vector:
                 out = out * memory(alpha, m, torch.float32).double()
             if bias:
                 out = out + memory(bias, m, torch.float32).double()
-            if gelu:  # the tanh form, as a kernel epilogue may compute it
-                out = torch.nn.functional.gelu(out, approximate="tanh")
             memory(d, n * m, torch.float32).copy_(out.flatten())
             return 0
 
@@ -169,21 +162,15 @@ class StandIn:
         return packed
 
 
-def use_stand_in(monkeypatch, stand_in: StandIn, gelu_epilogue: bool = False) -> None:
-    """The plan cache on, its library played by stand_in (float32 standing in for fp16 on a CPU)."""
+def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_state, monkeypatch):
+    stand_in = StandIn()
     monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("Stream", (), {"cuda_stream": 0}))
-    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)
+    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)  # float32 stands in for fp16 on a CPU
     monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
     monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
     plan_cache._state["cache"] = PlanCache(stand_in, str)
     monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_cslt_mm)
-    monkeypatch.setattr(kernels, "PLANNED_GELU", gelu_epilogue)
-
-
-def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_state, monkeypatch):
-    stand_in = StandIn()
-    use_stand_in(monkeypatch, stand_in)
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
@@ -195,52 +182,8 @@ def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_sta
             got = module(x)
             assert got.shape == (tokens, 16) and torch.allclose(got, expected, atol=1e-4)
     bias = module.bias.data_ptr()
-    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0, 0),  # 10 and 12 tokens pad to 12: one plan
-                              (16, 48, 32, 2, 0, 2, bias, 1, 0)]  # int8: 40 tokens pad to 48, alpha per row
-
-
-@pytest.mark.parametrize("gelu_epilogue", [True, False])
-def test_gelu_goes_into_the_epilogue_only_where_it_passed_its_check(fresh_state, monkeypatch, gelu_epilogue):
-    stand_in = StandIn()
-    use_stand_in(monkeypatch, stand_in, gelu_epilogue)
-    torch.manual_seed(0)
-    linear = nn.Linear(32, 16)
-    int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
-    module = SparseLinear(linear, {16: Kernel("fp16", 5), 64: Kernel("int8", 2)}, int8=int8)
-    module.gelu = True
-    with torch.inference_mode():
-        for tokens in (12, 40):
-            x = torch.randn(tokens, 32) * 3
-            plain = linear(x) if tokens <= 16 else reference_linear(x, int8, linear.bias.detach())
-            got = module(x)
-            exact, tanh = F.gelu(plain), F.gelu(plain, approximate="tanh")
-            assert torch.allclose(got, tanh if gelu_epilogue else exact, atol=1e-5)
-            assert (exact - tanh).abs().max() > 1e-4  # the test tells the two paths apart
-    assert [plan[-1] for plan in stand_in.plans] == [int(gelu_epilogue)] * 2
-
-
-def test_a_config_without_a_gelu_epilogue_runs_the_exact_gelu_after_it(fresh_state, monkeypatch):
-    stand_in = StandIn(gelu_alg_ids=[])  # the library rejects every GELU plan
-    use_stand_in(monkeypatch, stand_in, gelu_epilogue=True)
-    torch.manual_seed(0)
-    linear = nn.Linear(32, 16)
-    module = SparseLinear(linear, {16: Kernel("fp16", 5)})
-    module.gelu = True
-    with torch.inference_mode():
-        x = torch.randn(12, 32) * 3
-        assert torch.allclose(module(x), F.gelu(linear(x)), atol=1e-5)
-        module(x)
-    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, module.bias.data_ptr(), 0, 0)]  # planned once, without GELU
-    cache = plan_cache._state["cache"]
-    assert sum(entry is None for entry in cache.plans.values()) == 1  # the rejected GELU plan is not retried
-
-
-def test_gelu_epilogue_status_says_why_it_is_off(fresh_state, monkeypatch):
-    assert plan_cache.gelu_epilogue() == "off: plan cache off"
-    plan_cache._state.update(reason="", gelu="")
-    assert plan_cache.gelu_epilogue() == "on: checked against torch's GELU"
-    plan_cache._state["gelu"] = f"{plan_cache.GELU_ENV_VAR}=0"
-    assert plan_cache.gelu_epilogue() == f"off: {plan_cache.GELU_ENV_VAR}=0"
+    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0),  # 10 and 12 tokens pad to 12: one plan
+                              (16, 48, 32, 2, 0, 2, bias, 1)]  # int8: 40 tokens pad to 48, alpha per row
 
 
 def test_planned_results_have_the_kernels_shape_for_torch_compile():
