@@ -119,6 +119,26 @@ def quantize_input(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     return (x.float() * multipliers).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
 
 
+_compiled_quantize: Callable | None = None
+
+
+def _eager_on_gpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda" and not torch.compiler.is_compiling()
+
+
+def quantize_for_kernel(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """quantize_input as an int8 layer runs it. In a compiled model inductor fuses it into the op
+    before; run eagerly on a GPU its five ops would each read and write the activation in float32,
+    costing more than the int8 kernel saves, so there it runs as the one kernel torch.compile makes
+    of it (once per process: dynamic shapes)."""
+    if not _eager_on_gpu(x):
+        return quantize_input(x, multipliers)
+    global _compiled_quantize
+    if _compiled_quantize is None:
+        _compiled_quantize = torch.compile(quantize_input, dynamic=True)
+    return _compiled_quantize(x, multipliers)
+
+
 def smoothing_factors(input_absmax: torch.Tensor, weight: torch.Tensor, strength: float) -> torch.Tensor:
     """SmoothQuant's s_j = max|x_j|^strength / max|w_j|^(1 - strength) per input channel j (float32)."""
     weight_absmax = weight.detach().abs().amax(dim=0).float()
@@ -233,8 +253,8 @@ class SparseLinear(nn.Module):
         if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
         elif kernel.precision == "int8":
-            out = int8_sparse_mm(self.packed_int8, quantize_input(x2d, self.multipliers), self.alpha, self.bias,
-                                 kernel.alg_id)
+            out = int8_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
+                                 self.bias, kernel.alg_id)
         else:
             out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id)
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -109,6 +109,28 @@ def test_a_static_scale_quantizes_the_whole_tensor_and_clamps_what_calibration_d
     assert quantize_input(later, multipliers).tolist() == [[25, 50], [127, 0]]
 
 
+def test_eager_gpu_quantization_is_one_compiled_kernel_for_every_shape_with_the_same_values(monkeypatch):
+    """Where an int8 layer runs eagerly on a GPU (played here by the CPU), quantize_for_kernel runs
+    quantize_input compiled once for any token count and width, value for value (ties, clamping)."""
+    from torch._dynamo.utils import counters
+
+    from engine import kernels
+
+    monkeypatch.setattr(kernels, "_eager_on_gpu", lambda x: True)
+    monkeypatch.setattr(kernels, "_compiled_quantize", None)
+    torch._dynamo.reset()
+    counters.clear()
+    generator = torch.Generator().manual_seed(0)
+    for tokens, width in ((5, 16), (17, 16), (64, 48)):
+        x = torch.randn(tokens, width, generator=generator) * 40
+        x[0, :4] = torch.tensor([0.5, 1.5, -2.5, 1e4])  # ties to even, and a value past the range
+        multipliers = torch.rand(width, generator=generator) + 0.5
+        multipliers[:4] = 1.0
+        assert torch.equal(kernels.quantize_for_kernel(x, multipliers), quantize_input(x, multipliers))
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_smoothing_moves_an_outlier_channel_into_the_weight_and_keeps_the_product():
     x_absmax = torch.tensor([1.0, 100.0, 0.0, 4.0])  # channel 1 an outlier, channel 2 never active
     weight = torch.tensor([[1.0, 0.5, 2.0, 0.0], [0.5, 0.25, 1.0, 0.0]])  # column 3 pruned away
