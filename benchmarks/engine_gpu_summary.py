@@ -54,7 +54,8 @@ def summarize(directory: Path) -> dict:
         "output_relative_error": accelerate.get("accelerate", {}).get("output_relative_error"),
         "by_batch": by_batch,
         "stream": {"speedup": stream.get("speedup"), "target": TARGETS["stream"],
-                   "tokens_per_s": stream.get("tokens_per_s"), "relative_error": stream.get("relative_error")},
+                   "tokens_per_s": stream.get("tokens_per_s"), "relative_error": stream.get("relative_error"),
+                   "within_bound": stream.get("within_bound")},
         "qa_median_ms": {name: qa.get(name, {}).get("median_of_medians_ms") for name in ("accelerated", "dense")},
     }
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{str(row['benchmark_vs_fp16']):>18} {str(row['benchmark_vs_fp8']):>16} "
               f"{str(row['eager_vs_fp16_eager']):>14}   "
               f"({row['target_vs_fp16']} / {row['target_vs_fp8']} / {row['target_eager']})")
-    print(f"stream: x{summary['stream']['speedup']} (target {TARGETS['stream']}), {summary['stream']['tokens_per_s']}")
+    print(f"stream: x{summary['stream']['speedup']} (target {TARGETS['stream']}), {summary['stream']['tokens_per_s']}, "
+          f"outputs within bound: {summary['stream']['within_bound']}")
     print(f"QA median latency per question (ms): {summary['qa_median_ms']}")
     print(f"output relative error: {summary['output_relative_error']}")
 
