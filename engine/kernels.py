@@ -21,6 +21,7 @@ of int8 products are exact in float64), so the accuracy of the int8 model needs 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Literal, NamedTuple
 
@@ -119,7 +120,9 @@ def quantize_input(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     return (x.float() * multipliers).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
 
 
-_compiled_quantize: Callable | None = None
+@functools.cache
+def _compiled_quantize() -> Callable:
+    return torch.compile(quantize_input, dynamic=True)
 
 
 def _eager_on_gpu(x: torch.Tensor) -> bool:
@@ -133,10 +136,7 @@ def quantize_for_kernel(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Ten
     of it (once per process: dynamic shapes)."""
     if not _eager_on_gpu(x):
         return quantize_input(x, multipliers)
-    global _compiled_quantize
-    if _compiled_quantize is None:
-        _compiled_quantize = torch.compile(quantize_input, dynamic=True)
-    return _compiled_quantize(x, multipliers)
+    return _compiled_quantize()(x, multipliers)
 
 
 def smoothing_factors(input_absmax: torch.Tensor, weight: torch.Tensor, strength: float) -> torch.Tensor:

@@ -117,7 +117,7 @@ def test_eager_gpu_quantization_is_one_compiled_kernel_for_every_shape_with_the_
     from engine import kernels
 
     monkeypatch.setattr(kernels, "_eager_on_gpu", lambda x: True)
-    monkeypatch.setattr(kernels, "_compiled_quantize", None)
+    kernels._compiled_quantize.cache_clear()
     torch._dynamo.reset()
     counters.clear()
     generator = torch.Generator().manual_seed(0)
@@ -128,6 +128,7 @@ def test_eager_gpu_quantization_is_one_compiled_kernel_for_every_shape_with_the_
         multipliers[:4] = 1.0
         assert torch.equal(kernels.quantize_for_kernel(x, multipliers), quantize_input(x, multipliers))
     assert counters["stats"]["unique_graphs"] == 1
+    kernels._compiled_quantize.cache_clear()
     torch._dynamo.reset()
 
 
