@@ -121,8 +121,14 @@ def quantize_input(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _compiled_quantize() -> Callable:
-    return torch.compile(quantize_input, dynamic=True)
+def _direct_quantize() -> Callable:
+    """engine/quantize_kernel.py's one-kernel quantize_input where triton is installed (CUDA builds
+    of torch bring it), else quantize_input itself (same values, five kernels)."""
+    try:
+        from .quantize_kernel import quantize_input as one_kernel
+    except ImportError:
+        return quantize_input
+    return one_kernel
 
 
 def _eager_on_gpu(x: torch.Tensor) -> bool:
@@ -132,11 +138,10 @@ def _eager_on_gpu(x: torch.Tensor) -> bool:
 def quantize_for_kernel(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     """quantize_input as an int8 layer runs it. In a compiled model inductor fuses it into the op
     before; run eagerly on a GPU its five ops would each read and write the activation in float32,
-    costing more than the int8 kernel saves, so there it runs as the one kernel torch.compile makes
-    of it (once per process: dynamic shapes)."""
+    costing more than the int8 kernel saves, so there it is one Triton kernel launched directly."""
     if not _eager_on_gpu(x):
         return quantize_input(x, multipliers)
-    return _compiled_quantize()(x, multipliers)
+    return _direct_quantize()(x, multipliers)
 
 
 def smoothing_factors(input_absmax: torch.Tensor, weight: torch.Tensor, strength: float) -> torch.Tensor:
@@ -171,7 +176,7 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- cuSPARSELt calls
-# The planned 2:4 call (engine/plan_cache.py's planned_cslt_mm, same arguments and result as
+# The planned 2:4 call (engine/plan_cache.py's planned_mm, same arguments and result as
 # _cslt_tokens_mm's call of torch._cslt_sparse_mm) once plan_cache.enable() has checked it; None: torch's.
 PLANNED_MM: Callable | None = None
 

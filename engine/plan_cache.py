@@ -197,12 +197,28 @@ class PlanCache:
             self.plans[key] = self.plan(key, bias, alpha is not None)
         entry, workspace_bytes = self.plans[key]
         out = torch.empty((tokens, out_features), dtype=out_dtype, device=x2d.device)
-        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x2d.device)
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x2d.device) if workspace_bytes else None
         alpha_pointer = alpha.data_ptr() if alpha is not None else ctypes.addressof(_ONE)
-        stream = torch.cuda.current_stream(x2d.device).cuda_stream
         self.check(self.library.twofour_matmul(entry, alpha_pointer, packed.data_ptr(), x2d.data_ptr(), out.data_ptr(),
-                                               workspace.data_ptr() or None, stream), "matmul")
+                                               workspace.data_ptr() if workspace is not None else None,
+                                               current_stream(x2d.device.index)), "matmul")
         return out
+
+
+def current_stream(device_index: int) -> int:
+    """The handle of torch's current CUDA stream on a device (what torch.cuda.current_stream().cuda_stream
+    gives, without building a Stream object at every call)."""
+    return torch._C._cuda_getCurrentRawStream(device_index)
+
+
+def planned_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
+               out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
+    """The engine's planned 2:4 call (kernels.PLANNED_MM): while torch.compile traces, the custom op it
+    keeps whole; otherwise PlanCache.matmul itself, since an eager call through the op's dispatcher
+    costs more host time than the matmul's own."""
+    if torch.compiler.is_compiling():
+        return planned_cslt_mm(packed, x2d, bias, alpha, out_dtype, alg_id)
+    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id)
 
 
 @torch.library.custom_op("twofour::planned_cslt_mm", mutates_args=())
@@ -269,7 +285,7 @@ def _enable() -> str:
     if wrong:
         return wrong
     _state["cache"] = cache
-    kernels.PLANNED_MM = planned_cslt_mm
+    kernels.PLANNED_MM = planned_mm
     return ""
 
 

@@ -1,6 +1,9 @@
 """engine/kernels.py: which device runs 2:4, the int8 and fp8 numbers, the Linears, and the one swap call."""
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -109,27 +112,43 @@ def test_a_static_scale_quantizes_the_whole_tensor_and_clamps_what_calibration_d
     assert quantize_input(later, multipliers).tolist() == [[25, 50], [127, 0]]
 
 
-def test_eager_gpu_quantization_is_one_compiled_kernel_for_every_shape_with_the_same_values(monkeypatch):
-    """Where an int8 layer runs eagerly on a GPU (played here by the CPU), quantize_for_kernel runs
-    quantize_input compiled once for any token count and width, value for value (ties, clamping)."""
-    from torch._dynamo.utils import counters
-
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """engine/quantize_kernel.py imported under TRITON_INTERPRET=1: its Triton kernel runs on CPU tensors."""
+    pytest.importorskip("triton")  # requirements.txt installs it on Linux x86_64, where CI runs
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delitem(sys.modules, "engine.quantize_kernel", raising=False)
     from engine import kernels
 
-    monkeypatch.setattr(kernels, "_eager_on_gpu", lambda x: True)
-    kernels._compiled_quantize.cache_clear()
-    torch._dynamo.reset()
-    counters.clear()
+    kernels._direct_quantize.cache_clear()
+    yield importlib.import_module("engine.quantize_kernel")
+    kernels._direct_quantize.cache_clear()
+    sys.modules.pop("engine.quantize_kernel", None)
+
+
+def test_the_triton_quantization_gives_quantize_inputs_integers(triton_on_cpu):
+    """Value for value: ties to even, clamping at +-127, fp16 and float32 inputs, a size that is not a
+    multiple of the kernel's block, 3-D input."""
     generator = torch.Generator().manual_seed(0)
-    for tokens, width in ((5, 16), (17, 16), (64, 48)):
-        x = torch.randn(tokens, width, generator=generator) * 40
-        x[0, :4] = torch.tensor([0.5, 1.5, -2.5, 1e4])  # ties to even, and a value past the range
-        multipliers = torch.rand(width, generator=generator) + 0.5
+    for shape, dtype in (((5, 16), torch.float16), ((3, 700, 48), torch.float32), ((1, 4), torch.float32)):
+        x = (torch.randn(shape, generator=generator) * 60).to(dtype)
+        x.view(-1, shape[-1])[0, :4] = torch.tensor([0.5, 1.5, -2.5, 1e4])  # ties, and past the range
+        multipliers = torch.rand(shape[-1], generator=generator) + 0.5
         multipliers[:4] = 1.0
-        assert torch.equal(kernels.quantize_for_kernel(x, multipliers), quantize_input(x, multipliers))
-    assert counters["stats"]["unique_graphs"] == 1
-    kernels._compiled_quantize.cache_clear()
-    torch._dynamo.reset()
+        got = triton_on_cpu.quantize_input(x, multipliers)
+        assert got.dtype == torch.int8 and got.shape == x.shape
+        assert torch.equal(got, quantize_input(x, multipliers))
+    assert triton_on_cpu.quantize_input(torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5, 126.5, 127.5, -400.0]]),
+                                        torch.ones(8)).tolist() == [[0, 2, 2, 0, -2, 126, 127, -127]]
+
+
+def test_an_int8_layer_run_eagerly_on_a_gpu_quantizes_with_the_triton_kernel(triton_on_cpu, monkeypatch):
+    from engine import kernels
+
+    monkeypatch.setattr(kernels, "_eager_on_gpu", lambda x: True)  # the CPU plays the GPU
+    assert kernels._direct_quantize() is triton_on_cpu.quantize_input
+    x, multipliers = torch.randn(7, 32) * 50, torch.rand(32) + 0.5
+    assert torch.equal(kernels.quantize_for_kernel(x, multipliers), quantize_input(x, multipliers))
 
 
 def test_smoothing_moves_an_outlier_channel_into_the_weight_and_keeps_the_product():

@@ -165,12 +165,12 @@ class StandIn:
 def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_state, monkeypatch):
     stand_in = StandIn()
     monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("Stream", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(plan_cache, "current_stream", lambda device_index: 0)
     monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)  # float32 stands in for fp16 on a CPU
     monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
     monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
     plan_cache._state["cache"] = PlanCache(stand_in, str)
-    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_cslt_mm)
+    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_mm)
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
@@ -184,6 +184,31 @@ def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_sta
     bias = module.bias.data_ptr()
     assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0),  # 10 and 12 tokens pad to 12: one plan
                               (16, 48, 32, 2, 0, 2, bias, 1)]  # int8: 40 tokens pad to 48, alpha per row
+
+
+def test_eager_calls_skip_the_custom_op_and_compiled_graphs_keep_it(fresh_state, monkeypatch):
+    """Eagerly, planned_mm calls PlanCache.matmul itself (the op's dispatch costs host time); traced by
+    torch.compile it is the custom op, which the graph keeps whole."""
+    calls = []
+    plan_cache._state["cache"] = type("Cache", (), {"matmul": lambda self, *args: calls.append(args) or args[1] * 2})()
+    x = torch.ones(4, 8)
+    with monkeypatch.context() as patched:
+        patched.setattr(plan_cache, "planned_cslt_mm", lambda *args: pytest.fail("eager call went through the op"))
+        assert torch.equal(plan_cache.planned_mm(None, x, None, None, None, 3), x * 2)
+    assert len(calls) == 1 and calls[0][5] == 3
+
+    graphs = []
+
+    def keep_graph(graph_module, example_inputs):
+        graphs.append(str(graph_module.graph))
+        return graph_module.forward
+
+    packed = torch.zeros(8 * 8 * 9 // 16)
+    monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
+    compiled = torch.compile(lambda x: plan_cache.planned_mm(packed, x + 1, None, None, None, 3), backend=keep_graph)
+    assert torch.equal(compiled(x), (x + 1) * 2)
+    assert len(graphs) == 1 and "twofour.planned_cslt_mm" in graphs[0] and len(calls) == 2
+    torch._dynamo.reset()
 
 
 def test_planned_results_have_the_kernels_shape_for_torch_compile():
