@@ -1,7 +1,8 @@
 """Probe (issue #18): where an eager accelerated forward spends its time. bert-base shape, random 2:4
 weights, batch 64 x seq 384, fp16; every encoder Linear on one fixed 2:4 kernel (alg_id 0: int8, then
 fp16) through the plan cache, against the dense model, all eager. Prints per forward the wall time,
-the host time to enqueue it, and the profiler's top host (CPU) ops. From the repository root on a GPU:
+the host time to enqueue it, the time per call of calls made back to back (CUDA events, as the
+benchmark stage times; added after the first log), and the profiler's top host (CPU) ops. From the repository root on a GPU:
 
     TWOFOUR_PLAN_CACHE=1 python docs/results/2026-12-02-probe-eager-host.py
 """
@@ -29,6 +30,8 @@ BATCH, SEQ = 64, 384
 
 
 def timings(model, input_ids, repeats=10):
+    """(wall ms of a synchronized call, host ms to enqueue it, median of CUDA-event intervals of calls
+    made back to back without a sync, as the benchmark stage times)."""
     for _ in range(3):
         model(input_ids=input_ids)
     torch.cuda.synchronize()
@@ -39,7 +42,16 @@ def timings(model, input_ids, repeats=10):
         hosts.append(time.perf_counter() - start)
         torch.cuda.synchronize()
         walls.append(time.perf_counter() - start)
-    return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3
+    events = []
+    for _ in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        model(input_ids=input_ids)
+        end.record()
+        events.append((begin, end))
+    torch.cuda.synchronize()
+    back_to_back = statistics.median(begin.elapsed_time(end) for begin, end in events)
+    return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3, back_to_back
 
 
 def main():
@@ -63,8 +75,9 @@ def main():
         models[precision] = swap_linears(copy.deepcopy(dense), config_for, named(names))
     with torch.inference_mode():
         for name, model in models.items():
-            wall, host = timings(model, input_ids)
-            print(f"{name}: eager forward {wall:.3f} ms, host enqueue {host:.3f} ms", flush=True)
+            wall, host, back_to_back = timings(model, input_ids)
+            print(f"{name}: eager forward {wall:.3f} ms, host enqueue {host:.3f} ms, "
+                  f"back to back {back_to_back:.3f} ms", flush=True)
         for name, model in models.items():
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                     torch.profiler.ProfilerActivity.CUDA]) as prof:
