@@ -16,16 +16,13 @@ BLOCK = 1024
 
 
 @triton.jit
-def _quantize(x_ptr, multipliers_ptr, out_ptr, numel, channels, GELU: tl.constexpr, BLOCK: tl.constexpr):
+def _quantize(x_ptr, multipliers_ptr, out_ptr, numel, channels, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
-    x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-    if GELU:  # torch's exact (erf) GELU in float32, rounded to x's dtype as F.gelu's result is
-        x32 = x.to(tl.float32)
-        x = (0.5 * x32 * (1.0 + tl.math.erf(x32 * 0.7071067811865476))).to(x.dtype)
+    x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
     multiplier = tl.load(multipliers_ptr + offsets % channels, mask=inside, other=0.0)
     # Clamping before rounding gives the same integers (the bounds are integers) and keeps y small.
-    y = tl.clamp(x.to(tl.float32) * multiplier, -127.0, 127.0)
+    y = tl.clamp(x * multiplier, -127.0, 127.0)
     # Round half to even, as torch.round (libdevice's rint has no interpreter version): y - floor(y) is exact.
     below = tl.floor(y)
     fraction = y - below
@@ -34,12 +31,12 @@ def _quantize(x_ptr, multipliers_ptr, out_ptr, numel, channels, GELU: tl.constex
     tl.store(out_ptr + offsets, (below + up.to(tl.float32)).to(tl.int8), mask=inside)
 
 
-def quantize_input(x: torch.Tensor, multipliers: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """kernels.quantize_input(x, multipliers) in one kernel (of F.gelu(x) with `gelu`): x (..., channels)
-    of any float dtype, float32 multipliers (channels,)."""
+def quantize_input(x: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """kernels.quantize_input(x, multipliers) in one kernel: x (..., channels) of any float dtype,
+    float32 multipliers (channels,)."""
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     numel = x.numel()
     if numel:
-        _quantize[(triton.cdiv(numel, BLOCK),)](x, multipliers, out, numel, x.shape[-1], GELU=gelu, BLOCK=BLOCK)
+        _quantize[(triton.cdiv(numel, BLOCK),)](x, multipliers, out, numel, x.shape[-1], BLOCK=BLOCK)
     return out

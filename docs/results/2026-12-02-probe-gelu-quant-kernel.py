@@ -5,6 +5,9 @@ inductor's GELU (dense), inductor's fused GELU + quantize_input, engine/quantize
 with GELU at several block sizes and warp counts, and the quantization alone both ways.
 
     python docs/results/2026-12-02-probe-gelu-quant-kernel.py
+
+Run at commit bc140ac, whose engine/quantize_kernel.py had a GELU option; it was taken out after this
+probe (the inductor kernel was faster: see the log), so at later commits the probe does not run as is.
 """
 import statistics
 import sys
