@@ -5,10 +5,12 @@ each distinct choice and keep the fastest.
 `auto` keeps, per layer and batch size, the fastest 2:4 kernel (fp16 or int8) only where it measured
 faster than dense, then times the whole model (as CUDA graphs, of the torch.compile'd model with
 `compiled`) under each distinct variant per batch size and keeps the fastest, so the result is never
-slower than dense at the shapes it was made for. The variants, at most three per batch size (each is
+slower than dense at the shapes it was made for. The variants, at most four per batch size (each is
 a compile and a capture): dense; per_layer (that choice); fp16_2of4 (every layer's fastest fp16
 kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4
-beat int8 2:4 end to end). `all` takes each layer's fastest kernel everywhere; `none` is dense.
+beat int8 2:4 end to end); int8_fused (per_layer, but int8 only where the quantization fuses into
+the op before: the attention output projection's input comes from the attention kernel, so there it
+is a pass of its own). `all` takes each layer's fastest kernel everywhere; `none` is dense.
 """
 from __future__ import annotations
 
@@ -41,11 +43,11 @@ SPARSE_DIM_MULTIPLE = 16
 # Seconds of kernel-config timing per precision, shared by every shape and batch size (tune_linears):
 # an fp16 config costs ~1 s to time, and 0.10 offers dozens per problem.
 TUNING_BUDGET_S = 600.0
-VARIANTS = (DENSE, "per_layer", "fp16_2of4")
 
 ByPrecision = dict[str, dict]  # precision -> tune_linears result of one shape at one batch size
 LayerTimings = dict[str, dict[int, ByPrecision]]  # layer -> batch size -> its shape's results
 BatchKernels = dict[int, "Kernel | None"]  # batch size -> kernel, None = dense
+VariantKernels = dict[str, dict[str, BatchKernels]]  # whole-model variant -> layer -> its kernels
 
 
 def why_dense(weight: torch.Tensor) -> str | None:
@@ -96,38 +98,58 @@ def layer_kernels(timings: LayerTimings, mode: str) -> dict[str, BatchKernels]:
             for name, per_batch in timings.items()}
 
 
-def variant_kernels(variant: str, batch: int, per_layer: dict[str, BatchKernels],
-                    timings: LayerTimings) -> dict[str, Kernel | None]:
-    """Each layer's kernel at one batch size under a whole-model variant."""
-    if variant == DENSE:
-        return {name: None for name in per_layer}
-    if variant == "per_layer":
-        return {name: kernels[batch] for name, kernels in per_layer.items()}
-    return {name: fastest_kernel({"fp16": timings[name][batch]["fp16"]}) for name in per_layer}  # fp16_2of4
+def unfused_inputs(model: torch.nn.Module, names) -> set[str]:
+    """The layers whose int8 input quantization no op before them can take in: the attention output
+    projections (the Linear of a *SelfOutput module in BERT-like encoders), fed by the attention kernel.
+    The other layers follow a LayerNorm or the GELU, into which torch.compile fuses the quantization."""
+    return {name for name in names if type(model.get_submodule(name.rpartition(".")[0])).__name__.endswith("SelfOutput")}
 
 
-def distinct_variants(batch: int, per_layer: dict[str, BatchKernels], timings: LayerTimings) -> list[str]:
+def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerTimings,
+                    unfused: set[str]) -> VariantKernels:
+    """Each whole-model variant's kernel per layer and batch size (see the module docstring);
+    int8_fused is per_layer with the layers in `unfused` kept off int8 (their fp16 choice instead):
+    there the quantization is a pass of its own, which the per-layer timings leave out."""
+    def fp16_kernel(name: str, batch: int, fp16_mode: str) -> Kernel | None:
+        return choose_kernel({"fp16": timings[name][batch]["fp16"]}, fp16_mode, MIN_LAYER_SPEEDUP)
+
+    def fused(name: str, batch: int, kernel: Kernel | None) -> Kernel | None:
+        int8_unfused = name in unfused and kernel is not None and kernel.precision == "int8"
+        return fp16_kernel(name, batch, mode) if int8_unfused else kernel
+
+    return {
+        DENSE: {name: dict.fromkeys(kernels) for name, kernels in per_layer.items()},
+        "per_layer": per_layer,
+        "fp16_2of4": {name: {batch: fp16_kernel(name, batch, "all") for batch in kernels}
+                      for name, kernels in per_layer.items()},
+        "int8_fused": {name: {batch: fused(name, batch, kernel) for batch, kernel in kernels.items()}
+                       for name, kernels in per_layer.items()},
+    }
+
+
+def at_batch(kernels: dict[str, BatchKernels], batch: int) -> dict[str, Kernel | None]:
+    return {name: per_batch[batch] for name, per_batch in kernels.items()}
+
+
+def distinct_variants(batch: int, variants: VariantKernels) -> list[str]:
     """The variants worth timing at a batch size: the ones whose kernels differ."""
     seen, kept = [], []
-    for variant in VARIANTS:
-        kernels = variant_kernels(variant, batch, per_layer, timings)
-        if kernels not in seen:
-            seen.append(kernels)
+    for variant, kernels in variants.items():
+        if at_batch(kernels, batch) not in seen:
+            seen.append(at_batch(kernels, batch))
             kept.append(variant)
     return kept
 
 
-def final_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerTimings,
+def final_kernels(mode: str, variants: VariantKernels,
                   model_ms: dict[int, dict[str, float]]) -> tuple[dict[str, BatchKernels], dict[int, str]]:
     """(kernels per layer, variant per batch size): auto takes each batch size's fastest whole-model
     variant; all and none keep the per-layer choice (timed as "dense" when it is the same kernels)."""
     chosen = {batch: (choose_variant(ms, MIN_MODEL_SPEEDUP) if mode == "auto" else
                       "per_layer" if "per_layer" in ms else DENSE)
               for batch, ms in model_ms.items()}
-    kernels: dict[str, BatchKernels] = {name: {} for name in per_layer}
-    for batch, variant in chosen.items():
-        for name, kernel in variant_kernels(variant, batch, per_layer, timings).items():
-            kernels[name][batch] = kernel
+    kernels = {name: {batch: variants[variant][name][batch] for batch, variant in chosen.items()}
+               for name in variants[DENSE]}
     return kernels, chosen
 
 
@@ -176,26 +198,25 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
                 timing["alg_ids_offered"] for per_batch in timings.values() for timing in per_batch.values())
         plan.kernel_timing_notes += notes
     timings = layer_timings(plan, candidates)
-    per_layer = layer_kernels(timings, plan.mode)
-    plan.model_ms = time_model_variants(model, plan, per_layer, timings)
-    kernels, plan.variants = final_kernels(plan.mode, per_layer, timings, plan.model_ms)
+    variants = variant_kernels(plan.mode, layer_kernels(timings, plan.mode), timings, unfused_inputs(model, candidates))
+    plan.model_ms = time_model_variants(model, plan, variants)
+    kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():
         plan.layers[name].kernels = layer_kernel
 
 
-def time_model_variants(dense_model: torch.nn.Module, plan: Plan, per_layer: dict[str, BatchKernels],
-                        timings: LayerTimings) -> dict[int, dict[str, float]]:
+def time_model_variants(dense_model: torch.nn.Module, plan: Plan, variants: VariantKernels) -> dict[int, dict[str, float]]:
     """Whole-model latency (ms, CUDA graph replay, compiled or not) per batch size of each distinct variant."""
     model = swap_linears(copy.deepcopy(dense_model),
                          lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
-                         named(per_layer))
+                         named(variants[DENSE]))
     vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
     result = {}
     for batch in tqdm(sorted(plan.batch_sizes), desc="timing whole-model variants", unit="batch size"):
         input_ids = random_ids(batch, plan.seq_length, vocab, device)
         result[batch] = {}
-        for variant in distinct_variants(batch, per_layer, timings):
-            for name, kernel in variant_kernels(variant, batch, per_layer, timings).items():
+        for variant in distinct_variants(batch, variants):
+            for name, kernel in at_batch(variants[variant], batch).items():
                 model.get_submodule(name).set_kernels({input_ids.numel(): kernel})
             runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
             result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,

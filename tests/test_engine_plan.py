@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.kernels import Int8ReferenceLinear, Int8Weights, Kernel, SparseConfig, reference_linear
 from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
-from engine.planner import final_kernels
+from engine.planner import final_kernels, variant_kernels
 from stages.common import StageError
 from test_engine_planner import FFN, QUERY, int8, plan_for
 
@@ -24,7 +24,7 @@ def measured_plan() -> Plan:
     """A GPU-made plan from plan_for's timings: FFN1 on int8 2:4 at batch 256, the query dense, one
     layer left dense by prune.exclude."""
     timings, per_layer, model_ms = plan_for("auto")
-    kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
+    kernels, variants = final_kernels("auto", variant_kernels("auto", per_layer, timings, set()), model_ms)
     layers = {
         FFN: LayerPlan((3072, 768), "int8", kernels[FFN], input_scale=0.05, smoothing=torch.linspace(1, 2, 768)),
         QUERY: LayerPlan((768, 768), "fp16", kernels[QUERY]),

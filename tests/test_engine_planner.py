@@ -12,6 +12,8 @@ from engine.planner import (
     fastest_kernel,
     final_kernels,
     layer_kernels,
+    unfused_inputs,
+    variant_kernels,
     why_dense,
 )
 from engine.tuning import best_alg
@@ -86,25 +88,57 @@ def plan_for(mode: str):
 def test_auto_plan_keeps_2of4_only_where_it_won():
     timings, per_layer, model_ms = plan_for("auto")
     assert per_layer == {FFN: {4: None, 256: int8(4)}, QUERY: {4: None, 256: None}}
-    kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
-    assert distinct_variants(256, per_layer, timings) == ["dense", "per_layer", "fp16_2of4"]
-    assert distinct_variants(4, per_layer, timings) == ["dense", "fp16_2of4"]  # per_layer: dense, the same kernels
-    assert variants == {4: "dense", 256: "per_layer"}
+    variants = variant_kernels("auto", per_layer, timings, unfused=set())
+    kernels, chosen = final_kernels("auto", variants, model_ms)
+    assert distinct_variants(256, variants) == ["dense", "per_layer", "fp16_2of4"]  # int8_fused: per_layer's
+    assert distinct_variants(4, variants) == ["dense", "fp16_2of4"]  # per_layer: dense, the same kernels
+    assert chosen == {4: "dense", 256: "per_layer"}
     assert kernels == per_layer
 
 
 def test_the_fp16_variant_wins_a_batch_size_where_int8_loses_end_to_end():
     timings, per_layer, model_ms = plan_for("auto")
     model_ms[256]["fp16_2of4"] = 90.0  # int8's quantization passes cost more than they save
-    kernels, variants = final_kernels("auto", per_layer, timings, model_ms)
-    assert variants == {4: "dense", 256: "fp16_2of4"}
+    kernels, chosen = final_kernels("auto", variant_kernels("auto", per_layer, timings, set()), model_ms)
+    assert chosen == {4: "dense", 256: "fp16_2of4"}
     assert kernels == {FFN: {4: None, 256: fp16(5)}, QUERY: {4: None, 256: fp16(1)}}  # every layer on fp16 2:4
+
+
+def test_int8_fused_keeps_int8_off_the_layers_whose_quantization_is_a_pass_of_its_own():
+    """A layer fed by attention (unfused) that chose int8 takes its fp16 choice in int8_fused, or dense
+    where fp16 2:4 did not beat dense; the other layers keep their per-layer kernels."""
+    timings, per_layer, model_ms = plan_for("auto")
+    out_proj = "encoder.layer.0.attention.output.dense"
+    timings[out_proj] = {4: {"fp16": timing(1.0, a6=0.9), "int8": timing(1.0, a7=0.7)},
+                         256: {"fp16": timing(4.0, a6=4.1), "int8": timing(4.0, a7=2.0)}}
+    per_layer = layer_kernels(timings, "auto")
+    variants = variant_kernels("auto", per_layer, timings, unfused={out_proj})
+    assert variants["per_layer"][out_proj] == {4: int8(7), 256: int8(7)}
+    assert variants["int8_fused"][out_proj] == {4: fp16(6), 256: None}  # at 256 fp16 2:4 is slower than dense
+    assert variants["int8_fused"][FFN] == per_layer[FFN]
+    assert distinct_variants(256, variants) == ["dense", "per_layer", "fp16_2of4", "int8_fused"]
+    model_ms[256]["int8_fused"] = 91.0
+    kernels, chosen = final_kernels("auto", variants, model_ms)
+    assert chosen[256] == "int8_fused" and kernels[out_proj][256] is None and kernels[FFN][256] == int8(4)
+
+
+def test_the_attention_output_projection_is_the_unfused_layer():
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from engine.attention import fuse_qkv
+    from stages.modeling import encoder_linears
+
+    model = fuse_qkv(BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                         intermediate_size=64, vocab_size=50)))
+    assert unfused_inputs(model, encoder_linears(model)) == {f"bert.encoder.layer.{i}.attention.output.dense"
+                                                             for i in range(2)}
 
 
 def test_all_plan_takes_every_fastest_config():
     timings, per_layer, model_ms = plan_for("all")
-    assert distinct_variants(4, per_layer, timings) == ["dense", "per_layer"]  # fp16_2of4: the same kernels
-    kernels, variants = final_kernels("all", per_layer, timings, model_ms)
+    variants = variant_kernels("all", per_layer, timings, set())
+    assert distinct_variants(4, variants) == ["dense", "per_layer"]  # fp16_2of4: the same kernels
+    kernels, variants = final_kernels("all", variants, model_ms)
     assert kernels == {FFN: {4: fp16(2), 256: int8(4)}, QUERY: {4: fp16(0), 256: fp16(1)}}
     assert variants == {4: "per_layer", 256: "per_layer"}  # all keeps 2:4 even where it is slower
 
@@ -127,7 +161,7 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
                  for shape in shapes}, [f"{precision} note"])
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
-    monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, per_layer, timings: model_ms)
+    monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, variants: model_ms)
     plan = Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
                 batch_sizes=[4, 256], seq_length=384, layers={
                     "ffn": LayerPlan((3072, 768), "int8", input_scale=0.1, smoothing=torch.ones(768)),
