@@ -14,3 +14,6 @@ grep -A12 "whole model per batch size" "$OUT/accelerate.log"
 python benchmarks/gpu_engine.py --only benchmark --work /root/w --precision int8 --batch-sizes $SIZES --warmup 5 \
   --repeats 30 --benchmark-modes eager compiled --no-tutorial --out "$OUT/benchmark.json" > "$OUT/benchmark.log" 2>&1
 grep -A8 "== benchmark: latency" "$OUT/benchmark.log"
+# The call right after (machine still warm, /root/w kept): the compiled benchmark again, median of 50:
+#   python benchmarks/gpu_engine.py --only benchmark --work /root/w --precision int8 --batch-sizes 16 64 256 \
+#     --warmup 5 --repeats 50 --benchmark-modes compiled --no-tutorial --out "$OUT/benchmark-compiled-2.json"
