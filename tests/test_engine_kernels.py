@@ -151,6 +151,18 @@ def test_an_int8_layer_run_eagerly_on_a_gpu_quantizes_with_the_triton_kernel(tri
     assert torch.equal(kernels.quantize_for_kernel(x, multipliers), quantize_input(x, multipliers))
 
 
+def test_without_triton_an_eager_int8_layer_quantizes_with_torch_ops(monkeypatch):
+    from engine import kernels
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton fails
+    monkeypatch.delitem(sys.modules, "engine.quantize_kernel", raising=False)
+    kernels._direct_quantize.cache_clear()
+    try:
+        assert kernels._direct_quantize() is quantize_input
+    finally:
+        kernels._direct_quantize.cache_clear()
+
+
 def test_smoothing_moves_an_outlier_channel_into_the_weight_and_keeps_the_product():
     x_absmax = torch.tensor([1.0, 100.0, 0.0, 4.0])  # channel 1 an outlier, channel 2 never active
     weight = torch.tensor([[1.0, 0.5, 2.0, 0.0], [0.5, 0.25, 1.0, 0.0]])  # column 3 pruned away
