@@ -135,8 +135,9 @@ def distinct_variants(batch: int, variants: VariantKernels) -> list[str]:
     """The variants worth timing at a batch size: the ones whose kernels differ."""
     seen, kept = [], []
     for variant, kernels in variants.items():
-        if at_batch(kernels, batch) not in seen:
-            seen.append(at_batch(kernels, batch))
+        chosen = at_batch(kernels, batch)
+        if chosen not in seen:
+            seen.append(chosen)
             kept.append(variant)
     return kept
 
