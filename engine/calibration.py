@@ -4,7 +4,9 @@ that come from it.
 int8 (SmoothQuant): one smoothing per group of Linears that read the same input (a BERT layer's
 query, key and value) and one static input scale, so one quantized input serves them all; a layer
 keeps int8 only when its output on the calibration batch stays within MAX_LAYER_ERROR of the float
-layer's. fp8: one static scale per input, from one forward of the benchmark's random tokens.
+layer's. Layers named `unsmoothed` (the ones after a GELU) first try no smoothing, one scale for
+every channel, and keep it where every layer of the group passes so: the Linear before the GELU can
+then quantize for them in its kernel (kernels.INT8_GELU). fp8: one static scale per input, from one forward of the benchmark's random tokens.
 """
 from __future__ import annotations
 
@@ -45,14 +47,16 @@ def group_by_input(captured: dict[str, torch.Tensor]) -> list[list[str]]:
 
 
 def calibrate_layers(linears: dict[str, nn.Linear], inputs: torch.Tensor,
-                     strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
+                     strength: float | None) -> dict[str, tuple[torch.Tensor, float, float]]:
     """Per Linear, (smoothing factors, input scale, relative error of the int8 layer vs the float
     layer), for Linears that all read `inputs` (any leading shape): one smoothing (from the largest
-    |w| of each input channel over all their weights) and one scale for all of them."""
+    |w| of each input channel over all their weights; strength None: none, all ones) and one scale
+    for all of them."""
     first = next(iter(linears.values()))
     x2d = inputs.reshape(-1, first.in_features).float()
     weights = torch.cat([linear.weight.detach() for linear in linears.values()])
-    smoothing = smoothing_factors(x2d.abs().amax(dim=0), weights, strength)
+    smoothing = (torch.ones(first.in_features, device=x2d.device) if strength is None
+                 else smoothing_factors(x2d.abs().amax(dim=0), weights, strength))
     input_scale = tensor_scale(x2d / smoothing)
     calibrated = {}
     for name, linear in linears.items():
@@ -66,13 +70,21 @@ def calibrate_layers(linears: dict[str, nn.Linear], inputs: torch.Tensor,
 
 @torch.inference_mode()
 def calibrate_int8(model: nn.Module, linears: dict[str, nn.Linear], inputs: dict[str, torch.Tensor],
-                   strength: float) -> dict[str, tuple[torch.Tensor, float, float]]:
+                   strength: float, unsmoothed: frozenset[str] = frozenset(),
+                   max_error: float = MAX_LAYER_ERROR) -> dict[str, tuple[torch.Tensor, float, float]]:
     """calibrate_layers on each group of Linears that read the same input, from one float forward
-    of a calibration batch."""
+    of a calibration batch; a group all in `unsmoothed` without smoothing where all its errors stay
+    within max_error."""
     captured = layer_inputs(model, linears, inputs)
     calibrated = {}
     for names in group_by_input(captured):
-        calibrated.update(calibrate_layers({name: linears[name] for name in names}, captured[names[0]], strength))
+        group = {name: linears[name] for name in names}
+        if unsmoothed.issuperset(names):
+            plain = calibrate_layers(group, captured[names[0]], None)
+            if all(error <= max_error for _, _, error in plain.values()):
+                calibrated.update(plain)
+                continue
+        calibrated.update(calibrate_layers(group, captured[names[0]], strength))
     return calibrated
 
 

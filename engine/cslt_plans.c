@@ -29,9 +29,12 @@ static cudaDataType data_type(int dtype) {
 #define TRY(call) do { cusparseStatus_t status_ = (call); if (status_ != CUSPARSE_STATUS_SUCCESS) return (int) status_; } while (0)
 
 /* A plan for D (m x n, column-major) = A (m x k, 2:4, compressed) @ x.t() (x: n x k, row-major) [+ bias],
- * alpha a per-row vector when alpha_vector; *entry and *workspace_size out. Returns a cusparseStatus_t. */
+ * alpha a per-row vector when alpha_vector; with gelu_scaling, D = gelu(that) * *gelu_scaling (cuSPARSELt's
+ * GELU epilogue: an int8 layer's output quantized for the next int8 layer in the same kernel).
+ * *entry and *workspace_size out. Returns a cusparseStatus_t. */
 int twofour_plan_init(int64_t m, int64_t n, int64_t k, int dtype, int out_dtype, int32_t alg_id,
-                      const void* bias, int32_t alpha_vector, void** entry, size_t* workspace_size) {
+                      const void* bias, int32_t alpha_vector, const float* gelu_scaling, void** entry,
+                      size_t* workspace_size) {
     if (!handle_ready) {
         TRY(cusparseLtInit(&handle));
         handle_ready = 1;
@@ -55,6 +58,9 @@ int twofour_plan_init(int64_t m, int64_t n, int64_t k, int dtype, int out_dtype,
     if (status == CUSPARSE_STATUS_SUCCESS && bias != NULL)
         status = cusparseLtMatmulDescSetAttribute(&handle, &made->matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias,
                                                   sizeof(bias));
+    if (status == CUSPARSE_STATUS_SUCCESS && gelu_scaling != NULL)  /* the scaling implies the GELU */
+        status = cusparseLtMatmulDescSetAttribute(&handle, &made->matmul, CUSPARSELT_MATMUL_ACTIVATION_GELU_SCALING,
+                                                  gelu_scaling, sizeof(*gelu_scaling));
     if (status == CUSPARSE_STATUS_SUCCESS)
         status = cusparseLtMatmulAlgSelectionInit(&handle, &made->selection, &made->matmul,
                                                   CUSPARSELT_MATMUL_ALG_DEFAULT);

@@ -18,6 +18,12 @@ a replayed CUDA graph (engine/graphs.py), which leaves the host work out.
 int8 math: per-output-channel weight scales, one static input scale per layer after SmoothQuant's
 per-input-channel smoothing, int32 accumulation. Int8ReferenceLinear computes it exactly (int32 sums
 of int8 products are exact in float64), so the accuracy of the int8 model needs no GPU.
+
+int8_gelu: where the Linear after a GELU runs int8 on an unsmoothed input (one scale for all its
+channels), the Linear before the GELU may run the int8 kernel with cuSPARSELt's GELU epilogue and
+an int8 output scaled by that input scale: GELU and the quantization pass then cost nothing apart.
+The epilogue computes GELU's tanh form, so the activation between them (Int8PassthroughGelu) is that
+form everywhere, the CPU's reference math included; it hands int8 tensors through untouched.
 """
 from __future__ import annotations
 
@@ -32,11 +38,25 @@ from torch import nn
 Precision = Literal["fp16", "int8"]  # what a 2:4 layer's kernel computes in (fp16: the model's dtype)
 
 
-class Kernel(NamedTuple):
-    """A 2:4 kernel: what it computes in and its cuSPARSELt config (saved in plan.json as a pair)."""
+INT8_GELU = "int8_gelu"  # a kernel's precision: int8 2:4 with the GELU epilogue, int8 out
 
-    precision: Precision
+
+class Kernel(NamedTuple):
+    """A 2:4 kernel: what it computes in (fp16, int8 or INT8_GELU) and its cuSPARSELt config (saved
+    in plan.json as a pair)."""
+
+    precision: str
     alg_id: int
+
+    @property
+    def int8(self) -> bool:
+        """Whether it reads int8 inputs (the layer's int8 weights and calibration)."""
+        return self.precision in ("int8", INT8_GELU)
+
+    @property
+    def timed_as(self) -> Precision:
+        """The precision whose kernel timings it was chosen from (INT8_GELU: int8's configs)."""
+        return "int8" if self.int8 else "fp16"
 
 
 Kernels = dict[int, "Kernel | None"]  # token bucket -> 2:4 kernel, None = the dense matmul
@@ -171,6 +191,12 @@ def reference_linear(x2d: torch.Tensor, weights: Int8Weights, bias: torch.Tensor
     return out if bias is None else out + bias.float()
 
 
+def gelu_quantize(y: torch.Tensor, gelu_scale: float) -> torch.Tensor:
+    """What the int8_gelu kernel's epilogue does to its float result: GELU (tanh form), times
+    gelu_scale, rounded and clamped to int8."""
+    return quantize_input(F.gelu(y.float(), approximate="tanh"), torch.tensor(gelu_scale, device=y.device))
+
+
 def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
@@ -182,7 +208,8 @@ PLANNED_MM: Callable | None = None
 
 
 def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
-                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                    gelu_scale: float | None = None) -> torch.Tensor:
     """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
     kernel's alignment and cut back after.
 
@@ -191,14 +218,15 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor 
     Measured on an H100 (torch 2.11, cuSPARSELt 0.8): with transpose_result each fp16 call spends
     ~200 ms planning on the host (~1 ms without), so this is for CUDA-graph replay, where the host
     work is gone, or for the plan cache (PLANNED_MM), which plans once per shape; without it, every
-    consumer would need a transposing copy of the output.
+    consumer would need a transposing copy of the output. gelu_scale (the GELU epilogue) only
+    through the plan cache: torch's call has no activation argument.
     """
     tokens = x2d.shape[0]
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
     if PLANNED_MM is not None:
-        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id)
+        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
     else:
         out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, alpha=alpha, out_dtype=out_dtype,
                                     transpose_result=True, alg_id=alg_id)
@@ -218,6 +246,17 @@ def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor,
     return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype)
 
 
+def int8_gelu_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
+                        bias_float32: torch.Tensor, alg_id: int, gelu_scale: float) -> torch.Tensor:
+    """gelu_quantize(int8_sparse_mm(...), gelu_scale), int8 out: in the kernel's epilogue through the
+    plan cache (an int8 output takes its bias in float32), else as two steps (torch's call has no
+    activation argument)."""
+    if PLANNED_MM is None:
+        return gelu_quantize(int8_sparse_mm(packed, x_q, alpha, bias, alg_id), gelu_scale)
+    return _cslt_tokens_mm(packed, x_q, bias_float32, alg_id, alpha=alpha, out_dtype=torch.int8,
+                           gelu_scale=gelu_scale)
+
+
 # --------------------------------------------------------------------------- the Linears
 class SparseLinear(nn.Module):
     """An inference Linear that runs, per token bucket, the kernel that measured fastest there: the
@@ -228,15 +267,19 @@ class SparseLinear(nn.Module):
     (alpha and bias applied inside) is final. Only what some bucket runs is kept (the dense weight,
     the packed fp16 and int8 weights); `keep_all` keeps everything, so that set_kernels may later
     choose any kernel (the planner times whole-model variants on one model that way).
+
+    gelu_scale (an int8 layer whose output goes through GELU into an int8 layer with an unsmoothed
+    input): 1 / that layer's input scale, for the int8_gelu kernel, whose int8 output the next layer
+    takes as its quantized input.
     """
 
     def __init__(self, linear: nn.Linear, kernels: Kernels, keep_all: bool = False,
-                 int8: Int8Weights | None = None):
+                 int8: Int8Weights | None = None, gelu_scale: float | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.set_kernels(kernels)
         weight = linear.weight.detach()
-        runs = {None if kernel is None else kernel.precision for kernel in self.kernels.values()}
+        runs = {None if kernel is None else kernel.timed_as for kernel in self.kernels.values()}
         self.register_buffer("weight", weight if keep_all or None in runs else None)
         self.register_buffer("packed", torch._cslt_compress(weight) if keep_all or "fp16" in runs else None)
         bias = linear.bias
@@ -247,6 +290,8 @@ class SparseLinear(nn.Module):
         self.register_buffer("packed_int8", torch._cslt_compress(int8.weight_q) if keep_int8 else None)
         self.register_buffer("alpha", int8.alpha if keep_int8 else None)
         self.register_buffer("multipliers", int8.multipliers if keep_int8 else None)
+        self.gelu_scale = gelu_scale if keep_int8 else None
+        self.register_buffer("bias_float32", self.bias.float() if self.gelu_scale is not None else None)
 
     def set_kernels(self, kernels: Kernels) -> None:
         self.kernels = dict(kernels)
@@ -255,17 +300,62 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d = x.reshape(-1, self.in_features).contiguous()
         kernel = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
+        quantized = x2d.dtype == torch.int8  # by the int8_gelu kernel of the layer before
+        if quantized and (kernel is None or kernel.precision != "int8"):
+            raise RuntimeError(f"{self.extra_repr()}: an int8 input at {x2d.shape[0]} tokens, where this layer "
+                               f"runs {kernel}: the layer before may run int8_gelu only where this one runs int8")
         if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
+        elif kernel.precision == INT8_GELU:
+            return int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
+                                       self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale
+                                       ).reshape(*x.shape[:-1], self.out_features)
         elif kernel.precision == "int8":
-            out = int8_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
-                                 self.bias, kernel.alg_id)
+            x_q = x2d if quantized else quantize_for_kernel(x2d, self.multipliers)
+            out = int8_sparse_mm(self.packed_int8, x_q, self.alpha, self.bias, kernel.alg_id)
         else:
             out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernels={self.kernels}"
+
+
+class Int8PassthroughGelu(nn.Module):
+    """The activation between an int8_gelu layer and the int8 layer after it: GELU's tanh form (what
+    the kernel's epilogue computes) on float inputs; an int8 input is that layer's output, GELU'd and
+    quantized already, and passes through."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.dtype == torch.int8 else F.gelu(x, approximate="tanh")
+
+
+ACTIVATION = "intermediate_act_fn"  # where BERT-like encoders keep the activation after the intermediate Linear
+
+
+def gelu_pairs(model: nn.Module) -> dict[str, str]:
+    """Per Linear whose output goes through GELU, the Linear that reads it: in BERT-like encoders
+    (transformers' *Intermediate and *Output modules) <layer>.intermediate.dense -> <layer>.output.dense."""
+    probe = torch.linspace(-4, 4, 41)
+    pairs = {}
+    for name, module in model.named_modules():
+        activation, layer = getattr(module, ACTIVATION, None), name.rpartition(".")[0]
+        output = f"{layer}.output.dense" if layer else "output.dense"
+        if activation is None or not hasattr(module, "dense"):
+            continue
+        try:
+            model.get_submodule(output)
+        except AttributeError:
+            continue
+        if isinstance(activation, Int8PassthroughGelu) or torch.allclose(activation(probe), F.gelu(probe)):
+            pairs[f"{name}.dense"] = output
+    return pairs
+
+
+def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
+    """Int8PassthroughGelu after each of these Linears (keys of gelu_pairs)."""
+    for name in first_layers:
+        setattr(model.get_submodule(name.rpartition(".")[0]), ACTIVATION, Int8PassthroughGelu())
 
 
 class Int8ReferenceLinear(nn.Module):
@@ -317,6 +407,7 @@ class SparseConfig:
     # int8 kernels: the layer's calibration (both None where it may not run int8)
     smoothing: torch.Tensor | None = field(default=None, repr=False)
     input_scale: float | None = None
+    gelu_scale: float | None = None  # where the int8_gelu kernel may run (SparseLinear)
 
 
 @dataclass(frozen=True)
@@ -335,7 +426,8 @@ FilterFn = Callable[[nn.Module, str], bool]
 
 MODULE_FOR_CONFIG: dict[type, Callable[[nn.Linear, LinearConfig], nn.Module]] = {
     SparseConfig: lambda linear, c: SparseLinear(
-        linear, c.kernels, c.keep_all, None if c.smoothing is None else Int8Weights(linear, c.smoothing, c.input_scale)),
+        linear, c.kernels, c.keep_all, None if c.smoothing is None else Int8Weights(linear, c.smoothing, c.input_scale),
+        c.gelu_scale),
     Int8ReferenceConfig: lambda linear, c: Int8ReferenceLinear(linear, c.smoothing, c.input_scale),
     Fp8Config: lambda linear, c: Fp8Linear(linear, c.input_scale),
 }

@@ -23,6 +23,7 @@ from stages.modeling import load_qa_model
 from .attention import fuse_qkv, use_fused_attention
 from .graphs import bucketed
 from .kernels import (
+    INT8_GELU,
     Int8ReferenceConfig,
     Kernel,
     Kernels,
@@ -33,6 +34,7 @@ from .kernels import (
     named,
     shape_name,
     swap_linears,
+    use_passthrough_gelu,
 )
 from .plan_cache import enable_from_env
 
@@ -65,7 +67,12 @@ class LayerPlan:
         """Whether a device without the 2:4 kernels computes this layer's int8 math (Int8ReferenceLinear):
         where it runs int8 at some batch size, or may and was never timed (a plan made on a CPU)."""
         return self.precision == "int8" and (not self.kernels or any(
-            kernel is not None and kernel.precision == "int8" for kernel in self.kernels.values()))
+            kernel is not None and kernel.int8 for kernel in self.kernels.values()))
+
+    @property
+    def unsmoothed(self) -> bool:
+        """int8 with one input scale for every channel (calibration left it unsmoothed)."""
+        return self.smoothing is not None and bool((self.smoothing == 1).all())
 
     def token_kernels(self, seq_length: int) -> Kernels:
         """The kernels keyed by token count (batch x seq_length), as the Linears dispatch on them."""
@@ -91,6 +98,8 @@ class Plan:
     kernel_timing_notes: list[str] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)  # how the kernels were timed: configs offered, cap, time budget
     device: dict = field(default_factory=dict)
+    # Linear whose output goes through GELU -> the Linear that reads it (kernels.gelu_pairs)
+    gelu_pairs: dict[str, str] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     # ------------------------------------------------------------------ files
@@ -134,6 +143,20 @@ class Plan:
                       "shape_timings": timings, "layers": layers})
 
     # ------------------------------------------------------------------ reading it
+    def gelu_fusions(self) -> dict[str, str]:
+        """The gelu_pairs whose first layer may run the int8_gelu kernel: both int8, the second
+        unsmoothed, and the first runs int8_gelu at some batch size or was never timed (a CPU's plan,
+        as LayerPlan.computes_int8). Their activation is Int8PassthroughGelu wherever the plan runs."""
+        fusions = {}
+        for first, second in self.gelu_pairs.items():
+            before, after = self.layers.get(first), self.layers.get(second)
+            if before is None or after is None or before.precision != "int8" or not after.unsmoothed:
+                continue
+            if not before.kernels or any(kernel is not None and kernel.precision == INT8_GELU
+                                         for kernel in before.kernels.values()):
+                fusions[first] = second
+        return fusions
+
     def sparse_layers(self) -> list[str]:
         """The layers that run 2:4 at some batch size."""
         return [name for name, layer in self.layers.items() if layer.runs_2of4]
@@ -160,7 +183,7 @@ class Plan:
             per_batch = {}
             for batch, kernel in layer.kernels.items():
                 # the chosen kernel's timing; where dense runs, the fastest fp16 2:4 config's
-                timing = self.shape_timings[kernel.precision if kernel else "fp16"][shape_name(layer.shape)][batch]
+                timing = self.shape_timings[kernel.timed_as if kernel else "fp16"][shape_name(layer.shape)][batch]
                 sparse = timing["sparse_ms"]
                 sparse_ms = sparse[kernel.alg_id] if kernel else min(sparse.values()) if sparse else None
                 per_batch[f"bs{batch}"] = {
@@ -179,8 +202,9 @@ class Plan:
                 "variant": chosen,
                 # none where a layer is blocked
                 "layers_2of4": sum(layer.kernels.get(batch) is not None for layer in self.layers.values()),
-                "layers_int8": sum(getattr(layer.kernels.get(batch), "precision", None) == "int8"
-                                   for layer in self.layers.values()),
+                "layers_int8": sum(getattr(layer.kernels.get(batch), "int8", False) for layer in self.layers.values()),
+                "layers_int8_gelu": sum(getattr(layer.kernels.get(batch), "precision", None) == INT8_GELU
+                                        for layer in self.layers.values()),
                 "model_dense_ms": round(ms[DENSE], 4),
                 "model_accelerated_ms": round(ms[chosen], 4),
                 "model_speedup": round(ms[DENSE] / ms[chosen], 3),
@@ -190,9 +214,10 @@ class Plan:
     # ------------------------------------------------------------------ applying it
     def linear_config(self, name: str) -> LinearConfig:
         """The kernel config a layer's 2:4 Linear is built from."""
-        layer = self.layers[name]
+        layer, fusions = self.layers[name], self.gelu_fusions()
         return SparseConfig(layer.token_kernels(self.seq_length), smoothing=layer.smoothing,
-                            input_scale=layer.input_scale)
+                            input_scale=layer.input_scale,
+                            gelu_scale=1 / self.layers[fusions[name]].input_scale if name in fusions else None)
 
     def apply(self, model: torch.nn.Module, graphs: bool = True) -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
@@ -203,8 +228,11 @@ class Plan:
         (of the torch.compile'd model where the plan was timed compiled): graphs.bucketed. Under a
         dense plan it is the plain model; without a CUDA device that has 2:4 kernels too, except
         that layers the plan puts on int8 compute the int8 kernel's math exactly
-        (Int8ReferenceLinear, LayerPlan.computes_int8), so evaluate scores what the GPU would.
+        (Int8ReferenceLinear, LayerPlan.computes_int8), so evaluate scores what the GPU would; the
+        activation after a layer that may run int8_gelu is GELU's tanh form on every device
+        (gelu_fusions).
         """
+        use_passthrough_gelu(model, self.gelu_fusions())
         if device_backend(next(model.parameters()).device)[0] is None:
             int8 = [name for name, layer in self.layers.items() if layer.computes_int8]
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,

@@ -167,7 +167,8 @@ class PlanCache:
         self.library, self.status_text = library, status_text
         library.twofour_plan_init.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                               ctypes.c_int, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
-                                              ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+                                              ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_void_p),
+                                              ctypes.POINTER(ctypes.c_size_t)]
         library.twofour_matmul.argtypes = [ctypes.c_void_p] * 7
         self.plans: dict[tuple, tuple[ctypes.c_void_p, int]] = {}
 
@@ -175,26 +176,29 @@ class PlanCache:
         if status != 0:
             raise RuntimeError(f"cuSPARSELt {what}: {self.status_text(status)} (status {status})")
 
-    def plan(self, key: tuple, bias: torch.Tensor | None, alpha_vector: bool) -> tuple[ctypes.c_void_p, int]:
+    def plan(self, key: tuple, bias: torch.Tensor | None, alpha_vector: bool,
+             gelu_scale: float | None = None) -> tuple[ctypes.c_void_p, int]:
         m, n, k, dtype, out_dtype, alg_id = key[:6]
         entry, workspace = ctypes.c_void_p(), ctypes.c_size_t()
+        scaling = None if gelu_scale is None else ctypes.byref(ctypes.c_float(gelu_scale))
         self.check(self.library.twofour_plan_init(m, n, k, DTYPE_CODES[dtype], DTYPE_CODES[out_dtype], alg_id,
                                                   None if bias is None else bias.data_ptr(), int(alpha_vector),
-                                                  ctypes.byref(entry), ctypes.byref(workspace)), "plan")
+                                                  scaling, ctypes.byref(entry), ctypes.byref(workspace)), "plan")
         return entry, workspace.value
 
     def matmul(self, packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
-               out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
+               out_dtype: torch.dtype | None, alg_id: int, gelu_scale: float | None = None) -> torch.Tensor:
         """(tokens, out) = x2d @ W.t() (* alpha) (+ bias) for a contiguous (tokens, in) x2d and W packed by
-        torch._cslt_compress; the plan for this shape, kernel and bias made on the first call."""
+        torch._cslt_compress, then, with gelu_scale, gelu(that) * gelu_scale (int8 out: rounded and saturated
+        by the kernel); the plan for this shape, kernel, bias and scale made on the first call."""
         x2d = x2d.contiguous()  # the plan reads it row-major; a compiled graph may hand over other strides
         tokens, in_features = x2d.shape
         out_features = packed.numel() * 16 // COMPRESSION_FACTOR[packed.dtype] // in_features
         out_dtype = out_dtype or x2d.dtype
         key = (out_features, tokens, in_features, x2d.dtype, out_dtype, alg_id,
-               None if bias is None else bias.data_ptr(), alpha is not None, x2d.device.index)
+               None if bias is None else bias.data_ptr(), alpha is not None, gelu_scale, x2d.device.index)
         if key not in self.plans:
-            self.plans[key] = self.plan(key, bias, alpha is not None)
+            self.plans[key] = self.plan(key, bias, alpha is not None, gelu_scale)
         entry, workspace_bytes = self.plans[key]
         out = torch.empty((tokens, out_features), dtype=out_dtype, device=x2d.device)
         workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x2d.device) if workspace_bytes else None
@@ -212,24 +216,24 @@ def current_stream(device_index: int) -> int:
 
 
 def planned_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
-               out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
+               out_dtype: torch.dtype | None, alg_id: int, gelu_scale: float | None = None) -> torch.Tensor:
     """The engine's planned 2:4 call (kernels.PLANNED_MM): while torch.compile traces, the custom op it
     keeps whole; otherwise PlanCache.matmul itself, since an eager call through the op's dispatcher
     costs more host time than the matmul's own."""
     if torch.compiler.is_compiling():
-        return planned_cslt_mm(packed, x2d, bias, alpha, out_dtype, alg_id)
-    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id)
+        return planned_cslt_mm(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
+    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
 
 
 @torch.library.custom_op("twofour::planned_cslt_mm", mutates_args=())
 def planned_cslt_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
-                    out_dtype: torch.dtype | None, alg_id: int) -> torch.Tensor:
+                    out_dtype: torch.dtype | None, alg_id: int, gelu_scale: float | None = None) -> torch.Tensor:
     """PlanCache.matmul as one op torch.compile keeps whole (it cannot trace a ctypes call)."""
-    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id)
+    return _state["cache"].matmul(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
 
 
 @planned_cslt_mm.register_fake
-def _(packed, x2d, bias, alpha, out_dtype, alg_id):
+def _(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale=None):
     out_features = packed.numel() * 16 // COMPRESSION_FACTOR[packed.dtype] // x2d.shape[1]
     return x2d.new_empty((x2d.shape[0], out_features), dtype=out_dtype or x2d.dtype)
 

@@ -5,12 +5,14 @@ each distinct choice and keep the fastest.
 `auto` keeps, per layer and batch size, the fastest 2:4 kernel (fp16 or int8) only where it measured
 faster than dense, then times the whole model (as CUDA graphs, of the torch.compile'd model with
 `compiled`) under each distinct variant per batch size and keeps the fastest, so the result is never
-slower than dense at the shapes it was made for. The variants, at most four per batch size (each is
+slower than dense at the shapes it was made for. The variants, at most five per batch size (each is
 a compile and a capture): dense; per_layer (that choice); fp16_2of4 (every layer's fastest fp16
 kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4
 beat int8 2:4 end to end); int8_fused (per_layer, but int8 only where the quantization fuses into
 the op before: the attention output projection's input comes from the attention kernel, so there it
-is a pass of its own). `all` takes each layer's fastest kernel everywhere; `none` is dense.
+is a pass of its own); int8_gelu (int8_fused, and each pair of Plan.gelu_fusions on int8 with the
+first layer's GELU epilogue quantizing for the second: no GELU or quantization pass between them).
+`all` takes each layer's fastest kernel everywhere; `none` is dense.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
-from .kernels import Kernel, named, shape_name, swap_linears
+from .kernels import INT8_GELU, Kernel, named, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
 from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
@@ -105,11 +107,29 @@ def unfused_inputs(model: torch.nn.Module, names) -> set[str]:
     return {name for name in names if type(model.get_submodule(name.rpartition(".")[0])).__name__.endswith("SelfOutput")}
 
 
+def gelu_fused(kernels: dict[str, BatchKernels], timings: LayerTimings,
+               fusions: dict[str, str]) -> dict[str, BatchKernels]:
+    """`kernels` with each pair of `fusions` (first layer -> second) on int8 at every batch size
+    where both have int8 timings: the first with the GELU epilogue (INT8_GELU), each on its fastest
+    int8 config."""
+    fused = {name: dict(per_batch) for name, per_batch in kernels.items()}
+    for first, second in fusions.items():
+        if first not in fused or second not in fused:
+            continue
+        for batch in fused[second]:
+            algs = [best_alg(timings[name][batch]["int8"]) if "int8" in timings[name][batch] else None
+                    for name in (first, second)]
+            if None not in algs:
+                fused[first][batch], fused[second][batch] = Kernel(INT8_GELU, algs[0]), Kernel("int8", algs[1])
+    return fused
+
+
 def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerTimings,
-                    unfused: set[str]) -> VariantKernels:
+                    unfused: set[str], fusions: dict[str, str] | None = None) -> VariantKernels:
     """Each whole-model variant's kernel per layer and batch size (see the module docstring);
     int8_fused is per_layer with the layers in `unfused` kept off int8 (their fp16 choice instead):
-    there the quantization is a pass of its own, which the per-layer timings leave out."""
+    there the quantization is a pass of its own, which the per-layer timings leave out. int8_gelu
+    (only with `fusions`): int8_fused, then gelu_fused."""
     def fp16_kernel(name: str, batch: int, fp16_mode: str) -> Kernel | None:
         return choose_kernel({"fp16": timings[name][batch]["fp16"]}, fp16_mode, MIN_LAYER_SPEEDUP)
 
@@ -117,7 +137,7 @@ def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: Laye
         int8_unfused = name in unfused and kernel is not None and kernel.precision == "int8"
         return fp16_kernel(name, batch, mode) if int8_unfused else kernel
 
-    return {
+    variants = {
         DENSE: {name: dict.fromkeys(kernels) for name, kernels in per_layer.items()},
         "per_layer": per_layer,
         "fp16_2of4": {name: {batch: fp16_kernel(name, batch, "all") for batch in kernels}
@@ -125,6 +145,9 @@ def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: Laye
         "int8_fused": {name: {batch: fused(name, batch, kernel) for batch, kernel in kernels.items()}
                        for name, kernels in per_layer.items()},
     }
+    if fusions:
+        variants["int8_gelu"] = gelu_fused(variants["int8_fused"], timings, fusions)
+    return variants
 
 
 def at_batch(kernels: dict[str, BatchKernels], batch: int) -> dict[str, Kernel | None]:
@@ -199,7 +222,8 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
                 timing["alg_ids_offered"] for per_batch in timings.values() for timing in per_batch.values())
         plan.kernel_timing_notes += notes
     timings = layer_timings(plan, candidates)
-    variants = variant_kernels(plan.mode, layer_kernels(timings, plan.mode), timings, unfused_inputs(model, candidates))
+    variants = variant_kernels(plan.mode, layer_kernels(timings, plan.mode), timings, unfused_inputs(model, candidates),
+                               plan.gelu_fusions())
     plan.model_ms = time_model_variants(model, plan, variants)
     kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():
@@ -211,6 +235,7 @@ def time_model_variants(dense_model: torch.nn.Module, plan: Plan, variants: Vari
     model = swap_linears(copy.deepcopy(dense_model),
                          lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
                          named(variants[DENSE]))
+    use_passthrough_gelu(model, plan.gelu_fusions())
     vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
     result = {}
     for batch in tqdm(sorted(plan.batch_sizes), desc="timing whole-model variants", unit="batch size"):

@@ -20,7 +20,7 @@ import torch
 
 from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
-from engine.kernels import device_backend
+from engine.kernels import device_backend, gelu_pairs
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
 from engine.planner import (
     MAX_INT8_RELATIVE_ERROR,
@@ -51,18 +51,20 @@ def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, voca
     return {"input_ids": random_ids(size, 128, vocab_size, device, seed)}, f"{size} x 128 random tokens"
 
 
-def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None) -> tuple[dict, dict, dict]:
+def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | None,
+               unsmoothed: frozenset[str]) -> tuple[dict, dict, dict]:
     """(per-layer int8 errors, (smoothing, input scale) of the layers that pass, summary for the
-    metrics) from one calibration batch."""
+    metrics) from one calibration batch; `unsmoothed` first tried without smoothing (calibrate_int8)."""
     inputs, source = calibration_inputs(params, sparse_dir, features_dir, model.config.vocab_size,
                                         next(model.parameters()).device)
-    calibrated = calibrate_int8(model, linears, inputs, params["accelerate.int8_smoothing"])
+    calibrated = calibrate_int8(model, linears, inputs, params["accelerate.int8_smoothing"], unsmoothed)
     errors = {name: error for name, (_, _, error) in calibrated.items()}
     allowed = int8_layers(errors)
     worst = max(errors, key=errors.__getitem__)
     summary = {"calibration": source, "max_layer_error": MAX_LAYER_ERROR,
                "layers_int8_ok": sum(allowed.values()), "layers_checked": len(allowed),
-               "worst_layer": worst, "worst_error": round(errors[worst], 6)}
+               "worst_layer": worst, "worst_error": round(errors[worst], 6),
+               "layers_unsmoothed": sum(bool((smoothing == 1).all()) for smoothing, _, _ in calibrated.values())}
     passed = {name: (smoothing.cpu(), scale) for name, (smoothing, scale, _) in calibrated.items() if allowed[name]}
     return {name: round(error, 6) for name, error in errors.items()}, passed, summary
 
@@ -82,11 +84,12 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     linears = encoder_linears(model)
     blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
     candidates = {name: linear for name, linear in linears.items() if name not in blocked}
+    pairs = {first: second for first, second in gelu_pairs(model).items() if {first, second} <= candidates.keys()}
 
     int8_errors, int8_summary, int8_calibration = {}, None, {}
     if precision == "int8" and candidates:
         int8_errors, int8_calibration, int8_summary = int8_check(params, model, candidates, Path(sparse_dir),
-                                                                 features_dir)
+                                                                 features_dir, frozenset(pairs.values()))
         if backend is None:
             reason = f"{reason}; int8 layers emulated exactly (float64) so evaluate scores them"
     layers = {}
@@ -98,7 +101,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     plan = Plan(mode=mode, precision=precision, backend=backend, reason=reason,
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
-                layers=layers, int8_layer_error=int8_errors, device=device_facts(device))
+                layers=layers, int8_layer_error=int8_errors, device=device_facts(device), gelu_pairs=pairs)
     if backend is not None and candidates:
         measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s)
 

@@ -57,7 +57,7 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
     metrics = measured_plan().summary()
     assert (metrics["backend"], metrics["layers_2of4"], metrics["layers_dense"]) == ("cusparselt", 1, 2)
     assert metrics["layers"][BLOCKED] == {"kernel": "dense", "reason": "dense: weight is not 2:4 sparse"}
-    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "layers_int8": 0,
+    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "layers_int8": 0, "layers_int8_gelu": 0,
                                           "model_dense_ms": 5.0, "model_accelerated_ms": 5.0, "model_speedup": 1.0}
     assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1 and metrics["by_batch"]["bs256"]["layers_int8"] == 1
     assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from engine import kernels, plan_cache
-from engine.kernels import Int8Weights, Kernel, SparseLinear, reference_linear
+from engine.kernels import INT8_GELU, Int8Weights, Kernel, SparseLinear, gelu_quantize, reference_linear
 from engine.plan_cache import COMPRESSION_FACTOR, PlanCache, PlanCacheError
 
 # The nvidia-cusparselt wheel's include/ where a developer unpacked it (the compile test needs it).
@@ -139,19 +139,22 @@ class StandIn:
         self.weights: dict[int, torch.Tensor] = {}  # packed data_ptr -> the weight it packs
         self.plans: list[tuple] = []
 
-        def plan_init(m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, entry, workspace):
-            self.plans.append((m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector))
+        def plan_init(m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, gelu_scaling, entry, workspace):
+            scaling = None if gelu_scaling is None else gelu_scaling._obj.value
+            self.plans.append((m, n, k, dtype, out_dtype, alg_id, bias, alpha_vector, scaling))
             entry._obj.value, workspace._obj.value = len(self.plans), 64
             return 0
 
         def matmul(entry, alpha, a, x, d, workspace, stream):
-            m, n, k, dtype, _, _, bias, alpha_vector = self.plans[entry.value - 1]
+            m, n, k, dtype, out_dtype, _, bias, alpha_vector, scaling = self.plans[entry.value - 1]
             out = memory(x, n * k, self.DTYPES[dtype]).reshape(n, k).double() @ self.weights[a].double().t()
             if alpha_vector:
                 out = out * memory(alpha, m, torch.float32).double()
             if bias:
                 out = out + memory(bias, m, torch.float32).double()
-            memory(d, n * m, torch.float32).copy_(out.flatten())
+            if scaling is not None:  # the GELU epilogue (tanh form); int8 out saturates
+                out = (torch.nn.functional.gelu(out, approximate="tanh") * scaling).round().clamp(-128, 127)
+            memory(d, n * m, self.DTYPES[out_dtype]).copy_(out.flatten())
             return 0
 
         self.twofour_plan_init, self.twofour_matmul = plan_init, matmul
@@ -182,8 +185,53 @@ def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_sta
             got = module(x)
             assert got.shape == (tokens, 16) and torch.allclose(got, expected, atol=1e-4)
     bias = module.bias.data_ptr()
-    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0),  # 10 and 12 tokens pad to 12: one plan
-                              (16, 48, 32, 2, 0, 2, bias, 1)]  # int8: 40 tokens pad to 48, alpha per row
+    assert stand_in.plans == [(16, 12, 32, 0, 0, 5, bias, 0, None),  # 10 and 12 tokens pad to 12: one plan
+                              (16, 48, 32, 2, 0, 2, bias, 1, None)]  # int8: 40 tokens pad to 48, alpha per row
+
+
+def test_an_int8_gelu_layer_hands_the_next_int8_layer_its_quantized_input(fresh_state, monkeypatch):
+    """Through the plan cache, the first layer's kernel applies GELU and the second layer's input scale
+    (its epilogue, int8 out, float32 bias); the second reads that int8 tensor as it is. Together they
+    compute what the reference math does with a GELU and a quantization pass between them."""
+    stand_in = StandIn()
+    monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
+    monkeypatch.setattr(plan_cache, "current_stream", lambda device_index: 0)
+    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)
+    monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
+    monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
+    plan_cache._state["cache"] = PlanCache(stand_in, str)
+    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_mm)
+    torch.manual_seed(0)
+    first_linear, second_linear = nn.Linear(32, 64), nn.Linear(64, 16)
+    first_int8 = Int8Weights(first_linear, torch.rand(32) + 0.5, 0.05)
+    second_int8 = Int8Weights(second_linear, torch.ones(64), 0.02)
+    first = SparseLinear(first_linear, {64: Kernel(INT8_GELU, 3)}, int8=first_int8, gelu_scale=1 / 0.02)
+    second = SparseLinear(second_linear, {64: Kernel("int8", 1)}, int8=second_int8)
+    x = torch.randn(40, 32)
+    with torch.inference_mode():
+        hidden = first(x)
+        out = second(hidden)
+    expected_hidden = gelu_quantize(reference_linear(x, first_int8, first_linear.bias.detach()), 1 / 0.02)
+    assert hidden.dtype == torch.int8 and torch.equal(hidden, expected_hidden)
+    expected = reference_linear(torch.nn.functional.gelu(reference_linear(x, first_int8, first_linear.bias.detach()),
+                                                         approximate="tanh"), second_int8, second_linear.bias.detach())
+    assert torch.allclose(out, expected, atol=1e-4)
+    assert stand_in.plans[0][4] == 2 and stand_in.plans[0][8] == pytest.approx(50.0)  # int8 out, scale 1/0.02
+    assert stand_in.plans[0][6] == first.bias_float32.data_ptr()  # the bias kept in float32, one plan
+
+
+def test_without_the_plan_cache_an_int8_gelu_layer_computes_the_same_in_two_steps(monkeypatch):
+    calls = []
+
+    def int8_call(packed, x_q, alpha, bias, alg_id):
+        calls.append(alg_id)
+        return torch.full((x_q.shape[0], 3), 0.5)
+
+    monkeypatch.setattr(kernels, "int8_sparse_mm", int8_call)
+    out = kernels.int8_gelu_sparse_mm(None, torch.zeros(5, 4, dtype=torch.int8), None, None, None, 7, 10.0)
+    gelu_tanh = 0.5 * 0.5 * (1 + torch.tanh(torch.tensor(0.7978845608 * (0.5 + 0.044715 * 0.5 ** 3)))).item()
+    assert gelu_tanh == pytest.approx(0.3457, abs=1e-4)  # times 10: 3.457, rounds to 3
+    assert calls == [7] and out.dtype == torch.int8 and torch.equal(out, torch.full((5, 3), 3, dtype=torch.int8))
 
 
 def test_eager_calls_skip_the_custom_op_and_compiled_graphs_keep_it(fresh_state, monkeypatch):

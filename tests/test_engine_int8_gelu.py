@@ -1,0 +1,131 @@
+"""The int8_gelu kernel's wiring: which Linear pairs it joins, the calibration that allows it, the plan's
+and the planner's choice of it, and the activation between the pair (engine/kernels.py's module docstring)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.calibration import MAX_LAYER_ERROR, calibrate_int8
+from engine.kernels import (
+    ACTIVATION,
+    INT8_GELU,
+    Int8PassthroughGelu,
+    Int8ReferenceLinear,
+    Kernel,
+    SparseLinear,
+    gelu_pairs,
+)
+from engine.plan import LayerPlan, Plan
+from engine.planner import distinct_variants, layer_kernels, variant_kernels
+from stages.modeling import load_qa_model
+from test_engine_planner import timing
+
+FIRST, SECOND = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
+
+
+def test_gelu_pairs_are_each_layers_intermediate_and_output_linears(tiny_model):
+    model = load_qa_model(str(tiny_model))
+    pairs = gelu_pairs(model)
+    assert pairs == {f"bert.encoder.layer.{i}.intermediate.dense": f"bert.encoder.layer.{i}.output.dense"
+                     for i in range(2)}
+    setattr(model.get_submodule("bert.encoder.layer.0.intermediate"), ACTIVATION, Int8PassthroughGelu())
+    assert gelu_pairs(model) == pairs  # still a GELU there
+    setattr(model.get_submodule("bert.encoder.layer.1.intermediate"), ACTIVATION, nn.ReLU())
+    assert gelu_pairs(model) == {FIRST: SECOND}  # no GELU, nothing to put in an epilogue
+
+
+def test_the_passthrough_gelu_is_the_tanh_form_and_leaves_int8_alone():
+    x = torch.linspace(-5, 5, 101)
+    assert torch.equal(Int8PassthroughGelu()(x), F.gelu(x, approximate="tanh"))
+    assert 1e-4 < (F.gelu(x, approximate="tanh") - F.gelu(x)).abs().max() < 1e-3  # the forms differ, slightly
+    quantized = torch.arange(-3, 4, dtype=torch.int8)
+    assert Int8PassthroughGelu()(quantized) is quantized
+
+
+def two_linear_model():
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 8))
+    model.forward = lambda input_ids: nn.Sequential.forward(model, input_ids)  # QA models take input_ids=
+    return model, {"0": model[0], "2": model[2]}
+
+
+def test_layers_after_a_gelu_stay_unsmoothed_only_where_their_int8_check_passes_so():
+    torch.manual_seed(0)
+    model, linears = two_linear_model()
+    x = torch.randn(64, 16)
+    calibrated = calibrate_int8(model, linears, {"input_ids": x}, strength=0.8, unsmoothed=frozenset({"2"}))
+    assert torch.equal(calibrated["2"][0], torch.ones(64)) and calibrated["2"][2] <= MAX_LAYER_ERROR
+    assert not torch.equal(calibrated["0"][0], torch.ones(16))  # not named: smoothed as before
+    # one huge channel into the second layer (its weight column as small, so the output stays): one
+    # scale for every channel crushes the others, the check fails unsmoothed, and it is smoothed
+    with torch.no_grad():
+        model[0].weight[5] *= 400.0
+        model[2].weight[:, 5] /= 400.0
+    calibrated = calibrate_int8(model, linears, {"input_ids": x}, strength=0.8, unsmoothed=frozenset({"2"}))
+    assert not torch.equal(calibrated["2"][0], torch.ones(64))
+    assert calibrate_int8(model, linears, {"input_ids": x}, strength=0.8, unsmoothed=frozenset({"2"}),
+                          max_error=1.0)["2"][0].eq(1).all()
+
+
+def fusion_plan(first_kernels=None, second_smoothing=None, first_precision="int8") -> Plan:
+    layers = {FIRST: LayerPlan((128, 64), first_precision, first_kernels or {}, input_scale=0.05,
+                               smoothing=torch.rand(64) + 0.5),
+              SECOND: LayerPlan((64, 128), "int8", {}, input_scale=0.04,
+                                smoothing=torch.ones(128) if second_smoothing is None else second_smoothing)}
+    return Plan(mode="auto", precision="int8", backend=None, reason="dense: no CUDA device", dtype="float32",
+                compiled=False, batch_sizes=[4], seq_length=16, layers=layers, gelu_pairs={FIRST: SECOND})
+
+
+def test_the_plan_fuses_a_pair_where_both_are_int8_and_the_second_is_unsmoothed():
+    assert fusion_plan().gelu_fusions() == {FIRST: SECOND}
+    assert fusion_plan().linear_config(FIRST).gelu_scale == pytest.approx(1 / 0.04)
+    assert fusion_plan().linear_config(SECOND).gelu_scale is None
+    assert fusion_plan(second_smoothing=torch.rand(128) + 0.5).gelu_fusions() == {}
+    assert fusion_plan(first_precision="fp16").gelu_fusions() == {}
+    # timed on a GPU: only where the first layer runs int8_gelu at some batch size
+    assert fusion_plan({4: Kernel("int8", 3)}).gelu_fusions() == {}
+    assert fusion_plan({4: Kernel(INT8_GELU, 3)}).gelu_fusions() == {FIRST: SECOND}
+
+
+def test_applied_on_a_cpu_a_fused_pair_computes_the_tanh_gelu_and_the_int8_math(tiny_model):
+    """What the GPU's int8_gelu kernel and the int8 layer after it compute, up to float64 rounding:
+    the reference int8 layers around GELU's tanh form."""
+    torch.manual_seed(0)
+    model = load_qa_model(str(tiny_model)).eval()
+    plan = fusion_plan()
+    applied = plan.apply(load_qa_model(str(tiny_model)).eval())
+    intermediate = applied.get_submodule("bert.encoder.layer.0.intermediate")
+    assert isinstance(getattr(intermediate, ACTIVATION), Int8PassthroughGelu)
+    assert not isinstance(getattr(applied.get_submodule("bert.encoder.layer.1.intermediate"), ACTIVATION),
+                          Int8PassthroughGelu)  # not in the plan's pairs
+    assert type(intermediate.dense) is Int8ReferenceLinear
+    assert type(applied.get_submodule(SECOND)) is Int8ReferenceLinear
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        first, second = intermediate.dense, applied.get_submodule(SECOND)
+        expected = second(F.gelu(first(x), approximate="tanh"))
+        assert torch.equal(second(intermediate(x)), expected)
+        ids = torch.randint(0, model.config.vocab_size, (2, 16))
+        error = (applied(input_ids=ids).start_logits - model(input_ids=ids).start_logits).abs().max()
+        assert 0 < error < 0.1  # int8 in two layers of a random model: close, not equal
+
+
+def test_the_int8_gelu_variant_puts_each_pair_on_int8_with_the_epilogue_on_the_first():
+    timings = {FIRST: {4: {"fp16": timing(1.0, a0=0.8), "int8": timing(1.0, a2=0.7, a3=0.6)},
+                       64: {"fp16": timing(4.0, a0=3.0), "int8": timing(4.0, a5=2.5)}},
+               SECOND: {4: {"fp16": timing(1.0, a0=0.7), "int8": timing(1.0, a1=0.75)},
+                        64: {"fp16": timing(4.0, a0=3.0)}}}  # no int8 timing at 64: cannot fuse there
+    per_layer = layer_kernels(timings, "auto")
+    assert per_layer[SECOND][4] == Kernel("fp16", 0)  # alone, fp16 2:4 was its fastest
+    variants = variant_kernels("auto", per_layer, timings, unfused=set(), fusions={FIRST: SECOND})
+    assert variants["int8_gelu"][FIRST] == {4: Kernel(INT8_GELU, 3), 64: per_layer[FIRST][64]}
+    assert variants["int8_gelu"][SECOND] == {4: Kernel("int8", 1), 64: per_layer[SECOND][64]}
+    assert "int8_gelu" in distinct_variants(4, variants) and "int8_gelu" not in distinct_variants(64, variants)
+    assert "int8_gelu" not in variant_kernels("auto", per_layer, timings, unfused=set())
+
+
+def test_an_int8_input_where_the_layer_runs_no_int8_kernel_is_an_error():
+    layer = SparseLinear(nn.Linear(8, 4), {16: None})
+    with pytest.raises(RuntimeError, match="an int8 input at 3 tokens, where this layer runs None"):
+        layer(torch.zeros(3, 8, dtype=torch.int8))
