@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from engine.attention import fuse_qkv
-from engine.calibration import calibrate_int8, calibrate_layers, group_by_input, int8_layers, layer_inputs
+from engine.calibration import (
+    CLIP_RATIOS,
+    calibrate_int8,
+    calibrate_layers,
+    group_by_input,
+    int8_layers,
+    layer_errors,
+    layer_inputs,
+)
 from engine.kernels import Int8ReferenceLinear, smoothing_factors, tensor_scale
 from stages.modeling import encoder_linears, load_qa_model
 
@@ -104,3 +112,15 @@ def test_layers_are_grouped_by_the_input_they_read_in_forward_order(tiny_model):
     assert groups[:4] == [[f"{block}attention.self.query", f"{block}attention.self.key", f"{block}attention.self.value"],
                           [f"{block}attention.output.dense"], [f"{block}intermediate.dense"], [f"{block}output.dense"]]
     assert len(groups) == 8 and sum(groups, []) == list(layers)  # 2 layers of 4 groups, every Linear once
+
+
+def test_an_unsmoothed_input_clips_its_rare_largest_values_where_that_errs_less():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(256, 64).abs()  # a long tail, as after a GELU
+    x[0, 0] = 12.0  # one rare value far out
+    (smoothing, scale, error), = calibrate_layers({"l": linear}, x, None).values()
+    full_range = layer_errors({"l": linear}, x, torch.ones(64), tensor_scale(x))["l"]
+    assert torch.equal(smoothing, torch.ones(64))
+    assert scale in [tensor_scale(x) * ratio for ratio in CLIP_RATIOS] and scale < tensor_scale(x)
+    assert error < full_range
