@@ -53,11 +53,6 @@ class Kernel(NamedTuple):
         """Whether it reads int8 inputs (the layer's int8 weights and calibration)."""
         return self.precision in ("int8", INT8_GELU)
 
-    @property
-    def timed_as(self) -> Precision:
-        """The precision whose kernel timings it was chosen from (INT8_GELU: int8's configs)."""
-        return "int8" if self.int8 else "fp16"
-
 
 Kernels = dict[int, "Kernel | None"]  # token bucket -> 2:4 kernel, None = the dense matmul
 
@@ -279,7 +274,7 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.set_kernels(kernels)
         weight = linear.weight.detach()
-        runs = {None if kernel is None else kernel.timed_as for kernel in self.kernels.values()}
+        runs = {None if kernel is None else "int8" if kernel.int8 else "fp16" for kernel in self.kernels.values()}
         self.register_buffer("weight", weight if keep_all or None in runs else None)
         self.register_buffer("packed", torch._cslt_compress(weight) if keep_all or "fp16" in runs else None)
         bias = linear.bias

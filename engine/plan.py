@@ -183,7 +183,7 @@ class Plan:
             per_batch = {}
             for batch, kernel in layer.kernels.items():
                 # the chosen kernel's timing; where dense runs, the fastest fp16 2:4 config's
-                timing = self.shape_timings[kernel.timed_as if kernel else "fp16"][shape_name(layer.shape)][batch]
+                timing = self.shape_timings[kernel.precision if kernel else "fp16"][shape_name(layer.shape)][batch]
                 sparse = timing["sparse_ms"]
                 sparse_ms = sparse[kernel.alg_id] if kernel else min(sparse.values()) if sparse else None
                 per_batch[f"bs{batch}"] = {

@@ -11,7 +11,8 @@ kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on
 beat int8 2:4 end to end); int8_fused (per_layer, but int8 only where the quantization fuses into
 the op before: the attention output projection's input comes from the attention kernel, so there it
 is a pass of its own); int8_gelu (int8_fused, and each pair of Plan.gelu_fusions on int8 with the
-first layer's GELU epilogue quantizing for the second: no GELU or quantization pass between them).
+first layer's GELU epilogue quantizing for the second: no GELU or quantization pass between them;
+the epilogue's configs are timed apart, as the INT8_GELU precision, since it changes which is fastest).
 `all` takes each layer's fastest kernel everywhere; `none` is dense.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
+from . import kernels
 from .kernels import INT8_GELU, Kernel, named, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
 from .plan_cache import enable_from_env
@@ -107,29 +109,30 @@ def unfused_inputs(model: torch.nn.Module, names) -> set[str]:
     return {name for name in names if type(model.get_submodule(name.rpartition(".")[0])).__name__.endswith("SelfOutput")}
 
 
-def gelu_fused(kernels: dict[str, BatchKernels], timings: LayerTimings,
-               fusions: dict[str, str]) -> dict[str, BatchKernels]:
-    """`kernels` with each pair of `fusions` (first layer -> second) on int8 at every batch size
-    where both have int8 timings: the first with the GELU epilogue (INT8_GELU), each on its fastest
-    int8 config."""
-    fused = {name: dict(per_batch) for name, per_batch in kernels.items()}
+def gelu_fused(chosen: dict[str, BatchKernels], timings: LayerTimings, fusions: dict[str, str],
+               epilogue_timings: dict[str, dict[int, dict]]) -> dict[str, BatchKernels]:
+    """`chosen` with each pair of `fusions` (first layer -> second) on int8 at every batch size where
+    the first has INT8_GELU timings and the second int8 ones: the first on its fastest INT8_GELU
+    config, the second on its fastest int8 config."""
+    fused = {name: dict(per_batch) for name, per_batch in chosen.items()}
     for first, second in fusions.items():
         if first not in fused or second not in fused:
             continue
         for batch in fused[second]:
-            algs = [best_alg(timings[name][batch]["int8"]) if "int8" in timings[name][batch] else None
-                    for name in (first, second)]
-            if None not in algs:
-                fused[first][batch], fused[second][batch] = Kernel(INT8_GELU, algs[0]), Kernel("int8", algs[1])
+            first_alg = best_alg(epilogue_timings[first][batch]) if first in epilogue_timings else None
+            second_alg = best_alg(timings[second][batch]["int8"]) if "int8" in timings[second][batch] else None
+            if first_alg is not None and second_alg is not None:
+                fused[first][batch], fused[second][batch] = Kernel(INT8_GELU, first_alg), Kernel("int8", second_alg)
     return fused
 
 
 def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: LayerTimings,
-                    unfused: set[str], fusions: dict[str, str] | None = None) -> VariantKernels:
+                    unfused: set[str], fusions: dict[str, str] | None = None,
+                    epilogue_timings: dict[str, dict[int, dict]] | None = None) -> VariantKernels:
     """Each whole-model variant's kernel per layer and batch size (see the module docstring);
     int8_fused is per_layer with the layers in `unfused` kept off int8 (their fp16 choice instead):
     there the quantization is a pass of its own, which the per-layer timings leave out. int8_gelu
-    (only with `fusions`): int8_fused, then gelu_fused."""
+    (only with `fusions` and the first layers' INT8_GELU timings): int8_fused, then gelu_fused."""
     def fp16_kernel(name: str, batch: int, fp16_mode: str) -> Kernel | None:
         return choose_kernel({"fp16": timings[name][batch]["fp16"]}, fp16_mode, MIN_LAYER_SPEEDUP)
 
@@ -145,8 +148,8 @@ def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: Laye
         "int8_fused": {name: {batch: fused(name, batch, kernel) for batch, kernel in kernels.items()}
                        for name, kernels in per_layer.items()},
     }
-    if fusions:
-        variants["int8_gelu"] = gelu_fused(variants["int8_fused"], timings, fusions)
+    if fusions and epilogue_timings:
+        variants["int8_gelu"] = gelu_fused(variants["int8_fused"], timings, fusions, epilogue_timings)
     return variants
 
 
@@ -194,8 +197,8 @@ def report_kernel_timings(precision: str, timings: dict) -> None:
 
 
 def layer_timings(plan: Plan, names) -> LayerTimings:
-    """Per layer and batch size, its shape's timings in each precision it may run (int8 only where
-    it passed the int8 check)."""
+    """Per layer and batch size, its shape's timings in each precision it may run alone (int8 only
+    where it passed the int8 check)."""
     timings = {}
     for name in names:
         shape = shape_name(plan.layers[name].shape)
@@ -204,15 +207,35 @@ def layer_timings(plan: Plan, names) -> LayerTimings:
     return timings
 
 
+def epilogue_layer_timings(plan: Plan, names) -> dict[str, dict[int, dict]]:
+    """Per layer of `names` and batch size, its shape's INT8_GELU timing, where one was made."""
+    per_shape = plan.shape_timings.get(INT8_GELU, {})
+    return {name: per_shape[shape_name(plan.layers[name].shape)] for name in names
+            if shape_name(plan.layers[name].shape) in per_shape}
+
+
+def layers_to_time(plan: Plan, candidates: dict[str, torch.nn.Linear], precision: str) -> dict[str, torch.nn.Linear]:
+    """The layers whose shapes a precision's kernels are timed on: fp16 all, int8 those that passed
+    the int8 check, INT8_GELU the first layers of Plan.gelu_fusions where the plan cache is on (the
+    epilogue runs through it)."""
+    if precision == INT8_GELU:
+        fusions = plan.gelu_fusions() if kernels.PLANNED_MM is not None else {}
+        return {name: linear for name, linear in candidates.items() if name in fusions}
+    return {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
+
+
 def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s: float = TUNING_BUDGET_S) -> None:
     """Fill in the plan's timings, kernels and variants (in place) for the layers not left dense,
     on the GPU, with the model the plan is for: fp16 2:4 on every such layer, int8 2:4 too on the
-    layers that passed the int8 check."""
+    layers that passed the int8 check, and INT8_GELU on the first layers of Plan.gelu_fusions."""
     enable_from_env()
     candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
     plan.tuning = {"max_alg_id": max_alg_id, "budget_s_per_precision": tuning_budget_s, "alg_ids_offered": {}}
-    for precision in ("fp16", "int8"):
-        timed = {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
+    plan.shape_timings = {}
+    for precision in ("fp16", "int8", INT8_GELU):
+        timed = layers_to_time(plan, candidates, precision)
+        if not timed:
+            continue
         timings, notes = measure_shapes(timed, plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype),
                                         max_alg_id, precision, tuning_budget_s)
         if timings:
@@ -222,8 +245,9 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
                 timing["alg_ids_offered"] for per_batch in timings.values() for timing in per_batch.values())
         plan.kernel_timing_notes += notes
     timings = layer_timings(plan, candidates)
+    fusions = plan.gelu_fusions()
     variants = variant_kernels(plan.mode, layer_kernels(timings, plan.mode), timings, unfused_inputs(model, candidates),
-                               plan.gelu_fusions())
+                               fusions, epilogue_layer_timings(plan, fusions))
     plan.model_ms = time_model_variants(model, plan, variants)
     kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .kernels import Precision, int8_sparse_mm, shape_name, sparse_mm
+from . import kernels
+from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, shape_name, sparse_mm
 from .runtime import loaded_version
 
 # A kernel config that makes no progress for this long is treated as failed.
@@ -106,11 +107,15 @@ class LinearProblem:
     """One Linear shape at one token count, on the GPU: 2:4 weights and inputs to time it with.
 
     Dense is always cuBLAS in `dtype`; the 2:4 kernel runs in `dtype` (precision fp16), or in int8
-    (int8 weights and tokens, per-channel alpha and bias in the kernel, `dtype` out).
+    (int8 weights and tokens, per-channel alpha and bias in the kernel, `dtype` out), or as INT8_GELU
+    (int8, and the GELU epilogue's int8 out: through the plan cache only).
     """
 
     def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype,
-                 precision: Precision = "fp16"):
+                 precision: str = "fp16"):
+        self.int8, self.gelu = precision in ("int8", INT8_GELU), precision == INT8_GELU
+        if self.gelu and kernels.PLANNED_MM is None:
+            raise RuntimeError(f"{INT8_GELU} kernels run through the plan cache, which is off")
         device = torch.device("cuda")
         bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize
         self.sets = rotation_count(bytes_per_call, torch.cuda.get_device_properties(device).L2_cache_size)
@@ -119,7 +124,7 @@ class LinearProblem:
                         for _ in range(self.sets)]
         self.inputs = [torch.randn(tokens, in_features, device=device, dtype=dtype) for _ in range(self.sets)]
         self.bias = torch.randn(out_features, device=device, dtype=dtype)
-        self.int8 = precision == "int8"
+        self.bias_float32 = self.bias.float()
         if self.int8:
             self.alpha = torch.rand(out_features, device=device) / 100
             self.sparse_inputs = [(x * 30).clamp(-127, 127).to(torch.int8) for x in self.inputs]
@@ -135,6 +140,8 @@ class LinearProblem:
 
     def sparse_step(self, i: int, alg_id: int) -> torch.Tensor:
         packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
+        if self.gelu:
+            return int8_gelu_sparse_mm(packed, x, self.alpha, self.bias, self.bias_float32, alg_id, GELU_SCALE)
         if self.int8:
             return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
         return sparse_mm(packed, x, self.bias, alg_id)
@@ -156,6 +163,7 @@ class LinearProblem:
 
 
 Problem = tuple[int, int, int]  # (out_features, in_features, tokens)
+GELU_SCALE = 40.0  # an INT8_GELU problem's output scaling: its GELU outputs (up to ~3) fill the int8 range
 EVENT = "@@event "
 # A child loads $TWOFOUR_CUSPARSELT before torch, as its parent did (engine/runtime.py).
 CHILD_COMMAND = [sys.executable, "-c", "from engine.runtime import load_cusparselt; load_cusparselt(); "
@@ -275,7 +283,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def alg_id_count(problem: Problem, dtype: torch.dtype, precision: Precision = "fp16",
+def alg_id_count(problem: Problem, dtype: torch.dtype, precision: str = "fp16",
                  max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
                  command: list[str] = CHILD_COMMAND) -> tuple[int, str]:
     """(how many kernel configs the loaded cuSPARSELt offers for this problem, up to max_alg_id + 1;
@@ -303,7 +311,7 @@ def search_works() -> bool:
 
 def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool | None = None,
                  max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
-                 precision: Precision = "fp16", budget_s: float | None = None,
+                 precision: str = "fp16", budget_s: float | None = None,
                  command: list[str] = CHILD_COMMAND) -> tuple[dict[Problem, dict], list[str]]:
     """GPU time (ms) of cuBLAS dense vs every cuSPARSELt config the loaded library offers (alg_id_count,
     at most 0..max_alg_id), per (out, in, tokens) problem.
@@ -317,7 +325,8 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
     An fp16 config costs ~1 s to time (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s, so
     with `budget_s` each problem gets budget_s / len(problems) seconds of config timing and the
     configs past it are listed as "untimed". precision int8 times the int8 2:4 kernel against
-    cuBLAS in `dtype`.
+    cuBLAS in `dtype`, INT8_GELU the same with the GELU epilogue (cuSPARSELt's search cannot take an
+    epilogue: never searched).
     Returns ({problem: {"dense_ms", "sparse_ms": {alg_id: ms}, "search", "alg_ids_offered",
     "untimed"}}, notes on what was found and what failed).
     """
@@ -325,7 +334,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
                                stall_timeout_s, command)
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried", "alg_ids_offered": count,
                     "untimed": []} for p in problems}
-    search = search_works() if try_search is None else try_search
+    search = (search_works() if try_search is None else try_search) and precision != INT8_GELU
     pending, notes, failed = list(problems), [note], set()
     per_problem_s = None if budget_s is None else budget_s / len(problems)
     progress = tqdm(total=len(problems), desc=f"timing {precision} 2:4 kernels", unit="shape")
@@ -378,7 +387,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
 
 
 def measure_shapes(layers: dict[str, torch.nn.Linear], batch_sizes: list[int], seq_length: int, dtype: torch.dtype,
-                   max_alg_id: int, precision: Precision = "fp16",
+                   max_alg_id: int, precision: str = "fp16",
                    budget_s: float | None = None) -> tuple[dict, list[str]]:
     """Per weight shape ("outxin") and batch size: cuBLAS vs every cuSPARSELt config (tune_linears,
     within budget_s), and notes on what was found and what failed."""

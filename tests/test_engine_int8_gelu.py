@@ -116,16 +116,70 @@ def test_the_int8_gelu_variant_puts_each_pair_on_int8_with_the_epilogue_on_the_f
                        64: {"fp16": timing(4.0, a0=3.0), "int8": timing(4.0, a5=2.5)}},
                SECOND: {4: {"fp16": timing(1.0, a0=0.7), "int8": timing(1.0, a1=0.75)},
                         64: {"fp16": timing(4.0, a0=3.0)}}}  # no int8 timing at 64: cannot fuse there
+    # the epilogue's own timings pick the first layer's config: alg 2 with it, alg 3 without
+    epilogue = {FIRST: {4: timing(1.0, a2=0.62, a3=0.9), 64: timing(4.0, a5=2.6)}}
     per_layer = layer_kernels(timings, "auto")
-    assert per_layer[SECOND][4] == Kernel("fp16", 0)  # alone, fp16 2:4 was its fastest
-    variants = variant_kernels("auto", per_layer, timings, unfused=set(), fusions={FIRST: SECOND})
-    assert variants["int8_gelu"][FIRST] == {4: Kernel(INT8_GELU, 3), 64: per_layer[FIRST][64]}
+    assert per_layer[SECOND][4] == Kernel("fp16", 0) and per_layer[FIRST][4] == Kernel("int8", 3)
+    variants = variant_kernels("auto", per_layer, timings, unfused=set(), fusions={FIRST: SECOND},
+                               epilogue_timings=epilogue)
+    assert variants["int8_gelu"][FIRST] == {4: Kernel(INT8_GELU, 2), 64: per_layer[FIRST][64]}
     assert variants["int8_gelu"][SECOND] == {4: Kernel("int8", 1), 64: per_layer[SECOND][64]}
     assert "int8_gelu" in distinct_variants(4, variants) and "int8_gelu" not in distinct_variants(64, variants)
+    # nothing to fuse, or the epilogue never timed (no plan cache): no such variant
     assert "int8_gelu" not in variant_kernels("auto", per_layer, timings, unfused=set())
+    assert "int8_gelu" not in variant_kernels("auto", per_layer, timings, set(), {FIRST: SECOND}, {})
 
 
 def test_an_int8_input_where_the_layer_runs_no_int8_kernel_is_an_error():
     layer = SparseLinear(nn.Linear(8, 4), {16: None})
     with pytest.raises(RuntimeError, match="an int8 input at 3 tokens, where this layer runs None"):
         layer(torch.zeros(3, 8, dtype=torch.int8))
+
+
+def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(monkeypatch):
+    """measure's wiring on a CPU, timings faked: with the plan cache on, the first layer of each fusable
+    pair is timed once more as INT8_GELU, and the int8_gelu variant is timed and, faster, chosen."""
+    from engine import kernels, planner
+
+    model = nn.ModuleDict({"ffn": nn.Linear(768, 3072), "out": nn.Linear(3072, 768)})
+    plan = Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
+                batch_sizes=[4], seq_length=384, gelu_pairs={"ffn": "out"}, layers={
+                    "ffn": LayerPlan((3072, 768), "int8", input_scale=0.1, smoothing=torch.rand(768) + 0.5),
+                    "out": LayerPlan((768, 3072), "int8", input_scale=0.05, smoothing=torch.ones(3072))})
+    by_precision = {"fp16": timing(1.0, a0=0.9), "int8": timing(1.0, a1=0.8), INT8_GELU: timing(1.0, a6=0.85)}
+    measured, timed_variants = [], []
+
+    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s):
+        measured.append((sorted(layers), precision))
+        return {f"{linear.out_features}x{linear.in_features}": {4: by_precision[precision]}
+                for linear in layers.values()}, []
+
+    def fake_time_model_variants(model, plan, variants):
+        timed_variants.extend(distinct_variants(4, variants))
+        model_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5}
+        return {4: {variant: model_ms[variant] for variant in distinct_variants(4, variants)}}
+
+    monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
+    monkeypatch.setattr(planner, "time_model_variants", fake_time_model_variants)
+    monkeypatch.setattr(planner, "enable_from_env", lambda: None)
+    monkeypatch.setattr(kernels, "PLANNED_MM", lambda *args: None)  # the plan cache on
+    planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
+    assert measured == [(["ffn", "out"], "fp16"), (["ffn", "out"], "int8"), (["ffn"], INT8_GELU)]
+    assert timed_variants == ["dense", "per_layer", "fp16_2of4", "int8_gelu"]
+    assert plan.layers["ffn"].kernels == {4: Kernel(INT8_GELU, 6)} and plan.layers["out"].kernels == {4: Kernel("int8", 1)}
+    assert plan.gelu_fusions() == {"ffn": "out"} and plan.summary()["by_batch"]["bs4"]["layers_int8_gelu"] == 1
+    # with the plan cache off the epilogue is never timed, and no pair fuses
+    monkeypatch.setattr(kernels, "PLANNED_MM", None)
+    measured.clear(), timed_variants.clear()
+    plan.layers["ffn"].kernels = {}
+    planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
+    assert [precision for _, precision in measured] == ["fp16", "int8"] and "int8_gelu" not in timed_variants
+
+
+def test_timing_the_epilogue_without_the_plan_cache_is_refused_before_touching_a_gpu(monkeypatch):
+    from engine import kernels
+    from engine.tuning import LinearProblem
+
+    monkeypatch.setattr(kernels, "PLANNED_MM", None)
+    with pytest.raises(RuntimeError, match="int8_gelu kernels run through the plan cache, which is off"):
+        LinearProblem(3072, 768, 6144, torch.float16, INT8_GELU)
