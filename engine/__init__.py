@@ -3,7 +3,8 @@ helpers the stages share (stages.common for errors and JSON, stages.modeling to 
 
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated.
 - planner: making a plan on a GPU from kernel and whole-model timings.
-- kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 Linears behind one swap_linears call.
+- kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 Linears behind one swap_linears call;
+  int8_gelu, the int8 kernel whose epilogue applies GELU and quantizes for the next int8 layer.
 - quantize_kernel: the int8 input quantization as one Triton kernel, for int8 layers run eagerly.
 - plan_cache: each cuSPARSELt matmul plan made once per shape (a small C library, optional).
 - runtime: which cuSPARSELt the process loads (TWOFOUR_CUSPARSELT) and the version it reports.
