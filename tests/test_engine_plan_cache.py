@@ -165,15 +165,21 @@ class StandIn:
         return packed
 
 
-def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_state, monkeypatch):
-    stand_in = StandIn()
-    monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
+@pytest.fixture
+def stand_in(fresh_state, monkeypatch) -> StandIn:
+    """The engine's 2:4 calls routed through a PlanCache over StandIn (float32 standing in for fp16)."""
+    library = StandIn()
+    monkeypatch.setattr(torch, "_cslt_compress", library.compress)
     monkeypatch.setattr(plan_cache, "current_stream", lambda device_index: 0)
-    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)  # float32 stands in for fp16 on a CPU
+    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)
     monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
     monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
-    plan_cache._state["cache"] = PlanCache(stand_in, str)
+    plan_cache._state["cache"] = PlanCache(library, str)
     monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_mm)
+    return library
+
+
+def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(stand_in):
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
@@ -189,18 +195,10 @@ def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(fresh_sta
                               (16, 48, 32, 2, 0, 2, bias, 1, None)]  # int8: 40 tokens pad to 48, alpha per row
 
 
-def test_an_int8_gelu_layer_hands_the_next_int8_layer_its_quantized_input(fresh_state, monkeypatch):
+def test_an_int8_gelu_layer_hands_the_next_int8_layer_its_quantized_input(stand_in):
     """Through the plan cache, the first layer's kernel applies GELU and the second layer's input scale
     (its epilogue, int8 out, float32 bias); the second reads that int8 tensor as it is. Together they
     compute what the reference math does with a GELU and a quantization pass between them."""
-    stand_in = StandIn()
-    monkeypatch.setattr(torch, "_cslt_compress", stand_in.compress)
-    monkeypatch.setattr(plan_cache, "current_stream", lambda device_index: 0)
-    monkeypatch.setitem(kernels.TOKEN_ALIGNMENT, torch.float32, 4)
-    monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
-    monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
-    plan_cache._state["cache"] = PlanCache(stand_in, str)
-    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_mm)
     torch.manual_seed(0)
     first_linear, second_linear = nn.Linear(32, 64), nn.Linear(64, 16)
     first_int8 = Int8Weights(first_linear, torch.rand(32) + 0.5, 0.05)
