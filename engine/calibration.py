@@ -6,7 +6,8 @@ query, key and value) and one static input scale, so one quantized input serves 
 keeps int8 only when its output on the calibration batch stays within MAX_LAYER_ERROR of the float
 layer's. Layers named `unsmoothed` (the ones after a GELU) first try no smoothing, one scale for
 every channel (clipped where that errs less), and keep it where every layer of the group passes so:
-the Linear before the GELU can then quantize for them in its kernel (kernels.INT8_GELU). fp8: one static scale per input, from one forward of the benchmark's random tokens.
+the Linear before the GELU can then quantize for them in its kernel (kernels.INT8_GELU).
+fp8: one static scale per input, from one forward of the benchmark's random tokens.
 """
 from __future__ import annotations
 

@@ -302,9 +302,8 @@ class SparseLinear(nn.Module):
         if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
         elif kernel.precision == INT8_GELU:
-            return int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
-                                       self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale
-                                       ).reshape(*x.shape[:-1], self.out_features)
+            out = int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
+                                      self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale)
         elif kernel.precision == "int8":
             x_q = x2d if quantized else quantize_for_kernel(x2d, self.multipliers)
             out = int8_sparse_mm(self.packed_int8, x_q, self.alpha, self.bias, kernel.alg_id)
