@@ -202,6 +202,11 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 PLANNED_MM: Callable | None = None
 
 
+def plan_cache_on() -> bool:
+    """Whether the 2:4 calls go through the plan cache (the only way to the GELU epilogue)."""
+    return PLANNED_MM is not None
+
+
 def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
                     alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                     gelu_scale: float | None = None) -> torch.Tensor:

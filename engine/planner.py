@@ -27,8 +27,7 @@ from stages.common import relative_error
 
 from .attention import capture_context
 from .graphs import CudaGraphRunner
-from . import kernels
-from .kernels import INT8_GELU, Kernel, named, shape_name, swap_linears, use_passthrough_gelu
+from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
 from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
@@ -219,7 +218,7 @@ def layers_to_time(plan: Plan, candidates: dict[str, torch.nn.Linear], precision
     the int8 check, INT8_GELU the first layers of Plan.gelu_fusions where the plan cache is on (the
     epilogue runs through it)."""
     if precision == INT8_GELU:
-        fusions = plan.gelu_fusions() if kernels.PLANNED_MM is not None else {}
+        fusions = plan.gelu_fusions() if plan_cache_on() else {}
         return {name: linear for name, linear in candidates.items() if name in fusions}
     return {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
 

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import kernels
-from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, shape_name, sparse_mm
+from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, plan_cache_on, shape_name, sparse_mm
 from .runtime import loaded_version
 
 # A kernel config that makes no progress for this long is treated as failed.
@@ -114,7 +113,7 @@ class LinearProblem:
     def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype,
                  precision: str = "fp16"):
         self.int8, self.gelu = precision in ("int8", INT8_GELU), precision == INT8_GELU
-        if self.gelu and kernels.PLANNED_MM is None:
+        if self.gelu and not plan_cache_on():
             raise RuntimeError(f"{INT8_GELU} kernels run through the plan cache, which is off")
         device = torch.device("cuda")
         bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize

@@ -63,8 +63,7 @@ def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | No
     worst = max(errors, key=errors.__getitem__)
     summary = {"calibration": source, "max_layer_error": MAX_LAYER_ERROR,
                "layers_int8_ok": sum(allowed.values()), "layers_checked": len(allowed),
-               "worst_layer": worst, "worst_error": round(errors[worst], 6),
-               "layers_unsmoothed": sum(bool((smoothing == 1).all()) for smoothing, _, _ in calibrated.values())}
+               "worst_layer": worst, "worst_error": round(errors[worst], 6)}
     passed = {name: (smoothing.cpu(), scale) for name, (smoothing, scale, _) in calibrated.items() if allowed[name]}
     return {name: round(error, 6) for name, error in errors.items()}, passed, summary
 
@@ -98,6 +97,8 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
         layers[name] = LayerPlan(shape=tuple(linear.weight.shape), precision="fp16" if smoothing is None else "int8",
                                  reason=reason if backend is None else blocked.get(name),
                                  input_scale=input_scale, smoothing=smoothing)
+    if int8_summary is not None:  # after a GELU, calibration keeps no smoothing only where the check passes
+        int8_summary["layers_unsmoothed"] = sum(layer.unsmoothed for layer in layers.values())
     plan = Plan(mode=mode, precision=precision, backend=backend, reason=reason,
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
