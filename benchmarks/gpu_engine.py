@@ -90,11 +90,17 @@ def print_plan(plan_metrics: dict, plan: dict) -> None:
     print("\n== accelerate: whole model per batch size and variant (ms, CUDA graphs) ==")
     for batch, by_variant in plan["model_ms"].items():
         print(f"{batch:>6}  " + "  ".join(f"{variant} {ms:.3f}" for variant, ms in by_variant.items()))
+    for batch, by_variant in plan["eager_model_ms"].items():
+        print(f"{batch:>6}  eager: " + "  ".join(f"{variant} {ms:.3f}" for variant, ms in by_variant.items()))
     for batch, row in plan_metrics.get("by_batch", {}).items():
         print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3} "
               f"(int8 {row['layers_int8']:>3})  "
               f"dense {row['model_dense_ms']:8.3f} ms  accelerated {row['model_accelerated_ms']:8.3f} ms  "
               f"x{row['model_speedup']:.3f}")
+    for batch, row in plan_metrics.get("eager_by_batch", {}).items():
+        timed = f"dense {row['model_dense_ms']:8.3f} ms  eager {row['model_accelerated_ms']:8.3f} ms  " \
+                f"x{row['model_speedup']:.3f}" if "model_speedup" in row else "(not timed eagerly)"
+        print(f"{batch:>6}  eager: variant={row['variant']:<10} (int8 {row['layers_int8']:>3})  {timed}")
     print(f"output check (relative error): {plan_metrics['output_relative_error']}")
     first_layer = {name: row for name, row in plan_metrics.get("layers", {}).items() if ".layer.0." in name}
     print("\n== accelerate: layer 0's Linears (GPU time per call, best 2:4 config vs cuBLAS) ==")

@@ -4,13 +4,16 @@ the model is loaded.
 plan.json (format version PLAN_VERSION) holds what the accelerate stage decided and measured; the
 int8 layers' smoothing factors are tensors and go beside it, in SMOOTHING_FILE. Kernel choices are
 keyed by batch size (the plan's batch_sizes, at its seq_length): per layer and batch size the dense
-matmul, fp16 2:4 or int8 2:4 (int8 only on layers that passed the int8 check). The Linears dispatch
-on token counts, converted from batch sizes in one place, LayerPlan.token_kernels.
+matmul, fp16 2:4 or int8 2:4 (int8 only on layers that passed the int8 check), once as timed in CUDA
+graphs (how the model is served) and once as timed called eagerly (load_accelerated(eager=True)),
+where each op's host work counts and may favour fewer, plainer kernels. The Linears dispatch on token
+counts, converted from batch sizes in one place, LayerPlan.token_kernels.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,51 +35,59 @@ from .kernels import (
     SparseConfig,
     device_backend,
     named,
+    plan_cache_on,
     shape_name,
     swap_linears,
     use_passthrough_gelu,
 )
+from .plan_cache import ENV_VAR as PLAN_CACHE_ENV
 from .plan_cache import enable_from_env
 
 PLAN_FILE = "plan.json"
 SMOOTHING_FILE = "int8_smoothing.safetensors"
-# 2: a kernel is [precision, alg_id] (a layer may mix fp16 and int8 2:4 over batch sizes); tuning facts.
-# (1: a kernel was an alg_id in the layer's one precision. 0: no version field, keyed by token count.)
-PLAN_VERSION = 2
+# 3: eager kernels and variants beside the graphed ones.
+# (2: a kernel is [precision, alg_id]; tuning facts. 1: a kernel was an alg_id in the layer's one
+# precision. 0: no version field, keyed by token count.)
+PLAN_VERSION = 3
 DENSE = "dense"  # the whole-model variant every other is timed against
 
 
 @dataclass
 class LayerPlan:
-    """One Linear's plan. kernels: batch size -> the 2:4 kernel it runs there, None where the dense
-    matmul runs. precision int8: the layer passed the int8 check, so its kernels may be int8 ones."""
+    """One Linear's plan. kernels: batch size -> the 2:4 kernel it runs there in a CUDA graph, None
+    where the dense matmul runs; eager_kernels: the same for the model called eagerly (host work per
+    call counts there). precision int8: the layer passed the int8 check, so its kernels may be int8 ones."""
 
     shape: tuple[int, int]  # (out_features, in_features)
     precision: Precision = "fp16"
     kernels: dict[int, Kernel | None] = field(default_factory=dict)
+    eager_kernels: dict[int, Kernel | None] = field(default_factory=dict)
     reason: str | None = None  # why it stays dense at every batch size
     input_scale: float | None = None  # int8: the static input scale, after smoothing
     smoothing: torch.Tensor | None = field(default=None, repr=False)  # int8: per input channel
 
-    @property
-    def runs_2of4(self) -> bool:
-        return any(kernel is not None for kernel in self.kernels.values())
+    def kernels_for(self, eager: bool) -> dict[int, Kernel | None]:
+        return self.eager_kernels if eager else self.kernels
+
+    def runs_2of4(self, eager: bool = False) -> bool:
+        return any(kernel is not None for kernel in self.kernels_for(eager).values())
 
     @property
     def computes_int8(self) -> bool:
         """Whether a device without the 2:4 kernels computes this layer's int8 math (Int8ReferenceLinear):
         where it runs int8 at some batch size, or may and was never timed (a plan made on a CPU)."""
-        return self.precision == "int8" and (not self.kernels or any(
-            kernel is not None and kernel.int8 for kernel in self.kernels.values()))
+        kernels = [*self.kernels.values(), *self.eager_kernels.values()]
+        return self.precision == "int8" and (not kernels or any(kernel is not None and kernel.int8 for kernel in kernels))
 
     @property
     def unsmoothed(self) -> bool:
         """int8 with one input scale for every channel (calibration left it unsmoothed)."""
         return self.smoothing is not None and bool((self.smoothing == 1).all())
 
-    def token_kernels(self, seq_length: int) -> Kernels:
-        """The kernels keyed by token count (batch x seq_length), as the Linears dispatch on them."""
-        return {batch * seq_length: alg_id for batch, alg_id in self.kernels.items()}
+    def token_kernels(self, seq_length: int, eager: bool = False) -> Kernels:
+        """The kernels (eager_kernels with `eager`) keyed by token count (batch x seq_length), as the
+        Linears dispatch on them."""
+        return {batch * seq_length: kernel for batch, kernel in self.kernels_for(eager).items()}
 
 
 @dataclass
@@ -92,6 +103,8 @@ class Plan:
     layers: dict[str, LayerPlan]
     variants: dict[int, str] = field(default_factory=dict)  # batch size -> whole-model variant chosen
     model_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # batch size -> variant -> ms
+    eager_variants: dict[int, str] = field(default_factory=dict)  # the same, timed eagerly
+    eager_model_ms: dict[int, dict[str, float]] = field(default_factory=dict)
     # precision -> weight shape ("outxin") -> batch size -> tune_linears result
     shape_timings: dict[str, dict[str, dict[int, dict]]] = field(default_factory=dict)
     int8_layer_error: dict[str, float] = field(default_factory=dict)
@@ -129,8 +142,11 @@ class Plan:
         if version != PLAN_VERSION:
             raise StageError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
                              "run the accelerate stage again (dvc repro accelerate)")
-        layers = {name: LayerPlan(**{**entry, "shape": tuple(entry["shape"]), "kernels": {
-                      int(batch): None if kernel is None else Kernel(*kernel) for batch, kernel in entry["kernels"].items()}})
+        def kernels(saved: dict) -> dict[int, Kernel | None]:
+            return {int(batch): None if kernel is None else Kernel(*kernel) for batch, kernel in saved.items()}
+
+        layers = {name: LayerPlan(**{**entry, "shape": tuple(entry["shape"]), "kernels": kernels(entry["kernels"]),
+                                     "eager_kernels": kernels(entry["eager_kernels"])})
                   for name, entry in raw.pop("layers").items()}
         if any(layer.input_scale is not None for layer in layers.values()):
             for name, smoothing in load_file(str(path.with_name(SMOOTHING_FILE))).items():
@@ -139,7 +155,8 @@ class Plan:
                                        for batch, timing in per_batch.items()}
                                for shape, per_batch in per_shape.items()}
                    for precision, per_shape in raw.pop("shape_timings").items()}
-        return cls(**{**raw, "variants": _int_keys(raw["variants"]), "model_ms": _int_keys(raw["model_ms"]),
+        return cls(**{**raw, **{key: _int_keys(raw[key]) for key in ("variants", "model_ms", "eager_variants",
+                                                                      "eager_model_ms")},
                       "shape_timings": timings, "layers": layers})
 
     # ------------------------------------------------------------------ reading it
@@ -152,14 +169,14 @@ class Plan:
             before, after = self.layers.get(first), self.layers.get(second)
             if before is None or after is None or before.precision != "int8" or not after.unsmoothed:
                 continue
-            if not before.kernels or any(kernel is not None and kernel.precision == INT8_GELU
-                                         for kernel in before.kernels.values()):
+            kernels = [*before.kernels.values(), *before.eager_kernels.values()]
+            if not kernels or any(kernel is not None and kernel.precision == INT8_GELU for kernel in kernels):
                 fusions[first] = second
         return fusions
 
-    def sparse_layers(self) -> list[str]:
-        """The layers that run 2:4 at some batch size."""
-        return [name for name, layer in self.layers.items() if layer.runs_2of4]
+    def sparse_layers(self, eager: bool = False) -> list[str]:
+        """The layers that run 2:4 at some batch size (run eagerly, with `eager`)."""
+        return [name for name, layer in self.layers.items() if layer.runs_2of4(eager)]
 
     def summary(self) -> dict:
         """The accelerate stage's metrics: counts of 2:4 vs dense layers, per batch size the
@@ -193,35 +210,44 @@ class Plan:
                     "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
                 }
             metrics["layers"][name] = per_batch
-        if not self.model_ms:
-            return metrics
-        metrics["by_batch"] = {}
-        for batch, ms in self.model_ms.items():
-            chosen = self.variants[batch]
-            metrics["by_batch"][f"bs{batch}"] = {
-                "variant": chosen,
-                # none where a layer is blocked
-                "layers_2of4": sum(layer.kernels.get(batch) is not None for layer in self.layers.values()),
-                "layers_int8": sum(getattr(layer.kernels.get(batch), "int8", False) for layer in self.layers.values()),
-                "layers_int8_gelu": sum(getattr(layer.kernels.get(batch), "precision", None) == INT8_GELU
-                                        for layer in self.layers.values()),
-                "model_dense_ms": round(ms[DENSE], 4),
-                "model_accelerated_ms": round(ms[chosen], 4),
-                "model_speedup": round(ms[DENSE] / ms[chosen], 3),
-            }
+        if self.model_ms:
+            metrics["by_batch"] = self._by_batch(eager=False)
+        if self.eager_variants:
+            metrics["eager_by_batch"] = self._by_batch(eager=True)
         return metrics
 
+    def _by_batch(self, eager: bool) -> dict[str, dict]:
+        """Per batch size, the variant chosen (graphed or eager), its layer counts and, where the whole
+        model was timed that way, its latency against dense."""
+        variants, model_ms = (self.eager_variants, self.eager_model_ms) if eager else (self.variants, self.model_ms)
+        rows = {}
+        for batch, chosen in variants.items():
+            kernels = [layer.kernels_for(eager).get(batch) for layer in self.layers.values()]
+            row = {
+                "variant": chosen,
+                "layers_2of4": sum(kernel is not None for kernel in kernels),  # none where a layer is blocked
+                "layers_int8": sum(getattr(kernel, "int8", False) for kernel in kernels),
+                "layers_int8_gelu": sum(getattr(kernel, "precision", None) == INT8_GELU for kernel in kernels),
+            }
+            if batch in model_ms:
+                ms = model_ms[batch]
+                row.update(model_dense_ms=round(ms[DENSE], 4), model_accelerated_ms=round(ms[chosen], 4),
+                           model_speedup=round(ms[DENSE] / ms[chosen], 3))
+            rows[f"bs{batch}"] = row
+        return rows
+
     # ------------------------------------------------------------------ applying it
-    def linear_config(self, name: str) -> LinearConfig:
-        """The kernel config a layer's 2:4 Linear is built from."""
+    def linear_config(self, name: str, eager: bool = False) -> LinearConfig:
+        """The kernel config a layer's 2:4 Linear is built from (for the model run eagerly, with `eager`)."""
         layer, fusions = self.layers[name], self.gelu_fusions()
-        return SparseConfig(layer.token_kernels(self.seq_length), smoothing=layer.smoothing,
+        return SparseConfig(layer.token_kernels(self.seq_length, eager), smoothing=layer.smoothing,
                             input_scale=layer.input_scale,
                             gelu_scale=1 / self.layers[fusions[name]].input_scale if name in fusions else None)
 
-    def apply(self, model: torch.nn.Module, graphs: bool = True) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, graphs: bool = True, eager: bool = False) -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
-        kernels swapped in.
+        kernels swapped in: the ones timed fastest in CUDA graphs, or with `eager` (no graphs then) the
+        ones timed fastest called eagerly, where each op's host work counts.
 
         With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
         two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
@@ -238,11 +264,11 @@ class Plan:
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
                                                                         self.layers[name].input_scale), named(int8))
         use_fused_attention(model)
-        sparse = self.sparse_layers()
+        sparse = self.sparse_layers(eager)
         if not sparse:
             return model
-        swap_linears(model, self.linear_config, named(sparse))
-        if not graphs:
+        swap_linears(model, lambda name: self.linear_config(name, eager), named(sparse))
+        if eager or not graphs:
             return model
         return bucketed(model, self.batch_sizes, self.seq_length, self.compiled)
 
@@ -259,13 +285,18 @@ def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -
 
 
 def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype | None = None,
-                     graphs: bool = True) -> torch.nn.Module:
-    """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply).
-    dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
+                     graphs: bool = True, eager: bool = False) -> torch.nn.Module:
+    """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply):
+    served through CUDA graphs by default, the plain modules with graphs=False (to wrap, compile or
+    capture them yourself), or with eager the modules with the kernels timed fastest when called
+    eagerly. dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
     model_dir = Path(model_dir)
     plan = Plan.load(model_dir / PLAN_FILE)
     if device.type == "cuda":
         enable_from_env()  # TWOFOUR_PLAN_CACHE=1: eager 2:4 calls without per-call planning
+        if eager and plan.sparse_layers(eager) and not plan_cache_on():
+            print(f"{model_dir}: the eager model runs 2:4 kernels, and without the plan cache ({PLAN_CACHE_ENV}=1) "
+                  "each of their calls plans on the host", file=sys.stderr)
     if dtype is None:
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
-    return plan.apply(inference_model(model_dir, device, dtype), graphs)
+    return plan.apply(inference_model(model_dir, device, dtype), graphs, eager)

@@ -14,6 +14,12 @@ is a pass of its own); int8_gelu (int8_fused, and each pair of Plan.gelu_fusions
 first layer's GELU epilogue quantizing for the second: no GELU or quantization pass between them;
 the epilogue's configs are timed apart, as the INT8_GELU precision, since it changes which is fastest).
 `all` takes each layer's fastest kernel everywhere; `none` is dense.
+
+The variants are timed twice: replayed as CUDA graphs (the plan's kernels, how the model is served)
+and called eagerly (its eager_kernels, load_accelerated(eager=True)), where each op's host work counts:
+at batch 16 on an H200 an int8 layer's extra quantization launch costs more host time than its kernel
+saves. Eager timing needs the plan cache (without it every 2:4 call plans on the host, ~250 ms): auto
+then keeps the eager model dense.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from .attention import capture_context
 from .graphs import CudaGraphRunner
 from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
+from .plan_cache import ENV_VAR as PLAN_CACHE_ENV
 from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
@@ -251,29 +258,49 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
     kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():
         plan.layers[name].kernels = layer_kernel
+    if plan_cache_on():
+        plan.eager_model_ms = time_model_variants(model, plan, variants, eager=True)
+        eager_kernels, plan.eager_variants = final_kernels(plan.mode, variants, plan.eager_model_ms)
+    elif plan.mode == "auto":  # each eager 2:4 call would plan on the host (~250 ms): dense is faster
+        eager_kernels = {name: dict.fromkeys(plan.batch_sizes) for name in kernels}
+        plan.eager_variants = dict.fromkeys(plan.batch_sizes, DENSE)
+        plan.kernel_timing_notes.append("eager: dense at every batch size (without the plan cache "
+                                        f"({PLAN_CACHE_ENV}=1) each 2:4 call plans on the host)")
+    else:  # all: 2:4 when run eagerly too, as asked (untimed: too slow without the plan cache)
+        eager_kernels, plan.eager_variants = kernels, dict(plan.variants)
+    for name, layer_kernel in eager_kernels.items():
+        plan.layers[name].eager_kernels = layer_kernel
 
 
-def time_model_variants(dense_model: torch.nn.Module, plan: Plan, variants: VariantKernels) -> dict[int, dict[str, float]]:
-    """Whole-model latency (ms, CUDA graph replay, compiled or not) per batch size of each distinct variant."""
+def time_model_variants(dense_model: torch.nn.Module, plan: Plan, variants: VariantKernels,
+                        eager: bool = False) -> dict[int, dict[str, float]]:
+    """Whole-model latency (ms) per batch size of each distinct variant: CUDA graph replay (compiled or
+    not), or with `eager` the modules called as they are, where host work per op counts."""
     model = swap_linears(copy.deepcopy(dense_model),
                          lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
                          named(variants[DENSE]))
     use_passthrough_gelu(model, plan.gelu_fusions())
     vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
     result = {}
-    for batch in tqdm(sorted(plan.batch_sizes), desc="timing whole-model variants", unit="batch size"):
+    how = "eager" if eager else "graphed"
+    for batch in tqdm(sorted(plan.batch_sizes), desc=f"timing whole-model variants ({how})", unit="batch size"):
         input_ids = random_ids(batch, plan.seq_length, vocab, device)
         result[batch] = {}
         for variant in distinct_variants(batch, variants):
             for name, kernel in at_batch(variants[variant], batch).items():
                 model.get_submodule(name).set_kernels({input_ids.numel(): kernel})
-            runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
-            result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
-                                               MODEL_TIMING_REPEATS, device)
-            tqdm.write(f"whole model bs{batch} {variant}: {result[batch][variant]:.3f} ms")
-            del runner
-            torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
-            torch.cuda.empty_cache()
+            if eager:
+                with torch.inference_mode():
+                    result[batch][variant] = median_ms(lambda: model(input_ids=input_ids), MODEL_TIMING_WARMUP,
+                                                       MODEL_TIMING_REPEATS, device)
+            else:
+                runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
+                result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
+                                                   MODEL_TIMING_REPEATS, device)
+                del runner
+                torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
+                torch.cuda.empty_cache()
+            tqdm.write(f"whole model bs{batch} {variant} ({how}): {result[batch][variant]:.3f} ms")
     return result
 
 

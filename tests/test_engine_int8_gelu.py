@@ -154,9 +154,11 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
         return {f"{linear.out_features}x{linear.in_features}": {4: by_precision[precision]}
                 for linear in layers.values()}, []
 
-    def fake_time_model_variants(model, plan, variants):
-        timed_variants.extend(distinct_variants(4, variants))
-        model_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5}
+    def fake_time_model_variants(model, plan, variants, eager=False):
+        timed_variants.append((eager, distinct_variants(4, variants)))
+        # eagerly the int8 layers' extra host work makes fp16 2:4 the fastest
+        model_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5} if not eager else \
+            {"dense": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
         return {4: {variant: model_ms[variant] for variant in distinct_variants(4, variants)}}
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
@@ -165,15 +167,23 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     monkeypatch.setattr(kernels, "PLANNED_MM", lambda *args: None)  # the plan cache on
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert measured == [(["ffn", "out"], "fp16"), (["ffn", "out"], "int8"), (["ffn"], INT8_GELU)]
-    assert timed_variants == ["dense", "per_layer", "fp16_2of4", "int8_gelu"]
+    every_variant = ["dense", "per_layer", "fp16_2of4", "int8_gelu"]
+    assert timed_variants == [(False, every_variant), (True, every_variant)]  # in CUDA graphs, then eagerly
     assert plan.layers["ffn"].kernels == {4: Kernel(INT8_GELU, 6)} and plan.layers["out"].kernels == {4: Kernel("int8", 1)}
     assert plan.gelu_fusions() == {"ffn": "out"} and plan.summary()["by_batch"]["bs4"]["layers_int8_gelu"] == 1
-    # with the plan cache off the epilogue is never timed, and no pair fuses
+    assert plan.eager_variants == {4: "fp16_2of4"} and plan.eager_model_ms[4]["int8_gelu"] == 4.8
+    assert plan.layers["ffn"].eager_kernels == {4: Kernel("fp16", 0)} == plan.layers["out"].eager_kernels
+    assert plan.summary()["eager_by_batch"]["bs4"]["model_speedup"] == round(5.0 / 4.5, 3)
+    # with the plan cache off the epilogue is never timed, no pair fuses, and the eager model runs dense
+    # (each 2:4 call would plan on the host): not timed
     monkeypatch.setattr(kernels, "PLANNED_MM", None)
     measured.clear(), timed_variants.clear()
-    plan.layers["ffn"].kernels = {}
+    plan.layers["ffn"].kernels = plan.layers["ffn"].eager_kernels = {}
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
-    assert [precision for _, precision in measured] == ["fp16", "int8"] and "int8_gelu" not in timed_variants
+    assert [precision for _, precision in measured] == ["fp16", "int8"]
+    assert timed_variants == [(False, ["dense", "per_layer", "fp16_2of4"])]
+    assert plan.eager_variants == {4: "dense"} and plan.layers["ffn"].eager_kernels == {4: None}
+    assert plan.kernel_timing_notes[-1].startswith("eager: dense at every batch size")
 
 
 def test_timing_the_epilogue_without_the_plan_cache_is_refused_before_touching_a_gpu(monkeypatch):

@@ -13,7 +13,7 @@ from engine.kernels import Int8ReferenceLinear, Int8Weights, Kernel, SparseConfi
 from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
 from engine.planner import final_kernels, variant_kernels
 from stages.common import StageError
-from test_engine_planner import FFN, QUERY, int8, plan_for
+from test_engine_planner import FFN, QUERY, fp16, int8, plan_for
 
 # plan.json as accelerate wrote it before plans had a type (int8, one BERT layer, on a CPU).
 PLAN_BEFORE_VERSIONS = Path(__file__).parent / "fixtures" / "plan-v0.json"
@@ -24,14 +24,20 @@ def measured_plan() -> Plan:
     """A GPU-made plan from plan_for's timings: FFN1 on int8 2:4 at batch 256, the query dense, one
     layer left dense by prune.exclude."""
     timings, per_layer, model_ms = plan_for("auto")
-    kernels, variants = final_kernels("auto", variant_kernels("auto", per_layer, timings, set()), model_ms)
+    all_variants = variant_kernels("auto", per_layer, timings, set())
+    kernels, variants = final_kernels("auto", all_variants, model_ms)
+    # eagerly, int8's extra quantization call costs more host time than its kernel saves at batch 256
+    eager_model_ms = {4: {"dense": 9.0, "fp16_2of4": 9.5}, 256: {"dense": 120.0, "per_layer": 125.0, "fp16_2of4": 110.0}}
+    eager_kernels, eager_variants = final_kernels("auto", all_variants, eager_model_ms)
     layers = {
-        FFN: LayerPlan((3072, 768), "int8", kernels[FFN], input_scale=0.05, smoothing=torch.linspace(1, 2, 768)),
-        QUERY: LayerPlan((768, 768), "fp16", kernels[QUERY]),
+        FFN: LayerPlan((3072, 768), "int8", kernels[FFN], eager_kernels[FFN], input_scale=0.05,
+                       smoothing=torch.linspace(1, 2, 768)),
+        QUERY: LayerPlan((768, 768), "fp16", kernels[QUERY], eager_kernels[QUERY]),
         BLOCKED: LayerPlan((768, 768), reason="dense: weight is not 2:4 sparse"),
     }
     return Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
                 batch_sizes=[4, 256], seq_length=384, layers=layers, variants=variants, model_ms=model_ms,
+                eager_variants=eager_variants, eager_model_ms=eager_model_ms,
                 shape_timings={precision: {shape: {batch: by_precision[precision]
                                                    for batch, by_precision in timings[layer].items()}
                                            for shape, layer in (("3072x768", FFN), ("768x768", QUERY))
@@ -46,6 +52,8 @@ def test_plan_round_trips_through_its_files(tmp_path):
     loaded = Plan.load(tmp_path / PLAN_FILE)
     assert loaded.version == PLAN_VERSION and loaded.variants == {4: "dense", 256: "per_layer"}
     assert loaded.layers[FFN].kernels == {4: None, 256: int8(4)}  # batch sizes, ints again; kernels typed
+    assert loaded.eager_variants == {4: "dense", 256: "fp16_2of4"}
+    assert loaded.layers[FFN].eager_kernels == {4: None, 256: fp16(5)} and loaded.eager_model_ms[256]["dense"] == 120.0
     assert loaded.shape_timings["fp16"]["3072x768"][256]["sparse_ms"] == {0: 9.8, 5: 9.0}
     assert torch.equal(loaded.layers[FFN].smoothing, plan.layers[FFN].smoothing)
     without_tensors = {name: dataclasses.replace(layer, smoothing=None) for name, layer in plan.layers.items()}
@@ -65,11 +73,16 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
                                                "sparse_ms": 8.0, "speedup": 1.25}
     # dense here: beside it, the fastest fp16 2:4 config it was timed against
     assert metrics["layers"][FFN]["bs4"] == {"kernel": "dense", "dense_ms": 1.0, "sparse_ms": 1.1, "speedup": 0.909}
+    # the model run eagerly: its own variant per batch size, against dense run eagerly
+    assert metrics["eager_by_batch"]["bs256"] == {"variant": "fp16_2of4", "layers_2of4": 2, "layers_int8": 0,
+                                                  "layers_int8_gelu": 0, "model_dense_ms": 120.0,
+                                                  "model_accelerated_ms": 110.0, "model_speedup": round(120 / 110, 3)}
+    assert metrics["eager_by_batch"]["bs4"]["variant"] == "dense"
 
 
 def test_a_dense_plan_summarizes_without_timings_and_still_reports_every_layer():
     plan = dataclasses.replace(measured_plan(), backend=None, reason="dense: no CUDA device", model_ms={},
-                               variants={}, shape_timings={},
+                               variants={}, eager_variants={}, eager_model_ms={}, shape_timings={},
                                layers={QUERY: LayerPlan((768, 768), reason="dense: no CUDA device"),
                                        FFN: LayerPlan((3072, 768))})
     # reports/accelerate.json is a declared output: it is written on a CPU too
@@ -99,6 +112,10 @@ def test_kernel_configs_key_the_kernels_by_token_count():
     assert ffn.input_scale == 0.05 and ffn.smoothing is plan.layers[FFN].smoothing  # it may run int8
     assert ffn.kernels == {4 * 384: None, 256 * 384: int8(4)}
     assert plan.linear_config(QUERY) == SparseConfig({4 * 384: None, 256 * 384: None})
+    # the eager model's Linears: the kernels timed fastest eagerly
+    assert plan.linear_config(FFN, eager=True).kernels == {4 * 384: None, 256 * 384: fp16(5)}
+    assert plan.linear_config(QUERY, eager=True).kernels == {4 * 384: None, 256 * 384: fp16(1)}
+    assert plan.sparse_layers() == [FFN] and plan.sparse_layers(eager=True) == [FFN, QUERY]
 
 
 def test_applied_on_a_cpu_int8_layers_compute_the_kernels_math_and_the_rest_stay():

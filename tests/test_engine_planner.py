@@ -170,7 +170,10 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert measured == [(["ffn", "query"], [4, 256], 384, torch.float16, "fp16", 60),
                         (["ffn"], [4, 256], 384, torch.float16, "int8", 60)]  # int8 only where it passed
-    assert plan.kernel_timing_notes == ["fp16 note", "int8 note"]
+    # no plan cache here: the eager model is dense, untimed (each 2:4 call would plan on the host)
+    assert plan.kernel_timing_notes[:2] == ["fp16 note", "int8 note"] and len(plan.kernel_timing_notes) == 3
+    assert plan.eager_variants == {4: "dense", 256: "dense"} and plan.eager_model_ms == {}
+    assert plan.layers["ffn"].eager_kernels == {4: None, 256: None} and plan.sparse_layers(eager=True) == []
     assert plan.tuning == {"max_alg_id": 7, "budget_s_per_precision": 60, "alg_ids_offered": {"fp16": 8, "int8": 8}}
     assert plan.variants == {4: "dense", 256: "per_layer"} and plan.model_ms == model_ms
     assert plan.layers["ffn"].kernels == {4: None, 256: int8(4)}
