@@ -1,8 +1,9 @@
 """The 2:4 inference engine, apart from the pipeline's stages: it imports no stage module, only the
 helpers the stages share (stages.common for errors and JSON, stages.modeling to load a model).
 
-- plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated.
-- planner: making a plan on a GPU from kernel and whole-model timings.
+- plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated (served as
+  CUDA graphs, or eager=True: the kernels timed fastest when called eagerly).
+- planner: making a plan on a GPU from kernel and whole-model timings (graphed and eager).
 - kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 Linears behind one swap_linears call;
   int8_gelu, the int8 kernel whose epilogue applies GELU and quantizes for the next int8 layer.
 - quantize_kernel: the int8 input quantization as one Triton kernel, for int8 layers run eagerly.

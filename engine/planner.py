@@ -309,6 +309,26 @@ def logits_error(reference, output) -> float:
                relative_error(reference.end_logits, output.end_logits))
 
 
+def _eager_errors(dense: torch.nn.Module, accelerated: torch.nn.Module, plan: Plan, eager: bool,
+                  suffix: str) -> dict[str, float]:
+    """Relative logits error, model called eagerly at seq_length - 1 (an odd token count: the padding
+    path), at each batch size where `accelerated` runs 2:4 (its eager kernels, with `eager`)."""
+    seq, vocab = plan.seq_length, dense.config.vocab_size
+    device = next(dense.parameters()).device
+    errors = {}
+    for batch in sparse_batches(plan, eager):
+        input_ids = random_ids(batch, seq - 1, vocab, device, seed=batch)
+        errors[f"bs{batch}_seq{seq - 1}_{suffix}"] = logits_error(dense(input_ids=input_ids),
+                                                                 accelerated(input_ids=input_ids))
+    return errors
+
+
+def sparse_batches(plan: Plan, eager: bool = False) -> list[int]:
+    """The batch sizes where some layer runs 2:4 (in the eager kernels, with `eager`)."""
+    return sorted({batch for name in plan.sparse_layers(eager)
+                   for batch, kernel in plan.layers[name].kernels_for(eager).items() if kernel is not None})
+
+
 @torch.inference_mode()
 def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: Plan) -> dict[str, float]:
     """Relative error of the accelerated logits vs the masked dense model, per batch size that runs 2:4.
@@ -318,20 +338,19 @@ def check_outputs(dense: torch.nn.Module, accelerated: CudaGraphRunner, plan: Pl
     compiled models round differently from eager ones (fused ops keep float32 in between), by more
     than the bound on an H200 (2.6e-3 for fp16 bert-base), and that is not the 2:4 kernels' error.
     """
-    seq, vocab = plan.seq_length, dense.config.vocab_size
-    device = next(dense.parameters()).device
-    sparse_batches = sorted({batch for name in plan.sparse_layers()
-                             for batch, kernel in plan.layers[name].kernels.items() if kernel is not None})
-    errors = {}
-    for batch in sparse_batches:
-        input_ids = random_ids(batch, seq - 1, vocab, device, seed=batch)
-        errors[f"bs{batch}_seq{seq - 1}_eager"] = logits_error(dense(input_ids=input_ids),
-                                                               accelerated.model(input_ids=input_ids))
-    if sparse_batches:
-        batch = sparse_batches[0]
-        input_ids = random_ids(batch, seq, vocab, device, seed=1)
+    errors = _eager_errors(dense, accelerated.model, plan, eager=False, suffix="eager")
+    batches = sparse_batches(plan)
+    if batches:
+        batch = batches[0]
+        input_ids = random_ids(batch, plan.seq_length, dense.config.vocab_size, next(dense.parameters()).device, seed=1)
         reference = CudaGraphRunner(dense, capture_context=capture_context, compile=plan.compiled)
-        errors[f"bs{batch}_seq{seq}_graphed"] = logits_error(reference(input_ids=input_ids),
-                                                             accelerated(input_ids=input_ids))
+        errors[f"bs{batch}_seq{plan.seq_length}_graphed"] = logits_error(reference(input_ids=input_ids),
+                                                                         accelerated(input_ids=input_ids))
         del reference
     return errors
+
+
+@torch.inference_mode()
+def check_eager_outputs(dense: torch.nn.Module, eager_model: torch.nn.Module, plan: Plan) -> dict[str, float]:
+    """check_outputs' eager part for the model with the plan's eager kernels (load_accelerated(eager=True))."""
+    return _eager_errors(dense, eager_model, plan, eager=True, suffix="eager_kernels")

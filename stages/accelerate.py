@@ -26,6 +26,7 @@ from engine.planner import (
     MAX_INT8_RELATIVE_ERROR,
     MAX_RELATIVE_ERROR,
     TUNING_BUDGET_S,
+    check_eager_outputs,
     check_outputs,
     measure,
     why_dense,
@@ -115,8 +116,10 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     if int8_summary is not None:
         metrics["int8"] = int8_summary
     metrics["output_relative_error"] = None
-    if plan.sparse_layers():
-        errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan)
+    errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan) if plan.sparse_layers() else {}
+    if plan.sparse_layers(eager=True):
+        errors |= check_eager_outputs(model, load_accelerated(out_dir, device, dtype, eager=True), plan)
+    if errors:
         metrics["output_relative_error"] = {key: round(err, 6) for key, err in errors.items()}
         worst = max(errors, key=errors.__getitem__)
         bound = MAX_INT8_RELATIVE_ERROR if int8_calibration else MAX_RELATIVE_ERROR

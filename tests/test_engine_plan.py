@@ -135,3 +135,31 @@ def test_applied_on_a_cpu_int8_layers_compute_the_kernels_math_and_the_rest_stay
     with torch.no_grad():
         expected = last(torch.relu(reference_linear(x, Int8Weights(first, smoothing, 0.02), first.bias)))
         assert torch.equal(applied(x), expected)
+
+
+def test_the_eager_models_outputs_are_checked_at_each_batch_size_its_eager_kernels_run_2of4():
+    """check_eager_outputs: one eager call per batch size where the eager kernels run 2:4 (256 in
+    measured_plan, none at 4), at seq_length - 1, the error of the model handed to it vs dense."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from engine.planner import check_eager_outputs, sparse_batches
+
+    torch.manual_seed(0)
+    dense = BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=64, vocab_size=50)).eval()
+    plan = dataclasses.replace(measured_plan(), seq_length=8)
+    assert sparse_batches(plan) == [256] == sparse_batches(plan, eager=True)
+    plan.layers[QUERY].eager_kernels = {4: fp16(1), 256: None}  # now 2:4 eagerly at batch 4 too
+    assert sparse_batches(plan, eager=True) == [4, 256]
+    shapes = []
+
+    def off_by_a_tenth(input_ids):
+        shapes.append(tuple(input_ids.shape))
+        out = dense(input_ids=input_ids)
+        return dataclasses.replace(out, start_logits=out.start_logits * 1.1, end_logits=out.end_logits)
+
+    errors = check_eager_outputs(dense, off_by_a_tenth, plan)
+    assert shapes == [(4, 7), (256, 7)]
+    assert set(errors) == {"bs4_seq7_eager_kernels", "bs256_seq7_eager_kernels"}
+    assert all(err == pytest.approx(0.1, rel=1e-3) for err in errors.values())
+    assert check_eager_outputs(dense, dense, plan) == dict.fromkeys(errors, 0.0)
