@@ -254,12 +254,14 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
     fusions = plan.gelu_fusions()
     variants = variant_kernels(plan.mode, layer_kernels(timings, plan.mode), timings, unfused_inputs(model, candidates),
                                fusions, epilogue_layer_timings(plan, fusions))
+    # Both timings before any kernel is chosen: the timed models take their GELU pairs from
+    # Plan.gelu_fusions, which a chosen kernel set without int8_gelu would empty.
     plan.model_ms = time_model_variants(model, plan, variants)
+    plan.eager_model_ms = time_model_variants(model, plan, variants, eager=True) if plan_cache_on() else {}
     kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():
         plan.layers[name].kernels = layer_kernel
-    if plan_cache_on():
-        plan.eager_model_ms = time_model_variants(model, plan, variants, eager=True)
+    if plan.eager_model_ms:
         eager_kernels, plan.eager_variants = final_kernels(plan.mode, variants, plan.eager_model_ms)
     elif plan.mode == "auto":  # each eager 2:4 call would plan on the host (~250 ms): dense is faster
         eager_kernels = {name: dict.fromkeys(plan.batch_sizes) for name in kernels}

@@ -154,11 +154,15 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
         return {f"{linear.out_features}x{linear.in_features}": {4: by_precision[precision]}
                 for linear in layers.values()}, []
 
+    graphed_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5}
+    # eagerly the int8 layers' extra host work makes fp16 2:4 the fastest
+    eager_ms = {"dense": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
+    fusions_when_timed = []
+
     def fake_time_model_variants(model, plan, variants, eager=False):
         timed_variants.append((eager, distinct_variants(4, variants)))
-        # eagerly the int8 layers' extra host work makes fp16 2:4 the fastest
-        model_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5} if not eager else \
-            {"dense": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
+        fusions_when_timed.append(plan.gelu_fusions())  # what the timed model's GELU pairs are built from
+        model_ms = eager_ms if eager else graphed_ms
         return {4: {variant: model_ms[variant] for variant in distinct_variants(4, variants)}}
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
@@ -174,6 +178,14 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     assert plan.eager_variants == {4: "fp16_2of4"} and plan.eager_model_ms[4]["int8_gelu"] == 4.8
     assert plan.layers["ffn"].eager_kernels == {4: Kernel("fp16", 0)} == plan.layers["out"].eager_kernels
     assert plan.summary()["eager_by_batch"]["bs4"]["model_speedup"] == round(5.0 / 4.5, 3)
+    # graphed, int8_gelu loses and eagerly it wins: both timings still ran with the pair fusable
+    plan.layers["ffn"].kernels = plan.layers["ffn"].eager_kernels = {}
+    graphed_ms["int8_gelu"], eager_ms["int8_gelu"] = 4.2, 4.0
+    fusions_when_timed.clear()
+    planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
+    assert fusions_when_timed == [{"ffn": "out"}, {"ffn": "out"}]
+    assert plan.variants == {4: "per_layer"} and plan.eager_variants == {4: "int8_gelu"}
+    assert plan.layers["ffn"].eager_kernels == {4: Kernel(INT8_GELU, 6)} and plan.gelu_fusions() == {"ffn": "out"}
     # with the plan cache off the epilogue is never timed, no pair fuses, and the eager model runs dense
     # (each 2:4 call would plan on the host): not timed
     monkeypatch.setattr(kernels, "PLANNED_MM", None)
