@@ -72,12 +72,17 @@ class LayerPlan:
     def runs_2of4(self, eager: bool = False) -> bool:
         return any(kernel is not None for kernel in self.kernels_for(eager).values())
 
+    def every_kernel(self) -> list[Kernel | None]:
+        """The kernels of both sets, graphed and eager: what the layer may run on some device."""
+        return [*self.kernels.values(), *self.eager_kernels.values()]
+
     @property
     def computes_int8(self) -> bool:
         """Whether a device without the 2:4 kernels computes this layer's int8 math (Int8ReferenceLinear):
         where it runs int8 at some batch size, or may and was never timed (a plan made on a CPU)."""
-        kernels = [*self.kernels.values(), *self.eager_kernels.values()]
-        return self.precision == "int8" and (not kernels or any(kernel is not None and kernel.int8 for kernel in kernels))
+        kernels = self.every_kernel()
+        return self.precision == "int8" and (not kernels or any(kernel is not None and kernel.int8
+                                                                for kernel in kernels))
 
     @property
     def unsmoothed(self) -> bool:
@@ -169,7 +174,7 @@ class Plan:
             before, after = self.layers.get(first), self.layers.get(second)
             if before is None or after is None or before.precision != "int8" or not after.unsmoothed:
                 continue
-            kernels = [*before.kernels.values(), *before.eager_kernels.values()]
+            kernels = before.every_kernel()
             if not kernels or any(kernel is not None and kernel.precision == INT8_GELU for kernel in kernels):
                 fusions[first] = second
         return fusions
