@@ -28,8 +28,9 @@ from flows.common import LOGS_DIR, PIPELINE_RUN_ENV, git_commit, log_to_file, re
 from stages.common import StageError
 from stages.params import ParamError, validate
 
-RAN = re.compile(r"Running stage '(\w+)'")
-SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
+# A stage of another dvc.yaml than the root's is named with its file: 'gpu/dvc.yaml:tokenize'.
+RAN = re.compile(r"Running stage '(?:[\w./-]+:)?(\w+)'")
+SKIPPED = re.compile(r"Stage '(?:[\w./-]+:)?(\w+)' (?:didn't change, skipping|is cached - skipping)")
 # DVC 3 ends every run that ran a stage with this, remote or not, and has no setting to leave it out.
 PUSH_HINT = re.compile(r"^Use `dvc push` to send your updates to remote storage\.\n?", re.MULTILINE)
 STAGE_ERROR = re.compile(r"^twofour \w+: error: .*$", re.MULTILINE)  # a failed stage's line (flows/common.py)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import re
 import statistics
@@ -57,15 +58,17 @@ from .modeling import encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
-# Eager fp16 2:4 forwards plan every cuSPARSELt call on the host (~14 s per bert-base forward on an
-# H100): eager timing stops after this long, with one timed call at least.
+# Eager fp16 2:4 forwards without the plan cache plan every cuSPARSELt call on the host: eager
+# warm-up and timing each stop after this long, with one call of each variant at least.
 EAGER_BUDGET_S = 10.0
 # Repeats of one timing spread wider than this (interquartile range / median) were disturbed, most
 # often by other work on the machine: a loaded 2-core CPU once gave two identical models a 156x
 # "speedup".
 NOISE_LIMIT = 0.2
+# Interleaved rounds per mode (measure_batch): each times every variant for its share of the repeats.
+ROUNDS = 5
 # The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
-PER_BATCH_SIZE = ("latency_ms", "speedup", "speedup_vs_dense_fp8", "peak_memory_mb")
+PER_BATCH_SIZE = ("latency_ms", "speedup", "speedup_range", "speedup_vs_dense_fp8", "peak_memory_mb")
 
 
 def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
@@ -101,8 +104,8 @@ def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 class CallTimer:
-    """`forward`, with each call timed as median_ms times it (CUDA events on a GPU, a host clock on
-    a CPU): median_ms keeps only the median, and the noise check needs the repeats behind it."""
+    """`forward`, with each call timed (CUDA events on a GPU, a host clock on a CPU): the calls are
+    kept, for the medians and the noise check."""
 
     def __init__(self, forward, device: torch.device):
         self.forward, self.on_gpu, self.calls = forward, device.type == "cuda", []
@@ -119,13 +122,11 @@ class CallTimer:
             self.forward()
             self.calls.append((time.perf_counter() - begin) * 1000)
 
-    def timed_ms(self, warmup: int) -> list[float]:
-        """The timed calls after `warmup`; a time budget that cut the warm-up short left one."""
-        calls = self.calls[warmup:] if len(self.calls) > warmup else self.calls[-1:]
+    def timed_ms(self) -> list[float]:
         if self.on_gpu:
             torch.cuda.synchronize()
-            return [start.elapsed_time(end) for start, end in calls]
-        return calls
+            return [start.elapsed_time(end) for start, end in self.calls]
+        return list(self.calls)
 
 
 def relative_spread(times_ms: list[float]) -> float | None:
@@ -181,26 +182,59 @@ def gpu_driver_version() -> str | None:
 
 
 def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], params,
-                  device) -> tuple[dict, dict, dict]:
-    """(latency ms, peak memory MiB, relative spread of the repeats) per variant_mode at one batch
-    of inputs; raises OutOfMemoryError."""
-    latency, peak, spread = {}, {}, {}
+                  device) -> tuple[dict, dict, dict, dict]:
+    """(latency ms, peak memory MiB, relative spread of the repeats, per-round speedup range) per
+    variant_mode at one batch of inputs; raises OutOfMemoryError.
+
+    A mode's variants are timed interleaved: each is warmed up (graphs captured, code compiled), then
+    ROUNDS rounds time every variant in turn for its share of the repeats, so a change of clocks or
+    load during the measurement reaches dense and accelerated alike. The latency is the median of
+    all a variant's timed calls; the range is the lowest and highest dense / accelerated ratio of
+    the rounds' medians."""
+    latency, peak, spread, ranges = {}, {}, {}, {}
+    per_round = max(1, math.ceil(params["benchmark.repeats"] / ROUNDS))
     for mode in mode_names:
+        # eager 2:4 calls may plan on the host for each call: a warm-up call and a round of each at least
+        budget_s = EAGER_BUDGET_S if mode == "eager" else None
+        timers = {}
         for variant, by_mode in models.items():
             if mode not in by_mode:
                 continue
             forward = by_mode[mode]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            timer = CallTimer(lambda: forward(input_ids=input_ids), device)
+            warm_from = time.perf_counter()
             with torch.inference_mode():
-                ms = median_ms(timer, params["benchmark.warmup"], params["benchmark.repeats"], device,
-                               budget_s=EAGER_BUDGET_S if mode == "eager" else None)
-            latency[f"{variant}_{mode}"] = round(ms, 3)
-            spread[f"{variant}_{mode}"] = relative_spread(timer.timed_ms(params["benchmark.warmup"]))
+                for _ in range(params["benchmark.warmup"]):
+                    forward(input_ids=input_ids)
+                    if budget_s is not None and time.perf_counter() - warm_from > budget_s:
+                        break
             if device.type == "cuda":
+                torch.cuda.synchronize(device)
                 peak[f"{variant}_{mode}"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return latency, peak, spread
+            timers[variant] = CallTimer(lambda forward=forward: forward(input_ids=input_ids), device)
+        started = time.perf_counter()
+        rounds = {variant: [] for variant in timers}
+        for _ in range(ROUNDS):
+            for variant, timer in timers.items():
+                before = len(timer.calls)
+                with torch.inference_mode():
+                    for _ in range(per_round):
+                        timer()
+                        if budget_s is not None and time.perf_counter() - started > budget_s:
+                            break
+                rounds[variant].append((before, len(timer.calls)))
+            if budget_s is not None and time.perf_counter() - started > budget_s:
+                break
+        for variant, timer in timers.items():
+            times = timer.timed_ms()
+            latency[f"{variant}_{mode}"] = round(statistics.median(times), 3)
+            spread[f"{variant}_{mode}"] = relative_spread(times)
+            rounds[variant] = [statistics.median(times[begin:end]) for begin, end in rounds[variant]]
+        if "dense" in rounds and "accelerated" in rounds:
+            ratios = [dense / accelerated for dense, accelerated in zip(rounds["dense"], rounds["accelerated"])]
+            ranges[mode] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return latency, peak, spread, ranges
 
 
 @torch.no_grad()
@@ -271,7 +305,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
         plain["dense_fp8"] = fp8_model(plain["dense"], calibration)
         modes_of["dense_fp8"] = ["compiled"]
-    latency, peak_memory, spread, rows = {}, {}, {}, []
+    latency, peak_memory, spread, speedup_range, rows = {}, {}, {}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
@@ -280,7 +314,8 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
                   for variant, model in plain.items()}
         try:
             input_ids = random_ids(batch, seq_length, dense.config.vocab_size, device, seed=batch)
-            latency[key], peak, spread[key] = measure_batch(models, input_ids, mode_names, params, device)
+            latency[key], peak, spread[key], speedup_range[key] = measure_batch(models, input_ids, mode_names,
+                                                                                params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
             if not is_out_of_memory(err):
                 raise
@@ -304,6 +339,8 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "repeats": params["benchmark.repeats"],
         "latency_ms": latency,
         "speedup": speedups(latency),
+        "rounds": ROUNDS,
+        "speedup_range": speedup_range,
         **noise_check(spread),
         "device": device_facts(device),
     }

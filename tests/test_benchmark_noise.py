@@ -1,10 +1,12 @@
 """The benchmark's noise check: timings whose repeats spread too wide are marked untrustworthy."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from stages import benchmark
-from stages.benchmark import NOISE_LIMIT, CallTimer, relative_spread, untrustworthy
+from stages.benchmark import NOISE_LIMIT, ROUNDS, CallTimer, measure_batch, relative_spread, untrustworthy
 
 
 def test_relative_spread_of_synthetic_timings():
@@ -29,13 +31,31 @@ def test_untrustworthy_names_each_noisy_timing_with_its_reason():
     assert untrustworthy({"bs16": spread["bs16"]}) == {}
 
 
-def test_call_timer_keeps_the_calls_after_warmup():
+def test_call_timer_keeps_every_call():
     timer = CallTimer(lambda: None, torch.device("cpu"))
     for _ in range(5):
         timer()
-    assert len(timer.timed_ms(warmup=2)) == 3
-    assert len(timer.timed_ms(warmup=9)) == 1  # a budget cut the warm-up short: one timed call
-    assert all(ms >= 0 for ms in timer.timed_ms(warmup=0))
+    assert len(timer.timed_ms()) == 5 and all(ms >= 0 for ms in timer.timed_ms())
+
+
+def test_variants_are_timed_interleaved_in_rounds_after_each_warm_up():
+    calls = []
+
+    def forward(variant, pause_s=0.0):
+        def call(input_ids):
+            calls.append(variant)
+            time.sleep(pause_s)
+        return call
+
+    models = {"dense": {"eager": forward("dense", 0.02)}, "accelerated": {"eager": forward("accelerated")}}
+    params = {"benchmark.warmup": 2, "benchmark.repeats": 10}
+    latency, _, spread, ranges = measure_batch(models, torch.zeros(1, 4), ["eager"], params, torch.device("cpu"))
+    per_round = 10 // ROUNDS
+    assert calls[:4] == ["dense"] * 2 + ["accelerated"] * 2  # the warm-ups
+    assert calls[4:] == (["dense"] * per_round + ["accelerated"] * per_round) * ROUNDS
+    assert set(latency) == set(spread) == {"dense_eager", "accelerated_eager"}
+    low, high = ranges["eager"]
+    assert 1 < low <= high  # dense sleeps 20 ms a call, accelerated not at all: slower in every round
 
 
 def test_benchmark_flags_noisy_timings_in_its_metrics(params, tiny_model, tmp_path, monkeypatch, caplog):
@@ -43,12 +63,13 @@ def test_benchmark_flags_noisy_timings_in_its_metrics(params, tiny_model, tmp_pa
 
     (tmp_path / "accelerated").mkdir()
     accelerate.run(params, tiny_model, tmp_path / "accelerated")
-    real_spread = benchmark.relative_spread
-    monkeypatch.setattr(benchmark, "relative_spread", lambda times: 5.0 if len(times) == 2 else real_spread(times))
+    spreads = iter([5.0, 5.0])  # the first batch size's two timings were disturbed, the others steady
+    monkeypatch.setattr(benchmark, "relative_spread", lambda times: next(spreads, 0.01))
     metrics, _ = benchmark.run(params, tiny_model, tmp_path / "accelerated")
     assert metrics["trustworthy"] is False
-    assert metrics["noise"]["untrustworthy"]["bs1"]["dense_eager"] == "repeats spread 500% (IQR / median) > 20%"
-    assert "benchmark: warning: 4 timings too noisy to trust (bs1 dense_eager" in caplog.text
+    assert metrics["noise"]["untrustworthy"] == {"bs1": {"dense_eager": "repeats spread 500% (IQR / median) > 20%",
+                                                         "accelerated_eager": "repeats spread 500% (IQR / median) > 20%"}}
+    assert "benchmark: warning: 2 timings too noisy to trust (bs1 dense_eager, bs1 accelerated_eager)" in caplog.text
 
 
 def test_steady_benchmark_is_trustworthy(params, tiny_model, tmp_path, monkeypatch):

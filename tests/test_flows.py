@@ -79,6 +79,12 @@ def test_summarize_repro_reads_dvc_output():
     assert summarize_repro(output) == {"ran": ["prune", "evaluate"], "cached": ["tokenize", "train_baseline"]}
 
 
+def test_summarize_repro_reads_stages_of_another_dvc_yaml():
+    output = ("Stage 'gpu/dvc.yaml:tokenize' didn't change, skipping\n"
+              "Running stage 'gpu/dvc.yaml:train_baseline':\n> PYTHONPATH=.. python -m flows.train_baseline\n")
+    assert summarize_repro(output) == {"ran": ["train_baseline"], "cached": ["tokenize"]}
+
+
 def test_dvc_command():
     assert dvc_command([])[-2:] == ["dvc", "repro"]
     assert dvc_command(["prune.method=wanda", "seed=1"])[-6:] == [
