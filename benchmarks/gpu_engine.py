@@ -151,6 +151,11 @@ def merge_benchmark(merged: dict, metrics: dict) -> None:
     merged["trustworthy"] = not merged["noise"]["untrustworthy"]
 
 
+# What every result of this script is: timings of a shape, not of a trained model (gpu/ times one).
+SHAPE_BENCHMARK = ("a shape benchmark, not a model result: random bert-base-shaped weights, 2:4 by magnitude, "
+                   "int8 calibrated on random tokens")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
@@ -192,7 +197,7 @@ def main() -> None:
     facts = cusparselt_facts()
     print(f"cuSPARSELt {facts['cusparselt']} loaded ({', '.join(facts['cusparselt_files'])}; "
           f"torch compiled against {facts['cusparselt_torch_compiled']})", flush=True)
-    results = {"command": " ".join(sys.argv), "cusparselt": facts, "stage_seconds": {}}
+    results = {"command": " ".join(sys.argv), "cusparselt": facts, "stage_seconds": {}, "model": SHAPE_BENCHMARK}
 
     def save() -> None:  # after each stage, so a run cut short still leaves its figures
         if args.out:
@@ -226,6 +231,7 @@ def main() -> None:
                 results["stage_seconds"]["benchmark"] = time.perf_counter() - start
                 save()
             print_benchmark(results["benchmark"])
+    print(f"({SHAPE_BENCHMARK})")
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_seconds"].items()))
 
 

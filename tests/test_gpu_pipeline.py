@@ -74,7 +74,7 @@ def test_gpu_pipeline_runs_in_its_folder_and_leaves_the_default_alone(project):
     assert set(scores["f1"]) == {"dense", "pruned", "sparse", "accelerated"}
     # nothing of the default pipeline was made or touched
     assert not (root / "features").exists() and not (root / "models/baseline").exists()
-    assert not (root / "reports").exists()
+    assert not list((root / "reports").glob("*.json"))
     assert sh(["git", "status", "--porcelain", "params.yaml", "dvc.lock", "metrics"], root, project[1]).stdout == ""
 
     # both pipelines' scores are listed side by side; the GPU one is up to date on a second run
@@ -83,6 +83,15 @@ def test_gpu_pipeline_runs_in_its_folder_and_leaves_the_default_alone(project):
     assert {"metrics/scores.json", "gpu/metrics/scores.json"} <= files
     again = dvc(project, "repro", "gpu/dvc.yaml")
     assert summarize_repro(again.stdout)["ran"] == []
+
+    # one accelerate param changed: accelerate reruns, and at most what reads its model after it
+    params = yaml.safe_load((root / "gpu/params.yaml").read_text())
+    params["accelerate"]["int8_smoothing"] = 0.5
+    (root / "gpu/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = summarize_repro(dvc(project, "repro", "gpu/dvc.yaml").stdout)
+    assert changed["ran"][0] == "accelerate"
+    assert set(changed["ran"]) <= {"accelerate", "evaluate", "benchmark", "summary"}
+    assert {"tokenize", "train_baseline", "prune", "finetune_sparse"} <= set(changed["cached"])
 
 
 def test_default_repro_leaves_the_gpu_pipeline_alone(project):

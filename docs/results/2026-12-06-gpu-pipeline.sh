@@ -5,7 +5,7 @@
 #   .stage1  the embedded model's small files, the first half of its weights, the SQuAD v1.1 files
 #   .stage2  the second half of the weights and the smaller wheels (dvc, prefect, datasets, evaluate
 #            and what they need that the image lacks, for Python 3.12)
-#   .whl     the other wheels
+#   .whl     the other wheels (asyncpg among them: Prefect's server imports it even on SQLite)
 #   .cslt1 .cslt2 .cslt3  cuSPARSELt 0.10 (../shared/tools/cusparselt/prepare.sh)
 # What outlives a call while the machine stays warm: /root/tw (packages, model, data, compile cache,
 # Prefect's home), /root/cslt, and the checkout's ignored outputs (gpu/features, gpu/models,
@@ -28,12 +28,14 @@ if [ -f /root/cslt/part02 ] && [ ! -f /root/cslt/libcusparseLt.so.0 ]; then bash
 if [ -f "$S/part01" ] && [ ! -f "$MODEL/model.safetensors" ]; then
   cat "$S/part00" "$S/part01" > "$MODEL/model.safetensors" && (cd "$MODEL" && sha256sum -c model.safetensors.sha256) || exit 4
 fi
-python3 -c "import dvc, prefect, datasets, evaluate" 2>/dev/null && [ -f "$MODEL/model.safetensors" ] || { echo "staged; not ready to run"; exit 0; }
+PYTHONPATH=$SITE python3 -c "import dvc, prefect, datasets, evaluate" && [ -f "$MODEL/model.safetensors" ] || { echo "staged; not ready to run"; exit 0; }
 
-export PYTHONPATH=$SITE HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 TOKENIZERS_PARALLELISM=false
+# The stages' commands set PYTHONPATH to the checkout: the carried packages join the path by a .pth file.
+echo "$SITE" > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/twofour-carried.pth"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 TOKENIZERS_PARALLELISM=false
 export TWOFOUR_PLAN_CACHE=1 TORCHINDUCTOR_CACHE_DIR=$S/inductor PREFECT_HOME=$S/prefect DVC_EXP_BASELINE_REV=${REV:-unknown}
 command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
-mkdir -p data/squad-v1.1 && cp -n "$S"/data/*.json.gz data/squad-v1.1/
+mkdir -p data/squad-v1.1 && cp --update=none "$S"/data/*.json.gz data/squad-v1.1/
 python3 -m dvc config --local core.no_scm true  # the device's copy of the checkout has no .git
 TARGET=gpu/dvc.yaml:finetune_sparse
 if [ -f /root/cslt/libcusparseLt.so.0 ]; then export TWOFOUR_CUSPARSELT=/root/cslt/libcusparseLt.so.0; TARGET=gpu/dvc.yaml; fi
@@ -41,6 +43,7 @@ echo "== call of $(date -u '+%F %T') UTC: dvc repro $TARGET, budget ${BUDGET_S:-
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv,noheader | tee -a "$S/out/repro.log"
 timeout -s TERM "${BUDGET_S:-560}" python3 -m dvc repro "$TARGET" 2>&1 | tee -a "$S/out/repro.log"
 echo "dvc repro exit ${PIPESTATUS[0]}" | tee -a "$S/out/repro.log"
+tail -n 25 "$PREFECT_HOME"/twofour-servers/server.log 2>/dev/null | tee -a "$S/out/repro.log"
 tar czf "$OUT/gpu-run.tgz" gpu/dvc.lock gpu/metrics gpu/reports gpu/plots gpu/logs 2>/dev/null
 cp "$S/out/repro.log" "$OUT/"
 python3 - <<'PY'
