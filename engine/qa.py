@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from stages.common import StageError, best_device  # noqa: E402
+from stages.common import StageError, best_device, context_offsets  # noqa: E402
 from stages.modeling import load_qa_model, load_tokenizer  # noqa: E402
 
 NO_ANSWER = {"answer": "", "score": 0.0, "start": 0, "end": 0}  # no span fits (an empty context)
@@ -113,8 +113,7 @@ class QuestionAnswerer:
         candidates = [{} for _ in questions]  # per question: (start, end) -> best score over windows
         for window, sample in enumerate(windows["overflow_to_sample_mapping"]):
             sequence_ids, input_ids = windows.sequence_ids(window), windows["input_ids"][window]
-            offsets = [offset if sequence_ids[k] == context_id else None
-                       for k, offset in enumerate(windows["offset_mapping"][window])]
+            offsets = context_offsets(windows["offset_mapping"][window], sequence_ids, context_id, contexts[sample])
             # The softmax runs over the context and [CLS] (where a model puts "no answer"), as the pipeline's did.
             allowed = np.array([offset is not None or token == self.tokenizer.cls_token_id
                                 for offset, token in zip(offsets, input_ids)])

@@ -152,3 +152,21 @@ def test_asking_for_a_gpu_where_there_is_none_is_one_clear_error(tiny_model, cap
         pytest.skip("a CUDA device is here")
     assert main(["--model", str(tiny_model), "--question", "Who?", "--context", CONTEXT, "--device", "cuda"]) == 1
     assert capsys.readouterr().err.startswith("error: device cuda: no CUDA device here")
+
+
+@pytest.mark.parametrize("word", ["café", "cafe\u0301", "Malmö", "Malmo\u0308", "नमस्ते", "مُحَمَّدٌ"])
+def test_combining_marks_come_back_whole_from_engine_qa(tiny_model, word):
+    """A model that points at the word's tokens: the answer keeps the marks after its last letter."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    context = f"They met at {word}"
+    word_ids = set(tokenizer(word, add_special_tokens=False)["input_ids"])
+
+    def pointing_model(input_ids, **inputs):
+        [row] = input_ids.tolist()
+        positions = [k for k, token in enumerate(row) if token in word_ids]
+        start, end = torch.zeros(1, len(row)), torch.zeros(1, len(row))
+        start[0, positions[0]] = end[0, positions[-1]] = 10.0  # the word's first and last token
+        return SimpleNamespace(start_logits=start, end_logits=end)
+
+    answer = QuestionAnswerer(pointing_model, tokenizer, torch.device("cpu"))("When?", context, max_answer_length=30)
+    assert answer["answer"] == word and answer["end"] == len(context)
