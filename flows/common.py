@@ -40,7 +40,7 @@ from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
 from flows import server  # noqa: E402
-from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
+from stages.common import StageError, atomic_dir, bind_to_parent, run_facts, write_json  # noqa: E402
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
 PLOTS_DIR = Path("plots")
@@ -216,7 +216,8 @@ def main(stage: StageFlow) -> None:
     """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
     its traceback in logs/<stage>.log.
 
-    SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
+    SIGTERM becomes SystemExit, so a stage stopped that way (or by its parent's death) still
+    removes its temporary output.
     """
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage.name}",
                                      description=sys.modules["__main__"].__doc__)
@@ -226,6 +227,7 @@ def main(stage: StageFlow) -> None:
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
     try:
+        bind_to_parent()  # dies with `dvc repro` (SIGTERM, above), and publishes nothing once it is gone
         settings = run_server_settings() if use_run_server() else contextlib.nullcontext()
         with settings, tags(*run_tags()):
             stage.build(args.params)()

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
 import random
 import resource
 import shutil
+import signal
+import sys
 import tempfile
 import time
 import unicodedata
@@ -24,6 +27,33 @@ class StageError(RuntimeError):
     """A failure caused by the stage's input (data, model, params); its message is the whole story."""
 
 
+class RunLost(StageError):
+    """The process that started this stage is gone (a killed `dvc repro`): its outputs belong to no run."""
+
+
+_run_parent: int | None = None  # the pid that started this stage's run, once bind_to_parent ran
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def bind_to_parent() -> None:
+    """Tie this process to the one that started it: on Linux the kernel sends it SIGTERM when that
+    process dies (PR_SET_PDEATHSIG), and from here on nothing is published once the parent is gone
+    (check_run_held). Otherwise a `dvc repro` killed with SIGKILL leaves the stage running, and it
+    later replaces outputs that dvc.lock no longer describes."""
+    global _run_parent
+    _run_parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    check_run_held()  # the parent may have died before prctl took effect
+
+
+def check_run_held() -> None:
+    """RunLost if this process was bound to a parent (bind_to_parent) that is no longer its parent:
+    called right before anything is published."""
+    if _run_parent is not None and os.getppid() != _run_parent:
+        raise RunLost(f"the process that started this stage (pid {_run_parent}) is gone: nothing published")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success it replaces `path`, on failure it vanishes.
@@ -38,6 +68,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.chmod(mode_after_umask(0o777))
     try:
         yield tmp
+        check_run_held()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -65,6 +96,7 @@ def write_text(path: str | Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), mode_after_umask(0o666))
             f.write(text)
+        check_run_held()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
