@@ -74,6 +74,7 @@ _process_count.__doc__ = "auto (one per visible GPU, 1 on the CPU) or a whole nu
 SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
     "seed": (int, _seed),
     "model.name": (str, _non_empty),
+    "model.watch": (str, _non_empty),
     "data.source": (str, _one_of("files", "squad")),
     "data.dir": (str, _non_empty),
     "data.train_files": (list, _list_of(str, allow_empty=True)),
@@ -210,7 +211,19 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
                 rule = "a finite number"
             expected = f"{names}, {rule}" if rule else names
             raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
+    _check_model_watched(raw, source)
     return Params(raw)
+
+
+def _check_model_watched(raw: dict, source: str) -> None:
+    """A local model directory must be what model.watch names: dvc.yaml cannot make a dependency of
+    model.name, which may be "embedded" or a hub id, so a local model's files are watched through it."""
+    name, watch = (Path(raw["model"][key]).expanduser() for key in ("name", "watch"))
+    if name.is_dir() and name.resolve() != watch.resolve():
+        raise ParamError(f"{source}: field 'model.watch' = {raw['model']['watch']!r} must name the local model "
+                         f"directory of model.name ({raw['model']['name']!r}), so that DVC sees its files change")
+    if not watch.exists():
+        raise ParamError(f"{source}: field 'model.watch' = {raw['model']['watch']!r}: no such file or directory")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
