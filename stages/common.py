@@ -62,9 +62,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed with SIGKILL
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path.parent)
+    # The owner's pid in the name: remove_stale_temporaries removes it only once that process is gone.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     tmp.chmod(mode_after_umask(0o777))
     try:
         yield tmp
@@ -77,6 +77,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(*folders: str | Path) -> None:
+    """Remove the temporary outputs (atomic_dir's .<name>.tmp-<pid>-*) in `folders` whose process is
+    gone: a stage killed with SIGKILL leaves its half-written copy, which any later stage clears."""
+    for folder in folders:
+        for stale in Path(folder).glob(".*.tmp-*"):
+            owner = stale.name.rpartition(".tmp-")[2].split("-")[0]
+            if not (owner.isdigit() and _alive(int(owner))):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def mode_after_umask(mode: int) -> int:

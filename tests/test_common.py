@@ -90,3 +90,24 @@ def test_bound_to_a_living_parent_a_stage_publishes(tmp_path):
     subprocess.run([sys.executable, "-c", STAGE.format(handler="signal.SIG_DFL"), str(out)], cwd=REPO, check=True,
                    env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert published(out) == ["model", "report.json"] and (out / "model" / "weights").read_text() == "half"
+
+
+def test_a_killed_stages_temporary_copy_is_cleaned_on_the_next_start_of_any_stage(tmp_path, monkeypatch):
+    """A copy whose process is gone goes when any stage starts (here one with no output folder); a
+    copy whose process is alive (a stage running beside it) stays."""
+    import json
+
+    from flows.common import run_stage
+    from stages.params import Params
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    monkeypatch.chdir(tmp_path)
+    stale = [Path(f"models/.sparse.tmp-{dead}-k3x9"), Path(f".features.tmp-{dead}-a1"), Path("models/.pruned.tmp-old")]
+    running = Path(f"models/.accelerated.tmp-{os.getpid()}-q2")
+    for folder in (*stale, running):
+        folder.mkdir(parents=True)
+        (folder / "weights").write_text("half")
+    run_stage("summary", lambda params, out: {"done": True}, Params(), None, ())
+    assert [folder for folder in stale if folder.exists()] == [] and running.is_dir()
+    assert json.loads((tmp_path / "reports" / "summary.json").read_text())["done"] is True
