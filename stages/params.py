@@ -222,8 +222,6 @@ def _check_model_watched(raw: dict, source: str) -> None:
     if name.is_dir() and name.resolve() != watch.resolve():
         raise ParamError(f"{source}: field 'model.watch' = {raw['model']['watch']!r} must name the local model "
                          f"directory of model.name ({raw['model']['name']!r}), so that DVC sees its files change")
-    if not watch.exists():
-        raise ParamError(f"{source}: field 'model.watch' = {raw['model']['watch']!r}: no such file or directory")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
