@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stages.common import StageError, write_json
-from stages.modeling import load_qa_model
+from stages.modeling import encoder_linears, load_qa_model
 
 from .attention import fuse_qkv, use_fused_attention
 from .graphs import bucketed
@@ -50,6 +53,11 @@ SMOOTHING_FILE = "int8_smoothing.safetensors"
 # precision. 0: no version field, keyed by token count.)
 PLAN_VERSION = 3
 DENSE = "dense"  # the whole-model variant every other is timed against
+
+
+class PlanError(StageError):
+    """plan.json (or its smoothing file) does not hold a plan this code can apply to its model: edited,
+    cut short, or another model's. An input error: the message names the file and the field."""
 
 
 @dataclass
@@ -137,16 +145,24 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        """A saved plan; a plan of another format version fails with one line naming both versions."""
+        """A saved plan, every field checked: a plan of another format version fails with one line naming
+        both versions, a field of the wrong type or shape with one line naming the field (PlanError)."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise StageError(f"{path}: file not found (did the accelerate stage run?)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PlanError(f"{path}: not a JSON plan ({err})") from None
+        if not isinstance(raw, dict):
+            raise PlanError(f"{path}: expected a JSON object at the top level")
         version = raw.pop("version", 0)
+        if not _is_int(version):
+            raise PlanError(f"{path}: field 'version' = {version!r} is invalid (expected the integer {PLAN_VERSION})")
         if version != PLAN_VERSION:
             raise StageError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
                              "run the accelerate stage again (dvc repro accelerate)")
+        _check_fields(path, raw)
         def kernels(saved: dict) -> dict[int, Kernel | None]:
             return {int(batch): None if kernel is None else Kernel(*kernel) for batch, kernel in saved.items()}
 
@@ -154,8 +170,20 @@ class Plan:
                                      "eager_kernels": kernels(entry["eager_kernels"])})
                   for name, entry in raw.pop("layers").items()}
         if any(layer.input_scale is not None for layer in layers.values()):
-            for name, smoothing in load_file(str(path.with_name(SMOOTHING_FILE))).items():
-                layers[name].smoothing = smoothing
+            smoothing_path = path.with_name(SMOOTHING_FILE)
+            try:
+                saved = load_file(str(smoothing_path))
+            except (OSError, SafetensorError) as err:
+                raise PlanError(f"{smoothing_path}: cannot read the int8 layers' smoothing factors ({err})") from None
+            for name, layer in layers.items():
+                smoothing = saved.get(name)
+                if (layer.input_scale is None) != (smoothing is None):
+                    raise PlanError(f"{path}: field 'layers.{name}.input_scale' does not match {SMOOTHING_FILE} "
+                                    "(an int8 layer has both, any other neither)")
+                if smoothing is not None and tuple(smoothing.shape) != (layer.shape[1],):
+                    raise PlanError(f"{smoothing_path}: {name} holds {tuple(smoothing.shape)} factors, the layer "
+                                    f"takes {layer.shape[1]} inputs")
+                layer.smoothing = smoothing
         timings = {precision: {shape: {int(batch): {**timing, "sparse_ms": _int_keys(timing["sparse_ms"])}
                                        for batch, timing in per_batch.items()}
                                for shape, per_batch in per_shape.items()}
@@ -241,6 +269,19 @@ class Plan:
             rows[f"bs{batch}"] = row
         return rows
 
+    def check_model(self, model: torch.nn.Module, path: Path) -> None:
+        """A PlanError unless the plan has an entry, of the right shape, for every Linear of the
+        model's encoder and for nothing else (a plan made on another model would be applied in part)."""
+        linears = encoder_linears(model)
+        for name, layer in self.layers.items():
+            if name not in linears:
+                raise PlanError(f"{path}: field 'layers.{name}': the model has no such Linear")
+            if layer.shape != tuple(linears[name].weight.shape):
+                raise PlanError(f"{path}: field 'layers.{name}.shape' = {list(layer.shape)}, the model's Linear is "
+                                f"{list(linears[name].weight.shape)}")
+        if missing := sorted(linears.keys() - self.layers.keys()):
+            raise PlanError(f"{path}: field 'layers' has no entry for the model's Linear {missing[0]}")
+
     # ------------------------------------------------------------------ applying it
     def linear_config(self, name: str, eager: bool = False) -> LinearConfig:
         """The kernel config a layer's 2:4 Linear is built from (for the model run eagerly, with `eager`)."""
@@ -278,6 +319,102 @@ class Plan:
         return bucketed(model, self.batch_sizes, self.seq_length, self.compiled)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _mapping(keys_ok: Callable, values_ok: Callable) -> Callable:
+    return lambda value: isinstance(value, dict) and all(keys_ok(k) and values_ok(v) for k, v in value.items())
+
+
+def _batch_size_key(key: str) -> bool:
+    return key.isdigit() and int(key) > 0
+
+
+def _any_str(value) -> bool:
+    return isinstance(value, str)
+
+
+def _kernel(value) -> bool:
+    return value is None or (isinstance(value, list) and len(value) == 2 and value[0] in KERNEL_PRECISIONS
+                             and _is_int(value[1]) and value[1] >= 0)
+
+
+def _timing(value) -> bool:
+    return (isinstance(value, dict) and _is_number(value.get("dense_ms"))
+            and _mapping(lambda key: key.isdigit(), _is_number)(value.get("sparse_ms")))
+
+
+KERNEL_PRECISIONS = ("fp16", "int8", INT8_GELU)
+_ms_by_variant = _mapping(_any_str, _is_number)
+# plan.json's fields (but version and layers' entries): what each must be, and in words.
+_PLAN_FIELDS: dict[str, tuple[Callable, str]] = {
+    "mode": (lambda v: v in ("auto", "all", "none"), "auto, all or none"),
+    "precision": (lambda v: v in ("fp16", "int8"), "fp16 or int8"),
+    "backend": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "reason": (_any_str, "a string"),
+    "dtype": (lambda v: v in ("float16", "bfloat16", "float32"), "float16, bfloat16 or float32"),
+    "compiled": (lambda v: isinstance(v, bool), "true or false"),
+    "batch_sizes": (lambda v: isinstance(v, list) and v != [] and all(_is_int(b) and b > 0 for b in v),
+                    "a non-empty list of batch sizes"),
+    "seq_length": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "layers": (_mapping(_any_str, lambda v: isinstance(v, dict)), "an object of Linear name -> entry"),
+    "variants": (_mapping(_batch_size_key, _any_str), "an object of batch size -> variant"),
+    "model_ms": (_mapping(_batch_size_key, _ms_by_variant), "an object of batch size -> variant -> ms"),
+    "eager_variants": (_mapping(_batch_size_key, _any_str), "an object of batch size -> variant"),
+    "eager_model_ms": (_mapping(_batch_size_key, _ms_by_variant), "an object of batch size -> variant -> ms"),
+    "shape_timings": (_mapping(lambda k: k in KERNEL_PRECISIONS,
+                               _mapping(_any_str, _mapping(_batch_size_key, _timing))),
+                      "an object of precision -> weight shape -> batch size -> {dense_ms, sparse_ms}"),
+    "int8_layer_error": (_mapping(_any_str, _is_number), "an object of Linear name -> error"),
+    "kernel_timing_notes": (lambda v: isinstance(v, list) and all(map(_any_str, v)), "a list of strings"),
+    "tuning": (lambda v: isinstance(v, dict), "an object"),
+    "device": (lambda v: isinstance(v, dict), "an object"),
+    "gelu_pairs": (_mapping(_any_str, _any_str), "an object of Linear name -> Linear name"),
+}
+_LAYER_FIELDS: dict[str, tuple[Callable, str]] = {
+    "shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(n) and n > 0 for n in v),
+              "[out_features, in_features]"),
+    "precision": (lambda v: v in ("fp16", "int8"), "fp16 or int8"),
+    "kernels": (_mapping(_batch_size_key, _kernel), "an object of batch size -> null or [precision, alg_id]"),
+    "eager_kernels": (_mapping(_batch_size_key, _kernel), "an object of batch size -> null or [precision, alg_id]"),
+    "reason": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "input_scale": (lambda v: v is None or (_is_number(v) and v > 0), "null or a positive number"),
+}
+
+
+def _check_fields(path: Path, raw: dict) -> None:
+    """A PlanError naming the first field of plan.json (less its version) that is missing, unknown
+    or not what Plan.save writes."""
+    def check(fields: dict, entry: dict, prefix: str) -> None:
+        if unknown := sorted(entry.keys() - fields.keys()):
+            raise PlanError(f"{path}: unknown field '{prefix}{unknown[0]}'")
+        for name, (ok, expected) in fields.items():
+            if name not in entry:
+                raise PlanError(f"{path}: missing field '{prefix}{name}'")
+            if not ok(entry[name]):
+                shown = json.dumps(entry[name])
+                shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+                raise PlanError(f"{path}: field '{prefix}{name}' = {shown} is invalid (expected {expected})")
+
+    check(_PLAN_FIELDS, raw, "")
+    for name, entry in raw["layers"].items():
+        check(_LAYER_FIELDS, entry, f"layers.{name}.")
+        int8 = entry["precision"] == "int8"
+        if int8 != (entry["input_scale"] is not None):
+            raise PlanError(f"{path}: field 'layers.{name}.input_scale' must be set for an int8 layer, and only there")
+        if not int8 and any(kernel is not None and kernel[0] != "fp16"
+                            for kernel in [*entry["kernels"].values(), *entry["eager_kernels"].values()]):
+            raise PlanError(f"{path}: field 'layers.{name}.kernels': an int8 kernel on an fp16 layer")
+    for first, second in raw["gelu_pairs"].items():
+        if not {first, second} <= raw["layers"].keys():
+            raise PlanError(f"{path}: field 'gelu_pairs.{first}' names a Linear that 'layers' lacks")
+
+
 def _int_keys(mapping: dict) -> dict:
     """JSON's string keys back to the ints they were."""
     return {int(key): value for key, value in mapping.items()}
@@ -304,4 +441,6 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
                   "each of their calls plans on the host", file=sys.stderr)
     if dtype is None:
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
-    return plan.apply(inference_model(model_dir, device, dtype), graphs, eager)
+    model = inference_model(model_dir, device, dtype)
+    plan.check_model(model, model_dir / PLAN_FILE)
+    return plan.apply(model, graphs, eager)

@@ -46,17 +46,21 @@ class PlanCacheError(RuntimeError):
 
 def include_candidates() -> list[Path]:
     """Folders that may hold cusparseLt.h and the CUDA headers: TWOFOUR_CUSPARSELT_INCLUDE, the include
-    folder beside each cuSPARSELt loaded (and the library's own folder), the CUDA toolkit's, and the
-    nvidia wheels' on sys.path (nvidia/cusparselt/include for 0.8, nvidia/cu13/include for 0.10 and CUDA 13)."""
+    folder beside each cuSPARSELt loaded (and the library's own folder), the CUDA toolkit's, and those of
+    the nvidia wheels installed beside a loaded cuSPARSELt wheel (nvidia/cusparselt/include for 0.8,
+    nvidia/cu13/include for 0.10 and CUDA 13, nvidia/cuda_runtime/include). Never a folder found from
+    the current directory: headers planted there would be compiled into the process."""
     nvcc = shutil.which("nvcc")
     toolkits = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), nvcc and Path(nvcc).resolve().parent.parent,
                 "/usr/local/cuda"]
     found = [os.environ.get(INCLUDE_ENV)]
-    for path in mapped_cusparselt():
-        found += [Path(path).parent.parent / "include", Path(path).parent / "include", Path(path).parent]
+    wheels = []
+    for path in map(Path, mapped_cusparselt()):
+        found += [path.parent.parent / "include", path.parent / "include", path.parent]
+        if path.parent.parent.parent.name == "nvidia":  # .../nvidia/<wheel>/lib/<library>
+            wheels += sorted(path.parent.parent.parent.glob("*/include"))
     found += [Path(toolkit) / "include" for toolkit in toolkits if toolkit]
-    for entry in sys.path:
-        found += sorted(Path(entry or ".").glob("nvidia/*/include"))
+    found += wheels
     return list(dict.fromkeys(Path(folder) for folder in found if folder))
 
 

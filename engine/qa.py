@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from stages.common import StageError, best_device  # noqa: E402
-from stages.modeling import load_qa_model, load_tokenizer  # noqa: E402
+from stages.common import StageError, best_device, context_offsets  # noqa: E402
+from stages.modeling import check_sequence_length, load_qa_model, load_tokenizer  # noqa: E402
 
 NO_ANSWER = {"answer": "", "score": 0.0, "start": 0, "end": 0}  # no span fits (an empty context)
 
@@ -104,6 +104,13 @@ class QuestionAnswerer:
         questions (one context, or one per question) give a list of those."""
         questions = [question] if isinstance(question, str) else list(question)
         contexts = [context] if isinstance(context, str) else list(context)
+        if any(not q.strip() for q in questions):
+            raise ValueError("a question is empty: ask something")
+        for name, value in (("top_k", top_k), ("max_answer_length", max_answer_length)):
+            if value < 1:
+                raise ValueError(f"{name}={value}: must be at least 1")
+        if (config := getattr(self.model, "config", None)) is not None:
+            check_sequence_length(config, max_length, "max_length")
         if len(contexts) == 1:
             contexts *= len(questions)
         if len(contexts) != len(questions):
@@ -113,8 +120,7 @@ class QuestionAnswerer:
         candidates = [{} for _ in questions]  # per question: (start, end) -> best score over windows
         for window, sample in enumerate(windows["overflow_to_sample_mapping"]):
             sequence_ids, input_ids = windows.sequence_ids(window), windows["input_ids"][window]
-            offsets = [offset if sequence_ids[k] == context_id else None
-                       for k, offset in enumerate(windows["offset_mapping"][window])]
+            offsets = context_offsets(windows["offset_mapping"][window], sequence_ids, context_id, contexts[sample])
             # The softmax runs over the context and [CLS] (where a model puts "no answer"), as the pipeline's did.
             allowed = np.array([offset is not None or token == self.tokenizer.cls_token_id
                                 for offset, token in zip(offsets, input_ids)])
@@ -172,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--context", help="the text to find the answer in")
     source.add_argument("--context-file", type=Path, help="a UTF-8 file holding the text")
-    parser.add_argument("--top-k", type=int, default=1, help="how many answers (default 1)")
-    parser.add_argument("--max-answer-length", type=int, default=30, help="in tokens (default 30)")
-    parser.add_argument("--max-length", type=int, default=384, help="tokens per window (default 384)")
-    parser.add_argument("--doc-stride", type=int, default=128, help="tokens windows share (default 128)")
+    parser.add_argument("--top-k", type=positive_int, default=1, help="how many answers (default 1)")
+    parser.add_argument("--max-answer-length", type=positive_int, default=30, help="in tokens (default 30)")
+    parser.add_argument("--max-length", type=positive_int, default=384, help="tokens per window (default 384)")
+    parser.add_argument("--doc-stride", type=positive_int, default=128, help="tokens windows share (default 128)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: the GPU if there is one)")
     args = parser.parse_args(argv)
     transformers_logging.disable_progress_bar()  # stderr keeps to errors: the answer is the output
@@ -189,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(answer, ensure_ascii=False, indent=2))
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 would silently answer nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _read_text(path: Path) -> str:

@@ -40,12 +40,14 @@ from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
 from flows import server  # noqa: E402
-from stages.common import StageError, atomic_dir, run_facts, write_json  # noqa: E402
+from stages.common import (  # noqa: E402
+    StageError, atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 LOGS_DIR = Path("logs")
+OUTPUT_FOLDERS = (Path("."), Path("models"))  # where the stages' output folders are (features, models/*)
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
 RUN_SERVER_ENV = "TWOFOUR_RUN_SERVER"  # the URL of the run's server, when PREFECT_API_URL is that
 
@@ -104,6 +106,7 @@ def publish(stage: str, table: list[dict]) -> None:
 
 def run_stage(stage: str, work: Work, params: Params, out: str | None, plots: tuple[str, ...]) -> dict:
     """The stage's work under run facts, with its outputs written atomically."""
+    remove_stale_temporaries(*OUTPUT_FOLDERS)  # whichever stage a killed one was
     with run_facts() as facts:
         if out is None:
             metrics = work(params, None)
@@ -216,7 +219,8 @@ def main(stage: StageFlow) -> None:
     """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
     its traceback in logs/<stage>.log.
 
-    SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
+    SIGTERM becomes SystemExit, so a stage stopped that way (or by its parent's death) still
+    removes its temporary output.
     """
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage.name}",
                                      description=sys.modules["__main__"].__doc__)
@@ -226,6 +230,7 @@ def main(stage: StageFlow) -> None:
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
     try:
+        bind_to_parent()  # dies with `dvc repro` (SIGTERM, above), and publishes nothing once it is gone
         settings = run_server_settings() if use_run_server() else contextlib.nullcontext()
         with settings, tags(*run_tags()):
             stage.build(args.params)()

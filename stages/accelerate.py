@@ -35,7 +35,7 @@ from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
 
 from .common import StageError, best_device, device_facts
-from .modeling import encoder_linears, load_tokenizer
+from .modeling import check_sequence_length, encoder_linears, load_tokenizer
 
 
 def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, vocab_size: int,
@@ -79,6 +79,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     dtype = getattr(torch, params["accelerate.dtype"]) if device.type == "cuda" else torch.float32
 
     model = inference_model(sparse_dir, device, dtype)
+    check_sequence_length(model.config, params["benchmark.seq_length"], "params.yaml: benchmark.seq_length")
     if device.type == "cuda":
         use_fused_attention(model)
     linears = encoder_linears(model)

@@ -54,7 +54,7 @@ from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
 from .common import best_device, device_facts, read_json, relative_error, write_json
 from .distributed import processes_asked, run_in_processes
-from .modeling import encoder_linears
+from .modeling import check_sequence_length, encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
@@ -288,10 +288,12 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, params["accelerate.dtype"]) if on_gpu else torch.float32
     batch_sizes = device_batch_sizes(params, on_gpu) if batch_sizes is None else batch_sizes
-    seq_length = params["benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"]
+    length_field = "benchmark.seq_length" if on_gpu else "benchmark.cpu_seq_length"
+    seq_length = params[length_field]
     mode_names = [mode for mode in modes(on_gpu, params["benchmark.compile"]) if only_modes is None or mode in only_modes]
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
     dense = inference_model(dense_dir, device, dtype)
+    check_sequence_length(dense.config, seq_length, f"params.yaml: {length_field}")
     plain = {
         "dense": use_fused_attention(dense) if on_gpu else dense,
         "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),

@@ -1,15 +1,19 @@
-"""Helpers every stage shares: atomic outputs, run facts, seeding, devices, JSON I/O."""
+"""Helpers every stage shares: atomic outputs, run facts, seeding, devices, JSON I/O, character spans."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
 import random
 import resource
 import shutil
+import signal
+import sys
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +27,33 @@ class StageError(RuntimeError):
     """A failure caused by the stage's input (data, model, params); its message is the whole story."""
 
 
+class RunLost(StageError):
+    """The process that started this stage is gone (a killed `dvc repro`): its outputs belong to no run."""
+
+
+_run_parent: int | None = None  # the pid that started this stage's run, once bind_to_parent ran
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def bind_to_parent() -> None:
+    """Tie this process to the one that started it: on Linux the kernel sends it SIGTERM when that
+    process dies (PR_SET_PDEATHSIG), and from here on nothing is published once the parent is gone
+    (check_run_held). Otherwise a `dvc repro` killed with SIGKILL leaves the stage running, and it
+    later replaces outputs that dvc.lock no longer describes."""
+    global _run_parent
+    _run_parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    check_run_held()  # the parent may have died before prctl took effect
+
+
+def check_run_held() -> None:
+    """RunLost if this process was bound to a parent (bind_to_parent) that is no longer its parent:
+    called right before anything is published."""
+    if _run_parent is not None and os.getppid() != _run_parent:
+        raise RunLost(f"the process that started this stage (pid {_run_parent}) is gone: nothing published")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success it replaces `path`, on failure it vanishes.
@@ -31,12 +62,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed with SIGKILL
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path.parent)
+    # The owner's pid in the name: remove_stale_temporaries removes it only once that process is gone.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     tmp.chmod(mode_after_umask(0o777))
     try:
         yield tmp
+        check_run_held()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -45,6 +77,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(*folders: str | Path) -> None:
+    """Remove the temporary outputs (atomic_dir's .<name>.tmp-<pid>-*) in `folders` whose process is
+    gone: a stage killed with SIGKILL leaves its half-written copy, which any later stage clears."""
+    for folder in folders:
+        for stale in Path(folder).glob(".*.tmp-*"):
+            owner = stale.name.rpartition(".tmp-")[2].split("-")[0]
+            if not (owner.isdigit() and _alive(int(owner))):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def mode_after_umask(mode: int) -> int:
@@ -64,6 +116,7 @@ def write_text(path: str | Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), mode_after_umask(0o666))
             f.write(text)
+        check_run_held()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -89,6 +142,28 @@ def read_json(path: str | Path):
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise StageError(f"{path}: file not found (did the stage that writes it run?)") from None
+
+
+# Characters that continue the one before them: accents, vowel signs and other combining marks, and
+# the zero-width (non-)joiners. An accent-stripping tokenizer (uncased BERT) drops the marks, so its
+# offsets end before them: "café" written with U+0301 would come back as "cafe".
+_CONTINUATION_CATEGORIES = frozenset({"Mn", "Mc", "Me"})
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def span_end(text: str, end: int) -> int:
+    """`end` (exclusive) moved past the combining marks and joiners that follow it in `text`."""
+    while end < len(text) and (text[end] in _JOINERS or unicodedata.category(text[end]) in _CONTINUATION_CATEGORIES):
+        end += 1
+    return end
+
+
+def context_offsets(offsets, sequence_ids, context_id: int, context: str) -> list:
+    """One tokenized window's offsets as character spans of `context`: None for a token outside the
+    context (question, special tokens, padding), each context token's end moved over the marks that
+    follow it. Training labels, evaluation and engine.qa all read spans through this."""
+    return [(start, span_end(context, end)) if sequence_ids[k] == context_id else None
+            for k, (start, end) in enumerate(offsets)]
 
 
 def seed_everything(seed: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -46,6 +47,9 @@ def _from_pretrained(loader, source: str, what: str, **kwargs):
         raise StageError(f"model.name={source}: cannot load the {what}{hint}: {str(err).splitlines()[0]}") from None
     except SafetensorError as err:  # a truncated or corrupt weights file: bad input, not worth a retry
         raise StageError(f"{source}: cannot read the {what}'s weights ({err})") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refuses pickled objects other than tensors
+        raise StageError(f"{source}: the {what}'s pickled weights (pytorch_model.bin) hold more than tensors, which "
+                         "are not loaded (arbitrary code); save the model as safetensors") from None
 
 
 def load_tokenizer(source: str):
@@ -59,6 +63,23 @@ def load_qa_model(source: str, dtype: torch.dtype | None = None) -> PreTrainedMo
     """A question-answering model; a plain encoder gets a freshly initialised QA head."""
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return _from_pretrained(AutoModelForQuestionAnswering, source, "model", **kwargs)
+
+
+# Families whose position ids start after the padding index (pad_token_id + 1): that many of
+# max_position_embeddings are never used for tokens.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text")
+
+
+def check_sequence_length(config, length: int, field: str) -> None:
+    """A StageError unless the model has position embeddings for `length` tokens."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    if config.model_type in PADDING_OFFSET_POSITIONS:
+        positions -= config.pad_token_id + 1
+    if length > positions:
+        raise StageError(f"{field}={length} is longer than the model takes ({config.model_type}: {positions} "
+                         "positions, max_position_embeddings)")
 
 
 # How a tokenizer was loaded, which save_pretrained writes into tokenizer_config.json: without them

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +32,22 @@ def _one_of(*choices):
     return check
 
 
+def _non_empty(v):
+    return v != ""
+
+
+def _seed(v):
+    return 0 <= v < 2**32
+
+
+def _regex(v):
+    try:
+        re.compile(v)
+    except re.error:
+        return False
+    return True
+
+
 def _process_count(v):
     return v == "auto" or (isinstance(v, int) and v >= 1)
 
@@ -48,14 +65,18 @@ def _list_of(kind, element_check=None, allow_empty=False):
 _positive.__doc__ = "> 0"
 _non_negative.__doc__ = ">= 0"
 _fraction.__doc__ = "between 0 and 1 (exclusive)"
+_non_empty.__doc__ = "a non-empty string"
+_seed.__doc__ = "between 0 and 2**32 - 1 (numpy's seed range)"
+_regex.__doc__ = "a valid Python regular expression"
 _process_count.__doc__ = "auto (one per visible GPU, 1 on the CPU) or a whole number >= 1"
 
 # field -> (type(s), optional extra check). Every field is required.
 SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] = {
-    "seed": (int, _non_negative),
-    "model.name": (str, bool),
+    "seed": (int, _seed),
+    "model.name": (str, _non_empty),
+    "model.watch": (str, _non_empty),
     "data.source": (str, _one_of("files", "squad")),
-    "data.dir": (str, bool),
+    "data.dir": (str, _non_empty),
     "data.train_files": (list, _list_of(str, allow_empty=True)),
     "data.validation_files": (list, _list_of(str, allow_empty=True)),
     "data.num_proc": (int, _non_negative),
@@ -82,7 +103,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "prune.method": (str, _one_of("magnitude", "wanda", "sparsegpt")),
     "prune.sparse_block_shape": (list, lambda v: v == [1, 4]),
     "prune.zeros_per_block": (int, lambda v: v == 2),
-    "prune.exclude": (str, None),
+    "prune.exclude": (str, _regex),
     "prune.calibration_batches": (int, _positive),
     "prune.calibration_batch_size": (int, _positive),
     "prune.sequential": (bool, None),
@@ -114,7 +135,6 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
 _CHECK_DOCS = {
     "tokenize.max_length": "between 32 and 4096",
     "orchestration.retries": "between 0 and 10",
-    "model.name": "a non-empty string",
     "prune.sparse_block_shape": "[1, 4] (2:4 along the input dimension)",
     "prune.zeros_per_block": "2 (2:4 sparsity)",
     "train.warmup_ratio": "in [0, 1)",
@@ -191,7 +211,17 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
                 rule = "a finite number"
             expected = f"{names}, {rule}" if rule else names
             raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
+    _check_model_watched(raw, source)
     return Params(raw)
+
+
+def _check_model_watched(raw: dict, source: str) -> None:
+    """A local model directory must be what model.watch names: dvc.yaml cannot make a dependency of
+    model.name, which may be "embedded" or a hub id, so a local model's files are watched through it."""
+    name, watch = (Path(raw["model"][key]).expanduser() for key in ("name", "watch"))
+    if name.is_dir() and name.resolve() != watch.resolve():
+        raise ParamError(f"{source}: field 'model.watch' = {raw['model']['watch']!r} must name the local model "
+                         f"directory of model.name ({raw['model']['name']!r}), so that DVC sees its files change")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

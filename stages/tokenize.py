@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .common import StageError
+from .common import StageError, context_offsets
 
 MIN_EXAMPLES_PER_PROCESS = 2000
 
@@ -227,10 +227,13 @@ def prepare_train_features(examples: dict, tokenizer, max_length: int, doc_strid
     sample_map = enc.pop("overflow_to_sample_mapping")
     offsets_all = enc.pop("offset_mapping")
     starts, ends = [], []
-    for i, offsets in enumerate(offsets_all):
-        answers = examples["answers"][sample_map[i]]
+    for i, token_offsets in enumerate(offsets_all):
+        sample = sample_map[i]
+        answers = examples["answers"][sample]
         start_char, end_char = answer_chars(answers["text"][0], answers["answer_start"][0])
-        context_start, context_end = context_span(enc.sequence_ids(i), context_id)
+        sequence_ids = enc.sequence_ids(i)
+        offsets = context_offsets(token_offsets, sequence_ids, context_id, examples["context"][sample])
+        context_start, context_end = context_span(sequence_ids, context_id)
         if offsets[context_start][0] > start_char or offsets[context_end][1] < end_char:
             starts.append(0)  # the answer is not (wholly) inside this window: point at [CLS]
             ends.append(0)
@@ -259,7 +262,7 @@ def prepare_validation_features(examples: dict, tokenizer, max_length: int, doc_
     enc["example_id"] = [examples["id"][s] for s in sample_map]
     # Offsets of non-context tokens become None, so post-processing can never pick them.
     enc["offset_mapping"] = [
-        [o if enc.sequence_ids(i)[k] == context_id else None for k, o in enumerate(offsets)]
+        context_offsets(offsets, enc.sequence_ids(i), context_id, examples["context"][sample_map[i]])
         for i, offsets in enumerate(enc["offset_mapping"])
     ]
     return enc

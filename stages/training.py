@@ -35,6 +35,9 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
     bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_multiplies_bf16()
     steps_per_epoch = max(1, -(-n_examples // section["batch_size"]))
     total_steps = section["max_steps"] or max(1, int(steps_per_epoch * section["epochs"]))
+    logging_steps = max(1, total_steps // 50)
+    # Checkpoints on logging steps: the log history a run resumes with holds every earlier step's loss.
+    save_steps = max(1, total_steps // CHECKPOINTS_PER_RUN // logging_steps) * logging_steps
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=section["batch_size"] // world_size(),
@@ -46,10 +49,10 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         weight_decay=float(section["weight_decay"]),
         seed=seed,
         data_seed=seed,
-        logging_steps=max(1, total_steps // 50),
+        logging_steps=logging_steps,
         logging_first_step=True,
         save_strategy="steps" if checkpoints else "no",
-        save_steps=max(1, total_steps // CHECKPOINTS_PER_RUN),
+        save_steps=save_steps,
         save_total_limit=1,
         report_to="none",
         # A QA model uses every parameter in every step: DDP need not search the graph for unused ones.
@@ -237,7 +240,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
     return {
         "loss_history": history,
         "final_loss": history[-1]["loss"] if history else None,
-        "train_loss": round(result.training_loss, 5),
+        "train_loss": round(mean_train_loss(result, trainer.state.log_history, resumed_step), 5),
         "steps": result.global_step,
         "processes": world_size(),
         "samples_per_second": samples_per_second(result.global_step - (resumed_step or 0), section["batch_size"],
@@ -245,6 +248,20 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "resumed_from_step": resumed_step,
     }
+
+
+def mean_train_loss(result, log_history: list[dict], resumed_step: int | None) -> float:
+    """The mean loss over every step of the run. The Trainer's training_loss averages only the steps
+    this process trained; a resumed run's earlier steps are in the log history it restored (each
+    logged loss is the mean since the previous log, and checkpoints fall on logging steps)."""
+    if not resumed_step:
+        return result.training_loss
+    before, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and entry["step"] <= resumed_step:
+            before += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return (before + result.training_loss * (result.global_step - resumed_step)) / result.global_step
 
 
 def samples_per_second(steps_trained: int, batch_size: int, runtime_s: float) -> float:

@@ -50,7 +50,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_params(model: Path | str) -> dict:
     """params.yaml with every knob turned down to seconds of CPU work."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["model"]["name"] = str(model)
+    params["model"].update(name=str(model), watch=str(model))
     params["data"].update(max_train_examples=48, max_validation_examples=24)
     params["tokenize"].update(max_length=64, doc_stride=16)
     params["train"].update(max_steps=3, batch_size=8, eval_batch_size=8)

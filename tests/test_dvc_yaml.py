@@ -112,3 +112,26 @@ def test_the_only_plots_are_the_three_svg_charts_and_the_only_metric_the_scores(
     assert [path for stage in STAGES.values() for path in declared(stage, "metrics")] == ["metrics/scores.json"]
     missing = [name for name, stage in STAGES.items() if f"reports/{name}.json" not in declared(stage, "outs")]
     assert not missing, f"dvc.yaml stages {missing}: reports/<stage>.json is not an out"
+
+
+def test_model_directory_as_a_dependency(tmp_path):
+    """A local model directory (model.name, watched through model.watch): replacing its weights makes
+    the stages that read it stale in `dvc status`."""
+    import sys
+
+    from conftest import make_project, sh
+
+    root, env = make_project(tmp_path)
+    dvc = [sys.executable, "-m", "dvc"]
+    for directory in ("features", "models/baseline"):  # the two stages' outputs, as if they had run
+        (root / directory).mkdir(parents=True)
+        (root / directory / "part").write_text(directory)
+    for report in ("reports/tokenize.json", "reports/train_baseline.json", "plots/train_baseline_loss_history.json"):
+        (root / report).parent.mkdir(exist_ok=True)
+        (root / report).write_text("{}")
+    sh(dvc + ["commit", "--force", "tokenize", "train_baseline"], root, env)
+    assert "up to date" in sh(dvc + ["status", "tokenize", "train_baseline"], root, env).stdout
+    weights = root / "tiny-model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # other weights, same size
+    status = sh(dvc + ["status", "tokenize", "train_baseline"], root, env).stdout
+    assert status.count("modified:") == 2 and "tiny-model" in status, status

@@ -163,3 +163,69 @@ def test_the_eager_models_outputs_are_checked_at_each_batch_size_its_eager_kerne
     assert set(errors) == {"bs4_seq7_eager_kernels", "bs256_seq7_eager_kernels"}
     assert all(err == pytest.approx(0.1, rel=1e-3) for err in errors.values())
     assert check_eager_outputs(dense, dense, plan) == dict.fromkeys(errors, 0.0)
+
+
+@pytest.fixture
+def planned_model(tiny_model, tmp_path) -> Path:
+    """The tiny model beside a CPU plan of its own: every Linear dense, the first one int8."""
+    import shutil
+
+    from engine.plan import inference_model
+    from stages.modeling import encoder_linears
+
+    out = tmp_path / "accelerated"
+    shutil.copytree(tiny_model, out)
+    linears = encoder_linears(inference_model(out, torch.device("cpu"), torch.float32))
+    layers = {name: LayerPlan(tuple(linear.weight.shape)) for name, linear in linears.items()}
+    first = next(iter(layers))
+    layers[first] = LayerPlan(layers[first].shape, "int8", input_scale=0.05,
+                              smoothing=torch.ones(layers[first].shape[1]))
+    Plan(mode="auto", precision="int8", backend=None, reason="dense: no CUDA device", dtype="float32",
+         compiled=False, batch_sizes=[1], seq_length=32, layers=layers).save(out / PLAN_FILE)
+    return out
+
+
+def first_layer(raw: dict) -> dict:
+    return next(iter(raw["layers"].values()))
+
+
+def last_layer(raw: dict) -> dict:
+    return list(raw["layers"].values())[-1]
+
+
+def extra_layer(raw: dict) -> None:
+    raw["layers"]["bert.encoder.layer.9.output.dense"] = dict(last_layer(raw))
+
+
+TAMPERINGS = {
+    "extra key": (lambda raw: raw.update(colour="blue"), "unknown field 'colour'"),
+    "missing key": (lambda raw: raw.pop("seq_length"), "missing field 'seq_length'"),
+    "layers as a list": (lambda raw: raw.update(layers=list(raw["layers"].values())), "field 'layers' = ["),
+    "bad kernel entry": (lambda raw: first_layer(raw).update(kernels={"1": ["fp32", 0]}), ".kernels' = "),
+    "int8 without its smoothing file": (None, SMOOTHING_FILE),
+    "a layer the model lacks": (extra_layer, "field 'layers.bert.encoder.layer.9.output.dense': the model has no"),
+    "wrong shape": (lambda raw: last_layer(raw).update(shape=[7, 7]), ".shape' = [7, 7], the model's Linear is"),
+    "version as a string": (lambda raw: raw.update(version="3"), "field 'version' = '3' is invalid"),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+def test_a_tampered_plan_fails_on_load_with_one_line_naming_the_field(planned_model, tampering):
+    import json
+
+    from engine.plan import load_accelerated
+    from flows.common import is_input_error
+
+    load_accelerated(planned_model, torch.device("cpu"))  # as saved, it applies
+    edit, expected = TAMPERINGS[tampering]
+    if edit is None:
+        (planned_model / SMOOTHING_FILE).unlink()
+    else:
+        raw = json.loads((planned_model / PLAN_FILE).read_text())
+        edit(raw)
+        (planned_model / PLAN_FILE).write_text(json.dumps(raw))
+    with pytest.raises(StageError) as err:
+        load_accelerated(planned_model, torch.device("cpu"))
+    message = str(err.value)
+    assert "\n" not in message and expected in message and str(planned_model) in message, message
+    assert is_input_error(err.value)  # evaluate and benchmark fail at once, no retry

@@ -122,6 +122,28 @@ def test_the_header_matching_the_loaded_library_is_preferred(monkeypatch, tmp_pa
     assert plan_cache.choose_header([tmp_path, *folders]) == folders[0]
 
 
+def test_plan_cache_headers_are_never_searched_under_the_current_directory(monkeypatch, tmp_path):
+    """nvidia/*/include under the current directory (on sys.path as "") is no header folder; the
+    wheels installed beside the loaded cuSPARSELt, the toolkit and the explicit setting are."""
+    import sys
+
+    planted = tmp_path / "work" / "nvidia" / "evil" / "include"
+    planted.mkdir(parents=True)
+    (planted / "cusparseLt.h").write_text("#error planted\n")
+    site = tmp_path / "site-packages" / "nvidia"
+    for wheel in ("cusparselt", "cuda_runtime"):
+        (site / wheel / "include").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path / "work"), *sys.path])
+    monkeypatch.setattr(plan_cache, "mapped_cusparselt", lambda: [str(site / "cusparselt" / "lib" / "libcusparseLt.so.0")])
+    monkeypatch.setenv(plan_cache.INCLUDE_ENV, str(tmp_path / "explicit"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "toolkit"))
+    found = plan_cache.include_candidates()
+    assert all(not str(folder.resolve()).startswith(str(tmp_path / "work")) for folder in found), found
+    assert {tmp_path / "explicit", tmp_path / "toolkit" / "include", site / "cusparselt" / "include",
+            site / "cuda_runtime" / "include"} <= set(found)
+
+
 def memory(pointer: int, count: int, dtype: torch.dtype) -> torch.Tensor:
     """The `count` values at a CPU address, as a tensor sharing that memory."""
     ctype = {torch.float32: ctypes.c_float, torch.int8: ctypes.c_int8}[dtype]

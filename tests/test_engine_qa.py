@@ -152,3 +152,50 @@ def test_asking_for_a_gpu_where_there_is_none_is_one_clear_error(tiny_model, cap
         pytest.skip("a CUDA device is here")
     assert main(["--model", str(tiny_model), "--question", "Who?", "--context", CONTEXT, "--device", "cuda"]) == 1
     assert capsys.readouterr().err.startswith("error: device cuda: no CUDA device here")
+
+
+@pytest.mark.parametrize("word", ["café", "cafe\u0301", "Malmö", "Malmo\u0308", "नमस्ते", "مُحَمَّدٌ"])
+def test_combining_marks_come_back_whole_from_engine_qa(tiny_model, word):
+    """A model that points at the word's tokens: the answer keeps the marks after its last letter."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    context = f"They met at {word}"
+    word_ids = set(tokenizer(word, add_special_tokens=False)["input_ids"])
+
+    def pointing_model(input_ids, **inputs):
+        [row] = input_ids.tolist()
+        positions = [k for k, token in enumerate(row) if token in word_ids]
+        start, end = torch.zeros(1, len(row)), torch.zeros(1, len(row))
+        start[0, positions[0]] = end[0, positions[-1]] = 10.0  # the word's first and last token
+        return SimpleNamespace(start_logits=start, end_logits=end)
+
+    answer = QuestionAnswerer(pointing_model, tokenizer, torch.device("cpu"))("When?", context, max_answer_length=30)
+    assert answer["answer"] == word and answer["end"] == len(context)
+
+
+def cli_error(tiny_model, capsys, *extra: str) -> str:
+    """engine.qa's one line on stderr for these arguments (exit status 1, nothing on stdout)."""
+    assert main(["--model", str(tiny_model), "--context", CONTEXT, *extra]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_engine_qa_empty_question_is_rejected(tiny_model, capsys, answerer, question):
+    assert "a question is empty" in cli_error(tiny_model, capsys, "--question", question)
+    with pytest.raises(ValueError, match="a question is empty"):
+        answerer([QUESTIONS[0], question], CONTEXT)
+
+
+def test_engine_qa_max_length_past_the_models_positions_is_one_line(tiny_model, capsys):
+    err = cli_error(tiny_model, capsys, "--question", QUESTIONS[0], "--max-length", "1024")
+    assert "error: max_length=1024 is longer than the model takes (bert: 512 positions" in err
+
+
+@pytest.mark.parametrize("option", ["--top-k", "--max-answer-length"])
+def test_engine_qa_top_k_and_max_answer_length_0_are_rejected(tiny_model, capsys, answerer, option):
+    with pytest.raises(SystemExit) as exit:
+        main(["--model", str(tiny_model), "--question", QUESTIONS[0], "--context", CONTEXT, option, "0"])
+    assert exit.value.code == 2 and f"argument {option}: 0 is not at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be at least 1"):
+        answerer(QUESTIONS[0], CONTEXT, **{option.lstrip("-").replace("-", "_"): 0})

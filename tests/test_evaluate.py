@@ -127,3 +127,26 @@ def test_postprocess_picks_best_window_per_example():
     end = [[0, 1, 0], [0, 0, 4], [0, 0, 0]]
     predictions = postprocess(examples, features, start, end, n_best=20, max_answer_length=30)
     assert predictions == {"a": "1815 in London", "b": ""}
+
+
+def test_combining_marks_perfect_logits_score_100(tiny_model):
+    """Logits that point exactly at each gold answer's tokens: the answers ending in combining marks
+    come back whole, so EM and F1 are 100."""
+    import numpy as np
+
+    from stages.modeling import load_tokenizer
+    from stages.tokenize import prepare_train_features, prepare_validation_features
+    from test_tokenize import combining_mark_examples
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = combining_mark_examples()
+    batch = {key: [e[key] for e in examples] for key in examples[0]}
+    labels = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
+    features = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16)
+    starts = np.zeros((len(features["input_ids"]), 64))
+    ends = np.zeros_like(starts)
+    for window, (start, end) in enumerate(zip(labels["start_positions"], labels["end_positions"])):
+        starts[window, start] = ends[window, end] = 10.0
+    predictions = postprocess(examples, features, starts, ends, n_best=20, max_answer_length=30)
+    assert predictions == {e["id"]: e["answers"]["text"][0] for e in examples}
+    assert squad_scores(predictions, examples) == {"exact_match": 100.0, "f1": 100.0}

@@ -165,3 +165,56 @@ def test_saved_model_files_follow_the_umask(tmp_path, tiny_model):
 
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == mode_after_umask(0o666)
+
+
+def assert_one_line_input_error(err: BaseException, *parts: str) -> None:
+    """A one-line message naming what is wrong, of a kind the flows never retry."""
+    from flows.common import is_input_error
+
+    message = str(err)
+    assert "\n" not in message and all(part in message for part in parts), message
+    assert is_input_error(err)
+
+
+@pytest.mark.parametrize("field, value, parts", [
+    ("seed", 2**40, ["field 'seed' = 1099511627776 is invalid", "2**32 - 1"]),
+    ("prune.exclude", "(", ["field 'prune.exclude' = '(' is invalid", "regular expression"]),
+    ("data.dir", "", ["field 'data.dir' = '' is invalid (expected str, a non-empty string)"]),
+])
+def test_values_that_passed_the_schema_seed_2_40_exclude_regex_empty_data_dir(field, value, parts):
+    with pytest.raises(ParamError) as err:
+        validate(with_value(field, value))
+    assert_one_line_input_error(err.value, *parts)
+    assert "Returns True" not in str(err.value)  # not bool's docstring
+
+
+def test_cpu_seq_length_longer_than_the_model_is_one_line(tiny_model, tmp_path):
+    from stages import benchmark
+
+    params = validate(with_value("benchmark.cpu_seq_length", 4096))
+    with pytest.raises(StageError) as err:  # before anything is timed: the accelerated model is not even read
+        benchmark.run(params, tiny_model, tmp_path / "absent", tutorial=False)
+    assert_one_line_input_error(err.value, "benchmark.cpu_seq_length=4096", "512 positions")
+
+
+def test_pickled_pytorch_model_bin_only_is_one_line(tiny_model, tmp_path):
+    import shutil
+
+    import torch
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(load_qa_model(str(tiny_model)), pickled / "pytorch_model.bin")  # the whole module, pickled
+    with pytest.raises(StageError) as err:
+        load_qa_model(str(pickled))
+    assert_one_line_input_error(err.value, str(pickled), "pytorch_model.bin", "safetensors")
+
+
+def test_model_directory_as_a_dependency_must_be_watched(tiny_model):
+    raw = with_value("model.name", str(tiny_model))
+    with pytest.raises(ParamError, match=r"field 'model.watch' = 'requirements.txt' must name the local model "
+                                         r"directory of model.name"):
+        validate(raw)
+    raw["model"]["watch"] = str(tiny_model)
+    assert validate(raw)["model.watch"] == str(tiny_model)

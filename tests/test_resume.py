@@ -109,6 +109,7 @@ def test_killed_training_resumes_to_the_same_result(fresh_workdir, stage, sig):
     resumed, resumed_weights = final_state(killed_dir)
     assert resumed["resumed_from_step"] >= killed_at - 4 and straight["resumed_from_step"] is None
     assert resumed["loss_history"] == straight["loss_history"] and resumed["steps"] == straight["steps"] == 40
+    assert resumed["train_loss"] == straight["train_loss"]  # the whole run's mean, not the resumed steps'
     assert straight_weights.keys() == resumed_weights.keys()
     assert all(torch.equal(straight_weights[k], resumed_weights[k]) for k in straight_weights)
     assert not list(killed_dir.glob(".checkpoints/*"))  # removed once training finished

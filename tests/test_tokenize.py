@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import unicodedata
 
 import pytest
 
@@ -233,3 +234,39 @@ def test_context_far_longer_than_a_window_becomes_many_windows(tokenizer):
     features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
     assert len(features["input_ids"]) > 20 and all(len(ids) <= 64 for ids in features["input_ids"])
     assert sum(s > 0 for s in features["start_positions"]) >= 1  # the answer sits in a late window
+
+
+# Words whose last character is followed by combining marks: decomposed accents, a Devanagari vowel
+# sign, Arabic vowel marks. The uncased tokenizer strips the marks, so its offsets end before them.
+COMBINING_WORDS = ["café", unicodedata.normalize("NFD", "café"), "Malmö", unicodedata.normalize("NFD", "Malmö"),
+                   "नमस्ते", "مُحَمَّدٌ", "क्\u200d"]
+
+
+def combining_mark_examples() -> list[dict]:
+    """Each word once inside a context and once at its very end."""
+    examples = []
+    for n, word in enumerate(COMBINING_WORDS):
+        for k, context in enumerate((f"They met at {word} on Monday.", f"They met at {word}")):
+            examples.append({"id": f"w{n}-{k}", "title": "marks", "context": context, "question": "Where did they meet?",
+                             "answers": {"text": [word], "answer_start": [context.index(word)]}})
+    return examples
+
+
+def test_combining_marks_training_labels_cover_the_whole_answer(tokenizer):
+    examples = combining_mark_examples()
+    batch = as_batch(examples)
+    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
+    validation = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16)
+    assert len(features["input_ids"]) == len(examples)  # one window each
+    for example, start, end, offsets in zip(examples, features["start_positions"], features["end_positions"],
+                                            validation["offset_mapping"]):
+        assert start > 0, example["context"]
+        assert example["context"][offsets[start][0]:offsets[end][1]] == example["answers"]["text"][0]
+
+
+def test_span_end_moves_over_marks_and_joiners_only():
+    from stages.common import span_end
+
+    assert span_end("cafe\u0301 x", 4) == 5
+    assert span_end("a\u200d\u200cb", 1) == 3
+    assert span_end("ab", 1) == 1 and span_end("a", 1) == 1
