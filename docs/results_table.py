@@ -1,0 +1,71 @@
+"""The README's results table, one row per artifact, generated from committed files:
+
+    python docs/results_table.py           # print the table
+    python docs/results_table.py --write   # replace it in README.md (between the results markers)
+
+A row's F1 and latency come from the same run: the CPU default's scores file, or a GPU pipeline run's
+reports as committed under docs/results/. tests/test_results_table.py fails while README.md differs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin (docs/results_table.py) -->", "<!-- results:end -->"
+VARIANTS = ("dense", "pruned", "sparse", "accelerated")
+# The GPU pipeline runs, each a folder of its stage reports (gpu/reports as the run left them).
+GPU_RUNS = ("docs/results/2026-12-06-gpu-pipeline-h100",)
+HEADER = ("| run | model, data | device | F1 dense / pruned / 2:4 / accelerated | "
+          "latency dense → accelerated, batch 16 / 64 / 256 | speedup |\n|---|---|---|---|---|---|")
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def f1_cell(f1: dict) -> str:
+    return " / ".join(f"{f1[variant]:.2f}" for variant in VARIANTS)
+
+
+def cpu_row() -> str:
+    scores = read(ROOT / "metrics/scores.json")
+    return (f"| CPU default, `dvc repro` ([metrics/scores.json](metrics/scores.json)) | MiniLM-L6, synthetic "
+            f"biographies (data/embedded) | any x86-64 CPU | {f1_cell(scores['f1'])} | n/a: no 2:4 kernels on a CPU | n/a |")
+
+
+def gpu_row(run: str) -> str:
+    folder = ROOT / run
+    evaluation, benchmark = read(folder / "evaluate.json"), read(folder / "benchmark.json")
+    tokenize = read(folder / "tokenize.json")
+    f1 = {variant: evaluation[variant]["f1"] for variant in VARIANTS}
+    device = benchmark["device"]
+    latency = benchmark["latency_ms"]
+    sizes = [key for key in ("bs16", "bs64", "bs256") if "accelerated_compiled" in latency.get(key, {})]
+    times = " / ".join(f"{latency[key]['dense_compiled']:.2f} → {latency[key]['accelerated_compiled']:.2f} ms"
+                       for key in sizes)
+    speedups = " / ".join(f"{benchmark['speedup'][key]['compiled']:.2f}x "
+                          f"({benchmark['speedup_range'][key]['compiled'][0]:.2f}-"
+                          f"{benchmark['speedup_range'][key]['compiled'][1]:.2f})" for key in sizes)
+    return (f"| GPU pipeline, `dvc repro gpu/dvc.yaml` ([{Path(run).name}]({run})) | MiniLM-L6, SQuAD v1.1 "
+            f"({tokenize['train_examples']:,} train / {tokenize['validation_examples']:,} dev questions) | "
+            f"{device['gpu']}, cuSPARSELt {device['cusparselt']}, compiled + CUDA graphs | {f1_cell(f1)} | {times} | "
+            f"{speedups} |")
+
+
+def table() -> str:
+    return "\n".join([HEADER, cpu_row(), *(gpu_row(run) for run in GPU_RUNS)])
+
+
+def with_table(readme: str) -> str:
+    begin, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
+    return f"{readme[:begin]}\n{table()}\n{readme[end:]}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        README.write_text(with_table(README.read_text()))
+    else:
+        print(table())
