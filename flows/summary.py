@@ -4,27 +4,28 @@ from pathlib import Path
 
 from flows.common import PLOTS_DIR, REPORTS_DIR, main, stage_flow
 from stages.common import read_json
-from stages.summary import summarize
+from stages.summary import data_name, summarize
 
 SCORES = Path("metrics/scores.json")
-LOSS_HISTORIES = {
-    "dense baseline (train_baseline)": PLOTS_DIR / "train_baseline_loss_history.json",
-    "2:4 sparse fine-tuning (finetune_sparse)": PLOTS_DIR / "finetune_sparse_loss_history.json",
-}
+TRAINING_RUNS = {"dense baseline": "train_baseline", "2:4 sparse fine-tuning": "finetune_sparse"}
 
 
 def work(params, out_dir):
-    losses = {name: read_json(path) for name, path in LOSS_HISTORIES.items()}
+    losses = {run: {"objective": read_json(REPORTS_DIR / f"{stage}.json")["objective"],
+                    "history": read_json(PLOTS_DIR / f"{stage}_loss_history.json")}
+              for run, stage in TRAINING_RUNS.items()}
+    data = data_name(params, read_json(REPORTS_DIR / "tokenize.json")["validation_examples"])
     return summarize(read_json(REPORTS_DIR / "evaluate.json"), read_json(REPORTS_DIR / "benchmark.json"), losses,
-                     PLOTS_DIR, SCORES)
+                     data, PLOTS_DIR, SCORES)
 
 
 def score_table(summary: dict) -> list[dict]:
     """The Prefect artifact: F1 per variant, and the headline speedup with where it was measured."""
-    headline = summary["headline_speedup"]
-    where = f"batch {headline['batch_size']}, {headline['mode']}" if headline else "not measured"
+    headline, speedup = summary["headline_speedup"], summary["scores"]["speedup"]
+    where = (f" (batch {headline['batch_size']}, {headline['mode']})" if headline
+             else "" if isinstance(speedup, str) else " (not measured)")  # a string: why there is none
     return [*({"score": f"F1 {variant}", "value": f1} for variant, f1 in summary["scores"]["f1"].items()),
-            {"score": f"speedup ({where})", "value": summary["scores"]["speedup"]}]
+            {"score": f"speedup{where}", "value": speedup}]
 
 
 summary_flow = stage_flow("summary", work, table=score_table)
