@@ -238,6 +238,8 @@ def report_failure(name: str, err: BaseException, log: Path) -> int:
     """The traceback to `log`, one line to stderr; returns the exit status."""
     logging.getLogger("twofour").error(f"{name} failed", exc_info=err)
     where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
+    if os.environ.get("DVC_STAGE"):  # DVC removed the stage's outputs before running it
+        where += f"; its last outputs come back with `dvc checkout {name}`"
     print(f"twofour {name}: error: {one_line(err)}{where}", file=sys.stderr)
     return 1
 

@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 from flows.common import LOGS_DIR, PIPELINE_RUN_ENV, git_commit, log_to_file, report_failure, run_tags, use_run_server
 from stages.common import StageError
 from stages.params import ParamError, validate
+from stages.validate import validate_inputs
 
 RAN = re.compile(r"Running stage '(\w+)'")
 SKIPPED = re.compile(r"Stage '(\w+)' (?:didn't change, skipping|is cached - skipping)")
@@ -46,8 +47,9 @@ def summarize_repro(output: str) -> dict[str, list[str]]:
 
 def check_set_params(set_params: list[str], params_path: Path = Path("params.yaml")) -> None:
     """Raise ParamError unless params.yaml with the -S overrides applied (by DVC's own code, to a
-    copy) is valid: `dvc exp run` writes params.yaml and deletes the stale stages' outputs before
-    any stage reads its params, so a typo found by the stage would cost those outputs."""
+    copy) is valid and its data files are there: `dvc exp run` writes params.yaml before any stage
+    reads it (the validate stage would then fail, having removed nothing, but leave params.yaml
+    changed)."""
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import apply_overrides
@@ -64,7 +66,7 @@ def check_set_params(set_params: list[str], params_path: Path = Path("params.yam
             apply_overrides(would_be, overrides)
         except InvalidArgumentError as err:
             raise ParamError(f"{source}: {err} ({' '.join(str(err.__cause__).split())})") from None  # one line
-        validate(yaml.safe_load(would_be.read_text()), source)
+        validate_inputs(validate(yaml.safe_load(would_be.read_text()), source), source=source)
 
 
 def dvc_command(set_params: list[str]) -> list[str]:
