@@ -212,16 +212,12 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def main(stage: StageFlow) -> None:
-    """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
-    its traceback in logs/<stage>.log.
+def main(stage: StageFlow, args: argparse.Namespace) -> None:
+    """Command-line entry of a stage flow, with its arguments (flows/cli.py): any failure ends in
+    one line on stderr and exit status 1, its traceback in logs/<stage>.log.
 
     SIGTERM becomes SystemExit, so a stage stopped that way still removes its temporary output.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage.name}",
-                                     description=sys.modules["__main__"].__doc__)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)

@@ -1,10 +1,14 @@
 """DVC stage `summary`: reports/{evaluate,benchmark}.json and the loss histories -> the scores
 (metrics/scores.json, what `dvc metrics show` shows) and the charts (plots/*.svg)."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from flows.common import PLOTS_DIR, REPORTS_DIR, main, stage_flow
-from stages.common import read_json
-from stages.summary import data_name, summarize
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from flows.common import PLOTS_DIR, REPORTS_DIR, main, stage_flow  # noqa: E402
+from stages.common import read_json  # noqa: E402
+from stages.summary import data_name, summarize  # noqa: E402
 
 SCORES = Path("metrics/scores.json")
 TRAINING_RUNS = {"dense baseline": "train_baseline", "2:4 sparse fine-tuning": "finetune_sparse"}
@@ -31,4 +35,4 @@ def score_table(summary: dict) -> list[dict]:
 summary_flow = stage_flow("summary", work, table=score_table)
 
 if __name__ == "__main__":
-    main(summary_flow)
+    main(summary_flow, ARGS)

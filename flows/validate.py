@@ -3,12 +3,12 @@ runs (stages/validate.py); writes reports/validate.json, the same bytes for any 
 
 A plain command, not a Prefect flow: it must answer in well under a second and fail for nothing
 but its input. On failure nothing has been removed: its stamp is a persistent DVC out."""
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from flows.cli import stage_arguments
 from stages.params import ParamError, load_params
 from stages.validate import validate_inputs
 
@@ -16,10 +16,8 @@ STAMP = Path("reports/validate.json")
 UNDO = "nothing was removed: fix it, or `git checkout params.yaml` to go back"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.validate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    args = parser.parse_args(argv)
+def main() -> int:
+    args = stage_arguments(__name__, __doc__)
     try:
         stamp = validate_inputs(load_params(args.params), source=args.params)
     except ParamError as err:

@@ -165,3 +165,18 @@ def test_saved_model_files_follow_the_umask(tmp_path, tiny_model):
 
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == mode_after_umask(0o666)
+
+
+def test_params_yaml_survives_a_dvc_set_param_and_switching_back(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in its own style (block lists): written in that style,
+    the file comes back byte for byte, comments included, when the value does."""
+    from dvc.utils.hydra import apply_overrides
+
+    from conftest import REPO
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes((REPO / "params.yaml").read_bytes())
+    apply_overrides(str(path), ["prune.method=wanda", "benchmark.cpu_batch_sizes=[2]"])
+    assert "method: wanda" in path.read_text()
+    apply_overrides(str(path), ["prune.method=sparsegpt", "benchmark.cpu_batch_sizes=[1,4]"])
+    assert path.read_bytes() == (REPO / "params.yaml").read_bytes()

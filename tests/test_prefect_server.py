@@ -68,7 +68,7 @@ def artifacts_by_key(url, key):
 def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     root, env = make_project(tmp_path / "project", {"PREFECT_API_URL": server})
     first = sh([sys.executable, "-m", "flows.pipeline"], root, env)
-    assert "'ran': ['tokenize', 'train_baseline'" in first.stdout
+    assert "'ran': ['validate', 'tokenize', 'train_baseline'" in first.stdout
 
     with client(server) as c:
         flows = {f.id: f.name for f in c.read_flows()}
@@ -79,9 +79,9 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     for stage in STAGES:
         run = by_stage[stage]
         assert run.state.is_completed(), (stage, run.state)
-        # the stages of one pipeline run are found together by its tag, and carry the git commit
-        assert f"pipeline:{str(pipeline_run.id)[:8]}" in run.tags
-        assert any(t.startswith("git:") for t in run.tags)
+        # the stages of one pipeline run carry its tags (the git commit, pipeline:<id>): found together
+        assert set(run.tags) == set(pipeline_run.tags)
+        assert any(t.startswith("git:") for t in run.tags) and any(t.startswith("pipeline:") for t in run.tags)
         [artifact] = artifacts_by_key(server, f"{stage.replace('_', '-')}-metrics")
         assert artifact.type == "table" and artifact.flow_run_id == run.id
     evaluate_table = json.loads(artifacts_by_key(server, "evaluate-metrics")[0].data)
