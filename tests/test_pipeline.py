@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from conftest import make_project, sh
+from conftest import REPO, make_project, sh
 from flows.pipeline import summarize_repro
 
 STAGES = ["validate", "tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark",
@@ -103,6 +103,29 @@ def test_plots_show_draws_the_three_charts_without_network(project):
 def test_second_repro_runs_nothing(project):
     result = dvc(project, "repro")
     assert summarize_repro(result.stdout) == {"ran": [], "cached": STAGES}
+
+
+def test_metrics_and_plots_diff_against_a_commit_work_from_a_fresh_clone(project, tmp_path):
+    """With no DVC remote a clone has git alone: the scores (EM, F1, latency) and the charts that
+    `dvc metrics diff` and `dvc plots diff` read from a commit are in it."""
+    root, env = project
+    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
+    sh(git + ["add", "-A"], root, env)
+    sh(git + ["commit", "-qm", "the tiny run"], root, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / "models").exists() and not (clone / "reports/evaluate.json").exists()  # nothing from DVC
+    diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD~1", "--all", "--json"], clone,
+                         env).stdout)["diff"]["metrics/scores.json"]
+    committed = json.loads((REPO / "metrics/scores.json").read_text())  # the tiny project's first commit
+    tiny = json.loads((root / "metrics/scores.json").read_text())
+    assert diff["f1.dense"] == {"old": committed["f1"]["dense"], "new": tiny["f1"]["dense"],
+                                "diff": pytest.approx(tiny["f1"]["dense"] - committed["f1"]["dense"])}
+    assert diff["em.sparse"]["new"] == tiny["em"]["sparse"]
+    assert diff["accelerated.latency.bs2.ms"]["new"] == tiny["accelerated"]["latency"]["bs2"]["ms"]
+    sh([sys.executable, "-m", "dvc", "plots", "diff", "HEAD~1", "--out", "page"], clone, env)
+    images = re.findall(r'<img src="([^"]+)"', (clone / "page/index.html").read_text())
+    assert len(images) == 6 and all((clone / "page" / image).stat().st_size > 0 for image in images)
 
 
 def test_prune_param_change_reruns_from_prune_only(project):
