@@ -114,9 +114,9 @@ def test_metrics_and_plots_diff_against_a_commit_work_from_a_fresh_clone(project
     sh(git + ["commit", "-qm", "the tiny run"], root, env)
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    assert not (clone / "models").exists() and not (clone / "reports/evaluate.json").exists()  # nothing from DVC
+    assert not (clone / "models/baseline").exists() and not (clone / "reports/evaluate.json").exists()  # no DVC data
     diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD~1", "--all", "--json"], clone,
-                         env).stdout)["diff"]["metrics/scores.json"]
+                         env).stdout)["metrics/scores.json"]
     committed = json.loads((REPO / "metrics/scores.json").read_text())  # the tiny project's first commit
     tiny = json.loads((root / "metrics/scores.json").read_text())
     assert diff["f1.dense"] == {"old": committed["f1"]["dense"], "new": tiny["f1"]["dense"],

@@ -95,9 +95,9 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     assert "'ran': []" in second.stdout
     summaries = sorted(artifacts_by_key(server, "pipeline-summary"), key=lambda a: a.created)
     assert len(summaries) == 2
-    assert "**ran:** tokenize, train_baseline, prune" in summaries[0].data
+    assert "**ran:** validate, tokenize, train_baseline, prune" in summaries[0].data
     assert "**ran:** nothing" in summaries[1].data
-    assert f"**cached:** {', '.join(STAGES)}" in summaries[1].data
+    assert f"**cached:** validate, {', '.join(STAGES)}" in summaries[1].data
     scores = summaries[1].data.split("| metrics/scores.json ")[0]  # `dvc metrics show` as a table: its header
     assert all(f" f1.{variant} |" in scores for variant in ("dense", "pruned", "sparse", "accelerated"))
     summary_table = json.loads(artifacts_by_key(server, "summary-metrics")[0].data)
