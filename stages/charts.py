@@ -20,6 +20,7 @@ PANEL_WIDTH, PANEL_HEIGHT = 360, 260  # the plotting area of one panel, px
 LEFT, RIGHT, TOP, BOTTOM, GAP = 70, 20, 50, 50, 40  # margins around the panels and between them
 LEGEND_LINE = 20
 GRID = "#dddddd"
+TITLE_CHAR = 8.5  # the width of a character of the 15 px bold title, px, generously
 
 Point = tuple[float, float]
 
@@ -104,8 +105,10 @@ def colours(names: list[str]) -> dict[str, str]:
 
 
 def document(title: str, width: float, height: float, body: list[str], note: str | None = None) -> str:
-    """The SVG: title on top, `body`, and `note` (what the reader must know to read it) at the foot."""
+    """The SVG: title on top, `body`, and `note` (what the reader must know to read it) at the foot;
+    wide enough for the title (a long data name) at about TITLE_CHAR px a character."""
     height += LEGEND_LINE if note else 0
+    width = max(width, len(title) * TITLE_CHAR + 2 * RIGHT)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="12">',

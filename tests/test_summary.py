@@ -92,6 +92,7 @@ def test_summarize_writes_the_scores_and_three_charts(tmp_path):
     assert not any("hollow" in label for label in labels["latency"])  # nothing flagged, nothing said
     assert {"F1 (%)", "57.9", "54.148", f"F1 per variant, {DATA}"} <= labels["f1"]
     assert not any("SQuAD" in label for label in labels["f1"] | labels["latency"])
+    assert float(drawn["f1"].get("width")) >= len(f"F1 per variant, {DATA}") * charts.TITLE_CHAR  # the title fits
     assert [bar.get("data-series") for bar in drawn["f1"].iter(f"{SVG}rect") if bar.get("data-series")] == [
         "dense", "pruned", "sparse", "accelerated"]
 
