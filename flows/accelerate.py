@@ -1,7 +1,11 @@
 """DVC stage `accelerate`: models/sparse -> models/accelerated (model + per-layer kernel plan)."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from engine.runtime import load_cusparselt
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
@@ -12,4 +16,4 @@ accelerate_flow = stage_flow("accelerate", lambda params, out: run(params, Path(
                              out="models/accelerated")
 
 if __name__ == "__main__":
-    main(accelerate_flow)
+    main(accelerate_flow, ARGS)

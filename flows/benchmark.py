@@ -1,7 +1,11 @@
 """DVC stage `benchmark`: dense vs accelerated latency per batch size, eager and compiled."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from engine.runtime import load_cusparselt
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
@@ -21,4 +25,4 @@ def work(params, out_dir):
 benchmark_flow = stage_flow("benchmark", work, table=batch_table)
 
 if __name__ == "__main__":
-    main(benchmark_flow)
+    main(benchmark_flow, ARGS)

@@ -215,17 +215,13 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def main(stage: StageFlow) -> None:
-    """Command-line entry of a stage flow: any failure ends in one line on stderr and exit status 1,
-    its traceback in logs/<stage>.log.
+def main(stage: StageFlow, args: argparse.Namespace) -> None:
+    """Command-line entry of a stage flow, with its arguments (flows/cli.py): any failure ends in
+    one line on stderr and exit status 1, its traceback in logs/<stage>.log.
 
     SIGTERM becomes SystemExit, so a stage stopped that way (or by its parent's death) still
     removes its temporary output.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage.name}",
-                                     description=sys.modules["__main__"].__doc__)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
@@ -243,6 +239,8 @@ def report_failure(name: str, err: BaseException, log: Path) -> int:
     """The traceback to `log`, one line to stderr; returns the exit status."""
     logging.getLogger("twofour").error(f"{name} failed", exc_info=err)
     where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
+    if os.environ.get("DVC_STAGE"):  # DVC removed the stage's outputs before running it
+        where += f"; its last outputs come back with `dvc checkout {name}`"
     print(f"twofour {name}: error: {one_line(err)}{where}", file=sys.stderr)
     return 1
 

@@ -1,7 +1,11 @@
 """DVC stage `evaluate`: exact match and F1 of every model variant on the validation split."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from engine.runtime import load_cusparselt
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
@@ -25,4 +29,4 @@ evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path
                            table=variant_table)
 
 if __name__ == "__main__":
-    main(evaluate_flow)
+    main(evaluate_flow, ARGS)

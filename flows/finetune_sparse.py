@@ -1,8 +1,12 @@
 """DVC stage `finetune_sparse`: models/pruned -> models/sparse (fine-tuned with the masks held)."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from flows.common import main, stage_flow
-from stages.finetune_sparse import finetune_sparse
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.finetune_sparse import finetune_sparse  # noqa: E402
 
 finetune_sparse_flow = stage_flow(
     "finetune_sparse",
@@ -12,4 +16,4 @@ finetune_sparse_flow = stage_flow(
 )
 
 if __name__ == "__main__":
-    main(finetune_sparse_flow)
+    main(finetune_sparse_flow, ARGS)

@@ -8,25 +8,42 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-import pandas as pd
-import yaml
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
-from flows.common import LOGS_DIR, PIPELINE_RUN_ENV, git_commit, log_to_file, report_failure, run_tags, use_run_server
-from stages.common import StageError
-from stages.params import ParamError, validate
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=["run", "serve"], default="run")
+    parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
+    parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments()  # before Prefect, DVC and torch load: --help and a wrong argument answer at once
+
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from prefect import flow, tags, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from flows.common import (LOGS_DIR, PIPELINE_RUN_ENV, git_commit, log_to_file, report_failure, run_tags,  # noqa: E402
+                          use_run_server)
+from stages.common import StageError  # noqa: E402
+from stages.params import ParamError, validate  # noqa: E402
+from stages.validate import validate_inputs  # noqa: E402
 
 # A stage of another dvc.yaml than the root's is named with its file: 'gpu/dvc.yaml:tokenize'.
 RAN = re.compile(r"Running stage '(?:[\w./-]+:)?(\w+)'")
@@ -47,8 +64,9 @@ def summarize_repro(output: str) -> dict[str, list[str]]:
 
 def check_set_params(set_params: list[str], params_path: Path = Path("params.yaml")) -> None:
     """Raise ParamError unless params.yaml with the -S overrides applied (by DVC's own code, to a
-    copy) is valid: `dvc exp run` writes params.yaml and deletes the stale stages' outputs before
-    any stage reads its params, so a typo found by the stage would cost those outputs."""
+    copy) is valid and its data files are there: `dvc exp run` writes params.yaml before any stage
+    reads it (the validate stage would then fail, having removed nothing, but leave params.yaml
+    changed)."""
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import apply_overrides
@@ -65,7 +83,7 @@ def check_set_params(set_params: list[str], params_path: Path = Path("params.yam
             apply_overrides(would_be, overrides)
         except InvalidArgumentError as err:
             raise ParamError(f"{source}: {err} ({' '.join(str(err.__cause__).split())})") from None  # one line
-        validate(yaml.safe_load(would_be.read_text()), source)
+        validate_inputs(validate(yaml.safe_load(would_be.read_text()), source), source=source)
 
 
 def dvc_command(set_params: list[str]) -> list[str]:
@@ -102,7 +120,7 @@ def metrics_table(metrics: dict) -> str:
 def pipeline(set_params: list[str] | None = None) -> dict:
     """Run the stale stages (as an experiment when params are set); report what ran and was cached."""
     check_set_params(set_params or [])  # again here: a run started from the UI skips cli()
-    run_id = str(flow_run.get_id() or "local")[:8]
+    run_id = os.environ.get(PIPELINE_RUN_ENV) or str(flow_run.get_id() or "local")[:8]  # cli() sets it
     output = run_dvc(dvc_command(set_params or []), run_id)
     summary = summarize_repro(output)
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"],
@@ -120,16 +138,12 @@ def pipeline(set_params: list[str] | None = None) -> dict:
 
 def cli(argv: list[str] | None = None) -> None:
     """Any failure ends in one line on stderr and exit status 1, its traceback in logs/pipeline.log."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=["run", "serve"], default="run")
-    parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
-    parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
-    args = parser.parse_args(argv)
+    args = arguments(argv)
     try:
         check_set_params(args.set_param)
     except ParamError as err:
-        parser.exit(1, f"twofour pipeline: error: {err}\n")
+        print(f"twofour pipeline: error: {err}", file=sys.stderr)
+        sys.exit(1)
     log = LOGS_DIR / "pipeline.log"
     log_to_file(log)
     try:
@@ -138,7 +152,10 @@ def cli(argv: list[str] | None = None) -> None:
             pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
                            parameters={"set_params": args.set_param})
         else:
-            print(pipeline(args.set_param))
+            # The run's id in its own tags as in its stage runs' (flows/common.py run_tags)
+            os.environ.setdefault(PIPELINE_RUN_ENV, uuid.uuid4().hex[:8])
+            with tags(*run_tags()):
+                print(pipeline(args.set_param))
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
         sys.exit(report_failure("pipeline", err, log))
 

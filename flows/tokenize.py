@@ -1,7 +1,11 @@
 """DVC stage `tokenize`: data source -> features/ (train, validation, validation_examples)."""
-from flows.common import main, stage_flow
-from stages.modeling import load_tokenizer, resolve_model_source
-from stages.tokenize import tokenize
+from flows.cli import stage_arguments
+
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.modeling import load_tokenizer, resolve_model_source  # noqa: E402
+from stages.tokenize import tokenize  # noqa: E402
 
 
 def work(params, out_dir):
@@ -12,4 +16,4 @@ def work(params, out_dir):
 tokenize_flow = stage_flow("tokenize", work, out="features")
 
 if __name__ == "__main__":
-    main(tokenize_flow)
+    main(tokenize_flow, ARGS)

@@ -1,8 +1,12 @@
 """DVC stage `train_baseline`: features + model -> models/baseline (dense, fine-tuned)."""
-from pathlib import Path
+from flows.cli import stage_arguments
 
-from flows.common import main, stage_flow
-from stages.train_baseline import train_baseline
+ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
+
+from pathlib import Path  # noqa: E402
+
+from flows.common import main, stage_flow  # noqa: E402
+from stages.train_baseline import train_baseline  # noqa: E402
 
 train_baseline_flow = stage_flow(
     "train_baseline",
@@ -12,4 +16,4 @@ train_baseline_flow = stage_flow(
 )
 
 if __name__ == "__main__":
-    main(train_baseline_flow)
+    main(train_baseline_flow, ARGS)

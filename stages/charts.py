@@ -4,7 +4,8 @@
 load Vega from a CDN and draw nothing without network), and no plotting library is needed. A line
 chart is one or more panels side by side sharing their axes; a bar chart is horizontal bars. Each
 series is one <polyline> (each bar one <rect>) carrying its name in `data-series`, in a colour of
-its own that stays the same in every panel.
+its own that stays the same in every panel. A point may be drawn hollow (a timing the benchmark
+flagged as noisy), and a note under the title says what hollow means.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PANEL_WIDTH, PANEL_HEIGHT = 360, 260  # the plotting area of one panel, px
 LEFT, RIGHT, TOP, BOTTOM, GAP = 70, 20, 50, 50, 40  # margins around the panels and between them
 LEGEND_LINE = 20
 GRID = "#dddddd"
+TITLE_CHAR = 8.5  # the width of a character of the 15 px bold title, px, generously
 
 Point = tuple[float, float]
 
@@ -102,7 +104,11 @@ def colours(names: list[str]) -> dict[str, str]:
     return dict(zip(unique, PALETTE))
 
 
-def document(title: str, width: float, height: float, body: list[str]) -> str:
+def document(title: str, width: float, height: float, body: list[str], note: str | None = None) -> str:
+    """The SVG: title on top, `body`, and `note` (what the reader must know to read it) at the foot;
+    wide enough for the title (a long data name) at about TITLE_CHAR px a character."""
+    height += LEGEND_LINE if note else 0
+    width = max(width, len(title) * TITLE_CHAR + 2 * RIGHT)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="12">',
@@ -110,6 +116,7 @@ def document(title: str, width: float, height: float, body: list[str]) -> str:
         f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>',
         text(width / 2, 22, title, font_size=15, font_weight="bold"),
         *body,
+        *([text(LEFT, height - 8, note, "start", font_style="italic")] if note else []),
         "</svg>",
     ]) + "\n"
 
@@ -143,26 +150,34 @@ def legend(top: float, colour_of: dict[str, str]) -> list[str]:
     return parts
 
 
-def line_chart(title: str, panels: dict[str, dict[str, list[Point]]], x: Axis, y: Axis) -> str:
-    """Panels (title -> series name -> points) side by side on shared axes, with one legend."""
+def line_chart(title: str, panels: dict[str, dict[str, list[Point]]], x: Axis, y: Axis | dict[str, Axis],
+               hollow: frozenset[tuple[str, str, float]] = frozenset(), note: str | None = None) -> str:
+    """Panels (title -> series name -> points) side by side with one legend, sharing the x axis and
+    `y` (or each with its own y axis, `y` by panel title: quantities that must not be read on one
+    scale). A point whose (panel, series, x) is in `hollow` is drawn as a ring."""
     colour_of = colours([name for series in panels.values() for name in series])
     body = []
     for index, (panel_title, series) in enumerate(panels.items()):
         left = LEFT + index * (PANEL_WIDTH + GAP)
-        body += frame(left, x, y)
+        panel_y = y[panel_title] if isinstance(y, dict) else y
+        body += frame(left, x, panel_y)
         if panel_title:
             body.append(text(left + PANEL_WIDTH / 2, TOP - 8, panel_title, font_weight="bold"))
         for name, points in series.items():
-            xy = [(left + x.fraction(px) * PANEL_WIDTH, TOP + PANEL_HEIGHT - y.fraction(py) * PANEL_HEIGHT)
+            xy = [(px, left + x.fraction(px) * PANEL_WIDTH, TOP + PANEL_HEIGHT - panel_y.fraction(py) * PANEL_HEIGHT)
                   for px, py in sorted(points)]
             body.append(f'<polyline data-series={quoteattr(name)} fill="none" stroke="{colour_of[name]}" '
-                        f'stroke-width="2" points="{" ".join(f"{a:.2f},{b:.2f}" for a, b in xy)}"/>')
-            body += [f'<circle cx="{a:.2f}" cy="{b:.2f}" r="3" fill="{colour_of[name]}"/>' for a, b in xy]
+                        f'stroke-width="2" points="{" ".join(f"{a:.2f},{b:.2f}" for _, a, b in xy)}"/>')
+            for px, a, b in xy:
+                fill = "#ffffff" if (panel_title, name, px) in hollow else colour_of[name]
+                body.append(f'<circle cx="{a:.2f}" cy="{b:.2f}" r="3.5" fill="{fill}" stroke="{colour_of[name]}" '
+                            f'stroke-width="1.5"/>')
     width = LEFT + len(panels) * PANEL_WIDTH + (len(panels) - 1) * GAP + RIGHT
-    body += axis_labels(LEFT, width - LEFT - RIGHT, x.label, y.label)
+    y_label = next(iter(y.values())).label if isinstance(y, dict) else y.label
+    body += axis_labels(LEFT, width - LEFT - RIGHT, x.label, y_label)
     legend_top = TOP + PANEL_HEIGHT + BOTTOM + 10
     body += legend(legend_top, colour_of)
-    return document(title, width, legend_top + len(colour_of) * LEGEND_LINE, body)
+    return document(title, width, legend_top + len(colour_of) * LEGEND_LINE, body, note)
 
 
 def bar_chart(title: str, bars: dict[str, float], x: Axis, y_label: str) -> str:

@@ -22,6 +22,8 @@ import torch
 
 from engine.runtime import cusparselt_facts
 
+from .hardware import cpu_facts
+
 
 class StageError(RuntimeError):
     """A failure caused by the stage's input (data, model, params); its message is the whole story."""
@@ -177,7 +179,9 @@ def best_device() -> torch.device:
 
 
 def device_facts(device: torch.device | None = None) -> dict:
-    """Device name, compute capability and library versions: what makes a figure comparable."""
+    """Device name, compute capability, the CPU's model and numeric instruction sets (they decide
+    which kernels a CPU runs, on a GPU machine too: the host computes some of it), and library
+    versions: what makes a figure comparable."""
     import transformers
 
     device = device or best_device()
@@ -186,6 +190,7 @@ def device_facts(device: torch.device | None = None) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        **cpu_facts(),
     }
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)

@@ -97,6 +97,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
             "weight_decay": ((int, float), _non_negative),
             "batch_size": (int, _positive),
             "num_processes": ((str, int), _process_count),
+            "precision": (str, _one_of("fp32", "bf16", "fp16", "auto")),
         }.items()
     },
     "train.eval_batch_size": (int, _positive),

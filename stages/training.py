@@ -14,6 +14,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import ProgressCallback
 
 from .common import StageError
+from .hardware import precision_error
 from .distributed import is_first_process, world_size
 
 
@@ -23,8 +24,9 @@ CHECKPOINTS_PER_RUN = 10
 
 def training_arguments(section: dict, seed: int, output_dir: str, n_examples: int,
                        checkpoints: bool = False) -> TrainingArguments:
-    """TrainingArguments from a train/finetune params section; mixed precision on CUDA, and bf16
-    on a CPU that multiplies bf16 in hardware.
+    """TrainingArguments from a train/finetune params section, in its `precision`: fp32, bf16 or
+    fp16 autocast, or auto (bf16 on a GPU that has it, else fp16; fp32 on a CPU). A precision this
+    machine cannot run fails in one line.
 
     With `checkpoints`, the full training state (model, optimizer, scheduler, RNG) is saved about
     CHECKPOINTS_PER_RUN times a run, the last one kept, so a killed run resumes where it was.
@@ -32,7 +34,12 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
     Under torchrun each process takes batch_size / WORLD_SIZE of every batch: the effective batch,
     and so the step count and learning rate schedule, are those of one process."""
     cuda = torch.cuda.is_available()
-    bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_multiplies_bf16()
+    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    precision = section["precision"]
+    if error := precision_error(precision, f"{section_name(section)}.precision", cuda, cuda_bf16):
+        raise StageError(error)
+    bf16 = precision == "bf16" or (precision == "auto" and cuda_bf16)
+    fp16 = precision == "fp16" or (precision == "auto" and cuda and not cuda_bf16)
     steps_per_epoch = max(1, -(-n_examples // section["batch_size"]))
     total_steps = section["max_steps"] or max(1, int(steps_per_epoch * section["epochs"]))
     logging_steps = max(1, total_steps // 50)
@@ -59,19 +66,25 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         ddp_find_unused_parameters=False,
         use_cpu=not cuda,
         bf16=bf16,
-        fp16=cuda and not bf16,
+        fp16=fp16,
         # On a GPU, batches are collated in worker processes so the GPU does not wait for them.
         dataloader_num_workers=2 if cuda else 0,
         dataloader_pin_memory=cuda,
     )
 
 
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16, AMX): there bf16 autocast runs
-    training's matmuls faster than fp32 (docs/history.md); elsewhere oneDNN would emulate bf16, slower
-    than fp32."""
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+def section_name(section: dict) -> str:
+    """"finetune" for the finetune section (it alone has `distill`), else "train": for error messages."""
+    return "finetune" if "distill" in section else "train"
+
+
+def objective(teacher: torch.nn.Module | None, section: dict) -> str:
+    """What the logged loss is, in words (the loss chart names each run's)."""
+    if teacher is None:
+        return "cross-entropy of start and end"
+    alpha, hidden = float(section["distill_alpha"]), float(section["distill_hidden"])
+    return (f"distillation, {alpha:g} T\u00b2 KL + {1 - alpha:g} cross-entropy"
+            + (f" + {hidden:g} hidden MSE" if hidden else "") + f" (T = {float(section['distill_temperature']):g})")
 
 
 LABELS = ("start_positions", "end_positions")
@@ -246,6 +259,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         "samples_per_second": samples_per_second(result.global_step - (resumed_step or 0), section["batch_size"],
                                                  result.metrics["train_runtime"]),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "objective": objective(teacher, section),
         "resumed_from_step": resumed_step,
     }
 

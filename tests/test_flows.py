@@ -40,7 +40,10 @@ def test_run_stage_writes_outputs_report_and_plot_data(in_tmp, params):
     assert not (in_tmp / "metrics").exists()  # only the summary stage writes a metrics file
     assert {row["metric"] for row in metric_rows(metrics)} == {"f1", "run.device", "run.torch", "run.transformers",
                                                                "run.python", "run.cpu", "run.cpu_threads",
+                                                               "run.cpu_model", "run.cpu_flags",
                                                                "run.wall_s", "run.peak_memory_mb"}
+    # which CPU made the figures: its model and the instruction sets that choose its kernels
+    assert saved["run"]["cpu_model"] and "avx2" in saved["run"]["cpu_flags"]
 
 
 def test_failed_stage_leaves_the_previous_output_and_no_temp(in_tmp, params):
@@ -106,6 +109,8 @@ def test_summary_table_says_where_the_speedup_was_measured():
         {"score": "speedup (batch 64, compiled)", "value": 1.45}]
     unmeasured = score_table({"scores": {**scores, "speedup": None}, "headline_speedup": None})
     assert unmeasured[-1] == {"score": "speedup (not measured)", "value": None}
+    on_a_cpu = score_table({"scores": {**scores, "speedup": "n/a (no 2:4 kernels on CPU)"}, "headline_speedup": None})
+    assert on_a_cpu[-1] == {"score": "speedup", "value": "n/a (no 2:4 kernels on CPU)"}
 
 
 def test_batch_table_has_latencies_and_speedups_per_batch_size():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark",
+STAGES = ("validate", "tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark",
           "summary")
 
 

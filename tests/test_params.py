@@ -218,3 +218,18 @@ def test_model_directory_as_a_dependency_must_be_watched(tiny_model):
         validate(raw)
     raw["model"]["watch"] = str(tiny_model)
     assert validate(raw)["model.watch"] == str(tiny_model)
+
+
+def test_params_yaml_survives_a_dvc_set_param_and_switching_back(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in its own style (block lists): written in that style,
+    the file comes back byte for byte, comments included, when the value does."""
+    from dvc.utils.hydra import apply_overrides
+
+    from conftest import REPO
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes((REPO / "params.yaml").read_bytes())
+    apply_overrides(str(path), ["prune.method=wanda", "benchmark.cpu_batch_sizes=[2]"])
+    assert "method: wanda" in path.read_text()
+    apply_overrides(str(path), ["prune.method=sparsegpt", "benchmark.cpu_batch_sizes=[1,4]"])
+    assert path.read_bytes() == (REPO / "params.yaml").read_bytes()

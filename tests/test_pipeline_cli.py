@@ -26,7 +26,8 @@ def test_a_missing_params_file_is_one_line(tmp_path):
 
 
 def test_a_failed_dvc_run_is_one_line_with_the_traceback_in_the_log(tmp_path):
-    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")  # valid params, but no DVC repository
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")  # valid params and data, but no DVC repository
+    shutil.copytree(REPO / "data/embedded", tmp_path / "data/embedded")
     result = pipeline(tmp_path)
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
@@ -37,6 +38,7 @@ def test_a_failed_dvc_run_is_one_line_with_the_traceback_in_the_log(tmp_path):
 
 def test_a_server_that_cannot_start_fails_at_once_in_one_line(tmp_path):
     shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "data/embedded", tmp_path / "data/embedded")
     started = time.monotonic()
     result = pipeline(tmp_path, PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:////no/such/dir/prefect.db")
     took = time.monotonic() - started

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import flows.pipeline
-from conftest import tiny_params
+from conftest import REPO, tiny_params
 from flows.pipeline import check_set_params, cli
 from stages.params import ParamError
 
@@ -15,7 +15,9 @@ from stages.params import ParamError
 def params_file(tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(tiny_model), sort_keys=False))
+    params = tiny_params(tiny_model)
+    params["data"]["dir"] = str(REPO / "data/embedded")
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
@@ -41,4 +43,6 @@ def test_set_params_are_applied_as_dvc_applies_them(params_file):
         check_set_params(["train.max_steps=-1"])
     with pytest.raises(ParamError, match="Invalid `--set-param` value"):
         check_set_params(["prune.nonexistent=1"])  # DVC's own refusal: no such key to set
+    with pytest.raises(ParamError, match=r"data.train_files entry 'nope.json': no such file in /"):
+        check_set_params(["data.train_files=[nope.json]"])  # the data files too, before DVC empties features/
     assert params_file.read_bytes() == before

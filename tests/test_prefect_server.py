@@ -68,7 +68,7 @@ def artifacts_by_key(url, key):
 def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     root, env = make_project(tmp_path / "project", {"PREFECT_API_URL": server})
     first = sh([sys.executable, "-m", "flows.pipeline"], root, env)
-    assert "'ran': ['tokenize', 'train_baseline'" in first.stdout
+    assert "'ran': ['validate', 'tokenize', 'train_baseline'" in first.stdout
 
     with client(server) as c:
         flows = {f.id: f.name for f in c.read_flows()}
@@ -79,9 +79,9 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     for stage in STAGES:
         run = by_stage[stage]
         assert run.state.is_completed(), (stage, run.state)
-        # the stages of one pipeline run are found together by its tag, and carry the git commit
-        assert f"pipeline:{str(pipeline_run.id)[:8]}" in run.tags
-        assert any(t.startswith("git:") for t in run.tags)
+        # the stages of one pipeline run carry its tags (the git commit, pipeline:<id>): found together
+        assert set(run.tags) == set(pipeline_run.tags)
+        assert any(t.startswith("git:") for t in run.tags) and any(t.startswith("pipeline:") for t in run.tags)
         [artifact] = artifacts_by_key(server, f"{stage.replace('_', '-')}-metrics")
         assert artifact.type == "table" and artifact.flow_run_id == run.id
     evaluate_table = json.loads(artifacts_by_key(server, "evaluate-metrics")[0].data)
@@ -95,9 +95,9 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     assert "'ran': []" in second.stdout
     summaries = sorted(artifacts_by_key(server, "pipeline-summary"), key=lambda a: a.created)
     assert len(summaries) == 2
-    assert "**ran:** tokenize, train_baseline, prune" in summaries[0].data
+    assert "**ran:** validate, tokenize, train_baseline, prune" in summaries[0].data
     assert "**ran:** nothing" in summaries[1].data
-    assert f"**cached:** {', '.join(STAGES)}" in summaries[1].data
+    assert f"**cached:** validate, {', '.join(STAGES)}" in summaries[1].data
     scores = summaries[1].data.split("| metrics/scores.json ")[0]  # `dvc metrics show` as a table: its header
     assert all(f" f1.{variant} |" in scores for variant in ("dense", "pruned", "sparse", "accelerated"))
     summary_table = json.loads(artifacts_by_key(server, "summary-metrics")[0].data)

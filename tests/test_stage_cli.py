@@ -43,6 +43,16 @@ def test_help_answers_without_running_the_stage(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no log, no metrics, no output
 
 
+@pytest.mark.parametrize("flow", ["validate", "tokenize", "train_baseline", "evaluate", "pipeline"])
+def test_help_comes_before_torch_and_prefect_are_imported(flow):
+    """`-X importtime` lists every module imported: --help must answer before the heavy ones."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"flows.{flow}", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m flows.{flow}")
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "prefect", "transformers", "pandas", "dvc"}, imported & {"torch", "prefect"}
+
+
 def test_data_path_that_is_a_directory_is_one_line_and_not_retried(project):
     root, _ = project
     (root / "a-directory.json").mkdir(exist_ok=True)
@@ -123,8 +133,9 @@ def test_a_stage_hashes_as_datasets_does_outside_prefect(project):
 
     root, env = project
     script = ("import pyarrow as pa; from datasets.fingerprint import Hasher; "
-              "from flows.common import main, stage_flow; "
-              "main(stage_flow('fingerprint', lambda params, out: {'hash': Hasher.hash(pa.table({'a': [1, 2]}))}))")
+              "from argparse import Namespace; from flows.common import main, stage_flow; "
+              "main(stage_flow('fingerprint', lambda params, out: {'hash': Hasher.hash(pa.table({'a': [1, 2]}))}), "
+              "Namespace(params='params.yaml'))")
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr

@@ -1,30 +1,54 @@
 """The train_baseline stage: the configured steps on the tiny model, saved as a QA model."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
-import stages.training
+import stages.hardware
+from stages.common import StageError
 from stages.modeling import load_qa_model
 from stages.train_baseline import train_baseline
-from stages.training import cpu_multiplies_bf16, training_arguments
+from stages.training import training_arguments
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def test_train_baseline_trains_the_configured_steps_and_saves_a_qa_model(params, tiny_model, features, tmp_path,
-                                                                         monkeypatch):
+# The tiny run's fp32 losses, as made on an AMD EPYC (avx2, no avx512): another x86-64 CPU sums its
+# matmuls in another order, within LOSS_TOLERANCE of these.
+COMMITTED_LOSSES = FIXTURES / "tiny_fp32_losses.json"
+LOSS_TOLERANCE = 1e-4
+
+
+def test_train_baseline_trains_the_configured_steps_to_the_committed_losses(params, tiny_model, features, tmp_path,
+                                                                            monkeypatch):
     monkeypatch.chdir(tmp_path)  # its checkpoints go under the working directory
     out = tmp_path / "baseline"
     out.mkdir()
     metrics = train_baseline(params, features, out)
     assert metrics["model"] == str(tiny_model) and metrics["steps"] == 3
-    assert metrics["precision"] == ("bf16" if cpu_multiplies_bf16() else "fp32")
-    assert len(metrics["loss_history"]) <= 3 and metrics["resumed_from_step"] is None
+    assert metrics["precision"] == "fp32" and metrics["objective"] == "cross-entropy of start and end"
+    assert metrics["resumed_from_step"] is None
+    committed = json.loads(COMMITTED_LOSSES.read_text())
+    assert [row["step"] for row in metrics["loss_history"]] == [row["step"] for row in committed]
+    assert [row["loss"] for row in metrics["loss_history"]] == pytest.approx([row["loss"] for row in committed],
+                                                                              rel=LOSS_TOLERANCE)
     trained, start = load_qa_model(str(out)), load_qa_model(str(tiny_model))
     assert trained.state_dict().keys() == start.state_dict().keys()
     assert not torch.equal(trained.qa_outputs.weight, start.qa_outputs.weight)  # it trained
 
 
-def test_cpu_training_is_bf16_only_where_the_cpu_multiplies_bf16(params, monkeypatch, tmp_path):
-    for native, bf16 in ((True, True), (False, False)):
-        monkeypatch.setattr(stages.training, "cpu_multiplies_bf16", lambda native=native: native)
-        args = training_arguments(params["train"], params["seed"], str(tmp_path), n_examples=8)
-        assert args.bf16 is bf16 and not args.fp16
+def test_precision_is_the_param_never_the_cpus_choice(params, monkeypatch, tmp_path):
+    """fp32 and auto train in fp32 on a CPU whatever it can do; bf16 where it cannot fails in one line."""
+    monkeypatch.setattr(stages.hardware, "CPUINFO", tmp_path / "cpuinfo")
+    for flags in ("avx2 avx512_bf16 amx_bf16", "avx2"):
+        (tmp_path / "cpuinfo").write_text(f"model name\t: Test CPU\nflags\t: {flags}\n")
+        for precision in ("fp32", "auto"):
+            args = training_arguments({**params["train"], "precision": precision}, params["seed"], str(tmp_path), 8)
+            assert not args.bf16 and not args.fp16
+    with pytest.raises(StageError, match=r"^train.precision = bf16: this CPU \(Test CPU\) has no bf16 instructions"):
+        training_arguments({**params["train"], "precision": "bf16"}, params["seed"], str(tmp_path), 8)
+    (tmp_path / "cpuinfo").write_text("model name\t: Test CPU\nflags\t: avx2 amx_bf16\n")
+    assert training_arguments({**params["train"], "precision": "bf16"}, params["seed"], str(tmp_path), 8).bf16

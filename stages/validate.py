@@ -1,0 +1,56 @@
+"""validate: params.yaml and the data files it names, checked before any stage runs.
+
+DVC removes a stage's outputs just before it runs the stage, so a bad value found by the stage
+itself would cost the outputs it was about to replace. This stage runs first, reads every field
+of params.yaml (all of it is its DVC dependency) and fails, having removed nothing, on a bad value,
+an unknown key, a missing data file or a precision this machine cannot run. Its stamp is the same
+bytes whatever valid params it checked: every other stage depends on it, to run after it, and is
+never made stale by it. Imports neither torch nor another stage, so a check takes well under a
+second (torch only when bf16 or fp16 training is asked for, to ask the GPU).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .hardware import precision_error
+from .params import ParamError, Params
+
+STAMP = {"checked": "params.yaml (every field) and the data files it names"}
+
+
+def check_data(params: Params, root: Path = Path("."), source: str = "params.yaml") -> None:
+    """data.dir is a folder holding every file data.train_files and data.validation_files name."""
+    if params["data.source"] != "files":
+        return
+    directory = root / params["data.dir"]
+    if not directory.is_dir():
+        raise ParamError(f"{source}: data.dir {params['data.dir']!r}: no such folder")
+    if not params["data.train_files"]:
+        raise ParamError(f"{source}: data.train_files is empty: no data to train on")
+    for field in ("data.train_files", "data.validation_files"):
+        for name in params[field]:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ParamError(f"{source}: {field} entry {name!r} must be a file name inside data.dir "
+                                 f"({params['data.dir']}), the folder DVC watches")
+            if not (directory / name).is_file():
+                raise ParamError(f"{source}: {field} entry {name!r}: no such file in {params['data.dir']}")
+
+
+def check_precision(params: Params, source: str = "params.yaml") -> None:
+    """Each training section's precision runs on this machine."""
+    asked = {section: params[f"{section}.precision"] for section in ("train", "finetune")}
+    if not set(asked.values()) & {"bf16", "fp16"}:
+        return
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for section, precision in asked.items():
+        if error := precision_error(precision, f"{section}.precision", cuda, cuda and torch.cuda.is_bf16_supported()):
+            raise ParamError(f"{source}: {error}")
+
+
+def validate_inputs(params: Params, root: Path = Path("."), source: str = "params.yaml") -> dict:
+    """Fail with one line (ParamError) on data or precision `params` cannot be run with; the stamp."""
+    check_data(params, root, source)
+    check_precision(params, source)
+    return STAMP
