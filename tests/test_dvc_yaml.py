@@ -128,7 +128,8 @@ def test_model_directory_as_a_dependency(tmp_path):
     for directory in ("features", "models/baseline"):  # the two stages' outputs, as if they had run
         (root / directory).mkdir(parents=True)
         (root / directory / "part").write_text(directory)
-    for report in ("reports/tokenize.json", "reports/train_baseline.json", "plots/train_baseline_loss_history.json"):
+    for report in ("reports/validate.json", "reports/tokenize.json", "reports/train_baseline.json",
+                   "plots/train_baseline_loss_history.json"):
         (root / report).parent.mkdir(exist_ok=True)
         (root / report).write_text("{}")
     sh(dvc + ["commit", "--force", "tokenize", "train_baseline"], root, env)

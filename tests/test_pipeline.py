@@ -76,7 +76,7 @@ def test_repro_runs_all_stages_and_writes_reports_and_scores(project):
     for key, row in scores["accelerated"]["latency"].items():
         assert (row["ms"], row["dense_ms"]) == (latency[key]["accelerated_eager"], latency[key]["dense_eager"])
     [workspace] = json.loads(dvc(project, "metrics", "show", "--json").stdout).values()
-    assert list(workspace["data"]) == ["metrics/scores.json"]
+    assert sorted(workspace["data"]) == ["gpu/metrics/scores.json", "metrics/scores.json"]  # and the GPU run's
     table = dvc(project, "metrics", "show").stdout.splitlines()
     assert {"f1.accelerated", "em.dense", "speedup", "accelerated.latency.bs2.ms"} <= set(table[0].split())
 
@@ -87,8 +87,9 @@ def test_plots_show_draws_the_three_charts_without_network(project):
     dvc(project, "plots", "show", "--out", "plots-page")
     page = (root / "plots-page/index.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(images) == ["static/workspace_plots_f1.svg", "static/workspace_plots_latency.svg",
-                              "static/workspace_plots_loss.svg"]
+    charts = ["f1.svg", "latency.svg", "loss.svg"]
+    assert sorted(images) == [f"static/workspace_gpu_plots_{chart}" for chart in charts] + [
+        f"static/workspace_plots_{chart}" for chart in charts]  # the GPU run's committed charts beside these
     assert "<script" not in page and not re.search(r"https?://", page)
     svg = "{http://www.w3.org/2000/svg}"
     for image in images:
@@ -125,7 +126,8 @@ def test_metrics_and_plots_diff_against_a_commit_work_from_a_fresh_clone(project
     assert diff["accelerated.latency.bs2.ms"]["new"] == tiny["accelerated"]["latency"]["bs2"]["ms"]
     sh([sys.executable, "-m", "dvc", "plots", "diff", "HEAD~1", "--out", "page"], clone, env)
     images = re.findall(r'<img src="([^"]+)"', (clone / "page/index.html").read_text())
-    assert len(images) == 6 and all((clone / "page" / image).stat().st_size > 0 for image in images)
+    # the three charts at both commits, and the GPU run's three (committed, unchanged) at both
+    assert len(images) == 12 and all((clone / "page" / image).stat().st_size > 0 for image in images)
 
 
 def test_prune_param_change_reruns_from_prune_only(project):
