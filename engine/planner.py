@@ -29,9 +29,8 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from stages.common import relative_error
-
 from .attention import capture_context
+from .common import relative_error
 from .graphs import CudaGraphRunner
 from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan

@@ -19,9 +19,8 @@ import torch
 from torch.ao.pruning import WeightNormSparsifier
 from tqdm.auto import tqdm
 
-from stages.common import StageError
-
 from .calibration import group_by_input, layer_inputs
+from .common import InputError
 
 GROUP = 4  # 2:4 = at least 2 zeros in every 4 consecutive weights along the input dimension
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -276,7 +275,7 @@ def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor])
     for group in sparsifier.groups:
         name = group["module_fqn"]
         if name not in masks:
-            raise StageError(f"no 2:4 mask for layer {name}")
+            raise InputError(f"no 2:4 mask for layer {name}")
         group["module"].parametrizations.weight[0].mask.copy_(masks[name])
 
 

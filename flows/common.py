@@ -39,9 +39,10 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
+from engine.common import InputError  # noqa: E402
 from flows import server  # noqa: E402
 from stages.common import (  # noqa: E402
-    StageError, atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
+    atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
 PLOTS_DIR = Path("plots")
@@ -89,7 +90,7 @@ def is_transient(task, task_run, state) -> bool:
 def is_input_error(err: BaseException) -> bool:
     """The input is wrong: a retry meets the same. An OSError naming a file (a directory where a
     file should be, no such file, no permission) is one; a dropped connection is not."""
-    return isinstance(err, (StageError, ParamError)) or (isinstance(err, OSError) and err.filename is not None)
+    return isinstance(err, (InputError, ParamError)) or (isinstance(err, OSError) and err.filename is not None)
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -207,7 +208,7 @@ def log_to_file(path: Path) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    if isinstance(err, (StageError, ParamError)):
+    if isinstance(err, (InputError, ParamError)):
         return str(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
@@ -238,7 +239,7 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
 def report_failure(name: str, err: BaseException, log: Path) -> int:
     """The traceback to `log`, one line to stderr; returns the exit status."""
     logging.getLogger("twofour").error(f"{name} failed", exc_info=err)
-    where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
+    where = "" if isinstance(err, (InputError, ParamError)) else f" (traceback in {log})"
     if os.environ.get("DVC_STAGE"):  # DVC removed the stage's outputs before running it
         where += f"; its last outputs come back with `dvc checkout {name}`"
     print(f"twofour {name}: error: {one_line(err)}{where}", file=sys.stderr)

@@ -4,7 +4,8 @@ from flows.cli import stage_arguments
 ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
 
 from flows.common import main, stage_flow  # noqa: E402
-from stages.modeling import load_tokenizer, resolve_model_source  # noqa: E402
+from engine.models import load_tokenizer  # noqa: E402
+from stages.modeling import resolve_model_source  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
 

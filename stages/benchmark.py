@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from engine.attention import capture_context, use_fused_attention
 from engine.calibration import fp8_input_scales
+from engine.common import best_device, relative_error
 from engine.graphs import CudaGraphRunner
 from engine.kernels import (
     Fp8Config,
@@ -49,12 +50,12 @@ from engine.kernels import (
     named,
     swap_linears,
 )
+from engine.models import check_sequence_length, encoder_linears
 from engine.plan import inference_model, load_accelerated
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
-from .common import best_device, device_facts, read_json, relative_error, write_json
+from .common import device_facts, read_json, write_json
 from .distributed import processes_asked, run_in_processes
-from .modeling import check_sequence_length, encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072

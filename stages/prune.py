@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from engine.common import best_device
+from engine.models import encoder_linears, load_qa_model, load_tokenizer
 from engine.sparsity import (
     GROUP,
     attach_sparsifier,
@@ -22,8 +24,8 @@ from engine.sparsity import (
     sparsity_summary,
 )
 
-from .common import StageError, best_device
-from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
+from .common import StageError
+from .modeling import save_model
 
 
 def prunable_linears(model: torch.nn.Module, exclude: str) -> dict[str, torch.nn.Linear]:

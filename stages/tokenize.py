@@ -16,7 +16,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .common import StageError, context_offsets
+from engine.spans import context_offsets
+
+from .common import StageError
 
 MIN_EXAMPLES_PER_PROCESS = 2000
 

@@ -16,7 +16,7 @@ from engine.sparsity import (
     sparsegpt_layers,
     two_four_violations,
 )
-from stages.modeling import load_qa_model, load_tokenizer
+from engine.models import load_qa_model, load_tokenizer
 
 
 def test_two_four_violations_counts_groups():
