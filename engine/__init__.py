@@ -17,5 +17,5 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - common: the input error (InputError), atomic JSON writes, the default device, relative_error.
 - models: loading a question-answering model and tokenizer, its positions, its encoder's Linears.
 - spans: token offsets as character spans of the context.
-- sparsity: 2:4 masks (magnitude, Wanda, SparseGPT) and the 2:4 check.
+- sparsity: the 2:4 pattern and the check that a weight follows it (masks are made by pruning/).
 """

@@ -33,8 +33,8 @@ from engine.planner import (
     measure,
     why_dense,
 )
-from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
+from pruning.masks import calibration_batches
 
 from .common import StageError, device_facts
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 
 from engine.models import encoder_linears, load_qa_model, load_tokenizer
-from engine.sparsity import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
+from pruning.masks import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything
 from .distributed import is_first_process, processes_to_launch, run_in_processes

@@ -1,5 +1,5 @@
 """prune: 2:4 masks on the encoder's Linears with torch.ao.pruning, per block of 4 inputs, by
-prune.method: magnitude, wanda or sparsegpt (the scores and masks are engine/sparsity.py's).
+prune.method: magnitude, wanda or sparsegpt (the scores and masks are pruning/masks.py's).
 
 The filter is "every nn.Linear inside the model's transformer body, minus prune.exclude", so it
 works for BERT-family models without a layer name wired in; the QA head is never pruned.
@@ -13,8 +13,8 @@ import torch
 
 from engine.common import best_device
 from engine.models import encoder_linears, load_qa_model, load_tokenizer
-from engine.sparsity import (
-    GROUP,
+from engine.sparsity import GROUP
+from pruning.masks import (
     attach_sparsifier,
     calibration_batches,
     input_channel_norms,
@@ -78,5 +78,5 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
     summary = sparsity_summary(sparsity_report(model, names))
     if not summary["pattern_2of4_holds"]:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
-    save_model(model, tokenizer, out_dir)  # the masks are its zeros: engine.sparsity.masks_in_weights
+    save_model(model, tokenizer, out_dir)  # the masks are its zeros: pruning.masks.masks_in_weights
     return {"method": method, **calibration, **summary}

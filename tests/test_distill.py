@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from conftest import saved_masks
 from engine.models import load_qa_model, load_tokenizer
-from engine.sparsity import calibration_batches
+from pruning.masks import calibration_batches
 from stages.finetune_sparse import finetune_sparse
 from stages.prune import prune
 from stages.tokenize import tokenize

@@ -5,7 +5,7 @@ import torch
 
 import stages.finetune_sparse
 from engine.models import load_qa_model, load_tokenizer
-from engine.sparsity import load_masks
+from pruning.masks import load_masks
 from stages.finetune_sparse import finetune_sparse
 from stages.prune import prune
 from stages.tokenize import tokenize

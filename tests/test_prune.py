@@ -8,7 +8,7 @@ import torch
 import stages.prune
 from conftest import saved_masks, tiny_params
 from engine.models import load_qa_model, load_tokenizer
-from engine.sparsity import calibration_batches, sparsegpt_layers
+from pruning.masks import calibration_batches, sparsegpt_layers
 from stages.common import StageError
 from stages.params import validate
 from stages.prune import prunable_linears, prune
