@@ -133,7 +133,7 @@ class StageFlow:
     table: Callable[[dict], list[dict]] = metric_rows
 
     def build(self, params_path: str):
-        # No flow parameters: Prefect encodes them with FastAPI, whose import alone costs a stage 0.3 s.
+        # No flow parameters: Prefect encodes them with FastAPI, whose import alone is a noticeable part of a stage.
         # Prints stay prints: Prefect's log_prints also takes what a library prints into its own capture
         # (dill reads dis.dis' output to find a function's globals, for datasets' fingerprints).
         @flow(name=self.name, log_prints=False, flow_run_name=f"{self.name}@{git_commit() or 'no-git'}")
@@ -170,7 +170,7 @@ def use_run_server() -> bool:
 def run_server_settings() -> contextlib.AbstractContextManager:
     """Prefect settings for a stage on its run's server: no flow run heartbeats. They let an
     automation on a lasting server mark crashed runs; the run's server has none and dies with the
-    run, and stopping the heartbeat thread costs the stage up to 1 s."""
+    run, and stopping the heartbeat thread delays the stage's exit."""
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
@@ -247,8 +247,8 @@ def report_failure(name: str, err: BaseException, log: Path) -> int:
 
 
 def exit_without_teardown(status: int) -> NoReturn:
-    """Exit as Python does, less freeing every module and object one by one (about 1 s of CPU once
-    torch and Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
+    """Exit as Python does, less freeing every module and object one by one (slow once torch and
+    Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
     last logs and events there), then the atexit handlers, then the output streams are flushed."""
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()
