@@ -123,8 +123,9 @@ def run_stage(stage: str, work: Work, params: Params, out: str | None, plots: tu
 
 @dataclass(frozen=True)
 class StageFlow:
-    """One stage as a Prefect flow: `work(params, out_dir)` returns its metrics and `table(metrics)`
-    the rows of its Prefect artifact; `build(params_path)` makes the flow that runs it."""
+    """One stage as a Prefect flow, what each flows/<stage>.py defines and hands to `main`:
+    `work(params, out_dir)` returns its metrics and `table(metrics)` the rows of its Prefect artifact;
+    `build(params_path)` makes the flow that runs it."""
 
     name: str
     work: Work
@@ -148,12 +149,6 @@ class StageFlow:
             return metrics
 
         return stage_run
-
-
-def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
-               table: Callable[[dict], list[dict]] = metric_rows) -> StageFlow:
-    """What each flows/<stage>.py defines and hands to `main`."""
-    return StageFlow(stage, work, out, plots, table)
 
 
 def use_run_server() -> bool:
