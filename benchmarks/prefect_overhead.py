@@ -37,10 +37,10 @@ def stage_without_prefect() -> None:
 
 
 def stage_as_flow() -> None:
-    from flows.common import main, stage_flow
+    from flows.common import StageFlow, main
 
     sys.argv[1:] = []  # the stage's own command line: no options
-    main(stage_flow("noop", lambda params, out: dict(NOTHING)))
+    main(StageFlow("noop", lambda params, out: dict(NOTHING)))
 
 
 def timed_run(mode: str, cwd: Path, env: dict) -> float:

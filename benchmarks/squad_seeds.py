@@ -103,7 +103,8 @@ def built(directory: Path, build) -> Path:
 
 def tokenize_once(raw: dict, args, work: Path) -> dict[str, Path]:
     """Features for the validation files and, if given, the extra validation file."""
-    from stages.modeling import load_tokenizer, resolve_model_source
+    from engine.models import load_tokenizer
+    from stages.modeling import resolve_model_source
     from stages.params import validate
     from stages.tokenize import tokenize
 

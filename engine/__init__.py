@@ -1,5 +1,5 @@
-"""The 2:4 inference engine, apart from the pipeline's stages: it imports no stage module, only the
-helpers the stages share (stages.common for errors and JSON, stages.modeling to load a model).
+"""The 2:4 inference engine, apart from the pipeline built on it: it imports nothing from stages/ or
+flows/ (tests/test_layout.py checks its import graph), and the stages import what they share from it.
 
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated (served as
   CUDA graphs, or eager=True: the kernels timed fastest when called eagerly).
@@ -14,5 +14,8 @@ helpers the stages share (stages.common for errors and JSON, stages.modeling to 
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
 - attention: fused query/key/value and sdpa masks the fused kernels take.
 - calibration: each Linear's inputs, the int8 smoothing and scales, fp8 scales.
-- sparsity: 2:4 masks (magnitude, Wanda, SparseGPT) and the 2:4 check.
+- common: the input error (InputError), atomic JSON writes, the default device, relative_error.
+- models: loading a question-answering model and tokenizer, its positions, its encoder's Linears.
+- spans: token offsets as character spans of the context.
+- sparsity: the 2:4 pattern and the check that a weight follows it (masks are made by pruning/).
 """

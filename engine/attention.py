@@ -37,8 +37,8 @@ def _sdpa_fused_mask(module, query, key, value, attention_mask, **kwargs):
 
     While a CUDA graph is captured or torch.compile traces, transformers cannot look at the padding
     mask's values, so it builds a 4-D mask even when nothing is masked, which the fused SDPA kernels
-    may reject (a broadcast mask's last stride is 0; they need 1) for the math kernel; on an H100
-    that made bert-base at batch 64 run 49 ms graphed against 11.6 ms eager. A mask broadcast from
+    may reject (a broadcast mask's last stride is 0; they need 1) for the math kernel, which made a
+    graphed model slower than the same model run eagerly. A mask broadcast from
     one value masks nothing (all False would leave attention undefined), so it is dropped, as is
     every mask while capture_context says the inputs have no padding; any other mask is made
     contiguous in its last dimension.

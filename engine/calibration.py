@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stages.common import relative_error
-
+from .common import relative_error
 from .kernels import FP8_MAX, Int8Weights, reference_linear, smoothing_factors, tensor_scale
 
 # A layer keeps int8 when its output on the calibration batch differs from the float layer's by

@@ -1,7 +1,7 @@
 /* A cuSPARSELt matmul plan made once and run many times (engine/plan_cache.py builds and loads this).
  *
- * torch._cslt_sparse_mm(A, x.t(), transpose_result=True) makes its descriptors and plan on every call
- * (~250 ms on the host for fp16). twofour_plan_init makes the same descriptors as that call (A: torch's
+ * torch._cslt_sparse_mm(A, x.t(), transpose_result=True) makes its descriptors and plan on every call,
+ * host work that dwarfs the matmul itself for fp16. twofour_plan_init makes the same descriptors as that call (A: torch's
  * _cslt_compress layout, row-major, 16-byte alignment; B: x (n tokens x k) row-major, read transposed;
  * D: m x n column-major, i.e. the (n, m) row-major result) once; twofour_matmul runs it on a stream.
  * Plain C against cusparseLt.h only: torch's allocator and streams stay on the Python side. */

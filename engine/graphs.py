@@ -61,9 +61,9 @@ class CudaGraphRunner(nn.Module):
 
     A signature is captured on its first call when `capturable(input_ids.shape)` says so (the
     shapes the kernels were tuned for); any other call runs the model eagerly. With `compile`, what
-    is captured is torch.compile(model) (static shapes): on an H100 that fuses each Linear's int8
-    quantization into the LayerNorm or GELU before it, and made dense bert-base ~10% faster than
-    capturing the eager modules. Graphs share one memory pool; outputs are cloned, so they stay
+    is captured is torch.compile(model) (static shapes): that fuses each Linear's int8 quantization
+    into the LayerNorm or GELU before it, and the elementwise ops around the matmuls, which capturing
+    the eager modules leaves as separate kernels. Graphs share one memory pool; outputs are cloned, so they stay
     valid after the next call. Warm-up and capture run inside `capture_context(inputs)`, where the
     caller can say what the inputs imply.
 

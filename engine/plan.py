@@ -23,10 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stages.common import StageError, write_json
-from stages.modeling import encoder_linears, load_qa_model
-
 from .attention import fuse_qkv, use_fused_attention
+from .common import InputError, write_json
 from .graphs import bucketed
 from .kernels import (
     INT8_GELU,
@@ -43,6 +41,7 @@ from .kernels import (
     swap_linears,
     use_passthrough_gelu,
 )
+from .models import encoder_linears, load_qa_model
 from .plan_cache import ENV_VAR as PLAN_CACHE_ENV
 from .plan_cache import enable_from_env
 
@@ -55,7 +54,7 @@ PLAN_VERSION = 3
 DENSE = "dense"  # the whole-model variant every other is timed against
 
 
-class PlanError(StageError):
+class PlanError(InputError):
     """plan.json (or its smoothing file) does not hold a plan this code can apply to its model: edited,
     cut short, or another model's. An input error: the message names the file and the field."""
 
@@ -151,7 +150,7 @@ class Plan:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise StageError(f"{path}: file not found (did the accelerate stage run?)") from None
+            raise InputError(f"{path}: file not found (did the accelerate stage run?)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PlanError(f"{path}: not a JSON plan ({err})") from None
         if not isinstance(raw, dict):
@@ -160,7 +159,7 @@ class Plan:
         if not _is_int(version):
             raise PlanError(f"{path}: field 'version' = {version!r} is invalid (expected the integer {PLAN_VERSION})")
         if version != PLAN_VERSION:
-            raise StageError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
+            raise InputError(f"{path}: plan format version {version}, this code reads version {PLAN_VERSION}: "
                              "run the accelerate stage again (dvc repro accelerate)")
         _check_fields(path, raw)
         def kernels(saved: dict) -> dict[int, Kernel | None]:

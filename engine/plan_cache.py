@@ -1,9 +1,9 @@
 """2:4 calls without per-call host planning: each cuSPARSELt matmul plan made once and kept.
 
 torch._cslt_sparse_mm makes its descriptors and plan on every call; with transpose_result (what the
-engine needs for a row-major result) an fp16 call spends ~250 ms of that on the host, in every
-cuSPARSELt version measured, so an fp16 2:4 model run eagerly took ~10 s per forward, every CUDA
-graph capture paid it per layer, and every kernel config timed paid it several times. cslt_plans.c
+engine needs for a row-major result) an fp16 call spends far longer on that host work than on the
+matmul, in every cuSPARSELt version measured, so an fp16 2:4 model run eagerly is dominated by it,
+every CUDA graph capture pays it per layer, and every kernel config timed pays it several times. cslt_plans.c
 makes the same descriptors and plan once per (weight shape, token count, kernel config, bias) and
 runs it; PlanCache keeps them, torch's allocator and stream stay in charge of memory and ordering.
 

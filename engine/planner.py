@@ -17,9 +17,9 @@ the epilogue's configs are timed apart, as the INT8_GELU precision, since it cha
 
 The variants are timed twice: replayed as CUDA graphs (the plan's kernels, how the model is served)
 and called eagerly (its eager_kernels, load_accelerated(eager=True)), where each op's host work counts:
-at batch 16 on an H200 an int8 layer's extra quantization launch costs more host time than its kernel
-saves. Eager timing needs the plan cache (without it every 2:4 call plans on the host, ~250 ms): auto
-then keeps the eager model dense.
+at small batches an int8 layer's extra quantization launch can cost more host time than its kernel
+saves. Eager timing needs the plan cache (without it every 2:4 call plans on the host, which costs more
+than the sparse matmul saves): auto then keeps the eager model dense.
 """
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from stages.common import relative_error
-
 from .attention import capture_context
+from .common import relative_error
 from .graphs import CudaGraphRunner
 from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
@@ -40,8 +39,8 @@ from .plan_cache import enable_from_env
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
-# auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (timing noise
-# is ~1%), and a whole-model variant only when it beats dense end to end by this much.
+# auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (more than timing
+# noise), and a whole-model variant only when it beats dense end to end by this much.
 MIN_LAYER_SPEEDUP = 1.02
 MIN_MODEL_SPEEDUP = 1.01
 MAX_RELATIVE_ERROR = 2e-3
@@ -51,7 +50,7 @@ MODEL_TIMING_WARMUP, MODEL_TIMING_REPEATS = 3, 20
 # cuSPARSELt's smallest fp16/bf16 sparse operand dimension.
 SPARSE_DIM_MULTIPLE = 16
 # Seconds of kernel-config timing per precision, shared by every shape and batch size (tune_linears):
-# an fp16 config costs ~1 s to time, and 0.10 offers dozens per problem.
+# an fp16 config is slow to time (host planning), and cuSPARSELt 0.10 offers dozens per problem.
 TUNING_BUDGET_S = 600.0
 
 ByPrecision = dict[str, dict]  # precision -> tune_linears result of one shape at one batch size
@@ -263,7 +262,7 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
         plan.layers[name].kernels = layer_kernel
     if plan.eager_model_ms:
         eager_kernels, plan.eager_variants = final_kernels(plan.mode, variants, plan.eager_model_ms)
-    elif plan.mode == "auto":  # each eager 2:4 call would plan on the host (~250 ms): dense is faster
+    elif plan.mode == "auto":  # each eager 2:4 call would plan on the host: dense is faster
         eager_kernels = {name: dict.fromkeys(plan.batch_sizes) for name in kernels}
         plan.eager_variants = dict.fromkeys(plan.batch_sizes, DENSE)
         plan.kernel_timing_notes.append("eager: dense at every batch size (without the plan cache "

@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from stages.common import StageError, best_device, context_offsets  # noqa: E402
-from stages.modeling import check_sequence_length, load_qa_model, load_tokenizer  # noqa: E402
+from .common import InputError, best_device  # noqa: E402
+from .models import check_sequence_length, load_qa_model, load_tokenizer  # noqa: E402
+from .spans import context_offsets  # noqa: E402
 
 NO_ANSWER = {"answer": "", "score": 0.0, "start": 0, "end": 0}  # no span fits (an empty context)
 
@@ -86,11 +87,11 @@ class QuestionAnswerer:
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
-            raise StageError(f"{model_dir}: no model there (no config.json); the pipeline writes models/accelerated "
+            raise InputError(f"{model_dir}: no model there (no config.json); the pipeline writes models/accelerated "
                              "(dvc repro), or name another model directory")
         device = torch.device(device) if device is not None else best_device()
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise StageError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
+            raise InputError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
         if (model_dir / PLAN_FILE).is_file():
             model = load_accelerated(model_dir, device)
         else:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         answerer = QuestionAnswerer.from_dir(args.model, args.device)
         answer = answerer(args.question, context, top_k=args.top_k, max_answer_length=args.max_answer_length,
                           doc_stride=args.doc_stride, max_length=args.max_length)
-    except (StageError, ValueError) as err:
+    except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(answer, ensure_ascii=False, indent=2))
@@ -212,9 +213,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as err:
-        raise StageError(f"{path}: cannot read ({err.strerror})") from None
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
     except UnicodeDecodeError:
-        raise StageError(f"{path}: not UTF-8 text") from None
+        raise InputError(f"{path}: not UTF-8 text") from None
 
 
 if __name__ == "__main__":

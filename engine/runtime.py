@@ -2,7 +2,7 @@
 loads its own, and the version actually loaded, read from the library itself.
 
 torch 2.11 links cuSPARSELt 0.8; 0.10 (PyPI nvidia-cusparselt-cu13) has many more kernel configs and a
-working kernel search, and measured up to 1.3x faster for fp16 2:4 on an H200. Both carry the soname
+working kernel search, so the tuner has faster fp16 2:4 kernels to pick from. Both carry the soname
 libcusparseLt.so.0, and the dynamic linker gives torch whichever object of that soname the process
 already holds, so loading the named file first (RTLD_GLOBAL) is all it takes, as LD_PRELOAD would.
 torch.backends.cusparselt.version() reports the version torch was compiled against whatever is loaded,

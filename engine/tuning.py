@@ -54,8 +54,8 @@ def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: 
     """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU.
 
     With `budget_s`, warm-up and timing stop early once that much time is spent after the first call
-    (one timed call at least): eager fp16 cuSPARSELt calls take ~200 ms each on the host (see
-    _cslt_tokens_mm); the first call is left out of the budget because with the plan cache
+    (one timed call at least): eager fp16 cuSPARSELt calls plan on the host each time, which is slow
+    (see _cslt_tokens_mm); the first call is left out of the budget because with the plan cache
     (engine/plan_cache.py) it alone makes the plans, and the calls after it are fast.
     """
     budget_from = None
@@ -213,7 +213,7 @@ def _timing_child() -> None:
     Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
     parent reads the last "try" event to learn what failed and starts a fresh child without it.
     """
-    from .plan_cache import enable_from_env  # TWOFOUR_PLAN_CACHE=1: ~4x less host time per fp16 config
+    from .plan_cache import enable_from_env  # TWOFOUR_PLAN_CACHE=1: an fp16 config's timed calls plan once
 
     spec = json.load(sys.stdin)
     dtype = getattr(torch, spec["dtype"])
@@ -321,7 +321,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
     without an event). The search (try_search; by default where it works, search_works) picks a
     config that is timed first; a failed search is dropped for hand timing only; a config that fails is not tried again on any
     problem (each failure costs a fresh child: after MAX_FAILED_CONFIGS, only dense is timed).
-    An fp16 config costs ~1 s to time (host planning, see _cslt_tokens_mm), an int8 one ~0.1 s, so
+    An fp16 config costs far more to time than an int8 one (host planning, see _cslt_tokens_mm), so
     with `budget_s` each problem gets budget_s / len(problems) seconds of config timing and the
     configs past it are listed as "untimed". precision int8 times the int8 2:4 kernel against
     cuBLAS in `dtype`, INT8_GELU the same with the GELU epilogue (cuSPARSELt's search cannot take an

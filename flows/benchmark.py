@@ -9,7 +9,7 @@ from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
-from flows.common import main, stage_flow  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
 from stages.benchmark import benchmark, latency_frame  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def work(params, out_dir):
     return benchmark(params, Path("models/baseline"), Path("models/accelerated"))
 
 
-benchmark_flow = stage_flow("benchmark", work, table=batch_table)
+benchmark_flow = StageFlow("benchmark", work, table=batch_table)
 
 if __name__ == "__main__":
     main(benchmark_flow, ARGS)

@@ -39,9 +39,10 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
+from engine.common import InputError  # noqa: E402
 from flows import server  # noqa: E402
 from stages.common import (  # noqa: E402
-    StageError, atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
+    atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
 from stages.params import ParamError, Params, load_params  # noqa: E402
 
 PLOTS_DIR = Path("plots")
@@ -89,7 +90,7 @@ def is_transient(task, task_run, state) -> bool:
 def is_input_error(err: BaseException) -> bool:
     """The input is wrong: a retry meets the same. An OSError naming a file (a directory where a
     file should be, no such file, no permission) is one; a dropped connection is not."""
-    return isinstance(err, (StageError, ParamError)) or (isinstance(err, OSError) and err.filename is not None)
+    return isinstance(err, (InputError, ParamError)) or (isinstance(err, OSError) and err.filename is not None)
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -122,8 +123,9 @@ def run_stage(stage: str, work: Work, params: Params, out: str | None, plots: tu
 
 @dataclass(frozen=True)
 class StageFlow:
-    """One stage as a Prefect flow: `work(params, out_dir)` returns its metrics and `table(metrics)`
-    the rows of its Prefect artifact; `build(params_path)` makes the flow that runs it."""
+    """One stage as a Prefect flow, what each flows/<stage>.py defines and hands to `main`:
+    `work(params, out_dir)` returns its metrics and `table(metrics)` the rows of its Prefect artifact;
+    `build(params_path)` makes the flow that runs it."""
 
     name: str
     work: Work
@@ -132,7 +134,7 @@ class StageFlow:
     table: Callable[[dict], list[dict]] = metric_rows
 
     def build(self, params_path: str):
-        # No flow parameters: Prefect encodes them with FastAPI, whose import alone costs a stage 0.3 s.
+        # No flow parameters: Prefect encodes them with FastAPI, whose import alone is a noticeable part of a stage.
         # Prints stay prints: Prefect's log_prints also takes what a library prints into its own capture
         # (dill reads dis.dis' output to find a function's globals, for datasets' fingerprints).
         @flow(name=self.name, log_prints=False, flow_run_name=f"{self.name}@{git_commit() or 'no-git'}")
@@ -149,12 +151,6 @@ class StageFlow:
         return stage_run
 
 
-def stage_flow(stage: str, work: Work, out: str | None = None, plots: tuple[str, ...] = (),
-               table: Callable[[dict], list[dict]] = metric_rows) -> StageFlow:
-    """What each flows/<stage>.py defines and hands to `main`."""
-    return StageFlow(stage, work, out, plots, table)
-
-
 def use_run_server() -> bool:
     """Point Prefect at this run's server (flows/server.py) unless another server is configured;
     True when this process reports to the run's server."""
@@ -169,7 +165,7 @@ def use_run_server() -> bool:
 def run_server_settings() -> contextlib.AbstractContextManager:
     """Prefect settings for a stage on its run's server: no flow run heartbeats. They let an
     automation on a lasting server mark crashed runs; the run's server has none and dies with the
-    run, and stopping the heartbeat thread costs the stage up to 1 s."""
+    run, and stopping the heartbeat thread delays the stage's exit."""
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
@@ -207,7 +203,7 @@ def log_to_file(path: Path) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    if isinstance(err, (StageError, ParamError)):
+    if isinstance(err, (InputError, ParamError)):
         return str(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
@@ -238,7 +234,7 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
 def report_failure(name: str, err: BaseException, log: Path) -> int:
     """The traceback to `log`, one line to stderr; returns the exit status."""
     logging.getLogger("twofour").error(f"{name} failed", exc_info=err)
-    where = "" if isinstance(err, (StageError, ParamError)) else f" (traceback in {log})"
+    where = "" if isinstance(err, (InputError, ParamError)) else f" (traceback in {log})"
     if os.environ.get("DVC_STAGE"):  # DVC removed the stage's outputs before running it
         where += f"; its last outputs come back with `dvc checkout {name}`"
     print(f"twofour {name}: error: {one_line(err)}{where}", file=sys.stderr)
@@ -246,8 +242,8 @@ def report_failure(name: str, err: BaseException, log: Path) -> int:
 
 
 def exit_without_teardown(status: int) -> NoReturn:
-    """Exit as Python does, less freeing every module and object one by one (about 1 s of CPU once
-    torch and Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
+    """Exit as Python does, less freeing every module and object one by one (slow once torch and
+    Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
     last logs and events there), then the atexit handlers, then the output streams are flushed."""
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()

@@ -9,7 +9,7 @@ from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT (engine/runtime.py), before anything imports torch
 
-from flows.common import main, stage_flow  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
 from stages.evaluate import VARIANTS, evaluate  # noqa: E402
 
 MODEL_DIRS = {
@@ -25,7 +25,7 @@ def variant_table(metrics: dict) -> list[dict]:
     return [{"variant": name, **metrics[name]} for name in VARIANTS if name in metrics]
 
 
-evaluate_flow = stage_flow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS),
+evaluate_flow = StageFlow("evaluate", lambda params, out: evaluate(params, Path("features"), MODEL_DIRS),
                            table=variant_table)
 
 if __name__ == "__main__":

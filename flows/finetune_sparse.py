@@ -5,10 +5,10 @@ ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --he
 
 from pathlib import Path  # noqa: E402
 
-from flows.common import main, stage_flow  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
 from stages.finetune_sparse import finetune_sparse  # noqa: E402
 
-finetune_sparse_flow = stage_flow(
+finetune_sparse_flow = StageFlow(
     "finetune_sparse",
     lambda params, out: finetune_sparse(params, Path("features"), Path("models/pruned"), out),
     out="models/sparse",

@@ -5,10 +5,10 @@ ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --he
 
 from pathlib import Path  # noqa: E402
 
-from flows.common import main, stage_flow  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
 from stages.prune import prune  # noqa: E402
 
-prune_flow = stage_flow("prune", lambda params, out: prune(params, Path("models/baseline"), out), out="models/pruned")
+prune_flow = StageFlow("prune", lambda params, out: prune(params, Path("models/baseline"), out), out="models/pruned")
 
 if __name__ == "__main__":
     main(prune_flow, ARGS)

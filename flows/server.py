@@ -1,7 +1,7 @@
 """The Prefect API server of one run: shared by the stages of a `dvc repro`, gone when the run is.
 
-With no PREFECT_API_URL, each stage used to start Prefect's own ephemeral server: ~8 s a stage, a
-20 s start-up timeout that failed stages on a loaded machine, and a server left running for good
+With no PREFECT_API_URL, each stage used to start Prefect's own ephemeral server: a start-up paid by
+every stage, a start-up timeout that failed stages on a loaded machine, and a server left running for good
 when the stage was SIGKILLed. Instead the first stage of a run starts this server for the run's
 owner: the `dvc` process it runs under (or, run by hand, the stage itself); the run's later stages
 find it through a file in $PREFECT_HOME/twofour-servers/ and connect to it. The server watches its
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-# On a loaded 2-core machine the server took 11 s to answer; Prefect's own limit is 20 s.
+# A loaded machine's server can take longer to answer than Prefect's own start-up limit allows.
 STARTUP_TIMEOUT_S = 300
 OWNER_POLL_S = 0.5
 PR_SET_PDEATHSIG = 1

@@ -6,7 +6,7 @@ ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --he
 
 from pathlib import Path  # noqa: E402
 
-from flows.common import PLOTS_DIR, REPORTS_DIR, main, stage_flow  # noqa: E402
+from flows.common import PLOTS_DIR, REPORTS_DIR, StageFlow, main  # noqa: E402
 from stages.common import read_json  # noqa: E402
 from stages.summary import data_name, summarize  # noqa: E402
 
@@ -32,7 +32,7 @@ def score_table(summary: dict) -> list[dict]:
             {"score": f"speedup{where}", "value": speedup}]
 
 
-summary_flow = stage_flow("summary", work, table=score_table)
+summary_flow = StageFlow("summary", work, table=score_table)
 
 if __name__ == "__main__":
     main(summary_flow, ARGS)

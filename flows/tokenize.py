@@ -3,8 +3,9 @@ from flows.cli import stage_arguments
 
 ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --help answers at once
 
-from flows.common import main, stage_flow  # noqa: E402
-from stages.modeling import load_tokenizer, resolve_model_source  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
+from engine.models import load_tokenizer  # noqa: E402
+from stages.modeling import resolve_model_source  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
 
@@ -13,7 +14,7 @@ def work(params, out_dir):
     return tokenize(params, tokenizer, out_dir)
 
 
-tokenize_flow = stage_flow("tokenize", work, out="features")
+tokenize_flow = StageFlow("tokenize", work, out="features")
 
 if __name__ == "__main__":
     main(tokenize_flow, ARGS)

@@ -5,10 +5,10 @@ ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --he
 
 from pathlib import Path  # noqa: E402
 
-from flows.common import main, stage_flow  # noqa: E402
+from flows.common import StageFlow, main  # noqa: E402
 from stages.train_baseline import train_baseline  # noqa: E402
 
-train_baseline_flow = stage_flow(
+train_baseline_flow = StageFlow(
     "train_baseline",
     lambda params, out: train_baseline(params, Path("features"), out),
     out="models/baseline",

@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_DVC_YAML = ROOT / "gpu" / "dvc.yaml"
-CODE_DIRS = ("stages/", "engine/", "flows/", "metrics_lib/")
+CODE_DIRS = ("stages/", "engine/", "pruning/", "flows/", "metrics_lib/")
 HEADER = "# Generated from ../dvc.yaml by gpu/sync_dvc_yaml.py: edit that file, then run the script.\n"
 
 

@@ -20,7 +20,9 @@ import torch
 
 from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
+from engine.common import best_device
 from engine.kernels import device_backend, gelu_pairs
+from engine.models import check_sequence_length, encoder_linears, load_tokenizer
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
 from engine.planner import (
     MAX_INT8_RELATIVE_ERROR,
@@ -31,11 +33,10 @@ from engine.planner import (
     measure,
     why_dense,
 )
-from engine.sparsity import calibration_batches
 from engine.tuning import random_ids
+from pruning.masks import calibration_batches
 
-from .common import StageError, best_device, device_facts
-from .modeling import check_sequence_length, encoder_linears, load_tokenizer
+from .common import StageError, device_facts
 
 
 def calibration_inputs(params, sparse_dir: Path, features_dir: Path | None, vocab_size: int,

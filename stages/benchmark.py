@@ -3,7 +3,7 @@
 Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU, a host clock on a CPU);
 speedup is dense / accelerated. Modes: eager (module calls; the accelerated model with the kernels
 its plan timed fastest eagerly, load_accelerated(eager=True)), compiled (torch.compile; on a GPU the compiled model captured as one
-CUDA graph per batch size, which on an H100 ran dense bert-base 10% faster than
+CUDA graph per batch size, which ran faster on the GPUs measured than
 mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). On a
 GPU with fp8 tensor cores (compute capability 8.9+) and compile on, the dense model with fp8
 Linears (engine/kernels.py's Fp8Linear) is timed compiled too, as `dense_fp8`: the dense model to
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from engine.attention import capture_context, use_fused_attention
 from engine.calibration import fp8_input_scales
+from engine.common import best_device, relative_error
 from engine.graphs import CudaGraphRunner
 from engine.kernels import (
     Fp8Config,
@@ -49,12 +50,12 @@ from engine.kernels import (
     named,
     swap_linears,
 )
+from engine.models import check_sequence_length, encoder_linears
 from engine.plan import inference_model, load_accelerated
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 
-from .common import best_device, device_facts, read_json, relative_error, write_json
+from .common import device_facts, read_json, write_json
 from .distributed import processes_asked, run_in_processes
-from .modeling import check_sequence_length, encoder_linears
 
 # The tutorial's microbenchmark: nn.Linear(10240, 3072) on a (3072, 10240) input, 2:4-masked.
 TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
@@ -62,8 +63,7 @@ TUTORIAL_IN, TUTORIAL_OUT, TUTORIAL_TOKENS = 10240, 3072, 3072
 # warm-up and timing each stop after this long, with one call of each variant at least.
 EAGER_BUDGET_S = 10.0
 # Repeats of one timing spread wider than this (interquartile range / median) were disturbed, most
-# often by other work on the machine: a loaded 2-core CPU once gave two identical models a 156x
-# "speedup".
+# often by other work on the machine: on a loaded CPU two identical models can differ many times over.
 NOISE_LIMIT = 0.2
 # Interleaved rounds per mode (measure_batch): each times every variant for its share of the repeats.
 ROUNDS = 5

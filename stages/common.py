@@ -1,4 +1,4 @@
-"""Helpers every stage shares: atomic outputs, run facts, seeding, devices, JSON I/O, character spans."""
+"""Helpers every stage shares: atomic outputs bound to the run, run facts, seeding, JSON I/O."""
 from __future__ import annotations
 
 import contextlib
@@ -13,19 +13,20 @@ import signal
 import sys
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from engine import common as engine_common
+from engine.common import InputError, best_device, mode_after_umask
 from engine.runtime import cusparselt_facts
 
 from .hardware import cpu_facts
 
 
-class StageError(RuntimeError):
+class StageError(InputError):
     """A failure caused by the stage's input (data, model, params); its message is the whole story."""
 
 
@@ -101,41 +102,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mode_after_umask(mode: int) -> int:
-    """`mode` less the umask, as open() and mkdir() would make it: mkstemp and mkdtemp make files
-    private (0600, 0700), which hides the outputs from the other users of a shared checkout."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), mode_after_umask(0o666))
-            f.write(text)
-        check_run_held()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file atomically, unless the run it belongs to is lost (check_run_held)."""
+    engine_common.write_text(path, text, before_replace=check_run_held)
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file + rename); nothing is written if `obj` does not serialise."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    """Write JSON atomically, unless the run it belongs to is lost; nothing is written if `obj` does not
+    serialise."""
+    engine_common.write_json(path, obj, before_replace=check_run_held)
 
 
 def read_json(path: str | Path):
@@ -146,36 +121,10 @@ def read_json(path: str | Path):
         raise StageError(f"{path}: file not found (did the stage that writes it run?)") from None
 
 
-# Characters that continue the one before them: accents, vowel signs and other combining marks, and
-# the zero-width (non-)joiners. An accent-stripping tokenizer (uncased BERT) drops the marks, so its
-# offsets end before them: "café" written with U+0301 would come back as "cafe".
-_CONTINUATION_CATEGORIES = frozenset({"Mn", "Mc", "Me"})
-_JOINERS = frozenset({"\u200c", "\u200d"})
-
-
-def span_end(text: str, end: int) -> int:
-    """`end` (exclusive) moved past the combining marks and joiners that follow it in `text`."""
-    while end < len(text) and (text[end] in _JOINERS or unicodedata.category(text[end]) in _CONTINUATION_CATEGORIES):
-        end += 1
-    return end
-
-
-def context_offsets(offsets, sequence_ids, context_id: int, context: str) -> list:
-    """One tokenized window's offsets as character spans of `context`: None for a token outside the
-    context (question, special tokens, padding), each context token's end moved over the marks that
-    follow it. Training labels, evaluation and engine.qa all read spans through this."""
-    return [(start, span_end(context, end)) if sequence_ids[k] == context_id else None
-            for k, (start, end) in enumerate(offsets)]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def device_facts(device: torch.device | None = None) -> dict:
@@ -222,7 +171,3 @@ def run_facts(device: torch.device | None = None) -> Iterator[dict]:
         # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
         facts["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-
-def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
-    """||output - reference|| / ||reference|| (Frobenius), in float32."""
-    return float((output.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))

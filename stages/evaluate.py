@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from engine.common import best_device
 from engine.qa import best_span
 
-from .common import StageError, best_device
+from .common import StageError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,7 @@ def evaluate(params, features_dir: Path, model_dirs: dict[str, Path]) -> dict:
     """Scores per variant; `accelerated` is loaded with its plan applied."""
     import datasets
 
-    from .modeling import load_qa_model, load_tokenizer
+    from engine.models import load_qa_model, load_tokenizer
 
     device = best_device()
     # On a GPU every variant runs in the accelerated model's dtype, so the comparison is fair.

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import datasets
 
-from engine.sparsity import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
+from engine.models import encoder_linears, load_qa_model, load_tokenizer
+from pruning.masks import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything
 from .distributed import is_first_process, processes_to_launch, run_in_processes
-from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
+from .modeling import save_model
 from .training import checkpoint_dir, train_qa
 
 

@@ -1,15 +1,14 @@
-"""Where models come from and how they are saved: the embedded default, a local path, or the hub."""
+"""Where the pipeline's models come from (the embedded default, a local path, or the hub) and how they are
+saved; engine.models loads them."""
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .common import StageError, mode_after_umask
+from engine.common import mode_after_umask
+
+from .common import StageError
 
 EMBEDDED = "embedded"
 
@@ -38,50 +37,6 @@ def resolve_model_source(name: str) -> str:
     return name  # a hub id such as bert-base-cased or org/model
 
 
-def _from_pretrained(loader, source: str, what: str, **kwargs):
-    try:
-        return loader.from_pretrained(source, **kwargs)
-    except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else ""
-        raise StageError(f"model.name={source}: cannot load the {what}{hint}: {str(err).splitlines()[0]}") from None
-    except SafetensorError as err:  # a truncated or corrupt weights file: bad input, not worth a retry
-        raise StageError(f"{source}: cannot read the {what}'s weights ({err})") from None
-    except pickle.UnpicklingError:  # torch.load(weights_only=True) refuses pickled objects other than tensors
-        raise StageError(f"{source}: the {what}'s pickled weights (pytorch_model.bin) hold more than tensors, which "
-                         "are not loaded (arbitrary code); save the model as safetensors") from None
-
-
-def load_tokenizer(source: str):
-    tokenizer = _from_pretrained(AutoTokenizer, source, "tokenizer")
-    if not getattr(tokenizer, "is_fast", False):
-        raise StageError(f"model.name={source}: needs a fast tokenizer (offset mappings), got a slow one")
-    return tokenizer
-
-
-def load_qa_model(source: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A question-answering model; a plain encoder gets a freshly initialised QA head."""
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    return _from_pretrained(AutoModelForQuestionAnswering, source, "model", **kwargs)
-
-
-# Families whose position ids start after the padding index (pad_token_id + 1): that many of
-# max_position_embeddings are never used for tokens.
-PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text")
-
-
-def check_sequence_length(config, length: int, field: str) -> None:
-    """A StageError unless the model has position embeddings for `length` tokens."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is None:
-        return
-    if config.model_type in PADDING_OFFSET_POSITIONS:
-        positions -= config.pad_token_id + 1
-    if length > positions:
-        raise StageError(f"{field}={length} is longer than the model takes ({config.model_type}: {positions} "
-                         "positions, max_position_embeddings)")
-
-
 # How a tokenizer was loaded, which save_pretrained writes into tokenizer_config.json: without them
 # the saved files are the same whatever the source's path and HF_HUB_OFFLINE.
 TOKENIZER_LOAD_OPTIONS = ("is_local", "local_files_only")
@@ -95,19 +50,3 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
     for path in Path(out_dir).iterdir():  # safetensors writes 0600: others sharing the checkout could not read it
         if path.is_file():
             path.chmod(mode_after_umask(0o666))
-
-
-def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """Every nn.Linear inside the model's transformer body (base_model), by its full name.
-
-    Works for any family whose backbone is `model.base_model` (BERT, RoBERTa, DistilBERT, ELECTRA,
-    ...): the task head (qa_outputs) lives outside it and is never included.
-    """
-    base = getattr(model, "base_model", model)
-    prefix = getattr(model, "base_model_prefix", "")
-    prefix = f"{prefix}." if base is not model and prefix else ""
-    return {
-        f"{prefix}{name}": module
-        for name, module in base.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }

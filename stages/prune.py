@@ -1,5 +1,5 @@
 """prune: 2:4 masks on the encoder's Linears with torch.ao.pruning, per block of 4 inputs, by
-prune.method: magnitude, wanda or sparsegpt (the scores and masks are engine/sparsity.py's).
+prune.method: magnitude, wanda or sparsegpt (the scores and masks are pruning/masks.py's).
 
 The filter is "every nn.Linear inside the model's transformer body, minus prune.exclude", so it
 works for BERT-family models without a layer name wired in; the QA head is never pruned.
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from engine.sparsity import (
-    GROUP,
+from engine.common import best_device
+from engine.models import encoder_linears, load_qa_model, load_tokenizer
+from engine.sparsity import GROUP
+from pruning.masks import (
     attach_sparsifier,
     calibration_batches,
     input_channel_norms,
@@ -22,8 +24,8 @@ from engine.sparsity import (
     sparsity_summary,
 )
 
-from .common import StageError, best_device
-from .modeling import encoder_linears, load_qa_model, load_tokenizer, save_model
+from .common import StageError
+from .modeling import save_model
 
 
 def prunable_linears(model: torch.nn.Module, exclude: str) -> dict[str, torch.nn.Linear]:
@@ -76,5 +78,5 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
     summary = sparsity_summary(sparsity_report(model, names))
     if not summary["pattern_2of4_holds"]:
         raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
-    save_model(model, tokenizer, out_dir)  # the masks are its zeros: engine.sparsity.masks_in_weights
+    save_model(model, tokenizer, out_dir)  # the masks are its zeros: pruning.masks.masks_in_weights
     return {"method": method, **calibration, **summary}

@@ -16,7 +16,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .common import StageError, context_offsets
+from engine.spans import context_offsets
+
+from .common import StageError
 
 MIN_EXAMPLES_PER_PROCESS = 2000
 
@@ -293,7 +295,8 @@ def tokenize(params, tokenizer, out_dir: Path, root: Path = Path(".")) -> dict:
     processes = params["data.num_proc"] or os.cpu_count() or 1
 
     def features(dataset, prepare, desc):
-        # A process pays ~1 s to start: worth it only for a few thousand questions each.
+        # A process is slow to start (it imports the tokenizer's libraries): worth it only for a few thousand
+        # questions each.
         num_proc = min(processes, len(dataset) // MIN_EXAMPLES_PER_PROCESS)
         return dataset.map(prepare, batched=True, remove_columns=dataset.column_names, fn_kwargs=fn_kwargs,
                            num_proc=num_proc if num_proc > 1 else None, desc=desc,

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import datasets
 
+from engine.models import load_qa_model, load_tokenizer
+
 from .common import seed_everything
 from .distributed import is_first_process, processes_to_launch, run_in_processes
-from .modeling import load_qa_model, load_tokenizer, resolve_model_source, save_model
+from .modeling import resolve_model_source, save_model
 from .training import checkpoint_dir, train_qa
 
 

@@ -36,8 +36,8 @@ def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate:
 
 def saved_masks(model_dir: Path) -> dict:
     """The 2:4 masks a saved pruned model carries in its zeros, as finetune_sparse reads them."""
-    from engine.sparsity import masks_in_weights
-    from stages.modeling import encoder_linears, load_qa_model
+    from engine.models import encoder_linears, load_qa_model
+    from pruning.masks import masks_in_weights
 
     return masks_in_weights(encoder_linears(load_qa_model(str(model_dir))), zeros_per_block=2)
 
@@ -105,7 +105,7 @@ def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]
 @pytest.fixture(scope="session")
 def features(tiny_model, tmp_path_factory):
     """The tiny run's tokenized features (train, validation), made once."""
-    from stages.modeling import load_tokenizer
+    from engine.models import load_tokenizer
     from stages.params import validate
     from stages.tokenize import tokenize
 

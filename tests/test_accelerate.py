@@ -6,11 +6,11 @@ from safetensors.torch import load_file
 
 from engine.attention import fuse_qkv
 from engine.calibration import MAX_LAYER_ERROR
+from engine.common import relative_error
 from engine.kernels import Int8ReferenceLinear
+from engine.models import load_qa_model
 from engine.plan import PLAN_FILE, SMOOTHING_FILE, Plan, load_accelerated
 from stages import accelerate, benchmark
-from stages.common import relative_error
-from stages.modeling import load_qa_model
 from stages.prune import prune
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import tiny_params
 
+from engine.common import relative_error
 from engine.kernels import Fp8Linear
+from engine.models import load_qa_model
 from stages import accelerate, benchmark
-from stages.common import relative_error
-from stages.modeling import load_qa_model
 from stages.params import validate
 
 

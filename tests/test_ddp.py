@@ -22,9 +22,9 @@ import torch
 import yaml
 
 from conftest import tiny_params
+from engine.models import load_qa_model
 from stages import distributed
 from stages.common import StageError, write_json
-from stages.modeling import load_qa_model
 from stages.params import ParamError, validate
 from stages.train_baseline import train_baseline
 from test_resume import finish, start

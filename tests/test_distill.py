@@ -9,9 +9,9 @@ import torch
 from transformers import TrainingArguments
 
 from conftest import saved_masks
-from engine.sparsity import calibration_batches
+from engine.models import load_qa_model, load_tokenizer
+from pruning.masks import calibration_batches
 from stages.finetune_sparse import finetune_sparse
-from stages.modeling import load_qa_model, load_tokenizer
 from stages.prune import prune
 from stages.tokenize import tokenize
 from stages.training import DistillationTrainer, distillation_loss, hidden_state_loss

@@ -16,7 +16,7 @@ from engine.calibration import (
     layer_inputs,
 )
 from engine.kernels import Int8ReferenceLinear, smoothing_factors, tensor_scale
-from stages.modeling import encoder_linears, load_qa_model
+from engine.models import encoder_linears, load_qa_model
 
 
 def test_an_outlier_channel_fails_int8_unless_smoothing_moves_it_into_the_weight():

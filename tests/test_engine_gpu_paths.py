@@ -11,8 +11,8 @@ import torch
 from engine import planner
 from engine.attention import fuse_qkv
 from engine.kernels import TOKEN_ALIGNMENT, Kernel, SparseLinear
+from engine.models import encoder_linears
 from engine.plan import LayerPlan, Plan
-from stages.modeling import encoder_linears
 from test_engine_attention import small_bert
 from test_engine_kernels import fake_cslt_sparse_mm
 from test_engine_planner import timing

@@ -17,9 +17,9 @@ from engine.kernels import (
     SparseLinear,
     gelu_pairs,
 )
+from engine.models import load_qa_model
 from engine.plan import LayerPlan, Plan
 from engine.planner import distinct_variants, layer_kernels, variant_kernels
-from stages.modeling import load_qa_model
 from test_engine_planner import timing
 
 FIRST, SECOND = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"

@@ -34,7 +34,7 @@ from engine.kernels import (
     tensor_scale,
     to_fp8,
 )
-from stages.common import relative_error
+from engine.common import relative_error
 
 
 @pytest.mark.parametrize("capability, cusparselt, backend, reason", [

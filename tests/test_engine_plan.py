@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from engine.common import InputError
 from engine.kernels import Int8ReferenceLinear, Int8Weights, Kernel, SparseConfig, reference_linear
 from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
 from engine.planner import final_kernels, variant_kernels
-from stages.common import StageError
 from test_engine_planner import FFN, QUERY, fp16, int8, plan_for
 
 # plan.json as accelerate wrote it before plans had a type (int8, one BERT layer, on a CPU).
@@ -94,7 +94,7 @@ def test_a_dense_plan_summarizes_without_timings_and_still_reports_every_layer()
 
 
 def test_a_plan_written_before_versions_fails_with_one_line_naming_both_versions(tmp_path):
-    with pytest.raises(StageError) as old:
+    with pytest.raises(InputError) as old:
         Plan.load(PLAN_BEFORE_VERSIONS)
     message = str(old.value)
     assert "\n" not in message
@@ -102,7 +102,7 @@ def test_a_plan_written_before_versions_fails_with_one_line_naming_both_versions
     assert "dvc repro accelerate" in message
     newer = tmp_path / PLAN_FILE
     newer.write_text(PLAN_BEFORE_VERSIONS.read_text().replace("{", '{"version": 7, ', 1))
-    with pytest.raises(StageError, match=f"plan format version 7, this code reads version {PLAN_VERSION}"):
+    with pytest.raises(InputError, match=f"plan format version 7, this code reads version {PLAN_VERSION}"):
         Plan.load(newer)
 
 
@@ -170,8 +170,8 @@ def planned_model(tiny_model, tmp_path) -> Path:
     """The tiny model beside a CPU plan of its own: every Linear dense, the first one int8."""
     import shutil
 
+    from engine.models import encoder_linears
     from engine.plan import inference_model
-    from stages.modeling import encoder_linears
 
     out = tmp_path / "accelerated"
     shutil.copytree(tiny_model, out)
@@ -224,7 +224,7 @@ def test_a_tampered_plan_fails_on_load_with_one_line_naming_the_field(planned_mo
         raw = json.loads((planned_model / PLAN_FILE).read_text())
         edit(raw)
         (planned_model / PLAN_FILE).write_text(json.dumps(raw))
-    with pytest.raises(StageError) as err:
+    with pytest.raises(InputError) as err:
         load_accelerated(planned_model, torch.device("cpu"))
     message = str(err.value)
     assert "\n" not in message and expected in message and str(planned_model) in message, message

@@ -126,7 +126,7 @@ def test_the_attention_output_projection_is_the_unfused_layer():
     from transformers import BertConfig, BertForQuestionAnswering
 
     from engine.attention import fuse_qkv
-    from stages.modeling import encoder_linears
+    from engine.models import encoder_linears
 
     model = fuse_qkv(BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                          intermediate_size=64, vocab_size=50)))

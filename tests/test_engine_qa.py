@@ -14,9 +14,9 @@ import torch
 from transformers.pipelines.document_question_answering import select_starts_ends
 
 from conftest import REPO
+from engine.models import load_qa_model, load_tokenizer
 from engine.qa import QuestionAnswerer, best_spans, main
 from stages import accelerate
-from stages.modeling import load_qa_model, load_tokenizer
 
 CONTEXT = ("Ada Lovelace was born in London in 1815. She worked with Charles Babbage on the Analytical Engine, "
            "and her notes on it hold what many call the first published program.")

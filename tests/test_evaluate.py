@@ -134,7 +134,7 @@ def test_combining_marks_perfect_logits_score_100(tiny_model):
     come back whole, so EM and F1 are 100."""
     import numpy as np
 
-    from stages.modeling import load_tokenizer
+    from engine.models import load_tokenizer
     from stages.tokenize import prepare_train_features, prepare_validation_features
     from test_tokenize import combining_mark_examples
 

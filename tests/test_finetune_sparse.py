@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 import stages.finetune_sparse
-from engine.sparsity import load_masks
+from engine.models import load_qa_model, load_tokenizer
+from pruning.masks import load_masks
 from stages.finetune_sparse import finetune_sparse
-from stages.modeling import load_qa_model, load_tokenizer
 from stages.prune import prune
 from stages.tokenize import tokenize
 

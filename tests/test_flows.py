@@ -154,7 +154,7 @@ def test_library_warnings_go_to_the_stage_log_as_plain_text(tmp_path):
     BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(encoder)
     script = ("from pathlib import Path; from flows.common import log_to_file; log_to_file(Path('stage.log')); "
-              f"from stages.modeling import load_qa_model; load_qa_model({str(encoder)!r})")
+              f"from engine.models import load_qa_model; load_qa_model({str(encoder)!r})")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""`pip install .` installs the engine, the stages and flows, and the files they load by path; the
+"""`pip install .` installs the engine, pruning, the stages and flows, and the files they load by path; the
 test-only requirements stay out of the runtime ones."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_the_wheel_holds_every_module_and_the_files_loaded_by_path(tmp_path):
                     str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
     [wheel] = tmp_path.glob("twofour-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package in ("engine", "stages", "flows"):
+    for package in ("engine", "pruning", "stages", "flows"):
         modules = {f"{package}/{path.name}" for path in (REPO / package).glob("*.py")}
         assert modules <= names, modules - names
     # stages/evaluate.py loads the metric from beside its package; the engine compiles its C source

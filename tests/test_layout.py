@@ -1,7 +1,11 @@
-"""The tree's two places: pipeline stages import no other stage, and the engine imports no stage."""
+"""The tree's layers: pipeline stages import no other stage, and the engine imports nothing from the
+pipeline (stages/, flows/), so it can be lifted out of the repository."""
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,9 +58,40 @@ def test_a_stage_imports_no_other_stage(stage):
     assert stage_imports(REPO / "stages" / f"{stage}.py") - {f"stages.{stage}"} == set()
 
 
-@pytest.mark.parametrize("module", sorted(path.name for path in (REPO / "engine").glob("*.py")))
-def test_the_engine_imports_no_stage(module):
-    assert stage_imports(REPO / "engine" / module) == set()
+# The libraries below the pipeline, and what each may import from the repository.
+LIBRARIES = {"engine": ("engine/",), "pruning": ("pruning/", "engine/")}
+
+
+@pytest.mark.parametrize("module", sorted(str(path.relative_to(REPO)) for library in LIBRARIES
+                                          for path in (REPO / library).glob("*.py")))
+def test_a_library_reaches_nothing_above_it(module):
+    """Its whole import graph, not only its direct imports: a helper module would hide a way up."""
+    allowed = LIBRARIES[module.split("/")[0]]
+    assert {name for name in imported_files(REPO / module) if not name.startswith(allowed)} == set()
+
+
+def test_the_import_graph_follows_an_engine_module_up_to_the_pipeline(tmp_path, monkeypatch):
+    for folder in ("engine", "stages"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "engine" / "plan.py").write_text("from .helper import x\n")
+    (tmp_path / "engine" / "helper.py").write_text("from stages.common import x\n")
+    (tmp_path / "stages" / "common.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert imported_files(tmp_path / "engine" / "plan.py") == {"engine/plan.py", "engine/helper.py", "stages/common.py"}
+
+
+def test_the_libraries_import_with_the_pipeline_deleted(tmp_path):
+    """A copy of the tree's packages without stages/ and flows/: the engine, its planner, its CLI and
+    pruning import."""
+    for package in REPO.glob("*/__init__.py"):
+        if package.parent.name not in ("stages", "flows", "tests"):
+            shutil.copytree(package.parent, tmp_path / package.parent.name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import engine, engine.plan, engine.planner, engine.qa, pruning.masks; "
+            f"assert engine.__file__.startswith({str(tmp_path)!r}), engine.__file__")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_import_check_sees_relative_and_absolute_imports(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
+from engine.models import load_tokenizer
 from stages.common import StageError
-from stages.modeling import load_tokenizer
 from stages.tokenize import tokenize
 from stages.train_baseline import train_baseline
 

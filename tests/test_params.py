@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from conftest import REPO
+from engine.common import InputError
+from engine.models import load_qa_model
 from stages.common import StageError
-from stages.modeling import load_qa_model, resolve_model_source
+from stages.modeling import resolve_model_source
 from stages.params import SCHEMA, ParamError, load_params, validate
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -81,7 +83,7 @@ def test_model_name_switch(tmp_path, tiny_model):
 
 def test_hub_id_offline_fails_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(StageError) as err:
+    with pytest.raises(InputError) as err:
         load_qa_model("bert-base-cased")
     assert str(err.value).startswith("model.name=bert-base-cased: cannot load the model (HF_HUB_OFFLINE=1")
     assert "\n" not in str(err.value)
@@ -153,15 +155,16 @@ def test_truncated_weights_file_is_one_line_naming_the_model(tmp_path, tiny_mode
     shutil.copytree(tiny_model, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(StageError, match=rf"^{broken}: cannot read the model's weights \("):
+    with pytest.raises(InputError, match=rf"^{broken}: cannot read the model's weights \("):
         load_qa_model(str(broken))
 
 
 def test_saved_model_files_follow_the_umask(tmp_path, tiny_model):
-    from stages.modeling import load_tokenizer, save_model
+    from engine.models import load_tokenizer
+    from stages.modeling import save_model
 
     save_model(load_qa_model(str(tiny_model)), load_tokenizer(str(tiny_model)), tmp_path)
-    from stages.common import mode_after_umask
+    from engine.common import mode_after_umask
 
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == mode_after_umask(0o666)
@@ -192,7 +195,7 @@ def test_cpu_seq_length_longer_than_the_model_is_one_line(tiny_model, tmp_path):
     from stages import benchmark
 
     params = validate(with_value("benchmark.cpu_seq_length", 4096))
-    with pytest.raises(StageError) as err:  # before anything is timed: the accelerated model is not even read
+    with pytest.raises(InputError) as err:  # before anything is timed: the accelerated model is not even read
         benchmark.run(params, tiny_model, tmp_path / "absent", tutorial=False)
     assert_one_line_input_error(err.value, "benchmark.cpu_seq_length=4096", "512 positions")
 
@@ -206,7 +209,7 @@ def test_pickled_pytorch_model_bin_only_is_one_line(tiny_model, tmp_path):
     shutil.copytree(tiny_model, pickled)
     (pickled / "model.safetensors").unlink()
     torch.save(load_qa_model(str(tiny_model)), pickled / "pytorch_model.bin")  # the whole module, pickled
-    with pytest.raises(StageError) as err:
+    with pytest.raises(InputError) as err:
         load_qa_model(str(pickled))
     assert_one_line_input_error(err.value, str(pickled), "pytorch_model.bin", "safetensors")
 

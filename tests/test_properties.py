@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.models import load_tokenizer
 from stages.common import StageError
 from stages.evaluate import best_span
-from stages.modeling import load_tokenizer, resolve_model_source
+from stages.modeling import resolve_model_source
 from stages.tokenize import prepare_train_features, read_squad_json
 
 WORDS = ["river", "Ada", "1815", "London", "the", "of", "telescope", "born", "in", "married", "Zorwil", "Bay", ",", ".",

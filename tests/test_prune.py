@@ -7,9 +7,9 @@ import torch
 
 import stages.prune
 from conftest import saved_masks, tiny_params
-from engine.sparsity import calibration_batches, sparsegpt_layers
+from engine.models import load_qa_model, load_tokenizer
+from pruning.masks import calibration_batches, sparsegpt_layers
 from stages.common import StageError
-from stages.modeling import load_qa_model, load_tokenizer
 from stages.params import validate
 from stages.prune import prunable_linears, prune
 

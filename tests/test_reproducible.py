@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_params
+from engine.models import load_qa_model, load_tokenizer
 from stages.common import atomic_dir
-from stages.modeling import load_qa_model, load_tokenizer, save_model
+from stages.modeling import save_model
 from stages.params import validate
 from stages.tokenize import tokenize
 

@@ -35,7 +35,7 @@ STAGES = {
 @pytest.fixture(scope="module")
 def fresh_workdir(tmp_path_factory, tiny_model):
     """Make working directories, each with the same features, params and pruned model."""
-    from stages.modeling import load_tokenizer
+    from engine.models import load_tokenizer
     from stages.params import validate
     from stages.prune import prune
     from stages.tokenize import tokenize
@@ -90,7 +90,7 @@ def kill_after_checkpoint(process: subprocess.Popen, cwd: Path, sig: int, min_st
 
 
 def final_state(cwd: Path):
-    from stages.modeling import load_qa_model
+    from engine.models import load_qa_model
 
     metrics = json.loads((cwd / "result.json").read_text())
     weights = load_qa_model(str(cwd / "out")).state_dict()

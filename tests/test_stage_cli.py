@@ -133,8 +133,8 @@ def test_a_stage_hashes_as_datasets_does_outside_prefect(project):
 
     root, env = project
     script = ("import pyarrow as pa; from datasets.fingerprint import Hasher; "
-              "from argparse import Namespace; from flows.common import main, stage_flow; "
-              "main(stage_flow('fingerprint', lambda params, out: {'hash': Hasher.hash(pa.table({'a': [1, 2]}))}), "
+              "from argparse import Namespace; from flows.common import StageFlow, main; "
+              "main(StageFlow('fingerprint', lambda params, out: {'hash': Hasher.hash(pa.table({'a': [1, 2]}))}), "
               "Namespace(params='params.yaml'))")
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                             timeout=300)

@@ -7,8 +7,9 @@ import unicodedata
 
 import pytest
 
+from engine.models import load_tokenizer
 from stages.common import StageError
-from stages.modeling import load_tokenizer, resolve_model_source
+from stages.modeling import resolve_model_source
 from conftest import EMBEDDED_DATA
 from stages.tokenize import (
     answer_chars,
@@ -265,7 +266,7 @@ def test_combining_marks_training_labels_cover_the_whole_answer(tokenizer):
 
 
 def test_span_end_moves_over_marks_and_joiners_only():
-    from stages.common import span_end
+    from engine.spans import span_end
 
     assert span_end("cafe\u0301 x", 4) == 5
     assert span_end("a\u200d\u200cb", 1) == 3

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import stages.hardware
+from engine.models import load_qa_model
 from stages.common import StageError
-from stages.modeling import load_qa_model
 from stages.train_baseline import train_baseline
 from stages.training import training_arguments
 

@@ -1,11 +1,14 @@
-"""engine/sparsity.py: 2:4 masks by magnitude, Wanda and SparseGPT, and the statistics they are computed from."""
+"""pruning/masks.py: 2:4 masks by magnitude, Wanda and SparseGPT, and the statistics they are computed from;
+engine/sparsity.py's 2:4 check."""
 from __future__ import annotations
 
 import datasets
 import torch
 
-import engine.sparsity
-from engine.sparsity import (
+import pruning.masks
+from engine.models import load_qa_model, load_tokenizer
+from engine.sparsity import two_four_violations
+from pruning.masks import (
     attach_sparsifier,
     calibration_batches,
     input_channel_norms,
@@ -14,9 +17,7 @@ from engine.sparsity import (
     SPARSEGPT_DAMP,
     sparsegpt,
     sparsegpt_layers,
-    two_four_violations,
 )
-from stages.modeling import load_qa_model, load_tokenizer
 
 
 def test_two_four_violations_counts_groups():
@@ -187,7 +188,7 @@ def test_sequential_sparsegpt_replays_pruned_blocks_with_the_same_result(tiny_mo
     runs = {}
     for replay in (True, False):
         if not replay:
-            monkeypatch.setattr(engine.sparsity.BlockReplay, "pruned", lambda self, names: None)
+            monkeypatch.setattr(pruning.masks.BlockReplay, "pruned", lambda self, names: None)
         model = load_qa_model(str(tiny_model))
         layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n}
         first_block_computes = []  # a layer of block 0 runs only where the block computes

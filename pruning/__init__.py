@@ -1,0 +1,5 @@
+"""Pruning a model to 2:4 sparsity, apart from the inference engine that runs the result: masks by
+magnitude, Wanda and SparseGPT, the calibration batches they read, and the masks held while fine-tuning.
+
+- masks: the scores, the masks, SparseGPT's weight updates, calibration batches from `datasets` features.
+"""
