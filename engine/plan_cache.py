@@ -9,11 +9,10 @@ runs it; PlanCache keeps them, torch's allocator and stream stay in charge of me
 
 Optional, off unless EngineConfig.plan_cache (default: TWOFOUR_PLAN_CACHE=1) asks for it (enable_for)
 or enable() is called. It is process-wide: once on, every SparseLinear's 2:4 calls go through it. The
-C file is compiled on first
-use (the C compiler, cusparseLt.h, and the CUDA headers it includes; TWOFOUR_CUSPARSELT_INCLUDE may
-name cusparseLt.h's folder) against the cuSPARSELt this process loaded, and checked against
-torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph) before the engine's 2:4 calls
-(kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
+C file is compiled on first use (the C compiler, cusparseLt.h, and the CUDA headers it includes;
+TWOFOUR_CUSPARSELT_INCLUDE may name cusparseLt.h's folder) against the cuSPARSELt this process
+loaded, and checked against torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph)
+before the engine's 2:4 calls (kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
 torch._cslt_sparse_mm and says why in one line.
 """
 from __future__ import annotations

@@ -58,7 +58,8 @@ def load_cusparselt(path: str | None = None) -> str | None:
     loaded = mapped_cusparselt()
     if loaded and real not in loaded:
         raise CusparseLtError(f"{CUSPARSELT_ENV}={path}: this process already runs cuSPARSELt from {loaded[0]} "
-                              "(torch was imported first): call engine.runtime.load_cusparselt() before importing torch")
+                              "(torch was imported first): call engine.runtime.load_cusparselt() before importing "
+                              "torch")
     try:
         ctypes.CDLL(real, mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
