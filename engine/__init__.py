@@ -1,6 +1,8 @@
 """The 2:4 inference engine, apart from the pipeline built on it: it imports nothing from stages/ or
 flows/ (tests/test_layout.py checks its import graph), and the stages import what they share from it.
 
+- config: EngineConfig, how the engine runs (cuSPARSELt library, plan cache, attention), passed to
+  load_accelerated and planner.measure and recorded in the plan; the environment gives its defaults.
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated (served as
   CUDA graphs, or eager=True: the kernels timed fastest when called eagerly).
 - planner: making a plan on a GPU from kernel and whole-model timings (graphed and eager).
@@ -14,7 +16,8 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
 - attention: fused query/key/value and sdpa masks the fused kernels take.
 - calibration: each Linear's inputs, the int8 smoothing and scales, fp8 scales.
-- common: the input error (InputError), atomic JSON writes, the default device, relative_error.
+- errors: InputError, the engine's error for bad input (the pipeline's StageError is one).
+- common: atomic JSON writes, the default device, relative_error.
 - models: loading a question-answering model and tokenizer, its positions, its encoder's Linears.
 - spans: token offsets as character spans of the context.
 - sparsity: the 2:4 pattern and the check that a weight follows it (masks are made by pruning/).

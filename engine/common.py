@@ -1,5 +1,5 @@
-"""What the engine and the pipeline built on it share: the input error, atomic file writes, the
-default device and the relative error every numeric check uses."""
+"""What the engine and the pipeline built on it share: atomic file writes, the default device and the
+relative error every numeric check uses."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-
-
-class InputError(RuntimeError):
-    """A failure caused by the input (a model, a plan, a parameter): a retry meets the same, and the
-    message is the whole story."""
 
 
 def mode_after_umask(mode: int) -> int:

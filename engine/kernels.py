@@ -216,8 +216,9 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor 
     cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
     place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
     With transpose_result each fp16 call plans on the host, far longer than the matmul takes on the
-    GPU, so this is for CUDA-graph replay, where the host work is gone, or for the plan cache (PLANNED_MM), which plans once per shape; without it, every
-    consumer would need a transposing copy of the output. gelu_scale (the GELU epilogue) only
+    GPU, so this is for CUDA-graph replay, where the host work is gone, or for the plan cache
+    (PLANNED_MM), which plans once per shape; without it, every consumer would need a transposing copy
+    of the output. gelu_scale (the GELU epilogue) only
     through the plan cache: torch's call has no activation argument.
     """
     tokens = x2d.shape[0]

@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
-from .common import InputError
+from .errors import InputError
 
 
 def _from_pretrained(loader, source: str, what: str, **kwargs):

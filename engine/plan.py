@@ -24,7 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .attention import fuse_qkv, use_fused_attention
-from .common import InputError, write_json
+from .common import write_json
+from .config import PLAN_CACHE_ENV, EngineConfig
+from .errors import InputError
 from .graphs import bucketed
 from .kernels import (
     INT8_GELU,
@@ -42,8 +44,7 @@ from .kernels import (
     use_passthrough_gelu,
 )
 from .models import encoder_linears, load_qa_model
-from .plan_cache import ENV_VAR as PLAN_CACHE_ENV
-from .plan_cache import enable_from_env
+from .plan_cache import enable_for
 
 PLAN_FILE = "plan.json"
 SMOOTHING_FILE = "int8_smoothing.safetensors"
@@ -125,6 +126,7 @@ class Plan:
     device: dict = field(default_factory=dict)
     # Linear whose output goes through GELU -> the Linear that reads it (kernels.gelu_pairs)
     gelu_pairs: dict[str, str] = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)  # the EngineConfig it was made with (record()); {}: not recorded
     version: int = PLAN_VERSION
 
     # ------------------------------------------------------------------ files
@@ -289,10 +291,12 @@ class Plan:
                             input_scale=layer.input_scale,
                             gelu_scale=1 / self.layers[fusions[name]].input_scale if name in fusions else None)
 
-    def apply(self, model: torch.nn.Module, graphs: bool = True, eager: bool = False) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, graphs: bool = True, eager: bool = False,
+              attention: str = "fused") -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
         kernels swapped in: the ones timed fastest in CUDA graphs, or with `eager` (no graphs then) the
-        ones timed fastest called eagerly, where each op's host work counts.
+        ones timed fastest called eagerly, where each op's host work counts. On a GPU, `attention`
+        "fused" runs attention through attention.use_fused_attention (EngineConfig.attention).
 
         With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
         two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
@@ -308,7 +312,8 @@ class Plan:
             int8 = [name for name, layer in self.layers.items() if layer.computes_int8]
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
                                                                         self.layers[name].input_scale), named(int8))
-        use_fused_attention(model)
+        if attention == "fused":
+            use_fused_attention(model)
         sparse = self.sparse_layers(eager)
         if not sparse:
             return model
@@ -374,7 +379,9 @@ _PLAN_FIELDS: dict[str, tuple[Callable, str]] = {
     "tuning": (lambda v: isinstance(v, dict), "an object"),
     "device": (lambda v: isinstance(v, dict), "an object"),
     "gelu_pairs": (_mapping(_any_str, _any_str), "an object of Linear name -> Linear name"),
+    "engine": (lambda v: isinstance(v, dict), "an object"),
 }
+_OPTIONAL_PLAN_FIELDS = {"engine"}  # added after plans of this version were written: absent, Plan's default
 _LAYER_FIELDS: dict[str, tuple[Callable, str]] = {
     "shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(n) and n > 0 for n in v),
               "[out_features, in_features]"),
@@ -389,10 +396,12 @@ _LAYER_FIELDS: dict[str, tuple[Callable, str]] = {
 def _check_fields(path: Path, raw: dict) -> None:
     """A PlanError naming the first field of plan.json (less its version) that is missing, unknown
     or not what Plan.save writes."""
-    def check(fields: dict, entry: dict, prefix: str) -> None:
+    def check(fields: dict, entry: dict, prefix: str, optional: set[str] = frozenset()) -> None:
         if unknown := sorted(entry.keys() - fields.keys()):
             raise PlanError(f"{path}: unknown field '{prefix}{unknown[0]}'")
         for name, (ok, expected) in fields.items():
+            if name not in entry and name in optional:
+                continue
             if name not in entry:
                 raise PlanError(f"{path}: missing field '{prefix}{name}'")
             if not ok(entry[name]):
@@ -400,7 +409,7 @@ def _check_fields(path: Path, raw: dict) -> None:
                 shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
                 raise PlanError(f"{path}: field '{prefix}{name}' = {shown} is invalid (expected {expected})")
 
-    check(_PLAN_FIELDS, raw, "")
+    check(_PLAN_FIELDS, raw, "", _OPTIONAL_PLAN_FIELDS)
     for name, entry in raw["layers"].items():
         check(_LAYER_FIELDS, entry, f"layers.{name}.")
         int8 = entry["precision"] == "int8"
@@ -426,15 +435,17 @@ def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -
 
 
 def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype | None = None,
-                     graphs: bool = True, eager: bool = False) -> torch.nn.Module:
+                     graphs: bool = True, eager: bool = False, config: EngineConfig | None = None) -> torch.nn.Module:
     """The accelerate stage's artifact, ready to run: the model with its plan applied (Plan.apply):
     served through CUDA graphs by default, the plain modules with graphs=False (to wrap, compile or
     capture them yourself), or with eager the modules with the kernels timed fastest when called
-    eagerly. dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it)."""
+    eagerly. dtype None: the plan's on a GPU, float32 elsewhere (as evaluate runs it). config None:
+    EngineConfig.from_env(); its cuSPARSELt library must be loaded before torch (runtime.load_cusparselt)."""
     model_dir = Path(model_dir)
+    config = config or EngineConfig.from_env()
     plan = Plan.load(model_dir / PLAN_FILE)
     if device.type == "cuda":
-        enable_from_env()  # TWOFOUR_PLAN_CACHE=1: eager 2:4 calls without per-call planning
+        enable_for(config)  # the plan cache: eager 2:4 calls without per-call planning
         if eager and plan.sparse_layers(eager) and not plan_cache_on():
             print(f"{model_dir}: the eager model runs 2:4 kernels, and without the plan cache ({PLAN_CACHE_ENV}=1) "
                   "each of their calls plans on the host", file=sys.stderr)
@@ -442,4 +453,4 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
     model = inference_model(model_dir, device, dtype)
     plan.check_model(model, model_dir / PLAN_FILE)
-    return plan.apply(model, graphs, eager)
+    return plan.apply(model, graphs, eager, config.attention)

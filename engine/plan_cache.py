@@ -7,11 +7,12 @@ every CUDA graph capture pays it per layer, and every kernel config timed pays i
 makes the same descriptors and plan once per (weight shape, token count, kernel config, bias) and
 runs it; PlanCache keeps them, torch's allocator and stream stay in charge of memory and ordering.
 
-Optional, off unless TWOFOUR_PLAN_CACHE=1 (or enable() is called): the C file is compiled on first
-use (the C compiler, cusparseLt.h, and the CUDA headers it includes; TWOFOUR_CUSPARSELT_INCLUDE may
-name cusparseLt.h's folder) against the cuSPARSELt this process loaded, and checked against
-torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph) before the engine's 2:4 calls
-(kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
+Optional, off unless EngineConfig.plan_cache (default: TWOFOUR_PLAN_CACHE=1) asks for it (enable_for)
+or enable() is called. It is process-wide: once on, every SparseLinear's 2:4 calls go through it. The
+C file is compiled on first use (the C compiler, cusparseLt.h, and the CUDA headers it includes;
+TWOFOUR_CUSPARSELT_INCLUDE may name cusparseLt.h's folder) against the cuSPARSELt this process
+loaded, and checked against torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph)
+before the engine's 2:4 calls (kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
 torch._cslt_sparse_mm and says why in one line.
 """
 from __future__ import annotations
@@ -28,9 +29,9 @@ from pathlib import Path
 import torch
 
 from . import kernels
+from .config import EngineConfig
 from .runtime import loaded_version, mapped_cusparselt
 
-ENV_VAR = "TWOFOUR_PLAN_CACHE"
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
 SOURCE = Path(__file__).with_name("cslt_plans.c")
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}  # cslt_plans.c's TWOFOUR_FP16, ...
@@ -297,10 +298,11 @@ def _enable() -> str:
     return ""
 
 
-def enable_from_env() -> None:
-    """enable() where TWOFOUR_PLAN_CACHE=1, saying on stderr (once) why not when it cannot."""
-    if os.environ.get(ENV_VAR) != "1" or "reason" in _state:
+def enable_for(config: EngineConfig) -> None:
+    """enable() where the configuration asks for the plan cache, saying on stderr (once) why not when it
+    cannot."""
+    if not config.plan_cache or "reason" in _state:
         return
     reason = enable()
     if reason:
-        print(f"{ENV_VAR}=1: plan cache off ({reason}); 2:4 calls plan on every call", file=sys.stderr)
+        print(f"plan cache asked for but off ({reason}); 2:4 calls plan on every call", file=sys.stderr)

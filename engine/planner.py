@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 
 from .attention import capture_context
 from .common import relative_error
+from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
 from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
-from .plan_cache import ENV_VAR as PLAN_CACHE_ENV
-from .plan_cache import enable_from_env
+from .plan_cache import enable_for
 from .sparsity import two_four_violations
 from .tuning import best_alg, measure_shapes, median_ms, random_ids
 
@@ -229,11 +229,14 @@ def layers_to_time(plan: Plan, candidates: dict[str, torch.nn.Linear], precision
     return {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
 
 
-def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s: float = TUNING_BUDGET_S) -> None:
+def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s: float = TUNING_BUDGET_S,
+            config: EngineConfig | None = None) -> None:
     """Fill in the plan's timings, kernels and variants (in place) for the layers not left dense,
     on the GPU, with the model the plan is for: fp16 2:4 on every such layer, int8 2:4 too on the
-    layers that passed the int8 check, and INT8_GELU on the first layers of Plan.gelu_fusions."""
-    enable_from_env()
+    layers that passed the int8 check, and INT8_GELU on the first layers of Plan.gelu_fusions.
+    config None: EngineConfig.from_env() (the plan records the one it was made with, Plan.engine)."""
+    config = config or EngineConfig.from_env()
+    enable_for(config)
     candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
     plan.tuning = {"max_alg_id": max_alg_id, "budget_s_per_precision": tuning_budget_s, "alg_ids_offered": {}}
     plan.shape_timings = {}
@@ -242,7 +245,7 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
         if not timed:
             continue
         timings, notes = measure_shapes(timed, plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype),
-                                        max_alg_id, precision, tuning_budget_s)
+                                        max_alg_id, precision, tuning_budget_s, config)
         if timings:
             plan.shape_timings[precision] = timings
             report_kernel_timings(precision, timings)

@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from .common import InputError, best_device  # noqa: E402
+from .common import best_device  # noqa: E402
+from .errors import InputError  # noqa: E402
 from .models import check_sequence_length, load_qa_model, load_tokenizer  # noqa: E402
 from .spans import context_offsets  # noqa: E402
 

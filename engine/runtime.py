@@ -1,5 +1,5 @@
-"""Which cuSPARSELt the process runs: the library file named by TWOFOUR_CUSPARSELT, loaded before torch
-loads its own, and the version actually loaded, read from the library itself.
+"""Which cuSPARSELt the process runs: the library file EngineConfig.cusparselt names (default
+$TWOFOUR_CUSPARSELT), loaded before torch loads its own, and the version actually loaded, read from the library itself.
 
 torch 2.11 links cuSPARSELt 0.8; 0.10 (PyPI nvidia-cusparselt-cu13) has many more kernel configs and a
 working kernel search, so the tuner has faster fp16 2:4 kernels to pick from. Both carry the soname
@@ -18,7 +18,8 @@ import ctypes
 import os
 from pathlib import Path
 
-ENV_VAR = "TWOFOUR_CUSPARSELT"
+from .config import CUSPARSELT_ENV, EngineConfig
+
 SONAME = "libcusparseLt.so.0"
 _MAJOR, _MINOR, _PATCH = 0, 1, 2  # libraryPropertyType
 
@@ -43,25 +44,26 @@ def mapped_cusparselt(maps: Path = Path("/proc/self/maps")) -> list[str]:
 
 
 def load_cusparselt(path: str | None = None) -> str | None:
-    """Load the cuSPARSELt library file `path` (default: $TWOFOUR_CUSPARSELT) for the whole process, so
+    """Load the cuSPARSELt library file `path` (default: EngineConfig.from_env()'s) for the whole process, so
     that torch's kernels run on it; the real path loaded, or None when none is named. Call it before
     torch is imported; loading the same file again does nothing."""
-    path = path or os.environ.get(ENV_VAR)
+    path = path or EngineConfig.from_env().cusparselt
     if not path:
         return None
     library = Path(path).expanduser()
     if not library.is_file():
-        raise CusparseLtError(f"{ENV_VAR}={path}: no such file (name a libcusparseLt.so.0, e.g. from "
+        raise CusparseLtError(f"{CUSPARSELT_ENV}={path}: no such file (name a libcusparseLt.so.0, e.g. from "
                               "pip install --no-deps --target DIR nvidia-cusparselt-cu13, or unset it)")
     real = os.path.realpath(library)
     loaded = mapped_cusparselt()
     if loaded and real not in loaded:
-        raise CusparseLtError(f"{ENV_VAR}={path}: this process already runs cuSPARSELt from {loaded[0]} (torch was "
-                              "imported first): call engine.runtime.load_cusparselt() before importing torch")
+        raise CusparseLtError(f"{CUSPARSELT_ENV}={path}: this process already runs cuSPARSELt from {loaded[0]} "
+                              "(torch was imported first): call engine.runtime.load_cusparselt() before importing "
+                              "torch")
     try:
         ctypes.CDLL(real, mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
-        raise CusparseLtError(f"{ENV_VAR}={path}: cannot load it ({err})") from None
+        raise CusparseLtError(f"{CUSPARSELT_ENV}={path}: cannot load it ({err})") from None
     return real
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import EngineConfig
 from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, plan_cache_on, shape_name, sparse_mm
 from .runtime import loaded_version
 
@@ -213,11 +214,11 @@ def _timing_child() -> None:
     Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
     parent reads the last "try" event to learn what failed and starts a fresh child without it.
     """
-    from .plan_cache import enable_from_env  # TWOFOUR_PLAN_CACHE=1: an fp16 config's timed calls plan once
+    from .plan_cache import enable_for  # with the plan cache an fp16 config's timed calls plan once
 
     spec = json.load(sys.stdin)
     dtype = getattr(torch, spec["dtype"])
-    enable_from_env()
+    enable_for(EngineConfig.from_env())  # the parent's configuration (_run_child)
     with torch.inference_mode():
         _serve(spec, lambda problem: LinearProblem(*problem, dtype, spec["precision"]), emit)
 
@@ -250,11 +251,13 @@ def _events(child: subprocess.Popen, stall_timeout_s: float):
 
 
 def _run_child(spec: dict, on_event: Callable[[dict], None], stall_timeout_s: float,
-               command: list[str]) -> tuple[object, str | None]:
-    """Run one timing child on `spec`, each event to on_event as it comes. Returns (the last "try"
-    not followed by its result, or None; the child's error line, or None when it exited cleanly)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                                    os.environ.get("PYTHONPATH")])))
+               command: list[str], config: EngineConfig | None) -> tuple[object, str | None]:
+    """Run one timing child on `spec` under `config` (None: the environment's), each event to on_event as
+    it comes. Returns (the last "try" not followed by its result, or None; the child's error line, or
+    None when it exited cleanly)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, **(config or EngineConfig.from_env()).as_env(),
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryFile("w+") as stderr:
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                  env=env)
@@ -284,12 +287,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def alg_id_count(problem: Problem, dtype: torch.dtype, precision: str = "fp16",
                  max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
-                 command: list[str] = CHILD_COMMAND) -> tuple[int, str]:
+                 command: list[str] = CHILD_COMMAND, config: EngineConfig | None = None) -> tuple[int, str]:
     """(how many kernel configs the loaded cuSPARSELt offers for this problem, up to max_alg_id + 1;
     a note saying how that was found). torch reports no count (get_max_alg_id() is None for 0.8 and
     0.10): a child calls alg_id 0, 1, ... until the library rejects one, which ends that child."""
     spec = {"dtype": _dtype_name(dtype), "precision": precision, "probe": problem, "max_alg_id": max_alg_id}
-    last_try, error = _run_child(spec, lambda event: None, stall_timeout_s, command)
+    last_try, error = _run_child(spec, lambda event: None, stall_timeout_s, command, config)
     if error is None:
         return max_alg_id + 1, (f"{precision}: alg_ids 0..{max_alg_id} all ran (the cap, max_alg_id; "
                                 "the library may offer more)")
@@ -311,7 +314,8 @@ def search_works() -> bool:
 def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool | None = None,
                  max_alg_id: int = MAX_ALG_ID, stall_timeout_s: float = STALL_TIMEOUT_S,
                  precision: str = "fp16", budget_s: float | None = None,
-                 command: list[str] = CHILD_COMMAND) -> tuple[dict[Problem, dict], list[str]]:
+                 command: list[str] = CHILD_COMMAND,
+                 config: EngineConfig | None = None) -> tuple[dict[Problem, dict], list[str]]:
     """GPU time (ms) of cuBLAS dense vs every cuSPARSELt config the loaded library offers (alg_id_count,
     at most 0..max_alg_id), per (out, in, tokens) problem.
 
@@ -330,7 +334,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
     "untimed"}}, notes on what was found and what failed).
     """
     count, note = alg_id_count(min(problems, key=lambda p: p[2]), dtype, precision, max_alg_id,
-                               stall_timeout_s, command)
+                               stall_timeout_s, command, config)
     results = {p: {"dense_ms": None, "sparse_ms": {}, "search": "not tried", "alg_ids_offered": count,
                     "untimed": []} for p in problems}
     search = (search_works() if try_search is None else try_search) and precision != INT8_GELU
@@ -361,7 +365,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
              "search": configs and search and results[p]["search"] == "not tried",
              "alg_ids": [a for a in range(count) if configs and a not in failed and a not in results[p]["sparse_ms"]]}
             for p in pending]}
-        last_try, error = _run_child(spec, record, stall_timeout_s, command)
+        last_try, error = _run_child(spec, record, stall_timeout_s, command, config)
         if error is None:
             continue
         if last_try is None:
@@ -387,7 +391,7 @@ def tune_linears(problems: list[Problem], dtype: torch.dtype, try_search: bool |
 
 def measure_shapes(layers: dict[str, torch.nn.Linear], batch_sizes: list[int], seq_length: int, dtype: torch.dtype,
                    max_alg_id: int, precision: str = "fp16",
-                   budget_s: float | None = None) -> tuple[dict, list[str]]:
+                   budget_s: float | None = None, config: EngineConfig | None = None) -> tuple[dict, list[str]]:
     """Per weight shape ("outxin") and batch size: cuBLAS vs every cuSPARSELt config (tune_linears,
     within budget_s), and notes on what was found and what failed."""
     if not layers:
@@ -395,7 +399,7 @@ def measure_shapes(layers: dict[str, torch.nn.Linear], batch_sizes: list[int], s
     shapes = sorted({tuple(linear.weight.shape) for linear in layers.values()})
     batch_sizes = sorted(set(batch_sizes))
     results, notes = tune_linears([(*shape, batch * seq_length) for shape in shapes for batch in batch_sizes], dtype,
-                                  max_alg_id=max_alg_id, precision=precision, budget_s=budget_s)
+                                  max_alg_id=max_alg_id, precision=precision, budget_s=budget_s, config=config)
     return {shape_name(shape): {batch: results[(*shape, batch * seq_length)] for batch in batch_sizes}
             for shape in shapes}, notes
 

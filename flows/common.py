@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
-from engine.common import InputError  # noqa: E402
+from engine.errors import InputError  # noqa: E402
 from flows import server  # noqa: E402
 from stages.common import (  # noqa: E402
     atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)

@@ -20,7 +20,7 @@ from torch.ao.pruning import WeightNormSparsifier
 from tqdm.auto import tqdm
 
 from engine.calibration import group_by_input, layer_inputs
-from engine.common import InputError
+from engine.errors import InputError
 from engine.sparsity import GROUP, two_four_violations
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")

@@ -21,6 +21,7 @@ import torch
 from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
 from engine.common import best_device
+from engine.config import EngineConfig
 from engine.kernels import device_backend, gelu_pairs
 from engine.models import check_sequence_length, encoder_linears, load_tokenizer
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
@@ -73,6 +74,7 @@ def int8_check(params, model, linears, sparse_dir: Path, features_dir: Path | No
 def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = None,
         tuning_budget_s: float = TUNING_BUDGET_S) -> dict:
     device = best_device()
+    config = EngineConfig.from_env()  # the cuSPARSELt library and plan cache the flow started with
     mode, precision = params["accelerate.mode"], params["accelerate.precision"]
     backend, reason = device_backend(device)
     if mode == "none":
@@ -81,7 +83,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
 
     model = inference_model(sparse_dir, device, dtype)
     check_sequence_length(model.config, params["benchmark.seq_length"], "params.yaml: benchmark.seq_length")
-    if device.type == "cuda":
+    if device.type == "cuda" and config.attention == "fused":
         use_fused_attention(model)
     linears = encoder_linears(model)
     blocked = {name: why for name, linear in linears.items() if (why := why_dense(linear.weight)) is not None}
@@ -105,9 +107,10 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     plan = Plan(mode=mode, precision=precision, backend=backend, reason=reason,
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
-                layers=layers, int8_layer_error=int8_errors, device=device_facts(device), gelu_pairs=pairs)
+                layers=layers, int8_layer_error=int8_errors, device=device_facts(device), gelu_pairs=pairs,
+                engine=config.record())
     if backend is not None and candidates:
-        measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s)
+        measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s, config)
 
     for item in sparse_dir.iterdir():
         if item.is_file():
@@ -118,9 +121,11 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
     if int8_summary is not None:
         metrics["int8"] = int8_summary
     metrics["output_relative_error"] = None
-    errors = check_outputs(model, load_accelerated(out_dir, device, dtype), plan) if plan.sparse_layers() else {}
+    errors = {}
+    if plan.sparse_layers():
+        errors = check_outputs(model, load_accelerated(out_dir, device, dtype, config=config), plan)
     if plan.sparse_layers(eager=True):
-        errors |= check_eager_outputs(model, load_accelerated(out_dir, device, dtype, eager=True), plan)
+        errors |= check_eager_outputs(model, load_accelerated(out_dir, device, dtype, eager=True, config=config), plan)
     if errors:
         metrics["output_relative_error"] = {key: round(err, 6) for key, err in errors.items()}
         worst = max(errors, key=errors.__getitem__)

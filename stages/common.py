@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from engine import common as engine_common
-from engine.common import InputError, best_device, mode_after_umask
+from engine.common import best_device, mode_after_umask
+from engine.errors import InputError
 from engine.runtime import cusparselt_facts
 
 from .hardware import cpu_facts

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from engine.attention import fuse_qkv
 from engine.calibration import MAX_LAYER_ERROR
 from engine.common import relative_error
+from engine.config import EngineConfig
 from engine.kernels import Int8ReferenceLinear
 from engine.models import load_qa_model
 from engine.plan import PLAN_FILE, SMOOTHING_FILE, Plan, load_accelerated
@@ -23,6 +24,7 @@ def test_stage_without_gpu_writes_a_dense_plan_with_its_reason(params, tiny_mode
     plan = Plan.load(out / PLAN_FILE)
     assert plan.layers and all(layer.reason == "dense: no CUDA device" for layer in plan.layers.values())
     assert any(name.endswith("attention.self.qkv") for name in plan.layers)  # planned on the fused model
+    assert plan.engine == EngineConfig.from_env().record()  # the configuration it was made under
     loaded = load_accelerated(out, torch.device("cpu"), torch.float32)
     reference = fuse_qkv(load_qa_model(str(tiny_model)))
     assert loaded.state_dict().keys() == reference.state_dict().keys()

@@ -149,7 +149,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     by_precision = {"fp16": timing(1.0, a0=0.9), "int8": timing(1.0, a1=0.8), INT8_GELU: timing(1.0, a6=0.85)}
     measured, timed_variants = [], []
 
-    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s):
+    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s, config):
         measured.append((sorted(layers), precision))
         return {f"{linear.out_features}x{linear.in_features}": {4: by_precision[precision]}
                 for linear in layers.values()}, []
@@ -167,7 +167,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
     monkeypatch.setattr(planner, "time_model_variants", fake_time_model_variants)
-    monkeypatch.setattr(planner, "enable_from_env", lambda: None)
+    monkeypatch.setattr(planner, "enable_for", lambda config: None)
     monkeypatch.setattr(kernels, "PLANNED_MM", lambda *args: None)  # the plan cache on
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert measured == [(["ffn", "out"], "fp16"), (["ffn", "out"], "int8"), (["ffn"], INT8_GELU)]

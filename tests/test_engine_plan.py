@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.common import InputError
+from engine.errors import InputError
 from engine.kernels import Int8ReferenceLinear, Int8Weights, Kernel, SparseConfig, reference_linear
 from engine.plan import PLAN_FILE, PLAN_VERSION, SMOOTHING_FILE, LayerPlan, Plan
 from engine.planner import final_kernels, variant_kernels

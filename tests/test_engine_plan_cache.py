@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine import kernels, plan_cache
+from engine.config import EngineConfig
 from engine.kernels import INT8_GELU, Int8Weights, Kernel, SparseLinear, gelu_quantize, reference_linear
 from engine.plan_cache import COMPRESSION_FACTOR, PlanCache, PlanCacheError
 
@@ -26,15 +27,12 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(kernels, "PLANNED_MM", None)
 
 
-def test_without_cuda_it_stays_off_and_says_why_once(fresh_state, monkeypatch, capsys):
-    monkeypatch.delenv(plan_cache.ENV_VAR, raising=False)
-    plan_cache.enable_from_env()
+def test_without_cuda_it_stays_off_and_says_why_once(fresh_state, capsys):
+    plan_cache.enable_for(EngineConfig(plan_cache=False))
     assert capsys.readouterr().err == "" and plan_cache._state == {}  # not asked for: nothing tried
-    monkeypatch.setenv(plan_cache.ENV_VAR, "1")
-    plan_cache.enable_from_env()
-    plan_cache.enable_from_env()
-    assert capsys.readouterr().err == (f"{plan_cache.ENV_VAR}=1: plan cache off (no CUDA device); "
-                                       "2:4 calls plan on every call\n")
+    plan_cache.enable_for(EngineConfig(plan_cache=True))
+    plan_cache.enable_for(EngineConfig(plan_cache=True))
+    assert capsys.readouterr().err == "plan cache asked for but off (no CUDA device); 2:4 calls plan on every call\n"
     assert kernels.PLANNED_MM is None
 
 

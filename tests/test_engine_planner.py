@@ -153,7 +153,7 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
     timings, _, model_ms = plan_for("auto")
     measured = []
 
-    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s):
+    def fake_measure_shapes(layers, batch_sizes, seq_length, dtype, max_alg_id, precision, budget_s, config):
         measured.append((sorted(layers), batch_sizes, seq_length, dtype, precision, budget_s))
         layer_of = {"3072x768": FFN, "768x768": QUERY}
         shapes = {f"{linear.out_features}x{linear.in_features}" for linear in layers.values()}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.config import CUSPARSELT_ENV
 from engine.runtime import (
-    ENV_VAR,
     CusparseLtError,
     load_cusparselt,
     loaded_version,
@@ -50,7 +50,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_without_the_setting_nothing_is_loaded(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(CUSPARSELT_ENV, raising=False)
     assert load_cusparselt() is None
     assert loaded_version() is None  # a CPU build of torch loads no cuSPARSELt
 
@@ -60,7 +60,7 @@ def test_a_missing_file_fails_with_one_line_naming_the_setting(tmp_path):
     with pytest.raises(CusparseLtError) as failure:
         load_cusparselt(str(missing))
     message = str(failure.value)
-    assert message.startswith(f"{ENV_VAR}={missing}: no such file") and "\n" not in message
+    assert message.startswith(f"{CUSPARSELT_ENV}={missing}: no such file") and "\n" not in message
 
 
 def test_an_entry_point_loads_the_named_library_before_torch_and_reports_its_version(tmp_path):
@@ -68,7 +68,8 @@ def test_an_entry_point_loads_the_named_library_before_torch_and_reports_its_ver
     result = run_python("import engine.qa, json, torch  # python -m engine.qa starts as engine.qa's import\n"
                         "from engine.runtime import cusparselt_facts, load_cusparselt, mapped_cusparselt\n"
                         "load_cusparselt()  # again, as every other entry point in the process does\n"
-                        "print(json.dumps([cusparselt_facts(), mapped_cusparselt()]))", **{ENV_VAR: str(library)})
+                        "print(json.dumps([cusparselt_facts(), mapped_cusparselt()]))",
+                        **{CUSPARSELT_ENV: str(library)})
     assert result.returncode == 0, result.stderr
     facts, mapped = json.loads(result.stdout)
     assert facts["cusparselt"] == "0.10.0" and facts["cusparselt_torch_compiled"] is None  # a CPU build
@@ -79,13 +80,13 @@ def test_a_library_loaded_first_by_someone_else_is_an_error_naming_both(tmp_path
     """What happens when torch (played by a ctypes load of another file) was imported before engine."""
     first, named = stand_in(tmp_path / "v8", (0, 8, 0)), stand_in(tmp_path / "v10", (0, 10, 0))
     load_first = f"import ctypes; ctypes.CDLL({str(first)!r}, mode=ctypes.RTLD_GLOBAL)\n"
-    result = run_python(load_first + "import engine.qa", **{ENV_VAR: str(named)})
+    result = run_python(load_first + "import engine.qa", **{CUSPARSELT_ENV: str(named)})
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0
-    assert f"{ENV_VAR}={named}: this process already runs cuSPARSELt from {first.resolve()}" in last_line
+    assert f"{CUSPARSELT_ENV}={named}: this process already runs cuSPARSELt from {first.resolve()}" in last_line
     # Without the setting, the version is the one loaded, whatever its file (0.8 keeps working).
     result = run_python(load_first + "from engine.runtime import loaded_version; print(loaded_version())",
-                        **{ENV_VAR: ""})
+                        **{CUSPARSELT_ENV: ""})
     assert result.stdout.strip() == "0.8.0", result.stderr
 
 

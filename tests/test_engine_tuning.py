@@ -143,7 +143,7 @@ def test_the_child_protocol_stops_at_the_budget_on_its_clock():
 def test_measure_shapes_asks_for_every_shape_at_every_batch_size(monkeypatch):
     calls = []
 
-    def fake_tune(problems, dtype, max_alg_id, precision, budget_s):
+    def fake_tune(problems, dtype, max_alg_id, precision, budget_s, config):
         calls.append((problems, max_alg_id, precision, budget_s))
         return {p: {"dense_ms": 1.0, "sparse_ms": {0: p[2] / 1000}} for p in problems}, ["note"]
 

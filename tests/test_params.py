@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from engine.common import InputError
+from engine.errors import InputError
 from engine.models import load_qa_model
 from stages.common import StageError
 from stages.modeling import resolve_model_source
