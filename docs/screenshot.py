@@ -12,7 +12,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # no calls out
 
 with tempfile.TemporaryDirectory() as profile:
-    # virtual time: the page's scripts get 20 s to fetch the runs and draw before the picture is taken
+    # virtual time: the page's scripts get 60 s to fetch the runs and draw before the picture is taken (20 s
+    # left it half-faded on a loaded machine)
     subprocess.run(["chromium", *FLAGS, f"--user-data-dir={profile}", "--window-size=1500,1560",
-                    "--virtual-time-budget=20000", f"--screenshot={out}", url],
+                    "--virtual-time-budget=60000", f"--screenshot={out}", url],
                    check=True, timeout=120, stderr=subprocess.DEVNULL)  # its D-Bus complaints in a container
