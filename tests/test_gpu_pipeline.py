@@ -94,9 +94,3 @@ def test_gpu_pipeline_runs_in_its_folder_and_leaves_the_default_alone(project):
     assert changed["ran"][:2] == ["validate", "accelerate"]
     assert set(changed["ran"]) <= {"validate", "accelerate", "evaluate", "benchmark", "summary"}
     assert {"tokenize", "train_baseline", "prune", "finetune_sparse"} <= set(changed["cached"])
-
-
-def test_default_repro_leaves_the_gpu_pipeline_alone(project):
-    """`dvc repro` with no target is the root dvc.yaml: the CPU default never starts GPU stages."""
-    result = dvc(project, "status")
-    assert "gpu/dvc.yaml" not in result.stdout

@@ -39,6 +39,7 @@ def test_repro_runs_all_stages_and_writes_reports_and_scores(project):
     root, _ = project
     result = dvc(project, "repro")
     assert ran_stages(result.stdout) == STAGES
+    assert "gpu/dvc.yaml" not in result.stdout  # the default is dvc.yaml alone: gpu/ (stale here, no data) stays out
 
     evaluation = report(root, "evaluate")
     for variant in VARIANTS:
