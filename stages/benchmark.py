@@ -196,6 +196,10 @@ def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], 
     for mode in mode_names:
         # eager 2:4 calls may plan on the host for each call: a warm-up call and a round of each at least
         budget_s = EAGER_BUDGET_S if mode == "eager" else None
+
+        def spent(since: float) -> bool:
+            return budget_s is not None and time.perf_counter() - since > budget_s
+
         timers = {}
         for variant, by_mode in models.items():
             if mode not in by_mode:
@@ -207,32 +211,34 @@ def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], 
             with torch.inference_mode():
                 for _ in range(params["benchmark.warmup"]):
                     forward(input_ids=input_ids)
-                    if budget_s is not None and time.perf_counter() - warm_from > budget_s:
+                    if spent(warm_from):
                         break
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 peak[f"{variant}_{mode}"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
             timers[variant] = CallTimer(lambda forward=forward: forward(input_ids=input_ids), device)
         started = time.perf_counter()
-        rounds = {variant: [] for variant in timers}
+        round_calls = {variant: [] for variant in timers}  # per round, (first, end) index into timer.calls
         for _ in range(ROUNDS):
             for variant, timer in timers.items():
                 before = len(timer.calls)
                 with torch.inference_mode():
                     for _ in range(per_round):
                         timer()
-                        if budget_s is not None and time.perf_counter() - started > budget_s:
+                        if spent(started):
                             break
-                rounds[variant].append((before, len(timer.calls)))
-            if budget_s is not None and time.perf_counter() - started > budget_s:
+                round_calls[variant].append((before, len(timer.calls)))
+            if spent(started):
                 break
+        round_medians = {}
         for variant, timer in timers.items():
             times = timer.timed_ms()
             latency[f"{variant}_{mode}"] = round(statistics.median(times), 3)
             spread[f"{variant}_{mode}"] = relative_spread(times)
-            rounds[variant] = [statistics.median(times[begin:end]) for begin, end in rounds[variant]]
-        if "dense" in rounds and "accelerated" in rounds:
-            ratios = [dense / accelerated for dense, accelerated in zip(rounds["dense"], rounds["accelerated"])]
+            round_medians[variant] = [statistics.median(times[begin:end]) for begin, end in round_calls[variant]]
+        if "dense" in round_medians and "accelerated" in round_medians:
+            ratios = [dense / accelerated
+                      for dense, accelerated in zip(round_medians["dense"], round_medians["accelerated"])]
             ranges[mode] = [round(min(ratios), 3), round(max(ratios), 3)]
     return latency, peak, spread, ranges
 
