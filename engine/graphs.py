@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 from collections import OrderedDict
 from typing import Callable
 
@@ -31,6 +32,22 @@ def _clone_tensors(output):
     return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, output)
 
 
+@contextlib.contextmanager
+def no_collection_during_capture():
+    """Collect garbage now, then not until the capture ends. A dead runner left to the cyclic collector
+    holds CUDA graphs; destroying them in the middle of another capture invalidates that capture
+    (cudaErrorStreamCaptureInvalidated, reported at whichever kernel launches next). torch.cuda.graph no
+    longer collects before capturing unless torch.compiler.config.force_cudagraph_gc is set."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class CapturedGraph:
     """One input signature's forward as a CUDA graph: a call copies the inputs into the static ones,
     replays, and clones the outputs, so they stay valid after the next replay."""
@@ -46,7 +63,7 @@ class CapturedGraph:
                 model(**self.static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
+            with no_collection_during_capture(), torch.cuda.graph(self.graph, pool=pool):
                 self.static_output = model(**self.static_inputs)
 
     def __call__(self, inputs: Inputs):
@@ -85,7 +102,7 @@ class CudaGraphRunner(nn.Module):
         self.config = getattr(model, "config", None)
         self.capturable = capturable
         self.max_graphs = max_graphs
-        self.capture = capture or self._capture_graph
+        self.capture = capture  # None: _capture_graph (a bound method kept here would make the runner a cycle)
         self.graphs: OrderedDict[tuple, Forward] = OrderedDict()  # least recently used first
         self.pool = None
 
@@ -102,12 +119,13 @@ class CudaGraphRunner(nn.Module):
         else:
             if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            replay = self.graphs[signature] = self.capture(inputs)
+            replay = self.graphs[signature] = (self.capture or self._capture_graph)(inputs)
         return replay(inputs)
 
     def _capture_graph(self, inputs: Inputs) -> Forward:
         if not inputs["input_ids"].is_cuda:  # no graph on a CPU: the model itself, so the bookkeeping runs there too
-            return lambda inputs: self.model(**inputs)
+            model = self.model  # not self: the runner would hold itself through its graphs
+            return lambda inputs: model(**inputs)
         graph = CapturedGraph(self.captured, inputs, self.capture_context, self.pool)
         self.pool = graph.graph.pool()
         return graph

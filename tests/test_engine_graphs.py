@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from engine.graphs import BucketedRunner, CudaGraphRunner, bucketed
+from engine.graphs import BucketedRunner, CudaGraphRunner, bucketed, no_collection_during_capture
 from test_engine_attention import small_bert
 
 BATCH_BUCKETS, SEQ_BUCKETS = [1, 2, 4, 8], [16, 32, 64, 128]
@@ -34,6 +34,41 @@ def test_only_capturable_shapes_are_captured_and_others_run_eagerly():
         expected = model(input_ids=input_ids).start_logits
     assert torch.equal(runner(input_ids=input_ids).start_logits, expected)
     assert not runner.graphs  # nothing captured
+
+
+def test_a_dropped_runner_is_freed_at_once_not_by_the_cyclic_collector():
+    """Its graphs must not outlive it until some later collection, which could fall inside another capture."""
+    runner = CudaGraphRunner(small_bert())
+    runner(input_ids=torch.randint(0, 100, (2, 12)))
+    assert runner.graphs
+    alive = weakref.ref(runner)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del runner
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_garbage_is_collected_before_a_capture_and_never_during_it(enabled_before):
+    was_enabled = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        dead = weakref.ref(Cycle())
+        with no_collection_during_capture():
+            assert dead() is None
+            assert not gc.isenabled()
+        assert gc.isenabled() == enabled_before
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
 
 
 def test_right_padding_with_a_zero_mask_leaves_the_real_tokens_logits_unchanged():
