@@ -17,7 +17,7 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- results:begin (docs/results_table.py) -->", "<!-- results:end -->"
 VARIANTS = ("dense", "pruned", "sparse", "accelerated")
 # The GPU pipeline runs, each a folder of its stage reports (gpu/reports as the run left them).
-GPU_RUNS = ("docs/results/2026-12-06-gpu-pipeline-h100",)
+GPU_RUNS = ("docs/results/2026-12-06-gpu-pipeline-h100-4f602f1",)
 HEADER = ("| run | model, data | device | F1 dense / pruned / 2:4 / accelerated | "
           "latency dense → accelerated, batch 16 / 64 / 256 | speedup |\n|---|---|---|---|---|---|")
 

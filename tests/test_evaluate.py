@@ -150,3 +150,27 @@ def test_combining_marks_perfect_logits_score_100(tiny_model):
     predictions = postprocess(examples, features, starts, ends, n_best=20, max_answer_length=30)
     assert predictions == {e["id"]: e["answers"]["text"][0] for e in examples}
     assert squad_scores(predictions, examples) == {"exact_match": 100.0, "f1": 100.0}
+
+
+def test_windows_per_second_is_the_windows_over_the_prediction_pass(tiny_model, monkeypatch):
+    """Throughput counts every window through the model, over the time the logits took (not scoring)."""
+    import datasets
+    import torch
+
+    from engine.models import load_qa_model, load_tokenizer
+    from stages import evaluate as evaluate_stage
+    from stages.params import validate
+    from stages.tokenize import prepare_validation_features
+    from conftest import tiny_params
+    from test_tokenize import combining_mark_examples
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = combining_mark_examples()
+    batch = {key: [e[key] for e in examples] for key in examples[0]}
+    features = datasets.Dataset.from_dict(prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16))
+    clock = iter([100.0, 104.0])  # the pass starts at 100 s and its logits are back at 104 s
+    monkeypatch.setattr(evaluate_stage, "perf_counter", lambda: next(clock))
+    scores = evaluate_stage.evaluate_variant(load_qa_model(str(tiny_model)), tokenizer, examples, features,
+                                             validate(tiny_params(tiny_model)), torch.device("cpu"), "dense")
+    assert scores["windows_per_s"] == round(len(features) / 4.0, 1)
+    assert set(scores) == {"exact_match", "f1", "windows_per_s"}
