@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.spans import context_offsets
 
 from .common import StageError
+from .data_files import data_files
 
 MIN_EXAMPLES_PER_PROCESS = 2000
 
@@ -134,19 +135,6 @@ def read_squad_files(*groups: list[Path]) -> list[list[dict]]:
                 examples.append(example)
         read.append(examples)
     return read
-
-
-def data_files(params, field: str, root: Path) -> list[Path]:
-    """The files a data.*_files param names, inside data.dir: that folder is tokenize's DVC
-    dependency, so a file elsewhere could change without DVC seeing it."""
-    directory = root / params["data.dir"]
-    paths = []
-    for name in params[field]:
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise StageError(f"params.yaml: {field} entry {name!r} must be a file name inside data.dir "
-                             f"({params['data.dir']}), the folder DVC watches")
-        paths.append(directory / name)
-    return paths
 
 
 def load_splits(params, root: Path = Path(".")) -> tuple[list[dict], list[dict]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .hardware import precision_error
+from .data_files import data_files
 from .params import ParamError, Params
 
 STAMP = {"checked": "params.yaml (every field) and the data files it names"}
@@ -28,11 +29,8 @@ def check_data(params: Params, root: Path = Path("."), source: str = "params.yam
     if not params["data.train_files"]:
         raise ParamError(f"{source}: data.train_files is empty: no data to train on")
     for field in ("data.train_files", "data.validation_files"):
-        for name in params[field]:
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise ParamError(f"{source}: {field} entry {name!r} must be a file name inside data.dir "
-                                 f"({params['data.dir']}), the folder DVC watches")
-            if not (directory / name).is_file():
+        for name, path in zip(params[field], data_files(params, field, root, source)):
+            if not path.is_file():
                 raise ParamError(f"{source}: {field} entry {name!r}: no such file in {params['data.dir']}")
 
 

@@ -160,8 +160,10 @@ def test_question_ids_must_be_unique_across_files(params, tmp_path):
     ({"train_files": ["."]}, "is a directory"),
 ])
 def test_bad_data_files_fail_with_one_line(params, tmp_path, files, message):
+    from stages.params import ParamError
+
     params["data"].update(dir=str(tmp_path), **files)
-    with pytest.raises(StageError, match=message):
+    with pytest.raises((StageError, ParamError), match=message):
         load_splits(params)
 
 
