@@ -4,6 +4,7 @@
     python -m flows.pipeline -S prune.exclude=x   # run once as `dvc exp run -S prune.exclude=x`
     python -m flows.pipeline serve --cron "0 3 * * *"   # a deployment: scheduled, and startable
                                                         # by hand from the UI (parameter set_params)
+    python -m flows.pipeline --dvc-file gpu/dvc.yaml    # the GPU configuration (gpu/params.yaml)
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("mode", nargs="?", choices=["run", "serve"], default="run")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="as for dvc exp run -S")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for serve (default: daily at 03:00)")
+    parser.add_argument("--dvc-file", default="dvc.yaml",
+                        help="the pipeline: dvc.yaml (default) or gpu/dvc.yaml; -S sets the params.yaml beside it")
     return parser.parse_args(argv)
 
 
@@ -62,16 +65,29 @@ def summarize_repro(output: str) -> dict[str, list[str]]:
     return {"ran": RAN.findall(output), "cached": SKIPPED.findall(output)}
 
 
+def params_file(dvc_file: str) -> Path:
+    """The params.yaml a pipeline's stages read: the one beside its dvc.yaml."""
+    return Path(dvc_file).parent / "params.yaml"
+
+
+def qualified(set_params: list[str], params_path: Path) -> list[str]:
+    """-S overrides as DVC reads them for the pipeline of `params_path`: for another pipeline than the
+    root's, each names that file ('gpu/params.yaml:train.epochs=3') unless it names a file already."""
+    if params_path == Path("params.yaml"):
+        return list(set_params)
+    return [value if ":" in value.split("=", 1)[0] else f"{params_path}:{value}" for value in set_params]
+
+
 def check_set_params(set_params: list[str], params_path: Path = Path("params.yaml")) -> None:
     """Raise ParamError unless params.yaml with the -S overrides applied (by DVC's own code, to a
     copy) is valid and its data files are there: `dvc exp run` writes params.yaml before any stage
     reads it (the validate stage would then fail, having removed nothing, but leave params.yaml
-    changed)."""
+    changed). Data paths are read relative to the params file's folder, as its stages run there."""
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import apply_overrides
 
-    overrides = to_path_overrides(set_params).get(str(params_path), [])
+    overrides = to_path_overrides(qualified(set_params, params_path)).get(str(params_path), [])
     source = f"{params_path} with -S {' -S '.join(set_params)}" if set_params else str(params_path)
     with tempfile.TemporaryDirectory() as tmp:
         would_be = Path(tmp) / params_path.name
@@ -83,13 +99,16 @@ def check_set_params(set_params: list[str], params_path: Path = Path("params.yam
             apply_overrides(would_be, overrides)
         except InvalidArgumentError as err:
             raise ParamError(f"{source}: {err} ({' '.join(str(err.__cause__).split())})") from None  # one line
-        validate_inputs(validate(yaml.safe_load(would_be.read_text()), source), source=source)
+        validate_inputs(validate(yaml.safe_load(would_be.read_text()), source), root=params_path.parent, source=source)
 
 
-def dvc_command(set_params: list[str]) -> list[str]:
+def dvc_command(set_params: list[str], dvc_file: str = "dvc.yaml") -> list[str]:
+    """`dvc repro`, or `dvc exp run -S ...` when params are set; another pipeline than the root's named."""
+    target = [] if Path(dvc_file) == Path("dvc.yaml") else [dvc_file]
     if not set_params:
-        return [sys.executable, "-m", "dvc", "repro"]
-    return [sys.executable, "-m", "dvc", "exp", "run", *(arg for value in set_params for arg in ("-S", value))]
+        return [sys.executable, "-m", "dvc", "repro", *target]
+    return [sys.executable, "-m", "dvc", "exp", "run", *target,
+            *(arg for value in qualified(set_params, params_file(dvc_file)) for arg in ("-S", value))]
 
 
 @task(name="dvc", cache_policy=NO_CACHE)
@@ -117,11 +136,12 @@ def metrics_table(metrics: dict) -> str:
 
 
 @flow(name="twofour-pipeline", log_prints=True, flow_run_name=f"pipeline@{git_commit() or 'no-git'}")
-def pipeline(set_params: list[str] | None = None) -> dict:
-    """Run the stale stages (as an experiment when params are set); report what ran and was cached."""
-    check_set_params(set_params or [])  # again here: a run started from the UI skips cli()
+def pipeline(set_params: list[str] | None = None, dvc_file: str = "dvc.yaml") -> dict:
+    """Run the stale stages of `dvc_file` (as an experiment when params are set); report what ran and
+    was cached."""
+    check_set_params(set_params or [], params_file(dvc_file))  # again here: a run started from the UI skips cli()
     run_id = os.environ.get(PIPELINE_RUN_ENV) or str(flow_run.get_id() or "local")[:8]  # cli() sets it
-    output = run_dvc(dvc_command(set_params or []), run_id)
+    output = run_dvc(dvc_command(set_params or [], dvc_file), run_id)
     summary = summarize_repro(output)
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"],
                            capture_output=True, text=True, check=True).stdout
@@ -140,7 +160,7 @@ def cli(argv: list[str] | None = None) -> None:
     """Any failure ends in one line on stderr and exit status 1, its traceback in logs/pipeline.log."""
     args = arguments(argv)
     try:
-        check_set_params(args.set_param)
+        check_set_params(args.set_param, params_file(args.dvc_file))
     except ParamError as err:
         print(f"twofour pipeline: error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -150,12 +170,12 @@ def cli(argv: list[str] | None = None) -> None:
         use_run_server()  # before `dvc repro`, whose stages then report to the same server
         if args.mode == "serve":
             pipeline.serve(name="twofour-scheduled", cron=args.cron, tags=run_tags(),
-                           parameters={"set_params": args.set_param})
+                           parameters={"set_params": args.set_param, "dvc_file": args.dvc_file})
         else:
             # The run's id in its own tags as in its stage runs' (flows/common.py run_tags)
             os.environ.setdefault(PIPELINE_RUN_ENV, uuid.uuid4().hex[:8])
             with tags(*run_tags()):
-                print(pipeline(args.set_param))
+                print(pipeline(args.set_param, args.dvc_file))
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
         sys.exit(report_failure("pipeline", err, log))
 

@@ -94,6 +94,28 @@ def test_dvc_command():
         "exp", "run", "-S", "prune.method=wanda", "-S", "seed=1"]
 
 
+def test_dvc_command_for_the_gpu_pipeline_names_it_and_its_params_file():
+    assert dvc_command([], "gpu/dvc.yaml")[-3:] == ["dvc", "repro", "gpu/dvc.yaml"]
+    assert dvc_command(["train.epochs=3", "gpu/params.yaml:seed=1"], "gpu/dvc.yaml")[-7:] == [
+        "exp", "run", "gpu/dvc.yaml", "-S", "gpu/params.yaml:train.epochs=3", "-S", "gpu/params.yaml:seed=1"]
+
+
+def test_a_bad_override_of_the_gpu_pipeline_names_its_params_file(tmp_path, monkeypatch):
+    import shutil
+
+    from flows.pipeline import check_set_params, params_file
+    from stages.params import ParamError
+
+    (tmp_path / "gpu").mkdir()
+    shutil.copyfile(REPO / "gpu/params.yaml", tmp_path / "gpu/params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamError, match=r"^gpu/params.yaml with -S train.epochs=many: field 'train.epochs' = 'many' is invalid"):
+        check_set_params(["train.epochs=many"], params_file("gpu/dvc.yaml"))
+    # a valid value: the data files are then looked for beside gpu/, where its stages run
+    with pytest.raises(ParamError, match=r"data.dir '../data/squad-v1.1': no such folder"):
+        check_set_params(["train.epochs=3"], params_file("gpu/dvc.yaml"))
+
+
 def test_metrics_table_is_the_scores_file_as_a_markdown_row():
     shown = {"workspace": {"data": {"metrics/scores.json": {"data": {"f1": {"dense": 60.1, "sparse": 58.2},
                                                                      "speedup": 1.45}}}}}
