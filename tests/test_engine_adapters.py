@@ -1,6 +1,7 @@
-"""engine/adapters.py: each family's Linears, fused query/key/value, GELU pairs and attention outputs on
-tiny random BERT, RoBERTa and DistilBERT models; the generic path of an architecture without an adapter;
-a registered adapter; and the accelerate stage end to end on a CPU for RoBERTa and DistilBERT."""
+"""engine/adapters.py: each family's Linears, fused query/key/value (same outputs, one traced graph), GELU
+pairs and attention outputs on tiny random BERT, RoBERTa and DistilBERT models; the generic path of an
+architecture without an adapter; a registered adapter; and the accelerate stage end to end on a CPU for
+RoBERTa and DistilBERT."""
 from __future__ import annotations
 
 import pytest
@@ -20,6 +21,7 @@ from engine.adapters import (
     unfused_inputs,
     use_passthrough_gelu,
 )
+from engine.attention import capture_context, use_fused_attention
 from engine.common import relative_error
 from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear
 from engine.models import encoder_linears, load_qa_model
@@ -96,6 +98,18 @@ def test_fused_query_key_value_give_the_unfused_outputs(family, attention):
     assert not any(hasattr(module, name.rpartition(".")[2]) for name in names[:3])
     assert torch.allclose(after.start_logits, before.start_logits, atol=1e-6)
     assert torch.allclose(after.end_logits, before.end_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fused_model_traces_as_one_graph_as_its_gpu_capture_compiles_it(family):
+    """torch.compile of the fused attention with the engine's sdpa masks, as CudaGraphRunner captures
+    it: no graph break (a break costs int8 its quantization fusions)."""
+    model = use_fused_attention(fuse_qkv(small(family)))
+    input_ids = padded_inputs()["input_ids"]
+    with torch.no_grad(), capture_context({"input_ids": input_ids}):
+        explained = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    torch.compiler.reset()
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
