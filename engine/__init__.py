@@ -14,11 +14,15 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - tuning: timing cuSPARSELt configs against cuBLAS in child processes.
 - graphs: CUDA graph capture and replay; any input shape padded up to a captured bucket.
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
-- attention: fused query/key/value and sdpa masks the fused kernels take.
+- adapters: what the engine knows of each architecture family (BERT, RoBERTa, DistilBERT): its
+  prunable Linears, query/key/value fusion, GELU pairs, the Linears fed by attention; a registry
+  keyed by encoder layer class, and the generic per-Linear path for any other architecture.
+- attention: the fused query/key/value attention of each family and sdpa masks the fused kernels take.
 - calibration: each Linear's inputs, the int8 smoothing and scales, fp8 scales.
 - errors: InputError, the engine's error for bad input (the pipeline's StageError is one).
 - common: atomic JSON writes, the default device, relative_error.
-- models: loading a question-answering model and tokenizer, its positions, its encoder's Linears.
+- models: loading a question-answering model and tokenizer, its positions, its encoder's Linears
+  (as its adapter says).
 - spans: token offsets as character spans of the context.
 - sparsity: the 2:4 pattern and the check that a weight follows it (masks are made by pruning/).
 """

@@ -1,5 +1,6 @@
 """Attention for inference: transformers' sdpa with masks that PyTorch's fused kernels accept, and
-BERT's query, key and value as one Linear.
+self-attention modules whose query, key and value are one Linear (one class per family; which
+modules become them is engine/adapters.py's model adapters).
 
 Used where models are accelerated or timed (accelerate, benchmark), not in training.
 """
@@ -12,6 +13,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
+from transformers.models.distilbert.modeling_distilbert import DistilBertSelfAttention
+from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
 
 FUSED_SDPA = "sdpa_fused_mask"
 # A module global, not a ContextVar: torch.compile traces reading a global (and guards on its
@@ -66,44 +69,48 @@ def use_fused_attention(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-class FusedQKVSelfAttention(BertSelfAttention):
-    """BertSelfAttention whose query, key and value are one Linear, `qkv` (made by fuse_qkv).
+class FusedQKVAttention(nn.Module):
+    """Self-attention whose query, key and value are one Linear, `qkv` (made by adapters.fuse_qkv): the
+    attention part shared by each family's fused class below, which also keeps the family's own class
+    as a base.
 
     One matmul with three times the outputs instead of three, and for int8 one quantized copy of
     the input instead of three: torch.compile does not merge the three identical quantizations
     (measured on an H100, docs/gpu-results.md). Inference only: no key/value cache.
     """
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values=None, **kwargs):
+    def attend(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values,
+               **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the heads' outputs joined, (batch, seq, hidden), before any output projection; attention weights)."""
         if past_key_values is not None:
-            raise ValueError("FusedQKVSelfAttention is for encoder inference: it keeps no key/value cache")
+            raise ValueError(f"{type(self).__name__} is for encoder inference: it keeps no key/value cache")
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.attention_head_size)
         query, key, value = (part.view(hidden_shape).transpose(1, 2)
-                             for part in self.qkv(hidden_states).split(self.all_head_size, dim=-1))
+                             for part in self.qkv(hidden_states).chunk(3, dim=-1))
         # .get, not get_interface: the GPU box's transformers (5.17) may predate it; "eager" is not registered.
         attention = ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, eager_attention_forward)
         output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
                                     **kwargs)
         return output.reshape(*input_shape, -1).contiguous(), weights
 
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values=None, **kwargs):
+        return self.attend(hidden_states, attention_mask, past_key_values, **kwargs)
 
-def fuse_qkv(model: nn.Module) -> nn.Module:
-    """Give every BertSelfAttention one `qkv` Linear, the query, key and value weights stacked in that
-    order, in place of the three (in place; same outputs). Other attention classes are left as they are."""
-    for module in model.modules():
-        if type(module) is not BertSelfAttention:
-            continue
-        parts = [module.query, module.key, module.value]
-        if any(type(part) is not nn.Linear or part.bias is None for part in parts):
-            continue
-        weight = torch.cat([part.weight.detach() for part in parts])
-        qkv = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            qkv.weight.copy_(weight)
-            qkv.bias.copy_(torch.cat([part.bias.detach() for part in parts]))
-        del module.query, module.key, module.value
-        module.qkv = qkv
-        module.__class__ = FusedQKVSelfAttention
-    return model
+
+class FusedQKVSelfAttention(FusedQKVAttention, BertSelfAttention):
+    """BertSelfAttention with query, key and value fused."""
+
+
+class FusedQKVRobertaSelfAttention(FusedQKVAttention, RobertaSelfAttention):
+    """RobertaSelfAttention (BERT's, copied) with query, key and value fused."""
+
+
+class FusedQKVDistilBertSelfAttention(FusedQKVAttention, DistilBertSelfAttention):
+    """DistilBertSelfAttention with q_lin, k_lin and v_lin fused: its output projection, out_lin, is
+    inside the attention module, so it runs here too."""
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        output, weights = self.attend(hidden_states, attention_mask, None, **kwargs)
+        return self.out_lin(output), weights

@@ -329,34 +329,6 @@ class Int8PassthroughGelu(nn.Module):
         return x if x.dtype == torch.int8 else F.gelu(x, approximate="tanh")
 
 
-ACTIVATION = "intermediate_act_fn"  # where BERT-like encoders keep the activation after the intermediate Linear
-
-
-def gelu_pairs(model: nn.Module) -> dict[str, str]:
-    """Per Linear whose output goes through GELU, the Linear that reads it: in BERT-like encoders
-    (transformers' *Intermediate and *Output modules) <layer>.intermediate.dense -> <layer>.output.dense."""
-    probe = torch.linspace(-4, 4, 41)
-    pairs = {}
-    for name, module in model.named_modules():
-        activation, layer = getattr(module, ACTIVATION, None), name.rpartition(".")[0]
-        output = f"{layer}.output.dense" if layer else "output.dense"
-        if activation is None or not hasattr(module, "dense"):
-            continue
-        try:
-            model.get_submodule(output)
-        except AttributeError:
-            continue
-        if isinstance(activation, Int8PassthroughGelu) or torch.allclose(activation(probe), F.gelu(probe)):
-            pairs[f"{name}.dense"] = output
-    return pairs
-
-
-def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
-    """Int8PassthroughGelu after each of these Linears (keys of gelu_pairs)."""
-    for name in first_layers:
-        setattr(model.get_submodule(name.rpartition(".")[0]), ACTIVATION, Int8PassthroughGelu())
-
-
 class Int8ReferenceLinear(nn.Module):
     """A Linear that computes what the int8 2:4 kernel computes, on any device (reference_linear):
     where no int8 kernel runs, the pipeline still scores the int8 model's accuracy."""

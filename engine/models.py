@@ -1,5 +1,5 @@
 """Loading a Hugging Face question-answering model and tokenizer (every failure one line), the
-positions a model takes, and the Linears of its transformer body."""
+positions a model takes, and the Linears of its transformer body the engine works on."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
+from .adapters import adapter_for
 from .errors import InputError
 
 
@@ -57,16 +58,7 @@ def check_sequence_length(config, length: int, field: str) -> None:
 
 
 def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """Every nn.Linear inside the model's transformer body (base_model), by its full name.
-
-    Works for any family whose backbone is `model.base_model` (BERT, RoBERTa, DistilBERT, ELECTRA,
-    ...): the task head (qa_outputs) lives outside it and is never included.
-    """
-    base = getattr(model, "base_model", model)
-    prefix = getattr(model, "base_model_prefix", "")
-    prefix = f"{prefix}." if base is not model and prefix else ""
-    return {
-        f"{prefix}{name}": module
-        for name, module in base.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }
+    """The Linears the engine may prune and accelerate, by full name, as the model's adapter says
+    (engine/adapters.py): those of its encoder layers, or on the generic path every nn.Linear inside
+    the transformer body (base_model). Never the task head (qa_outputs)."""
+    return adapter_for(model).linears(model)

@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .attention import fuse_qkv, use_fused_attention
+from .adapters import adapter_for, fuse_qkv, gelu_pairs, use_passthrough_gelu
+from .attention import use_fused_attention
 from .common import write_json
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .errors import InputError
@@ -41,7 +42,6 @@ from .kernels import (
     plan_cache_on,
     shape_name,
     swap_linears,
-    use_passthrough_gelu,
 )
 from .models import encoder_linears, load_qa_model
 from .plan_cache import enable_for
@@ -124,9 +124,10 @@ class Plan:
     kernel_timing_notes: list[str] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)  # how the kernels were timed: configs offered, cap, time budget
     device: dict = field(default_factory=dict)
-    # Linear whose output goes through GELU -> the Linear that reads it (kernels.gelu_pairs)
+    # Linear whose output goes through GELU -> the Linear that reads it (adapters.gelu_pairs)
     gelu_pairs: dict[str, str] = field(default_factory=dict)
     engine: dict = field(default_factory=dict)  # the EngineConfig it was made with (record()); {}: not recorded
+    adapter: str = ""  # the model adapter it was made with (adapters.ModelAdapter.name); "": not recorded
     version: int = PLAN_VERSION
 
     # ------------------------------------------------------------------ files
@@ -272,7 +273,12 @@ class Plan:
 
     def check_model(self, model: torch.nn.Module, path: Path) -> None:
         """A PlanError unless the plan has an entry, of the right shape, for every Linear of the
-        model's encoder and for nothing else (a plan made on another model would be applied in part)."""
+        model's encoder and for nothing else (a plan made on another model would be applied in part),
+        made with the model's adapter where the plan records one, its GELU pairs the model's."""
+        adapter = adapter_for(model).name
+        if self.adapter and self.adapter != adapter:
+            raise PlanError(f"{path}: field 'adapter' = {self.adapter!r}, the model's adapter is {adapter!r} "
+                            "(engine/adapters.py): run the accelerate stage again (dvc repro accelerate)")
         linears = encoder_linears(model)
         for name, layer in self.layers.items():
             if name not in linears:
@@ -282,6 +288,11 @@ class Plan:
                                 f"{list(linears[name].weight.shape)}")
         if missing := sorted(linears.keys() - self.layers.keys()):
             raise PlanError(f"{path}: field 'layers' has no entry for the model's Linear {missing[0]}")
+        pairs = gelu_pairs(model)
+        for first, second in self.gelu_pairs.items():
+            if pairs.get(first) != second:
+                raise PlanError(f"{path}: field 'gelu_pairs.{first}': not a GELU pair of the model's adapter "
+                                f"({adapter}): run the accelerate stage again (dvc repro accelerate)")
 
     # ------------------------------------------------------------------ applying it
     def linear_config(self, name: str, eager: bool = False) -> LinearConfig:
@@ -380,8 +391,9 @@ _PLAN_FIELDS: dict[str, tuple[Callable, str]] = {
     "device": (lambda v: isinstance(v, dict), "an object"),
     "gelu_pairs": (_mapping(_any_str, _any_str), "an object of Linear name -> Linear name"),
     "engine": (lambda v: isinstance(v, dict), "an object"),
+    "adapter": (_any_str, "a string"),
 }
-_OPTIONAL_PLAN_FIELDS = {"engine"}  # added after plans of this version were written: absent, Plan's default
+_OPTIONAL_PLAN_FIELDS = {"engine", "adapter"}  # added after plans of this version were written: absent, Plan's default
 _LAYER_FIELDS: dict[str, tuple[Callable, str]] = {
     "shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(n) and n > 0 for n in v),
               "[out_features, in_features]"),
@@ -430,7 +442,8 @@ def _int_keys(mapping: dict) -> dict:
 
 def inference_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model as plans are made on and applied to (benchmark times dense the same way): in eval
-    mode, query/key/value fused (attention.fuse_qkv), so the plan's layer names always match."""
+    mode, query/key/value fused as its adapter says (adapters.fuse_qkv), so the plan's layer names
+    always match."""
     return fuse_qkv(load_qa_model(str(model_dir), dtype=dtype).to(device).eval())
 
 

@@ -29,11 +29,12 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
+from .adapters import unfused_inputs, use_passthrough_gelu
 from .attention import capture_context
 from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
-from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
+from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears
 from .plan import DENSE, LayerPlan, Plan
 from .plan_cache import enable_for
 from .sparsity import two_four_violations
@@ -105,13 +106,6 @@ def layer_kernels(timings: LayerTimings, mode: str) -> dict[str, BatchKernels]:
     return {name: {batch: choose_kernel(by_precision, mode, MIN_LAYER_SPEEDUP)
                    for batch, by_precision in per_batch.items()}
             for name, per_batch in timings.items()}
-
-
-def unfused_inputs(model: torch.nn.Module, names) -> set[str]:
-    """The layers whose int8 input quantization no op before them can take in: the attention output
-    projections (the Linear of a *SelfOutput module in BERT-like encoders), fed by the attention kernel.
-    The other layers follow a LayerNorm or the GELU, into which torch.compile fuses the quantization."""
-    return {name for name in names if type(model.get_submodule(name.rpartition(".")[0])).__name__.endswith("SelfOutput")}
 
 
 def gelu_fused(chosen: dict[str, BatchKernels], timings: LayerTimings, fusions: dict[str, str],

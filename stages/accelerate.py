@@ -9,7 +9,8 @@ on one calibration batch is small may run int8 2:4 too: per layer and batch size
 fastest of dense, fp16 2:4 and int8 2:4. The plan (engine/plan.py) is saved beside the model and
 applied when it is loaded (engine.plan.load_accelerated); the stage
 checks the accelerated outputs against the masked dense model before it ends. Plans are made for,
-and applied to, the model with each BERT layer's query, key and value fused into one Linear.
+and applied to, the model with each layer's query, key and value fused into one Linear where its
+model adapter fuses them (engine/adapters.py; the plan records the adapter's name).
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from engine.adapters import adapter_for, gelu_pairs
 from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
 from engine.common import best_device
 from engine.config import EngineConfig
-from engine.kernels import device_backend, gelu_pairs
+from engine.kernels import device_backend
 from engine.models import check_sequence_length, encoder_linears, load_tokenizer
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
 from engine.planner import (
@@ -108,7 +110,7 @@ def run(params, sparse_dir: Path, out_dir: Path, features_dir: Path | None = Non
                 dtype=str(dtype).removeprefix("torch."), compiled=params["accelerate.compile"],
                 batch_sizes=params["benchmark.batch_sizes"], seq_length=params["benchmark.seq_length"],
                 layers=layers, int8_layer_error=int8_errors, device=device_facts(device), gelu_pairs=pairs,
-                engine=config.record())
+                engine=config.record(), adapter=adapter_for(model).name)
     if backend is not None and candidates:
         measure(plan, model, params["accelerate.max_alg_id"], tuning_budget_s, config)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT (real architecture, real tokenizer) and tiny params."""
+"""Shared fixtures: a tiny random BERT (real architecture, real tokenizer; RoBERTa and DistilBERT on
+request) and tiny params."""
 from __future__ import annotations
 
 import os
@@ -17,19 +18,41 @@ REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DATA = REPO / "data" / "embedded" / "biographies.json"
 
 
-def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate: int = 128) -> Path:
-    """A randomly initialised BERT QA model with the embedded model's real tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+def tiny_qa_model(family: str, vocab_size: int, hidden: int, layers: int, intermediate: int, heads: int = 4):
+    """A randomly initialised question-answering model of one family the engine has an adapter for
+    (bert, roberta, distilbert: DistilBERT names its sizes apart), seeded."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForQuestionAnswering,
+        DistilBertConfig,
+        DistilBertForQuestionAnswering,
+        RobertaConfig,
+        RobertaForQuestionAnswering,
+    )
+
+    if family == "distilbert":
+        config = DistilBertConfig(vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=heads,
+                                  hidden_dim=intermediate, max_position_embeddings=512)
+        model_class = DistilBertForQuestionAnswering
+    else:
+        config_class, model_class = {"bert": (BertConfig, BertForQuestionAnswering),
+                                     "roberta": (RobertaConfig, RobertaForQuestionAnswering)}[family]
+        config = config_class(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=512)
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate: int = 128,
+                    family: str = "bert") -> Path:
+    """A randomly initialised QA model (BERT unless `family` says) with the embedded model's real tokenizer."""
+    from transformers import AutoTokenizer
 
     from stages.modeling import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("embedded"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=intermediate, max_position_embeddings=512)
-    import torch
-
-    torch.manual_seed(0)
-    BertForQuestionAnswering(config).save_pretrained(path)
+    tiny_qa_model(family, tokenizer.vocab_size, hidden, layers, intermediate).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

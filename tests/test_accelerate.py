@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from engine.attention import fuse_qkv
+from engine.adapters import fuse_qkv
 from engine.calibration import MAX_LAYER_ERROR
 from engine.common import relative_error
 from engine.config import EngineConfig

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention import FUSED_SDPA, FusedQKVSelfAttention, _sdpa_fused_mask, capture_context, fuse_qkv, use_fused_attention
+from engine.adapters import fuse_qkv
+from engine.attention import FUSED_SDPA, FusedQKVSelfAttention, _sdpa_fused_mask, capture_context, use_fused_attention
 
 
 def small_bert():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.attention import fuse_qkv
+from engine.adapters import fuse_qkv
 from engine.calibration import (
     CLIP_RATIOS,
     calibrate_int8,

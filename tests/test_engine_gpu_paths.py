@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import planner
-from engine.attention import fuse_qkv
+from engine.adapters import fuse_qkv, unfused_inputs
 from engine.kernels import TOKEN_ALIGNMENT, Kernel, SparseLinear
 from engine.models import encoder_linears
 from engine.plan import LayerPlan, Plan
@@ -51,7 +51,7 @@ def test_whole_model_variants_switch_kernels_on_one_model(cpu_cusparselt):
                                                             else {})}}
                for name, layer in plan.layers.items()}
     per_layer = planner.layer_kernels(timings, "auto")
-    variants = planner.variant_kernels("auto", per_layer, timings, planner.unfused_inputs(model, per_layer))
+    variants = planner.variant_kernels("auto", per_layer, timings, unfused_inputs(model, per_layer))
     model_ms = planner.time_model_variants(model, plan, variants)
     assert {batch: sorted(ms) for batch, ms in model_ms.items()} == {
         1: ["dense", "fp16_2of4"], 2: ["dense", "fp16_2of4", "int8_fused", "per_layer"]}

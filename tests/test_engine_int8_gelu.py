@@ -7,22 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.adapters import gelu_pairs
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8
-from engine.kernels import (
-    ACTIVATION,
-    INT8_GELU,
-    Int8PassthroughGelu,
-    Int8ReferenceLinear,
-    Kernel,
-    SparseLinear,
-    gelu_pairs,
-)
+from engine.kernels import INT8_GELU, Int8PassthroughGelu, Int8ReferenceLinear, Kernel, SparseLinear
 from engine.models import load_qa_model
 from engine.plan import LayerPlan, Plan
 from engine.planner import distinct_variants, layer_kernels, variant_kernels
 from test_engine_planner import timing
 
 FIRST, SECOND = "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"
+ACTIVATION = "intermediate_act_fn"  # BertIntermediate's activation (engine/adapters.py's BERT adapter)
 
 
 def test_gelu_pairs_are_each_layers_intermediate_and_output_linears(tiny_model):

@@ -181,16 +181,37 @@ def planned_model(tiny_model, tmp_path) -> Path:
     layers[first] = LayerPlan(layers[first].shape, "int8", input_scale=0.05,
                               smoothing=torch.ones(layers[first].shape[1]))
     Plan(mode="auto", precision="int8", backend=None, reason="dense: no CUDA device", dtype="float32",
-         compiled=False, batch_sizes=[1], seq_length=32, layers=layers).save(out / PLAN_FILE)
+         compiled=False, batch_sizes=[1], seq_length=32, layers=layers, adapter="bert").save(out / PLAN_FILE)
     return out
 
 
+def test_a_plan_from_before_model_adapters_still_loads_and_applies(planned_model):
+    import json
+
+    from engine.plan import load_accelerated
+
+    raw = json.loads((planned_model / PLAN_FILE).read_text())
+    assert raw.pop("adapter") == "bert"
+    (planned_model / PLAN_FILE).write_text(json.dumps(raw))
+    assert Plan.load(planned_model / PLAN_FILE).adapter == ""  # not recorded
+    model = load_accelerated(planned_model, torch.device("cpu"))
+    assert sum(isinstance(module, Int8ReferenceLinear) for module in model.modules()) == 1
+
+
+def first_name(raw: dict) -> str:
+    return next(iter(raw["layers"]))
+
+
+def last_name(raw: dict) -> str:
+    return list(raw["layers"])[-1]
+
+
 def first_layer(raw: dict) -> dict:
-    return next(iter(raw["layers"].values()))
+    return raw["layers"][first_name(raw)]
 
 
 def last_layer(raw: dict) -> dict:
-    return list(raw["layers"].values())[-1]
+    return raw["layers"][last_name(raw)]
 
 
 def extra_layer(raw: dict) -> None:
@@ -206,6 +227,10 @@ TAMPERINGS = {
     "a layer the model lacks": (extra_layer, "field 'layers.bert.encoder.layer.9.output.dense': the model has no"),
     "wrong shape": (lambda raw: last_layer(raw).update(shape=[7, 7]), ".shape' = [7, 7], the model's Linear is"),
     "version as a string": (lambda raw: raw.update(version="3"), "field 'version' = '3' is invalid"),
+    "another model adapter": (lambda raw: raw.update(adapter="distilbert"),
+                              "field 'adapter' = 'distilbert', the model's adapter is 'bert'"),
+    "a GELU pair the model lacks": (lambda raw: raw.update(gelu_pairs={first_name(raw): last_name(raw)}),
+                                    "field 'gelu_pairs.bert.encoder.layer.0.attention.self.qkv': not a GELU pair"),
 }
 
 

@@ -12,7 +12,6 @@ from engine.planner import (
     fastest_kernel,
     final_kernels,
     layer_kernels,
-    unfused_inputs,
     variant_kernels,
     why_dense,
 )
@@ -120,18 +119,6 @@ def test_int8_fused_keeps_int8_off_the_layers_whose_quantization_is_a_pass_of_it
     model_ms[256]["int8_fused"] = 91.0
     kernels, chosen = final_kernels("auto", variants, model_ms)
     assert chosen[256] == "int8_fused" and kernels[out_proj][256] is None and kernels[FFN][256] == int8(4)
-
-
-def test_the_attention_output_projection_is_the_unfused_layer():
-    from transformers import BertConfig, BertForQuestionAnswering
-
-    from engine.attention import fuse_qkv
-    from engine.models import encoder_linears
-
-    model = fuse_qkv(BertForQuestionAnswering(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                         intermediate_size=64, vocab_size=50)))
-    assert unfused_inputs(model, encoder_linears(model)) == {f"bert.encoder.layer.{i}.attention.output.dense"
-                                                             for i in range(2)}
 
 
 def test_all_plan_takes_every_fastest_config():
