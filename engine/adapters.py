@@ -30,7 +30,6 @@ from transformers.models.distilbert.modeling_distilbert import DistilBertSelfAtt
 from transformers.models.roberta.modeling_roberta import RobertaLayer, RobertaSelfAttention
 
 from .attention import FusedQKVDistilBertSelfAttention, FusedQKVRobertaSelfAttention, FusedQKVSelfAttention
-from .kernels import Int8PassthroughGelu
 
 
 @dataclass(frozen=True)
@@ -155,12 +154,12 @@ def fuse_qkv(model: nn.Module) -> nn.Module:
 
 
 def _is_gelu(activation) -> bool:
-    """GELU (erf form), or the Int8PassthroughGelu a plan put in its place."""
+    """GELU (erf form), or what a plan put in its place (kernels.Int8PassthroughGelu says so of itself)."""
     probe = torch.linspace(-4, 4, 41)
-    return isinstance(activation, Int8PassthroughGelu) or torch.allclose(activation(probe), F.gelu(probe))
+    return getattr(activation, "replaces_gelu", False) or torch.allclose(activation(probe), F.gelu(probe))
 
 
-def _activation_site(model: nn.Module, layer: str, pair: GeluPair) -> tuple[nn.Module, str]:
+def activation_site(model: nn.Module, layer: str, pair: GeluPair) -> tuple[nn.Module, str]:
     """(the module holding a layer's activation, its attribute name)."""
     owner, _, attribute = _join(layer, pair.activation).rpartition(".")
     return model.get_submodule(owner), attribute
@@ -178,23 +177,13 @@ def gelu_pairs(model: nn.Module) -> dict[str, str]:
         try:
             model.get_submodule(_join(layer, pair.first))
             model.get_submodule(_join(layer, pair.second))
-            owner, attribute = _activation_site(model, layer, pair)
+            owner, attribute = activation_site(model, layer, pair)
         except AttributeError:
             continue
         activation = getattr(owner, attribute, None)
         if activation is not None and _is_gelu(activation):
             pairs[_join(layer, pair.first)] = _join(layer, pair.second)
     return pairs
-
-
-def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
-    """Int8PassthroughGelu as the activation after each of these Linears (keys of gelu_pairs)."""
-    adapter = adapter_for(model)
-    for name in first_layers:
-        if adapter.gelu is None or not name.endswith(f".{adapter.gelu.first}"):
-            raise ValueError(f"{name}: not the first Linear of a GELU pair of the {adapter.name} model adapter")
-        owner, attribute = _activation_site(model, name.removesuffix(f".{adapter.gelu.first}"), adapter.gelu)
-        setattr(owner, attribute, Int8PassthroughGelu())
 
 
 def unfused_inputs(model: nn.Module, names) -> set[str]:
@@ -205,3 +194,10 @@ def unfused_inputs(model: nn.Module, names) -> set[str]:
     fed_by_attention = {_join(layer, output) for layer in adapter.named_layers(model)
                         for output in adapter.attention_outputs}
     return fed_by_attention.intersection(names)
+
+
+def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linears the engine may prune and accelerate, by full name, as the model's adapter says:
+    those of its encoder layers, or on the generic path every nn.Linear inside the transformer body
+    (base_model). Never the task head (qa_outputs)."""
+    return adapter_for(model).linears(model)

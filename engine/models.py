@@ -9,7 +9,6 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
-from .adapters import adapter_for
 from .errors import InputError
 
 
@@ -55,10 +54,3 @@ def check_sequence_length(config, length: int, field: str) -> None:
     if length > positions:
         raise InputError(f"{field}={length} is longer than the model takes ({config.model_type}: {positions} "
                          "positions, max_position_embeddings)")
-
-
-def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """The Linears the engine may prune and accelerate, by full name, as the model's adapter says
-    (engine/adapters.py): those of its encoder layers, or on the generic path every nn.Linear inside
-    the transformer body (base_model). Never the task head (qa_outputs)."""
-    return adapter_for(model).linears(model)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .adapters import adapter_for, fuse_qkv, gelu_pairs, use_passthrough_gelu
+from .adapters import adapter_for, encoder_linears, fuse_qkv, gelu_pairs
 from .attention import use_fused_attention
 from .common import write_json
 from .config import PLAN_CACHE_ENV, EngineConfig
@@ -42,8 +42,9 @@ from .kernels import (
     plan_cache_on,
     shape_name,
     swap_linears,
+    use_passthrough_gelu,
 )
-from .models import encoder_linears, load_qa_model
+from .models import load_qa_model
 from .plan_cache import enable_for
 
 PLAN_FILE = "plan.json"

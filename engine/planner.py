@@ -29,12 +29,12 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import unfused_inputs, use_passthrough_gelu
+from .adapters import unfused_inputs
 from .attention import capture_context
 from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
-from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears
+from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
 from .plan import DENSE, LayerPlan, Plan
 from .plan_cache import enable_for
 from .sparsity import two_four_violations

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from engine.adapters import adapter_for, gelu_pairs
+from engine.adapters import adapter_for, encoder_linears, gelu_pairs
 from engine.attention import use_fused_attention
 from engine.calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
 from engine.common import best_device
 from engine.config import EngineConfig
 from engine.kernels import device_backend
-from engine.models import check_sequence_length, encoder_linears, load_tokenizer
+from engine.models import check_sequence_length, load_tokenizer
 from engine.plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
 from engine.planner import (
     MAX_INT8_RELATIVE_ERROR,

@@ -50,7 +50,8 @@ from engine.kernels import (
     named,
     swap_linears,
 )
-from engine.models import check_sequence_length, encoder_linears
+from engine.adapters import encoder_linears
+from engine.models import check_sequence_length
 from engine.plan import inference_model, load_accelerated
 from engine.tuning import best_alg, median_ms, random_ids, tune_linears
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import datasets
 
-from engine.models import encoder_linears, load_qa_model, load_tokenizer
+from engine.adapters import encoder_linears
+from engine.models import load_qa_model, load_tokenizer
 from pruning.masks import attach_sparsifier, load_masks, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything

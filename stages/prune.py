@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from engine.common import best_device
-from engine.models import encoder_linears, load_qa_model, load_tokenizer
+from engine.adapters import encoder_linears
+from engine.models import load_qa_model, load_tokenizer
 from engine.sparsity import GROUP
 from pruning.masks import (
     attach_sparsifier,

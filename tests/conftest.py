@@ -59,7 +59,8 @@ def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate:
 
 def saved_masks(model_dir: Path) -> dict:
     """The 2:4 masks a saved pruned model carries in its zeros, as finetune_sparse reads them."""
-    from engine.models import encoder_linears, load_qa_model
+    from engine.adapters import encoder_linears
+    from engine.models import load_qa_model
     from pruning.masks import masks_in_weights
 
     return masks_in_weights(encoder_linears(load_qa_model(str(model_dir))), zeros_per_block=2)

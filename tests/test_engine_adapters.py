@@ -15,16 +15,16 @@ from engine.adapters import (
     GeluPair,
     ModelAdapter,
     adapter_for,
+    encoder_linears,
     fuse_qkv,
     gelu_pairs,
     register,
     unfused_inputs,
-    use_passthrough_gelu,
 )
 from engine.attention import capture_context, use_fused_attention
 from engine.common import relative_error
-from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear
-from engine.models import encoder_linears, load_qa_model
+from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear, use_passthrough_gelu
+from engine.models import load_qa_model
 from engine.plan import PLAN_FILE, Plan, load_accelerated
 from stages import accelerate
 from stages.prune import prune

@@ -16,7 +16,8 @@ from engine.calibration import (
     layer_inputs,
 )
 from engine.kernels import Int8ReferenceLinear, smoothing_factors, tensor_scale
-from engine.models import encoder_linears, load_qa_model
+from engine.adapters import encoder_linears
+from engine.models import load_qa_model
 
 
 def test_an_outlier_channel_fails_int8_unless_smoothing_moves_it_into_the_weight():

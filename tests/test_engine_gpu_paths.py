@@ -11,7 +11,7 @@ import torch
 from engine import planner
 from engine.adapters import fuse_qkv, unfused_inputs
 from engine.kernels import TOKEN_ALIGNMENT, Kernel, SparseLinear
-from engine.models import encoder_linears
+from engine.adapters import encoder_linears
 from engine.plan import LayerPlan, Plan
 from test_engine_attention import small_bert
 from test_engine_kernels import fake_cslt_sparse_mm

@@ -170,7 +170,7 @@ def planned_model(tiny_model, tmp_path) -> Path:
     """The tiny model beside a CPU plan of its own: every Linear dense, the first one int8."""
     import shutil
 
-    from engine.models import encoder_linears
+    from engine.adapters import encoder_linears
     from engine.plan import inference_model
 
     out = tmp_path / "accelerated"
