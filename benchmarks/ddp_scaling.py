@@ -19,7 +19,8 @@ import os
 import time
 from pathlib import Path
 
-from squad_seeds import add_run_arguments, full_data_params, log, parse_overrides, tokenize_once, with_overrides
+from squad_seeds import (add_run_arguments, files_config, full_data_params, log, parse_overrides, tokenize_sets,
+                         with_overrides)
 
 
 def train_and_score(raw: dict, gpus: int, seed: int, features: Path, work: Path, results: Path) -> None:
@@ -57,6 +58,7 @@ def summary(results: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
+    parser.add_argument("--validation", required=True, help="validation file name in --data-dir")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="GPU counts, in order")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     args = parser.parse_args()
@@ -71,8 +73,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # the stage's .checkpoints/ go here, not into a checkout's
     raw = with_overrides(full_data_params(), parse_overrides(args.overrides))
-    args.extra_validation = None  # tokenize_once's optional second validation set
-    features = tokenize_once(raw, args, work)["dev"]
+    sets = {"dev": files_config(raw, args.data_dir, args.train, args.validation)}
+    features = tokenize_sets(sets, work, args.out / "results.jsonl")["dev"]
     for gpus in args.gpus:
         for seed in args.seeds:
             train_and_score(raw, gpus, seed, features, work, args.out / "results.jsonl")

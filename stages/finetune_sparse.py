@@ -1,7 +1,9 @@
 """finetune_sparse: recover accuracy with the 2:4 masks held, then bake them in and check the pattern.
 
 With finetune.distill, the dense baseline is the teacher: the sparse model learns its start/end
-distributions as well as the labels.
+distributions as well as the labels. finetune_dense gives the dense baseline the same fine-tuning
+(the same schedule and objective, the baseline its own teacher): the compute-matched control a 2:4
+model's accuracy is also held to, so that extra training alone is not credited to the masks.
 """
 from __future__ import annotations
 
@@ -32,10 +34,7 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     sparsifier = attach_sparsifier(model, list(masks), params["prune.sparse_block_shape"],
                                    params["prune.zeros_per_block"])
     load_masks(sparsifier, masks)
-    train_features = datasets.load_from_disk(str(features_dir / "train"))
-    teacher = load_qa_model(str(baseline_dir)) if params["finetune.distill"] else None
-    stats = train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher,
-                     checkpoints=checkpoint_dir("finetune_sparse", params, train_features))
+    stats = finetune(params, model, tokenizer, features_dir, baseline_dir, "finetune_sparse")
     sparsifier.squash_mask()
     summary = sparsity_summary(sparsity_report(model, list(masks)))
     if not summary["pattern_2of4_holds"]:
@@ -44,3 +43,25 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     if is_first_process():
         save_model(model, tokenizer, out_dir)
     return {**stats, **summary}
+
+
+def finetune_dense(params, features_dir: Path, baseline_dir: Path, out_dir: Path) -> dict:
+    """The dense baseline fine-tuned as finetune_sparse fine-tunes its pruned copy, with no masks."""
+    if (processes := processes_to_launch(params, "finetune")) > 1:
+        return run_in_processes(finetune_dense, processes, params, features_dir, baseline_dir, out_dir)
+    seed_everything(params["seed"])
+    model = load_qa_model(str(baseline_dir))
+    tokenizer = load_tokenizer(str(baseline_dir))
+    stats = finetune(params, model, tokenizer, features_dir, baseline_dir, "finetune_dense")
+    if is_first_process():
+        save_model(model, tokenizer, out_dir)
+    return stats
+
+
+def finetune(params, model, tokenizer, features_dir: Path, baseline_dir: Path, stage: str) -> dict:
+    """Train `model` in place on the train features with the finetune section's schedule and, with
+    finetune.distill, the dense baseline as teacher; `stage` names its checkpoints."""
+    train_features = datasets.load_from_disk(str(features_dir / "train"))
+    teacher = load_qa_model(str(baseline_dir)) if params["finetune.distill"] else None
+    return train_qa(model, tokenizer, train_features, params["finetune"], params["seed"], teacher,
+                    checkpoints=checkpoint_dir(stage, params, train_features))

@@ -1,12 +1,15 @@
-"""The finetune_sparse stage: the 2:4 masks hold while the weights train."""
+"""The finetune_sparse stage: the 2:4 masks hold while the weights train; the dense control trains alike."""
 from __future__ import annotations
+
+import shutil
 
 import torch
 
 import stages.finetune_sparse
+from conftest import saved_masks
 from engine.models import load_qa_model, load_tokenizer
 from pruning.masks import load_masks
-from stages.finetune_sparse import finetune_sparse
+from stages.finetune_sparse import finetune_dense, finetune_sparse
 from stages.prune import prune
 from stages.tokenize import tokenize
 
@@ -40,3 +43,33 @@ def test_finetune_holds_the_masks_prune_chose(params, tiny_model, tmp_path, monk
     # the sparse models hold what the dense one does, nothing beside
     assert sorted(p.name for p in sparse.iterdir()) == sorted(p.name for p in pruned.iterdir())
     assert size_on_disk(sparse) <= size_on_disk(tiny_model) and size_on_disk(pruned) <= size_on_disk(tiny_model)
+
+
+def test_the_dense_control_is_the_baseline_fine_tuned_as_the_2_4_model_is(params, tiny_model, tmp_path, monkeypatch):
+    features, baseline, control = tmp_path / "features", tmp_path / "baseline", tmp_path / "control"
+    features.mkdir(), control.mkdir()
+    tokenize(params, load_tokenizer(str(tiny_model)), features)
+    # The random tiny model's logits are nearly flat: a baseline with a sharp head has something to teach.
+    shutil.copytree(tiny_model, baseline)
+    model = load_qa_model(str(tiny_model))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.qa_outputs.weight)
+    model.save_pretrained(baseline)
+    params["finetune"].update(distill=True, distill_alpha=0.5, distill_hidden=1.0, learning_rate=0.001, max_steps=8)
+    calls, train_qa = [], stages.finetune_sparse.train_qa
+    monkeypatch.setattr(stages.finetune_sparse, "train_qa", lambda *args, **kwargs: calls.append(args) or
+                        train_qa(*args, **kwargs))
+    metrics = finetune_dense(params, features, baseline, control)
+
+    # the 2:4 fine-tune's section and objective, the baseline its teacher
+    [(_, _, _, section, seed, teacher)] = calls
+    assert section == params["finetune"] and seed == params["seed"]
+    before = load_qa_model(str(baseline)).state_dict()
+    assert all(torch.equal(tensor, before[name]) for name, tensor in teacher.state_dict().items())
+    assert metrics["objective"] == "distillation, 0.5 T\u00b2 KL + 0.5 cross-entropy + 1 hidden MSE (T = 2)"
+    losses = [entry["loss"] for entry in metrics["loss_history"]]
+    assert metrics["steps"] == 8 and losses[-1] < losses[0]
+    # a model of its own, trained from the baseline, and dense
+    after = load_qa_model(str(control)).state_dict()
+    assert any(not torch.equal(after[name], before[name]) for name in before)
+    assert saved_masks(control) == {}

@@ -1,0 +1,187 @@
+"""docs/squad.md's study tables, generated from the one committed results file of benchmarks/squad_seeds.py:
+
+    python benchmarks/squad_table.py                      # print the tables of docs/results/squad-study.jsonl
+    python benchmarks/squad_table.py --write              # replace them in docs/squad.md (between the markers)
+    python benchmarks/squad_table.py RUN/results.jsonl    # a run's own records, before they are committed
+
+Each row belongs to one run: one recipe hash, one code commit and one code hash. Records of different
+runs never meet in a row. The differences are paired by seed (each seed's 2:4 model against that seed's
+own dense baseline and control), with mean, standard deviation, count and the 95% t-interval of the
+mean. tests/test_squad_table.py fails while docs/squad.md differs from what the file gives.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from squad_seeds import load_recipe, recipe_hash
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results" / "squad-study.jsonl"
+DOC = REPO / "docs" / "squad.md"
+RECIPES = REPO / "docs" / "results" / "squad-recipes"  # the committed recipes, candidates and final
+BEGIN, END = "<!-- study:begin (benchmarks/squad_table.py) -->", "<!-- study:end -->"
+RUN = ("recipe", "commit", "code")
+FIELDS = ("seed", "variant", "on", "f1", "exact_match", *RUN, "device", "versions")
+# (variant, what it is held to), seed by seed: what 2:4 costs against the baseline and against the
+# dense model given the same extra training, then what the int8 plan costs on top of 2:4.
+PAIRED = (("sparse", "dense"), ("sparse", "control"), ("int8", "sparse"))
+NAMES = {"dense": "dense baseline", "control": "dense control (the 2:4 model's extra fine-tuning)",
+         "zero-shot-magnitude": "2:4 zero-shot, magnitude", "zero-shot-wanda": "2:4 zero-shot, Wanda",
+         "zero-shot-sparsegpt": "2:4 zero-shot, SparseGPT", "sparse": "2:4 fine-tuned",
+         "int8": "int8 plan of the 2:4 model"}
+ORDER = ("dense", "control", "zero-shot-magnitude", "zero-shot-wanda", "zero-shot-sparsegpt", "sparse", "int8")
+SPLITS = ("heldout", "dev", "extra")
+# Student's t distribution, two-sided 95% (its 0.975 quantile), by degrees of freedom.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042}
+
+
+def read_records(path: Path) -> list[dict]:
+    """The score records of a results file (its tokenize lines left out), every field there; a seed's
+    variant scored twice on one split by one run is refused, as the table could not say which counts."""
+    records, seen = [], {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if "tokenize" in record:
+            continue
+        if missing := [field for field in FIELDS if field not in record]:
+            raise ValueError(f"{path}:{number}: field '{missing[0]}' missing (not a squad_seeds.py score record)")
+        if record["on"] not in SPLITS:
+            raise ValueError(f"{path}:{number}: field 'on' is {record['on']!r}, not one of {', '.join(SPLITS)}")
+        key = (run_of(record), record["seed"], record["variant"], record["on"])
+        if key in seen:
+            raise ValueError(f"{path}:{number}: seed {record['seed']} {record['variant']} on {record['on']} of "
+                             f"recipe {record['recipe']} at commit {record['commit']} is already on line {seen[key]}")
+        seen[key] = number
+        records.append(record)
+    return records
+
+
+def run_of(record: dict) -> tuple:
+    return tuple(record[field] for field in RUN)
+
+
+def paired_differences(records: list[dict], variant: str, reference: str, split: str) -> dict[int, float]:
+    """Per seed that has both, variant's F1 minus reference's on `split`. Records of more than one run
+    (recipe, commit, code) are refused: a difference pairs two models of one run."""
+    runs = {run_of(record) for record in records}
+    if len(runs) > 1:
+        raise ValueError(f"records of {len(runs)} runs (recipe, commit, code): {sorted(runs)[0]} and "
+                         f"{sorted(runs)[1]}: a paired difference is taken within one run")
+    f1 = {(record["seed"], record["variant"]): record["f1"] for record in records if record["on"] == split}
+    seeds = sorted({seed for seed, _ in f1})
+    return {seed: f1[seed, variant] - f1[seed, reference] for seed in seeds
+            if (seed, variant) in f1 and (seed, reference) in f1}
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sample standard deviation, count and the 95% t-interval of the mean (none for one value)."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "low": None, "high": None}
+    if n - 1 not in T_975:
+        raise ValueError(f"{n} paired seeds: T_975 holds t for up to {max(T_975) + 1}")
+    sd = statistics.stdev(values)
+    half = T_975[n - 1] * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def recipe_names() -> dict[str, str]:
+    """Recipe hash -> the committed recipe files that have it (links from docs/)."""
+    names: dict[str, list[str]] = {}
+    for path in sorted(RECIPES.glob("*.yaml")):
+        names.setdefault(recipe_hash(load_recipe(path)), []).append(f"[{path.stem}]({path.relative_to(DOC.parent)})")
+    return {recipe: ", ".join(links) for recipe, links in names.items()}
+
+
+def run_title(run: tuple, names: dict[str, str]) -> str:
+    recipe, commit, code = run
+    named = f" ({names[recipe]})" if recipe in names else ""
+    return f"**Recipe `{recipe}`{named}, code at commit `{commit[:8]}` (code hash `{code}`)**"
+
+
+def order(variant: str) -> tuple:
+    return (ORDER.index(variant) if variant in ORDER else len(ORDER), variant)
+
+
+SCORES = "| split | variant | seeds | F1 mean (sd) | EM mean | device |\n|---|---|---|---|---|---|"
+DIFFERENCES = ("| split | paired difference (F1) | seeds | mean | sd | 95% interval | per seed |\n"
+               "|---|---|---|---|---|---|---|")
+
+
+def score_rows(split: str, records: list[dict]) -> list[str]:
+    """Each variant's F1 (mean, sd over its seeds) and EM on `split`, records of one run."""
+    rows = []
+    for variant in sorted({record["variant"] for record in records}, key=order):
+        chosen = [record for record in records if record["variant"] == variant]
+        f1 = interval([record["f1"] for record in chosen])
+        sd = "" if f1["sd"] is None else f" ({f1['sd']:.2f})"
+        em = statistics.fmean(record["exact_match"] for record in chosen)
+        devices = ", ".join(sorted({record["device"] for record in chosen}))
+        rows.append(f"| {split} | {NAMES.get(variant, variant)} | {f1['n']} | {f1['mean']:.2f}{sd} | {em:.2f} | "
+                    f"{devices} |")
+    return rows
+
+
+def difference_rows(split: str, records: list[dict]) -> list[str]:
+    """Each PAIRED difference on `split` that some seed has both sides of, records of one run."""
+    rows = []
+    for variant, reference in PAIRED:
+        if not (differences := paired_differences(records, variant, reference, split)):
+            continue
+        gap = interval(list(differences.values()))
+        sd, bounds = ("", "") if gap["sd"] is None else (f"{gap['sd']:.2f}", f"[{gap['low']:+.2f}, {gap['high']:+.2f}]")
+        per_seed = ", ".join(f"{seed}: {value:+.2f}" for seed, value in differences.items())
+        rows.append(f"| {split} | {variant} - {reference} | {gap['n']} | {gap['mean']:+.2f} | {sd} | {bounds} | "
+                    f"{per_seed} |")
+    return rows
+
+
+def tables(records: list[dict]) -> str:
+    """Per run: each variant's mean scores per split, then the paired differences."""
+    if not records:
+        return "No run of this protocol is recorded yet."
+    names = recipe_names()
+    runs: dict[tuple, list[dict]] = {}
+    for record in records:
+        runs.setdefault(run_of(record), []).append(record)
+    sections = []
+    for run, members in runs.items():
+        scores, differences = [SCORES], [DIFFERENCES]
+        for split in sorted({record["on"] for record in members}, key=SPLITS.index):
+            on_split = [record for record in members if record["on"] == split]
+            scores += score_rows(split, on_split)
+            differences += difference_rows(split, on_split)
+        sections.append("\n\n".join([run_title(run, names), "\n".join(scores), "\n".join(differences)]))
+    return "\n\n".join(sections)
+
+
+def with_tables(doc: str, records: list[dict]) -> str:
+    begin, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    return f"{doc[:begin]}\n{tables(records)}\n{doc[end:]}"
+
+
+def main() -> None:
+    arguments = sys.argv[1:]
+    try:
+        if arguments == ["--write"]:
+            DOC.write_text(with_tables(DOC.read_text(), read_records(RESULTS)))
+        else:
+            print(tables(read_records(Path(arguments[0]) if arguments else RESULTS)))
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+if __name__ == "__main__":
+    main()

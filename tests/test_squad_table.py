@@ -1,0 +1,78 @@
+"""docs/squad.md's study tables: generated from the committed results file, paired by seed within one run."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import squad_table  # noqa: E402
+from squad_seeds import load_recipe, recipe_hash  # noqa: E402
+
+
+def record(seed, variant, f1, on="heldout", recipe="r1", commit="c" * 40, code="k1"):
+    return {"seed": seed, "variant": variant, "on": on, "f1": f1, "exact_match": f1 - 10, "recipe": recipe,
+            "commit": commit, "code": code, "device": "NVIDIA H100 80GB HBM3", "versions": {"torch": "2.11.0"}}
+
+
+def written(tmp_path, records):
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_docs_squad_md_holds_the_tables_the_committed_results_give():
+    doc = squad_table.DOC.read_text()
+    records = squad_table.read_records(squad_table.RESULTS)
+    assert squad_table.with_tables(doc, records) == doc, "stale: python benchmarks/squad_table.py --write"
+
+
+def test_paired_differences_mean_sd_and_t_interval_by_hand(tmp_path):
+    records = [record(seed, variant, f1) for seed, dense, sparse in ((1, 80.0, 79.0), (2, 84.0, 82.0), (3, 82.0, 82.0))
+               for variant, f1 in (("dense", dense), ("sparse", sparse))]
+    assert squad_table.paired_differences(records, "sparse", "dense", "heldout") == {1: -1.0, 2: -2.0, 3: 0.0}
+    # gaps -1, -2, 0: mean -1, sd 1; t(0.975, 2 df) = 4.303, so the half-width is 4.303 / sqrt(3) = 2.484
+    gap = squad_table.interval([-1.0, -2.0, 0.0])
+    assert (gap["n"], gap["mean"], gap["sd"]) == (3, -1.0, 1.0)
+    assert gap["low"] == pytest.approx(-3.4843, abs=1e-4) and gap["high"] == pytest.approx(1.4843, abs=1e-4)
+    text = squad_table.tables(squad_table.read_records(written(tmp_path, records)))
+    assert "| heldout | sparse - dense | 3 | -1.00 | 1.00 | [-3.48, +1.48] | 1: -1.00, 2: -2.00, 3: +0.00 |" in text
+    assert "| heldout | 2:4 fine-tuned | 3 | 81.00 (1.73) | 71.00 | NVIDIA H100 80GB HBM3 |" in text
+    assert squad_table.interval([0.5])["sd"] is None  # one seed: no spread, no interval
+
+
+def test_the_t_table_is_students():
+    stats = pytest.importorskip("scipy.stats")
+    for df, t in squad_table.T_975.items():
+        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)
+
+
+def test_records_of_different_recipes_or_commits_are_never_paired(tmp_path):
+    dense = [record(seed, "dense", 80.0) for seed in (1, 2, 3)]
+    other_recipe = [record(seed, "sparse", 79.0, recipe="r2") for seed in (1, 2, 3)]
+    other_commit = [record(seed, "sparse", 79.0, commit="d" * 40) for seed in (1, 2, 3)]
+    for mixed in (dense + other_recipe, dense + other_commit):
+        with pytest.raises(ValueError, match="records of 2 runs"):
+            squad_table.paired_differences(mixed, "sparse", "dense", "heldout")
+        text = squad_table.tables(squad_table.read_records(written(tmp_path, mixed)))
+        assert "sparse - dense" not in text and text.count("**Recipe") == 2
+
+
+def test_one_runs_seed_scored_twice_is_refused_in_one_line(tmp_path):
+    path = written(tmp_path, [record(1, "dense", 80.0), record(1, "sparse", 79.0), record(1, "dense", 81.0)])
+    with pytest.raises(ValueError, match=rf"^{path}:3: seed 1 dense on heldout of recipe r1 .* already on line 1$"):
+        squad_table.read_records(path)
+    path.write_text(json.dumps({"tokenize": "heldout", "train_examples": 4}) + "\n"
+                    + json.dumps({k: v for k, v in record(1, "dense", 80.0).items() if k != "recipe"}) + "\n")
+    with pytest.raises(ValueError, match=rf"^{path}:2: field 'recipe' missing"):
+        squad_table.read_records(path)
+
+
+def test_a_committed_recipe_is_named_by_its_hash():
+    path = REPO / "docs" / "results" / "squad-recipes" / "distilled-4ep.yaml"
+    recipe = recipe_hash(load_recipe(path))
+    text = squad_table.tables([record(1, "dense", 80.0, recipe=recipe)])
+    assert f"**Recipe `{recipe}` ([distilled-4ep](results/squad-recipes/distilled-4ep.yaml))" in text
