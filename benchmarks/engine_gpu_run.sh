@@ -162,7 +162,7 @@ if [ -d "$WORK" ]; then
   step qa 60 120 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 \
     --out "$RUNNING/qa/qa.json"
   # Four buckets a model, each a compile and a capture (eight in all; a retry reuses the compile cache).
-  step stream 240 450 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 3 \
+  step stream 240 450 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 10 \
     --batch-buckets 16 256 --seq-buckets 192 384 --out "$RUNNING/stream/stream.json"
   # shellcheck disable=SC2086
   step benchmark 240 450 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \

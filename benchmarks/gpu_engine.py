@@ -33,6 +33,7 @@ from engine.runtime import load_cusparselt  # noqa: E402
 
 load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from engine.plan import PLAN_FILE  # noqa: E402
@@ -87,18 +88,17 @@ def print_plan(plan_metrics: dict, plan: dict) -> None:
     print(f"\n== accelerate: kernel timing ==\n{json.dumps(plan['tuning'])}")
     for note in plan["kernel_timing_notes"]:
         print(f"  {note}")
-    print("\n== accelerate: whole model per batch size and variant (ms, CUDA graphs) ==")
+    print("\n== accelerate: whole model per batch size and variant (ms, CUDA graphs, timed interleaved) ==")
     for batch, by_variant in plan["model_ms"].items():
         print(f"{batch:>6}  " + "  ".join(f"{variant} {ms:.3f}" for variant, ms in by_variant.items()))
     for batch, by_variant in plan["eager_model_ms"].items():
         print(f"{batch:>6}  eager: " + "  ".join(f"{variant} {ms:.3f}" for variant, ms in by_variant.items()))
     for batch, row in plan_metrics.get("by_batch", {}).items():
         print(f"{batch:>6}  variant={row['variant']:<10} 2:4 layers={row['layers_2of4']:>3} "
-              f"(int8 {row['layers_int8']:>3})  "
-              f"dense {row['model_dense_ms']:8.3f} ms  accelerated {row['model_accelerated_ms']:8.3f} ms  "
-              f"x{row['model_speedup']:.3f}")
+              f"(int8 {row['layers_int8']:>3})  dense_masked {row['model_dense_masked_ms']:8.3f} ms  "
+              f"accelerated {row['model_accelerated_ms']:8.3f} ms  x{row['model_speedup']:.3f}")
     for batch, row in plan_metrics.get("eager_by_batch", {}).items():
-        timed = f"dense {row['model_dense_ms']:8.3f} ms  eager {row['model_accelerated_ms']:8.3f} ms  " \
+        timed = f"dense_masked {row['model_dense_masked_ms']:8.3f} ms  eager {row['model_accelerated_ms']:8.3f} ms  " \
                 f"x{row['model_speedup']:.3f}" if "model_speedup" in row else "(not timed eagerly)"
         print(f"{batch:>6}  eager: variant={row['variant']:<10} (int8 {row['layers_int8']:>3})  {timed}")
     print(f"output check (relative error): {plan_metrics['output_relative_error']}")
@@ -114,11 +114,18 @@ def print_plan(plan_metrics: dict, plan: dict) -> None:
 
 
 def print_benchmark(bench: dict) -> None:
-    print(f"\n== benchmark: latency (ms, median of {bench['repeats']}), seq {bench['seq_length']}, {bench['dtype']} ==")
-    print("(speedup_<mode>: dense / accelerated)")
+    print(f"\n== benchmark: latency (ms, median of {bench['repeats']} in {bench['rounds']} interleaved rounds), "
+          f"seq {bench['seq_length']}, {bench['dtype']} ==")
+    print("(speedup_<mode>: dense / accelerated, the median of the rounds' ratios)")
     print(benchmark.latency_frame(bench).to_string())
-    if "speedup_vs_dense_fp8" in bench:
-        print("accelerated vs dense fp8 (compiled): " + "  ".join(f"{b}=x{s}" for b, s in bench["speedup_vs_dense_fp8"].items()))
+    print("\n== benchmark: throughput (samples/s) ==")
+    print(pd.DataFrame.from_dict(bench["samples_per_s"], orient="index").to_string())
+    print("\n== benchmark: what each factor buys (compiled; median [95% interval]) ==")
+    for batch, factors in bench["factors"].items():
+        print(f"{batch:>6}  " + "  ".join(f"{factor} {benchmark.interval_text(interval)}"
+                                          for factor, interval in factors.items()))
+    for absent, why in bench["matrix_absent"].items():
+        print(f"absent: {absent}: {why}")
     t = bench.get("tutorial_linear", {})
     if "error" in t:
         print(f"\n== tutorial Linear {t['shape']} ==\n{t['error']}: {t['kernel_timing_notes']}")
@@ -144,11 +151,12 @@ def merge_benchmark(merged: dict, metrics: dict) -> None:
         if isinstance(value, dict) and all(str(k).startswith("bs") for k in value):  # keyed by batch size
             merged.setdefault(key, {}).update(value)
         elif key == "noise":
-            for part in ("spread", "untrustworthy"):
-                merged.setdefault(key, {"limit": value["limit"]}).setdefault(part, {}).update(value[part])
+            for part in ("spread", "untrustworthy", "untrusted_figures"):
+                merged.setdefault(key, {"limit": value["limit"], "interval_limit": value["interval_limit"]}
+                                  ).setdefault(part, {}).update(value[part])
         else:
             merged[key] = value
-    merged["trustworthy"] = not merged["noise"]["untrustworthy"]
+    merged["trustworthy"] = not merged["noise"]["untrustworthy"] and not merged["noise"]["untrusted_figures"]
 
 
 # What every result of this script is: timings of a shape, not of a trained model (gpu/ times one).

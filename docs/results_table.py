@@ -4,7 +4,10 @@
     python docs/results_table.py --write   # replace it in README.md (between the results markers)
 
 A row's F1 and latency come from the same run: the CPU default's scores file, or a GPU pipeline run's
-reports as committed under docs/results/. tests/test_results_table.py fails while README.md differs.
+reports as committed under docs/results/. A run whose benchmark has the 2x2 matrix adds a second
+table, what each factor buys. A speedup or factor with an interval is shown with it, and one whose
+interval is wider than the benchmark's limit is marked: not a result. tests/test_results_table.py
+fails while README.md differs.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ VARIANTS = ("dense", "pruned", "sparse", "accelerated")
 GPU_RUNS = ("docs/results/2026-12-06-gpu-pipeline-h100-4f602f1",)
 HEADER = ("| run | model, data | device | F1 dense / pruned / 2:4 / accelerated | "
           "latency dense → accelerated, batch 16 / 64 / 256 | speedup |\n|---|---|---|---|---|---|")
+FACTORS = ("2:4 at fp16", "2:4 at 8-bit", "8-bit at dense", "8-bit at 2:4")  # stages/benchmark.py's
+FACTOR_HEADER = ("What each factor buys, compiled (the median of the rounds' ratios, [its 95% interval]):\n\n"
+                 f"| run | batch | {' | '.join(FACTORS)} |\n|---|---|{'---|' * len(FACTORS)}")
 
 
 def read(path: Path) -> dict:
@@ -36,6 +42,23 @@ def cpu_row() -> str:
             f"biographies (data/embedded) | any x86-64 CPU | {f1_cell(scores['f1'])} | n/a: no 2:4 kernels on a CPU | n/a |")
 
 
+def figure(interval: dict | None) -> str:
+    """A speedup or factor with its interval; one whose interval the benchmark did not trust is marked."""
+    if interval is None:
+        return "n/a"
+    text = f"{interval['median']:.2f}x [{interval['low']:.2f}-{interval['high']:.2f}]"
+    return text if interval["trusted"] else f"{text}, not a result"
+
+
+def speedup_cell(benchmark: dict, key: str) -> str:
+    """A batch size's compiled speedup: with its interval, or in a report from before intervals with
+    the lowest and highest of its rounds' ratios."""
+    if "speedup_interval" in benchmark:
+        return figure(benchmark["speedup_interval"][key]["compiled"])
+    low, high = benchmark["speedup_range"][key]["compiled"]
+    return f"{benchmark['speedup'][key]['compiled']:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def gpu_row(run: str) -> str:
     folder = ROOT / run
     evaluation, benchmark = read(folder / "evaluate.json"), read(folder / "benchmark.json")
@@ -46,17 +69,25 @@ def gpu_row(run: str) -> str:
     sizes = [key for key in ("bs16", "bs64", "bs256") if "accelerated_compiled" in latency.get(key, {})]
     times = " / ".join(f"{latency[key]['dense_compiled']:.2f} → {latency[key]['accelerated_compiled']:.2f} ms"
                        for key in sizes)
-    speedups = " / ".join(f"{benchmark['speedup'][key]['compiled']:.2f}x "
-                          f"({benchmark['speedup_range'][key]['compiled'][0]:.2f}-"
-                          f"{benchmark['speedup_range'][key]['compiled'][1]:.2f})" for key in sizes)
+    speedups = " / ".join(speedup_cell(benchmark, key) for key in sizes)
     return (f"| GPU pipeline, `dvc repro gpu/dvc.yaml` ([{Path(run).name}]({run})) | MiniLM-L6, SQuAD v1.1 "
             f"({tokenize['train_examples']:,} train / {tokenize['validation_examples']:,} dev questions) | "
             f"{device['gpu']}, cuSPARSELt {device['cusparselt']}, compiled + CUDA graphs | {f1_cell(f1)} | {times} | "
             f"{speedups} |")
 
 
+def factor_table(runs) -> str | None:
+    """A row per run and batch size with the matrix's factors (None when no run has them)."""
+    rows = [f"| [{Path(run).name}]({run}) | {key.removeprefix('bs')} | "
+            + " | ".join(figure(factors[factor]) for factor in FACTORS) + " |"
+            for run in runs for key, factors in read(ROOT / run / "benchmark.json").get("factors", {}).items()]
+    return "\n".join([FACTOR_HEADER, *rows]) if rows else None
+
+
 def table() -> str:
-    return "\n".join([HEADER, cpu_row(), *(gpu_row(run) for run in GPU_RUNS)])
+    main = "\n".join([HEADER, cpu_row(), *(gpu_row(run) for run in GPU_RUNS)])
+    factors = factor_table(GPU_RUNS)
+    return main if factors is None else f"{main}\n\n{factors}"
 
 
 def with_table(readme: str) -> str:

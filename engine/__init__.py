@@ -6,12 +6,15 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated (served as
   CUDA graphs, or eager=True: the kernels timed fastest when called eagerly).
 - planner: making a plan on a GPU from kernel and whole-model timings (graphed and eager).
-- kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 Linears behind one swap_linears call;
+- kernels: the 2:4 fp16, int8 2:4, int8 reference and fp8 dense Linears behind one swap_linears call;
   int8_gelu, the int8 kernel whose epilogue applies GELU and quantizes for the next int8 layer.
 - quantize_kernel: the int8 input quantization as one Triton kernel, for int8 layers run eagerly.
 - plan_cache: each cuSPARSELt matmul plan made once per shape (a small C library, optional).
 - runtime: which cuSPARSELt the process loads (TWOFOUR_CUSPARSELT) and the version it reports.
 - tuning: timing cuSPARSELt configs against cuBLAS in child processes.
+- timing: every speed comparison's timing: variants interleaved in rounds, the median ratio with its
+  bootstrap interval (trusted within ±3%), GPU clocks and power from nvidia-smi.
+- int8_dense: the int8 dense Linear (torch._int_mm, the int8 2:4 layers' scaling), an 8-bit dense baseline.
 - graphs: CUDA graph capture and replay; any input shape padded up to a captured bucket.
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
 - adapters: what the engine knows of each architecture family (BERT, RoBERTa, DistilBERT): its

@@ -6,7 +6,8 @@ each distinct choice and keep the fastest.
 faster than dense, then times the whole model (as CUDA graphs, of the torch.compile'd model with
 `compiled`) under each distinct variant per batch size and keeps the fastest, so the result is never
 slower than dense at the shapes it was made for. The variants, at most five per batch size (each is
-a compile and a capture): dense; per_layer (that choice); fp16_2of4 (every layer's fastest fp16
+a compile and a capture): dense_masked (every layer dense: the 2:4-masked model the plan is made on,
+not the unpruned one); per_layer (that choice); fp16_2of4 (every layer's fastest fp16
 kernel: per-layer timings leave out int8's quantization pass, and at batch 16 on an H200 fp16 2:4
 beat int8 2:4 end to end); int8_fused (per_layer, but int8 only where the quantization fuses into
 the op before: the attention output projection's input comes from the attention kernel, so there it
@@ -15,16 +16,19 @@ first layer's GELU epilogue quantizing for the second: no GELU or quantization p
 the epilogue's configs are timed apart, as the INT8_GELU precision, since it changes which is fastest).
 `all` takes each layer's fastest kernel everywhere; `none` is dense.
 
-The variants are timed twice: replayed as CUDA graphs (the plan's kernels, how the model is served)
-and called eagerly (its eager_kernels, load_accelerated(eager=True)), where each op's host work counts:
-at small batches an int8 layer's extra quantization launch can cost more host time than its kernel
-saves. Eager timing needs the plan cache (without it every 2:4 call plans on the host, which costs more
-than the sparse matmul saves): auto then keeps the eager model dense.
+A batch size's variants are timed interleaved, in rounds (engine/timing.py), and twice: replayed
+as CUDA graphs (the plan's kernels, how the model is served) and called eagerly (its eager_kernels,
+load_accelerated(eager=True)), where each op's host work counts: at small batches an int8 layer's
+extra quantization launch can cost more host time than its kernel saves. Eager timing needs the
+plan cache (without it every 2:4 call plans on the host, which costs more than the sparse matmul
+saves): auto then keeps the eager model dense.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
 
 import torch
 from tqdm.auto import tqdm
@@ -35,10 +39,11 @@ from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
 from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
-from .plan import DENSE, LayerPlan, Plan
+from .plan import DENSE_MASKED, LayerPlan, Plan
 from .plan_cache import enable_for
 from .sparsity import two_four_violations
-from .tuning import best_alg, measure_shapes, median_ms, random_ids
+from .timing import ROUNDS, TRUSTED_HALF_WIDTH, interleaved, ratio_interval
+from .tuning import best_alg, measure_shapes, random_ids
 
 # auto keeps a layer's 2:4 kernel only when it beats cuBLAS by this much in isolation (more than timing
 # noise), and a whole-model variant only when it beats dense end to end by this much.
@@ -95,7 +100,7 @@ def choose_kernel(by_precision: ByPrecision, mode: str, min_speedup: float) -> K
     return None
 
 
-def choose_variant(latency_ms: dict[str, float], min_speedup: float, baseline: str = DENSE) -> str:
+def choose_variant(latency_ms: dict[str, float], min_speedup: float, baseline: str = DENSE_MASKED) -> str:
     """The fastest of several whole-model variants; the baseline unless another beats it by min_speedup."""
     best = min(latency_ms, key=latency_ms.__getitem__)
     return best if latency_ms[baseline] / latency_ms[best] >= min_speedup else baseline
@@ -140,7 +145,7 @@ def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: Laye
         return fp16_kernel(name, batch, mode) if int8_unfused else kernel
 
     variants = {
-        DENSE: {name: dict.fromkeys(kernels) for name, kernels in per_layer.items()},
+        DENSE_MASKED: {name: dict.fromkeys(kernels) for name, kernels in per_layer.items()},
         "per_layer": per_layer,
         "fp16_2of4": {name: {batch: fp16_kernel(name, batch, "all") for batch in kernels}
                       for name, kernels in per_layer.items()},
@@ -170,12 +175,12 @@ def distinct_variants(batch: int, variants: VariantKernels) -> list[str]:
 def final_kernels(mode: str, variants: VariantKernels,
                   model_ms: dict[int, dict[str, float]]) -> tuple[dict[str, BatchKernels], dict[int, str]]:
     """(kernels per layer, variant per batch size): auto takes each batch size's fastest whole-model
-    variant; all and none keep the per-layer choice (timed as "dense" when it is the same kernels)."""
+    variant; all and none keep the per-layer choice (timed as dense_masked when it is the same kernels)."""
     chosen = {batch: (choose_variant(ms, MIN_MODEL_SPEEDUP) if mode == "auto" else
-                      "per_layer" if "per_layer" in ms else DENSE)
+                      "per_layer" if "per_layer" in ms else DENSE_MASKED)
               for batch, ms in model_ms.items()}
     kernels = {name: {batch: variants[variant][name][batch] for batch, variant in chosen.items()}
-               for name in variants[DENSE]}
+               for name in variants[DENSE_MASKED]}
     return kernels, chosen
 
 
@@ -261,7 +266,7 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
         eager_kernels, plan.eager_variants = final_kernels(plan.mode, variants, plan.eager_model_ms)
     elif plan.mode == "auto":  # each eager 2:4 call would plan on the host: dense is faster
         eager_kernels = {name: dict.fromkeys(plan.batch_sizes) for name in kernels}
-        plan.eager_variants = dict.fromkeys(plan.batch_sizes, DENSE)
+        plan.eager_variants = dict.fromkeys(plan.batch_sizes, DENSE_MASKED)
         plan.kernel_timing_notes.append("eager: dense at every batch size (without the plan cache "
                                         f"({PLAN_CACHE_ENV}=1) each 2:4 call plans on the host)")
     else:  # all: 2:4 when run eagerly too, as asked (untimed: too slow without the plan cache)
@@ -270,36 +275,75 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
         plan.layers[name].eager_kernels = layer_kernel
 
 
-def time_model_variants(dense_model: torch.nn.Module, plan: Plan, variants: VariantKernels,
+def time_model_variants(masked_model: torch.nn.Module, plan: Plan, variants: VariantKernels,
                         eager: bool = False) -> dict[int, dict[str, float]]:
-    """Whole-model latency (ms) per batch size of each distinct variant: CUDA graph replay (compiled or
-    not), or with `eager` the modules called as they are, where host work per op counts."""
-    model = swap_linears(copy.deepcopy(dense_model),
+    """Whole-model latency (ms) per batch size of each distinct variant, the variants timed interleaved
+    (timing.interleaved) on one copy of the 2:4-masked model whose kernels are switched before each
+    turn: CUDA graph replay (compiled or not), or with `eager` the modules called as they are, where
+    host work per op counts.
+
+    Graphed, each of a batch size's variants (five at most) is compiled and captured once, one after
+    another, and they all replay in turns: capturing again every round would cost a compile per
+    variant and round, while five graphs of one batch size fit in GPU memory side by side, and their
+    compiles stay under torch.compile's recompile limit (8). All are released, and the compiled code
+    reset, before the next batch size."""
+    model = swap_linears(copy.deepcopy(masked_model),
                          lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
-                         named(variants[DENSE]))
+                         named(variants[DENSE_MASKED]))
     use_passthrough_gelu(model, plan.gelu_fusions())
-    vocab, device = dense_model.config.vocab_size, next(model.parameters()).device
+    vocab, device = masked_model.config.vocab_size, next(model.parameters()).device
+    calls = math.ceil(MODEL_TIMING_REPEATS / ROUNDS)
     result = {}
     how = "eager" if eager else "graphed"
     for batch in tqdm(sorted(plan.batch_sizes), desc=f"timing whole-model variants ({how})", unit="batch size"):
         input_ids = random_ids(batch, plan.seq_length, vocab, device)
-        result[batch] = {}
-        for variant in distinct_variants(batch, variants):
+        names = distinct_variants(batch, variants)
+
+        def use(variant: str) -> None:
             for name, kernel in at_batch(variants[variant], batch).items():
                 model.get_submodule(name).set_kernels({input_ids.numel(): kernel})
-            if eager:
-                with torch.inference_mode():
-                    result[batch][variant] = median_ms(lambda: model(input_ids=input_ids), MODEL_TIMING_WARMUP,
-                                                       MODEL_TIMING_REPEATS, device)
-            else:
-                runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
-                result[batch][variant] = median_ms(lambda: runner(input_ids=input_ids), MODEL_TIMING_WARMUP,
-                                                   MODEL_TIMING_REPEATS, device)
-                del runner
-                torch.compiler.reset()  # each variant recompiles the same forward: stay under the recompile limit
-                torch.cuda.empty_cache()
-            tqdm.write(f"whole model bs{batch} {variant} ({how}): {result[batch][variant]:.3f} ms")
+
+        def captured(variant: str) -> CudaGraphRunner:
+            use(variant)
+            runner = CudaGraphRunner(model, capture_context=capture_context, compile=plan.compiled)
+            runner(input_ids=input_ids)  # compiled and captured now, with this variant's kernels
+            return runner
+
+        runners = {} if eager else {variant: captured(variant) for variant in names}
+        forwards = {variant: functools.partial(runners.get(variant, model), input_ids=input_ids) for variant in names}
+        with torch.inference_mode():
+            timings = interleaved(forwards, device, MODEL_TIMING_WARMUP, ROUNDS, calls, before_turn=use)
+        del forwards, runners
+        if not eager:
+            torch.compiler.reset()
+            torch.cuda.empty_cache()
+        result[batch] = {variant: timings.median_ms(variant) for variant in names}
+        for variant in names:
+            interval = ratio_interval(timings, variant, DENSE_MASKED)
+            against = "" if variant == DENSE_MASKED else (
+                f", x{interval.median:.3f} [{interval.low:.3f}, {interval.high:.3f}] vs {DENSE_MASKED}"
+                + ("" if interval.trusted else f" (interval wider than ±{TRUSTED_HALF_WIDTH:.0%})"))
+            tqdm.write(f"whole model bs{batch} {variant} ({how}): {result[batch][variant]:.3f} ms{against}")
     return result
+
+
+def fp16_plan(plan: Plan) -> Plan:
+    """An int8 plan's fp16 counterpart, for the benchmark's fp16 2:4 model beside it: each layer that
+    was timed gets, at each batch size, the fp16 2:4 kernel its fp16 timings earned (choose_kernel in
+    the plan's mode), and no int8 calibration. Graphed kernels only (the benchmark times it compiled),
+    and chosen per layer: no fp16 whole-model variant was timed against the others."""
+    timings = plan.shape_timings.get("fp16", {})
+
+    def fp16_kernels(layer: LayerPlan) -> BatchKernels:
+        per_batch = timings.get(shape_name(layer.shape)) if layer.reason is None else None
+        if per_batch is None:
+            return dict.fromkeys(layer.kernels)
+        return {batch: choose_kernel({"fp16": per_batch[batch]}, plan.mode, MIN_LAYER_SPEEDUP)
+                for batch in layer.kernels}
+
+    layers = {name: LayerPlan(layer.shape, "fp16", fp16_kernels(layer), reason=layer.reason)
+              for name, layer in plan.layers.items()}
+    return dataclasses.replace(plan, precision="fp16", layers=layers)
 
 
 def logits_error(reference, output) -> float:

@@ -1,6 +1,5 @@
 """Kernel timing: cuBLAS dense against every cuSPARSELt config the loaded library offers, per Linear
-shape and token count, in child processes (CHILD_COMMAND), and the timers the whole-model
-timings use.
+shape and token count, in child processes (CHILD_COMMAND).
 
 The child's protocol (_serve) takes its timer as an argument and the parent (tune_linears) the
 child's command, so the decisions (how many configs there are, what a failed search or config
@@ -13,7 +12,6 @@ import json
 import math
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from .config import EngineConfig
 from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, plan_cache_on, shape_name, sparse_mm
 from .runtime import loaded_version
+from .timing import median_ms
 
 # A kernel config that makes no progress for this long is treated as failed.
 STALL_TIMEOUT_S = 60.0
@@ -48,42 +47,6 @@ def best_alg(timing: dict) -> int | None:
 def rotation_count(bytes_per_call: int, l2_bytes: int, limit: int = 8) -> int:
     """Input sets a timing loop cycles through so that it reads memory, not L2, as a model's layer does."""
     return max(1, min(limit, math.ceil(2 * l2_bytes / max(bytes_per_call, 1))))
-
-
-def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: torch.device,
-              budget_s: float | None = None) -> float:
-    """Median wall time of `repeats` calls after `warmup`: CUDA events on a GPU, a host clock on a CPU.
-
-    With `budget_s`, warm-up and timing stop early once that much time is spent after the first call
-    (one timed call at least): eager fp16 cuSPARSELt calls plan on the host each time, which is slow
-    (see _cslt_tokens_mm); the first call is left out of the budget because with the plan cache
-    (engine/plan_cache.py) it alone makes the plans, and the calls after it are fast.
-    """
-    budget_from = None
-
-    def spent() -> bool:
-        return budget_s is not None and budget_from is not None and time.perf_counter() - budget_from > budget_s
-
-    for _ in range(warmup):
-        forward()
-        budget_from = budget_from or time.perf_counter()
-        if spent():
-            break
-    times = []
-    while len(times) < repeats and not (times and spent()):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            forward()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            forward()
-            times.append((time.perf_counter() - begin) * 1000)
-        budget_from = budget_from or time.perf_counter()
-    return statistics.median(times)
 
 
 def graph_time_ms(step: Callable[[int], object], count: int, replays: int = 10) -> float:

@@ -1,18 +1,30 @@
 """benchmark: dense vs accelerated forward latency per batch size: eager, compiled and (GPU) graphed.
 
-Median of `repeats` timed forwards after `warmup` (CUDA events on a GPU, a host clock on a CPU);
-speedup is dense / accelerated. Modes: eager (module calls; the accelerated model with the kernels
-its plan timed fastest eagerly, load_accelerated(eager=True)), compiled (torch.compile; on a GPU the compiled model captured as one
-CUDA graph per batch size, which ran faster on the GPUs measured than
-mode="reduce-overhead") and, on a GPU, graphed (the eager modules captured the same way). On a
-GPU with fp8 tensor cores (compute capability 8.9+) and compile on, the dense model with fp8
-Linears (engine/kernels.py's Fp8Linear) is timed compiled too, as `dense_fp8`: the dense model to
-beat besides fp16. An out-of-memory at one batch size is recorded and the others still run. On a GPU it also
-runs the tutorial's single-Linear microbenchmark.
+Dense is the unpruned model, as a user has it. Each mode's variants are timed with engine/timing.py:
+interleaved in rounds on the same inputs (CUDA events on a GPU, a host clock on a CPU); a latency is
+the median of all a variant's timed calls, beside it its throughput (samples/s), and the speedup
+(dense / accelerated) is the median of the rounds' ratios with a bootstrap confidence interval over
+the rounds. Modes: eager (module calls; the accelerated model with the kernels its plan timed fastest
+eagerly, load_accelerated(eager=True)), compiled (torch.compile; on a GPU the compiled model captured
+as one CUDA graph per batch size, which ran faster on the GPUs measured than mode="reduce-overhead")
+and, on a GPU, graphed (the eager modules captured the same way). An out-of-memory at one batch size
+is recorded and the others still run. On a GPU it also runs the tutorial's single-Linear microbenchmark.
 
-Each timing's repeats are checked for noise: a timing whose repeats spread more than NOISE_LIMIT
+The 2x2 matrix {fp16, 8-bit} x {dense, 2:4}, on a GPU with 2:4 kernels and compile on, all compiled:
+fp16 dense; 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
+dense tensor cores, calibrated as the int8 2:4 layers are) and, where fp8 tensor cores are (compute
+capability 8.9+), dense_fp8 (engine/kernels.py's Fp8Linear, fast accumulation); fp16 2:4, the
+accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan); 8-bit
+2:4, the accelerated model of an int8 plan. `factors` says, per batch size, what each factor buys,
+each a ratio of two cells timed in the same rounds with its interval; `matrix_absent` says which cells
+(or 8-bit kinds) were not measured and why.
+
+Two checks mark what is not a result. A timing whose repeats spread more than NOISE_LIMIT
 (interquartile range / median), or that has a single timed call, is listed under
-`noise.untrustworthy`, `trustworthy` is then false, and a warning is printed.
+`noise.untrustworthy`; a speedup or factor whose interval reaches further than ±3% from its median
+(timing.TRUSTED_HALF_WIDTH), or that has fewer than timing.MIN_ROUNDS rounds (an eager time budget
+cut them), under `noise.untrusted_figures`. `trustworthy` is false where either lists anything, and
+a warning is printed; the summary stage quotes no speedup either lists.
 
 With benchmark.num_processes above 1 the batch sizes are dealt out round-robin to that many
 processes under torchrun (stages/distributed.py), rank i on GPU i; each writes its share's report,
@@ -22,6 +34,7 @@ batch size, the `device_index` that measured it.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -29,17 +42,18 @@ import re
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from engine.adapters import encoder_linears
 from engine.attention import capture_context, use_fused_attention
-from engine.calibration import fp8_input_scales
+from engine.calibration import calibrate_int8, fp8_input_scales, int8_layers
 from engine.common import best_device, relative_error
 from engine.graphs import CudaGraphRunner
+from engine.int8_dense import Int8DenseConfig
 from engine.kernels import (
     Fp8Config,
     Int8ReferenceLinear,
@@ -50,10 +64,21 @@ from engine.kernels import (
     named,
     swap_linears,
 )
-from engine.adapters import encoder_linears
 from engine.models import check_sequence_length
-from engine.plan import inference_model, load_accelerated
-from engine.tuning import best_alg, median_ms, random_ids, tune_linears
+from engine.plan import PLAN_FILE, Plan, inference_model, load_accelerated
+from engine.planner import fp16_plan
+from engine.timing import (
+    MIN_ROUNDS,
+    ROUNDS,
+    TRUSTED_HALF_WIDTH,
+    Rounds,
+    clock_ranges,
+    interleaved,
+    median_ms,
+    ratio_interval,
+    round_ratios,
+)
+from engine.tuning import best_alg, random_ids, tune_linears
 
 from .common import device_facts, read_json, write_json
 from .distributed import processes_asked, run_in_processes
@@ -66,10 +91,15 @@ EAGER_BUDGET_S = 10.0
 # Repeats of one timing spread wider than this (interquartile range / median) were disturbed, most
 # often by other work on the machine: on a loaded CPU two identical models can differ many times over.
 NOISE_LIMIT = 0.2
-# Interleaved rounds per mode (measure_batch): each times every variant for its share of the repeats.
-ROUNDS = 5
+# The 2x2 matrix's cells, and each factor as (baseline cell, cell): what the second buys over the first.
+CELLS = ("fp16 dense", "8-bit dense", "fp16 2:4", "8-bit 2:4")
+FACTORS = {"2:4 at fp16": ("fp16 dense", "fp16 2:4"), "2:4 at 8-bit": ("8-bit dense", "8-bit 2:4"),
+           "8-bit at dense": ("fp16 dense", "8-bit dense"), "8-bit at 2:4": ("fp16 2:4", "8-bit 2:4")}
+EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8")  # the 8-bit dense cell is the faster of these
+MATRIX_MODE = "compiled"
 # The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
-PER_BATCH_SIZE = ("latency_ms", "speedup", "speedup_range", "speedup_vs_dense_fp8", "peak_memory_mb")
+PER_BATCH_SIZE = ("latency_ms", "samples_per_s", "speedup", "speedup_interval", "speedup_range", "matrix",
+                  "factors", "gpu_clocks", "peak_memory_mb")
 
 
 def modes(on_gpu: bool, compile_enabled: bool) -> list[str]:
@@ -83,6 +113,47 @@ def fp8_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.
     return swap_linears(model, lambda name: Fp8Config(scales[name]), named(scales))
 
 
+def int8_dense_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor], strength: float) -> torch.nn.Module:
+    """A copy of `model` with its encoder Linears int8 on the dense tensor cores (Int8DenseLinear),
+    calibrated as the int8 2:4 layers are: SmoothQuant at `strength` from one forward of `inputs`, and
+    a Linear whose int8 error there is over calibration.MAX_LAYER_ERROR left as it is."""
+    model = copy.deepcopy(model)
+    calibrated = calibrate_int8(model, encoder_linears(model), inputs, strength)
+    allowed = int8_layers({name: error for name, (_, _, error) in calibrated.items()})
+    return swap_linears(model, lambda name: Int8DenseConfig(*calibrated[name][:2]),
+                        named(name for name, ok in allowed.items() if ok))
+
+
+def matrix_unavailable(on_gpu: bool, plan: Plan, mode_names: list[str]) -> str | None:
+    """Why the 2x2 matrix is not measured here, or None where it is."""
+    if not on_gpu:
+        return "a CPU run: float32, no 8-bit or 2:4 kernels"
+    if plan.backend is None:
+        return f"the plan runs no 2:4 kernels ({plan.reason})"
+    if MATRIX_MODE not in mode_names:
+        return f"the matrix is timed {MATRIX_MODE}, and that mode is off (benchmark.compile, or the modes asked for)"
+    return None
+
+
+def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, device: torch.device,
+                  dtype: torch.dtype, calibration: dict[str, torch.Tensor],
+                  params) -> tuple[dict[str, torch.nn.Module], dict[str, str], dict[str, str]]:
+    """(the models the matrix adds to dense and accelerated, timed compiled only; the 2:4 cells'
+    variants; what is absent, cell or 8-bit kind, and why)."""
+    models = {"dense_int8": int8_dense_model(dense, calibration, params["accelerate.int8_smoothing"])}
+    absent = {}
+    if fp8_available(device):
+        models["dense_fp8"] = fp8_model(dense, calibration)
+    else:
+        absent["dense_fp8"] = "no fp8 tensor cores (compute capability below 8.9)"
+    if plan.precision == "int8":
+        models["accelerated_fp16"] = load_accelerated(accelerated_dir, device, dtype, graphs=False,
+                                                      plan=fp16_plan(plan))
+        return models, {"fp16 2:4": "accelerated_fp16", "8-bit 2:4": "accelerated"}, absent
+    absent["8-bit 2:4"] = "accelerate.precision is fp16: no int8 2:4 model (with int8, both 2:4 cells are measured)"
+    return models, {"fp16 2:4": "accelerated"}, absent
+
+
 def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
     """The callable a mode times. Compiled shapes stay static: one graph per batch size."""
     if mode == "compiled" and on_gpu:
@@ -92,42 +163,6 @@ def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
     if mode == "graphed":
         return CudaGraphRunner(model, capture_context=capture_context)
     return model
-
-
-def speedups(latency: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """dense / accelerated per batch size and mode, where both were measured."""
-    result = {}
-    for batch, row in latency.items():
-        modes_seen = [key.rsplit("_", 1)[1] for key in row if key.rsplit("_", 1)[0] == "dense"]
-        result[batch] = {mode: round(row[f"dense_{mode}"] / row[f"accelerated_{mode}"], 3)
-                         for mode in modes_seen if f"accelerated_{mode}" in row}
-    return result
-
-
-class CallTimer:
-    """`forward`, with each call timed (CUDA events on a GPU, a host clock on a CPU): the calls are
-    kept, for the medians and the noise check."""
-
-    def __init__(self, forward, device: torch.device):
-        self.forward, self.on_gpu, self.calls = forward, device.type == "cuda", []
-
-    def __call__(self):
-        if self.on_gpu:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.forward()
-            end.record()
-            self.calls.append((start, end))
-        else:
-            begin = time.perf_counter()
-            self.forward()
-            self.calls.append((time.perf_counter() - begin) * 1000)
-
-    def timed_ms(self) -> list[float]:
-        if self.on_gpu:
-            torch.cuda.synchronize()
-            return [start.elapsed_time(end) for start, end in self.calls]
-        return list(self.calls)
 
 
 def relative_spread(times_ms: list[float]) -> float | None:
@@ -150,16 +185,57 @@ def untrustworthy(spread: dict[str, dict[str, float | None]]) -> dict[str, dict[
     return found
 
 
-def noise_check(spread: dict[str, dict[str, float | None]]) -> dict:
-    """The report's noise section and trust flag for these spreads; a warning names the noisy timings."""
-    noisy_reasons = untrustworthy(spread)
+def figures(speedup_interval: dict[str, dict], factors: dict[str, dict]) -> dict[str, dict[str, dict | None]]:
+    """Per batch size, every figure with an interval: "speedup <mode>" and each factor of the matrix."""
+    return {batch: {**{f"speedup {mode}": interval for mode, interval in speedup_interval.get(batch, {}).items()},
+                    **factors.get(batch, {})}
+            for batch in {**speedup_interval, **factors}}
+
+
+def untrusted_why(interval: dict) -> str:
+    """Why a figure's interval (timing.RatioInterval.report) makes it no result."""
+    if interval["rounds"] < MIN_ROUNDS:
+        return f"{interval['rounds']} rounds < {MIN_ROUNDS}"
+    return f"its interval reaches past ±{TRUSTED_HALF_WIDTH:.0%} of its median"
+
+
+def interval_text(interval: dict | None) -> str:
+    """A figure with its interval as text, "x1.080 [1.070, 1.090]", marked where it is no result."""
+    if interval is None:
+        return "n/a"
+    text = f"x{interval['median']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+    return text if interval["trusted"] else f"{text} (not a result: {untrusted_why(interval)})"
+
+
+def untrusted_figures(by_batch: dict[str, dict[str, dict | None]]) -> dict[str, dict[str, str]]:
+    """Per batch size, the figures whose interval is not trusted (timing.ratio_interval), each as
+    interval_text, which says why."""
+    found = {}
+    for batch, by_figure in by_batch.items():
+        reasons = {figure: interval_text(interval) for figure, interval in by_figure.items()
+                   if interval is not None and not interval["trusted"]}
+        if reasons:
+            found[batch] = reasons
+    return found
+
+
+def noise_check(spread: dict[str, dict[str, float | None]], intervals: dict[str, dict[str, dict | None]]) -> dict:
+    """The report's noise section and trust flag for these spreads and figures' intervals; a warning
+    names what fails."""
+    noisy_reasons, unsure = untrustworthy(spread), untrusted_figures(intervals)
+    log = logging.getLogger(__name__)
     if noisy_reasons:
         noisy = [f"{batch} {timing}" for batch, reasons in noisy_reasons.items() for timing in reasons]
-        logging.getLogger(__name__).warning(
-            f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
-            "see noise.untrustworthy in reports/benchmark.json")
-    return {"noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": noisy_reasons},
-            "trustworthy": not noisy_reasons}
+        log.warning(f"benchmark: warning: {len(noisy)} timings too noisy to trust ({', '.join(noisy)}); "
+                    "see noise.untrustworthy in reports/benchmark.json")
+    if unsure:
+        named_figures = [f"{batch} {figure}" for batch, reasons in unsure.items() for figure in reasons]
+        log.warning(f"benchmark: warning: {len(named_figures)} figures are not results, their intervals wider "
+                    f"than ±{TRUSTED_HALF_WIDTH:.0%} or their rounds too few ({', '.join(named_figures)}); "
+                    "see noise.untrusted_figures in reports/benchmark.json")
+    return {"noise": {"limit": NOISE_LIMIT, "spread": spread, "untrustworthy": noisy_reasons,
+                      "interval_limit": TRUSTED_HALF_WIDTH, "untrusted_figures": unsure},
+            "trustworthy": not noisy_reasons and not unsure}
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -183,65 +259,68 @@ def gpu_driver_version() -> str | None:
 
 
 def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], params,
-                  device) -> tuple[dict, dict, dict, dict]:
-    """(latency ms, peak memory MiB, relative spread of the repeats, per-round speedup range) per
-    variant_mode at one batch of inputs; raises OutOfMemoryError.
-
-    A mode's variants are timed interleaved: each is warmed up (graphs captured, code compiled), then
-    ROUNDS rounds time every variant in turn for its share of the repeats, so a change of clocks or
-    load during the measurement reaches dense and accelerated alike. The latency is the median of
-    all a variant's timed calls; the range is the lowest and highest dense / accelerated ratio of
-    the rounds' medians."""
-    latency, peak, spread, ranges = {}, {}, {}, {}
-    per_round = max(1, math.ceil(params["benchmark.repeats"] / ROUNDS))
+                  device) -> dict[str, Rounds]:
+    """Per mode, its variants timed interleaved on `input_ids` (timing.interleaved): each warmed up
+    (graphs captured, code compiled), then ROUNDS rounds of a turn each, benchmark.repeats calls of
+    each spread over the rounds; eager within EAGER_BUDGET_S. Raises OutOfMemoryError."""
+    calls = max(1, math.ceil(params["benchmark.repeats"] / ROUNDS))
+    timings = {}
     for mode in mode_names:
-        # eager 2:4 calls may plan on the host for each call: a warm-up call and a round of each at least
-        budget_s = EAGER_BUDGET_S if mode == "eager" else None
+        forwards = {variant: functools.partial(by_mode[mode], input_ids=input_ids)
+                    for variant, by_mode in models.items() if mode in by_mode}
+        with torch.inference_mode():
+            timings[mode] = interleaved(forwards, device, params["benchmark.warmup"], ROUNDS, calls,
+                                        budget_s=EAGER_BUDGET_S if mode == "eager" else None)
+    return timings
 
-        def spent(since: float) -> bool:
-            return budget_s is not None and time.perf_counter() - since > budget_s
 
-        timers = {}
-        for variant, by_mode in models.items():
-            if mode not in by_mode:
-                continue
-            forward = by_mode[mode]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            warm_from = time.perf_counter()
-            with torch.inference_mode():
-                for _ in range(params["benchmark.warmup"]):
-                    forward(input_ids=input_ids)
-                    if spent(warm_from):
-                        break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                peak[f"{variant}_{mode}"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-            timers[variant] = CallTimer(lambda forward=forward: forward(input_ids=input_ids), device)
-        started = time.perf_counter()
-        round_calls = {variant: [] for variant in timers}  # per round, (first, end) index into timer.calls
-        for _ in range(ROUNDS):
-            for variant, timer in timers.items():
-                before = len(timer.calls)
-                with torch.inference_mode():
-                    for _ in range(per_round):
-                        timer()
-                        if spent(started):
-                            break
-                round_calls[variant].append((before, len(timer.calls)))
-            if spent(started):
-                break
-        round_medians = {}
-        for variant, timer in timers.items():
-            times = timer.timed_ms()
-            latency[f"{variant}_{mode}"] = round(statistics.median(times), 3)
-            spread[f"{variant}_{mode}"] = relative_spread(times)
-            round_medians[variant] = [statistics.median(times[begin:end]) for begin, end in round_calls[variant]]
-        if "dense" in round_medians and "accelerated" in round_medians:
-            ratios = [dense / accelerated
-                      for dense, accelerated in zip(round_medians["dense"], round_medians["accelerated"])]
-            ranges[mode] = [round(min(ratios), 3), round(max(ratios), 3)]
-    return latency, peak, spread, ranges
+def matrix_cells(timings: Rounds, two_four: dict[str, str]) -> dict[str, str]:
+    """Each cell of the matrix these rounds measured -> its variant: fp16 dense the unpruned model,
+    8-bit dense the faster (median) of EIGHT_BIT_DENSE, the 2:4 cells as `two_four` names them."""
+    timed = timings.times_ms
+    cells = {"fp16 dense": "dense"} if "dense" in timed else {}
+    eight_bit = [variant for variant in EIGHT_BIT_DENSE if variant in timed]
+    if eight_bit:
+        cells["8-bit dense"] = min(eight_bit, key=timings.median_ms)
+    return cells | {cell: variant for cell, variant in two_four.items() if variant in timed}
+
+
+def factor_table(timings: Rounds, cells: dict[str, str]) -> dict[str, dict | None]:
+    """What each factor buys (FACTORS): the rounds' median ratio of its two cells with its interval
+    (timing.RatioInterval.report), None where a cell is missing."""
+    return {factor: ratio_interval(timings, cells[faster], cells[baseline]).report()
+            if {baseline, faster} <= cells.keys() else None
+            for factor, (baseline, faster) in FACTORS.items()}
+
+
+def batch_tables(timings: dict[str, Rounds], batch: int, two_four: dict[str, str]) -> dict[str, dict]:
+    """One batch size's row of each per-batch-size table (PER_BATCH_SIZE, less those left empty) and
+    its spreads, from measure_batch's timings."""
+    tables = {name: {} for name in PER_BATCH_SIZE + ("spread",)}
+    for mode, rounds in timings.items():
+        for variant in rounds.times_ms:
+            timing = f"{variant}_{mode}"
+            ms = rounds.median_ms(variant)
+            tables["latency_ms"][timing] = round(ms, 3)
+            tables["samples_per_s"][timing] = round(batch * 1000 / ms, 1)
+            tables["spread"][timing] = relative_spread(rounds.calls(variant))
+            if variant in rounds.peak_memory_mb:
+                tables["peak_memory_mb"][timing] = rounds.peak_memory_mb[variant]
+        if {"dense", "accelerated"} <= rounds.times_ms.keys():
+            interval = ratio_interval(rounds, "accelerated", "dense").report()
+            ratios = round_ratios(rounds, "accelerated", "dense")
+            tables["speedup"][mode] = interval["median"]
+            tables["speedup_interval"][mode] = interval
+            tables["speedup_range"][mode] = [round(min(ratios), 3), round(max(ratios), 3)]
+        if clocks := clock_ranges(rounds.clocks):
+            tables["gpu_clocks"][mode] = clocks
+        if mode == MATRIX_MODE and two_four:
+            cells = matrix_cells(rounds, two_four)
+            tables["matrix"] = {cell: {"variant": variant, "ms": tables["latency_ms"][f"{variant}_{mode}"],
+                                       "samples_per_s": tables["samples_per_s"][f"{variant}_{mode}"]}
+                                for cell, variant in cells.items()}
+            tables["factors"] = factor_table(rounds, cells)
+    return {name: row for name, row in tables.items() if row}
 
 
 @torch.no_grad()
@@ -301,20 +380,24 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
     # Dense gets the accelerated model's one query/key/value Linear too: the speedup is 2:4's alone.
     dense = inference_model(dense_dir, device, dtype)
     check_sequence_length(dense.config, seq_length, f"params.yaml: {length_field}")
+    plan = Plan.load(accelerated_dir / PLAN_FILE)
     plain = {
         "dense": use_fused_attention(dense) if on_gpu else dense,
-        "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False),
+        "accelerated": load_accelerated(accelerated_dir, device, dtype, graphs=False, plan=plan),
     }
     modes_of = {variant: mode_names for variant in plain}
     # Run eagerly, the accelerated model is the one with the kernels the plan timed fastest eagerly.
-    eager_models = {"accelerated": load_accelerated(accelerated_dir, device, dtype, eager=True)} \
+    eager_models = {"accelerated": load_accelerated(accelerated_dir, device, dtype, eager=True, plan=plan)} \
         if on_gpu and "eager" in mode_names else {}
-    with_fp8 = fp8_available(device) and "compiled" in mode_names
-    if with_fp8:
+    unavailable = matrix_unavailable(on_gpu, plan, mode_names)
+    two_four, matrix_absent = {}, dict.fromkeys(CELLS, unavailable)
+    if unavailable is None:
         calibration = {"input_ids": random_ids(4, seq_length, dense.config.vocab_size, device)}
-        plain["dense_fp8"] = fp8_model(plain["dense"], calibration)
-        modes_of["dense_fp8"] = ["compiled"]
-    latency, peak_memory, spread, speedup_range, rows = {}, {}, {}, {}, []
+        added, two_four, matrix_absent = matrix_models(plain["dense"], plan, accelerated_dir, device, dtype,
+                                                       calibration, params)
+        plain |= added
+        modes_of |= dict.fromkeys(added, [MATRIX_MODE])
+    tables, spread, rows = {name: {} for name in PER_BATCH_SIZE}, {}, []
     for batch in tqdm(batch_sizes, desc="benchmark", unit="batch size"):
         key = f"bs{batch}"
         # Fresh wrappers per batch size: graphs and compiled code of the last size are freed first.
@@ -323,22 +406,24 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
                   for variant, model in plain.items()}
         try:
             input_ids = random_ids(batch, seq_length, dense.config.vocab_size, device, seed=batch)
-            latency[key], peak, spread[key], speedup_range[key] = measure_batch(models, input_ids, mode_names,
-                                                                                params, device)
+            timings = measure_batch(models, input_ids, mode_names, params, device)
         except RuntimeError as err:  # torch.OutOfMemoryError, or one torch.compile wrapped
             if not is_out_of_memory(err):
                 raise
-            latency[key] = {"error": "out of memory"}
+            tables["latency_ms"][key], tables["speedup"][key] = {"error": "out of memory"}, {}
             continue
         finally:
             del models
             if on_gpu:
                 torch.compiler.reset()
                 torch.cuda.empty_cache()
-        if peak:
-            peak_memory[key] = peak
-        rows += [{"batch_size": batch, "variant": variant, "mode": mode, "latency_ms": ms}
-                 for variant_mode, ms in latency[key].items()
+        measured = batch_tables(timings, batch, two_four)
+        spread[key] = measured.pop("spread")
+        for name, row in measured.items():
+            tables[name][key] = row
+        rows += [{"batch_size": batch, "variant": variant, "mode": mode, "latency_ms": ms,
+                  "samples_per_s": measured["samples_per_s"][variant_mode]}
+                 for variant_mode, ms in measured["latency_ms"].items()
                  for variant, mode in [variant_mode.rsplit("_", 1)]]
     metrics = {
         "seq_length": seq_length,
@@ -346,21 +431,15 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "modes": mode_names,
         "warmup": params["benchmark.warmup"],
         "repeats": params["benchmark.repeats"],
-        "latency_ms": latency,
-        "speedup": speedups(latency),
         "rounds": ROUNDS,
-        "speedup_range": speedup_range,
-        **noise_check(spread),
+        **tables,
+        "matrix_absent": matrix_absent,
+        **noise_check(spread, figures(tables["speedup_interval"], tables["factors"])),
         "device": device_facts(device),
     }
-    if with_fp8:
-        metrics["speedup_vs_dense_fp8"] = {
-            batch: round(row["dense_fp8_compiled"] / row["accelerated_compiled"], 3)
-            for batch, row in latency.items() if "dense_fp8_compiled" in row and "accelerated_compiled" in row}
     if any(isinstance(module, Int8ReferenceLinear) for module in plain["accelerated"].modules()):
         metrics["note"] = "accelerated computes its int8 layers in a float64 emulation here: not a speed figure"
     if on_gpu:
-        metrics["peak_memory_mb"] = peak_memory
         metrics["device"]["driver"] = gpu_driver_version()
         if tutorial and device_backend(device)[0] is not None:
             metrics["tutorial_linear"] = tutorial_linear(device, dtype, params)
@@ -396,7 +475,7 @@ def measure_share(params, dense_dir: Path, accelerated_dir: Path, shares: list[l
 
 def merged(partials: list[dict], batch_sizes: list[int]) -> dict:
     """The report one process would have written, from each rank's report of its share: rank 0's
-    facts, every per-batch-size table in batch order, the noise check over all timings; plus how many
+    facts, every per-batch-size table in batch order, the noise check over all timings and figures; plus how many
     processes ran and, per batch size, the rank that measured it, which is its GPU's index."""
     order = [f"bs{batch}" for batch in batch_sizes]
 
@@ -406,9 +485,9 @@ def merged(partials: list[dict], batch_sizes: list[int]) -> dict:
 
     metrics = dict(partials[0])
     for table in PER_BATCH_SIZE:
-        if table in metrics:
-            metrics[table] = in_batch_order(partial[table] for partial in partials)
-    metrics.update(noise_check(in_batch_order(partial["noise"]["spread"] for partial in partials)))
+        metrics[table] = in_batch_order(partial[table] for partial in partials)
+    metrics.update(noise_check(in_batch_order(partial["noise"]["spread"] for partial in partials),
+                               figures(metrics["speedup_interval"], metrics["factors"])))
     metrics["processes"] = len(partials)
     metrics["device_index"] = {key: rank for key in order for rank, partial in enumerate(partials)
                                if key in partial["latency_ms"]}

@@ -4,7 +4,8 @@ The scores file (git-tracked: `dvc metrics diff` reads it from any commit of a c
 and EM per variant, the headline speedup, and the accelerated model's F1 and EM beside its latency
 at every batch size benchmarked, so one artifact reads "F1 -x, latency /y". The headline speedup is
 dense / accelerated latency at the largest batch size measured, compiled where it was (else
-graphed, else eager), from timings that passed the benchmark's noise check. On a CPU the
+graphed, else eager), from a speedup that passed the benchmark's checks (both timings' spread,
+its interval within ±3%). On a CPU the
 accelerated model computes densely (no 2:4 kernels), so a speedup there is two timings of the same
 math: it reads NO_KERNELS instead. The rest (every latency, run facts, per-layer details) stays in
 reports/<stage>.json. The charts: training loss per step (a panel per run, on its own objective's
@@ -26,14 +27,20 @@ def batch_size(key: str) -> int:
     return int(key.removeprefix("bs"))
 
 
+def trusted(benchmark: dict, key: str, mode: str) -> bool:
+    """Whether a batch size's speedup in a mode is a result: its two timings passed the noise check
+    and its interval stays within the benchmark's limit (noise.untrusted_figures lists it otherwise)."""
+    noisy = benchmark["noise"]["untrustworthy"].get(key, {})
+    unsure = benchmark["noise"]["untrusted_figures"].get(key, {})
+    return not {f"dense_{mode}", f"accelerated_{mode}"} & set(noisy) and f"speedup {mode}" not in unsure
+
+
 def headline_speedup(benchmark: dict) -> dict | None:
-    """Batch size, mode and speedup at the largest batch size with one whose two timings passed the
-    noise check; None if there is none."""
-    noisy = benchmark["noise"]["untrustworthy"]
+    """Batch size, mode and speedup at the largest batch size with one that passed the benchmark's
+    checks (trusted); None if there is none."""
     for key in sorted(benchmark["speedup"], key=batch_size, reverse=True):
         for mode in HEADLINE_MODES:
-            trusted = not {f"dense_{mode}", f"accelerated_{mode}"} & set(noisy.get(key, {}))
-            if mode in benchmark["speedup"][key] and trusted:
+            if mode in benchmark["speedup"][key] and trusted(benchmark, key, mode):
                 return {"batch_size": batch_size(key), "mode": mode, "speedup": benchmark["speedup"][key][mode]}
     return None
 
@@ -54,20 +61,19 @@ def noisy_timings(benchmark: dict) -> dict[str, set[str]]:
 
 def accelerated_scores(evaluation: dict, benchmark: dict) -> dict:
     """The accelerated model's F1, EM and F1 change vs dense, and per batch size its latency beside
-    dense's in the first mode (HEADLINE_MODES order) whose two timings passed the noise check, else
-    the first measured (`trusted` false)."""
-    noisy = noisy_timings(benchmark)
+    dense's in the first mode (HEADLINE_MODES order) whose speedup passed the benchmark's checks
+    (trusted), else the first measured (`trusted` false)."""
     latency = {}
     for key in sorted(benchmark["latency_ms"], key=batch_size):
         row = benchmark["latency_ms"][key]
         measured = [m for m in HEADLINE_MODES if f"dense_{m}" in row and f"accelerated_{m}" in row]
-        trusted = [m for m in measured if not {f"dense_{m}", f"accelerated_{m}"} & noisy.get(key, set())]
+        passed = [m for m in measured if trusted(benchmark, key, m)]
         if not measured:  # out of memory at this batch size
             continue
-        mode = (trusted or measured)[0]
+        mode = (passed or measured)[0]
         latency[key] = {"ms": row[f"accelerated_{mode}"], "dense_ms": row[f"dense_{mode}"],
                         "speedup": NO_KERNELS if on_cpu(benchmark) else benchmark["speedup"][key][mode],
-                        "mode": mode, "trusted": bool(trusted)}
+                        "mode": mode, "trusted": bool(passed)}
     accelerated, dense = evaluation["accelerated"], evaluation["dense"]
     return {"f1": accelerated["f1"], "em": accelerated["exact_match"],
             "f1_change": round(accelerated["f1"] - dense["f1"], 3), "latency": latency}

@@ -55,7 +55,7 @@ def test_two_processes_report_what_one_does_and_who_measured_each_batch_size(mod
         assert list(report["latency_ms"]) == list(report["speedup"]) == list(report["noise"]["spread"]) == batch_keys
     assert {key: set(row) for key, row in two["latency_ms"].items()} == \
            {key: set(row) for key, row in one["latency_ms"].items()}
-    assert two["trustworthy"] == (not two["noise"]["untrustworthy"])
+    assert two["trustworthy"] == (not two["noise"]["untrustworthy"] and not two["noise"]["untrusted_figures"])
 
 
 def test_a_failing_rank_fails_the_stage_in_one_line_and_writes_no_report(models, tiny_model, monkeypatch, tmp_path):
@@ -79,11 +79,17 @@ def test_num_processes_is_auto_or_a_whole_number(tiny_model, value):
 
 def partial_report(latency: dict, spread: dict, device: str) -> dict:
     """A rank's report of its share, as `run` writes it on a GPU (the fields merging reads)."""
-    return {"seq_length": 384, "latency_ms": latency, "speedup": benchmark.speedups(latency),
-            **benchmark.noise_check(spread), "device": {"gpu": device},
-            "speedup_vs_dense_fp8": {key: 1.0 for key in latency},
+    speedup = {key: {"compiled": row["dense_compiled"] / row["accelerated_compiled"]} for key, row in latency.items()}
+    interval = {key: {"compiled": {"median": row["compiled"], "low": row["compiled"], "high": row["compiled"],
+                                   "rounds": 10, "trusted": True}} for key, row in speedup.items()}
+    factors = {key: {"2:4 at fp16": row["compiled"]} for key, row in interval.items()}
+    return {"seq_length": 384, "latency_ms": latency, "speedup": speedup,
+            "samples_per_s": {key: {"dense_compiled": 1.0} for key in latency}, "speedup_interval": interval,
             "speedup_range": {key: {"compiled": [0.9, 1.1]} for key in latency},
-            "peak_memory_mb": {key: 10.0 for key in latency}}
+            "matrix": {key: {"fp16 dense": {"variant": "dense"}} for key in latency}, "factors": factors,
+            "gpu_clocks": {key: {"compiled": {"sm_mhz": [1980.0, 1980.0]}} for key in latency},
+            "peak_memory_mb": {key: 10.0 for key in latency},
+            **benchmark.noise_check(spread, benchmark.figures(interval, factors)), "device": {"gpu": device}}
 
 
 def test_merging_orders_every_table_by_batch_size_and_checks_noise_over_all_ranks():

@@ -53,8 +53,9 @@ def test_the_stream_pads_to_buckets_without_changing_outputs_and_reports_the_spe
     shapes = [tuple(shape) for shape in result["request_shapes"]]
     assert shapes == engine_stream.requests(5, 1, 5, 8, 30)
     assert result["tokens"] == sum(batch * seq for batch, seq in shapes)
-    assert len(result["seconds"]["dense"]) == 2 and result["speedup"] > 0
-    assert result["speedup"] == round(result["tokens_per_s"]["accelerated"] / result["tokens_per_s"]["dense"], 3)
+    assert len(result["seconds"]["dense"]) == len(result["seconds"]["accelerated"]) == 2  # a pass of each per round
+    assert result["speedup"] == result["speedup_interval"]["median"] > 0  # the rounds' median ratio
+    assert result["speedup_interval"]["rounds"] == 2 and not result["speedup_interval"]["trusted"]  # 2 rounds
     assert len(result["relative_error"]) == engine_stream.CHECKED_REQUESTS
     for errors in result["relative_error"].values():
         assert errors["padding"] < 1e-5  # padded and masked: the unpadded model's logits
@@ -87,19 +88,26 @@ def test_gpu_engine_gives_its_model_a_tokenizer_that_needs_no_hub(tmp_path):
 def test_benchmark_metrics_of_one_batch_size_at_a_time_fold_into_one():
     from gpu_engine import merge_benchmark
 
-    def one(batch, spread):
+    def one(batch, spread, unsure=False):
         key = f"bs{batch}"
         return {"seq_length": 384, "latency_ms": {key: {"dense_compiled": 2.0 * batch}}, "speedup": {key: {"compiled": 1.1}},
                 "noise": {"limit": 0.2, "spread": {key: {"dense_compiled": spread}},
-                          "untrustworthy": {key: {"dense_compiled": "spread"}} if spread > 0.2 else {}},
-                "speedup_vs_dense_fp8": {key: 1.2}, "device": {"gpu": "H200"}, "trustworthy": spread <= 0.2}
+                          "untrustworthy": {key: {"dense_compiled": "spread"}} if spread > 0.2 else {},
+                          "interval_limit": 0.03,
+                          "untrusted_figures": {key: {"speedup compiled": "x"}} if unsure else {}},
+                "factors": {key: {"2:4 at fp16": None}}, "device": {"gpu": "H200"},
+                "trustworthy": spread <= 0.2 and not unsure}
 
     merged = {}
     merge_benchmark(merged, one(16, 0.01))
     assert merged["trustworthy"]
+    unsure = {}
+    merge_benchmark(unsure, one(16, 0.01, unsure=True))
+    assert not unsure["trustworthy"] and unsure["noise"]["untrusted_figures"] == {"bs16": {"speedup compiled": "x"}}
     merge_benchmark(merged, one(64, 0.5))
     assert merged["latency_ms"] == {"bs16": {"dense_compiled": 32.0}, "bs64": {"dense_compiled": 128.0}}
-    assert merged["speedup_vs_dense_fp8"] == {"bs16": 1.2, "bs64": 1.2} and merged["device"] == {"gpu": "H200"}
+    assert merged["factors"] == {"bs16": {"2:4 at fp16": None}, "bs64": {"2:4 at fp16": None}}
+    assert merged["device"] == {"gpu": "H200"}
     assert merged["noise"]["spread"] == {"bs16": {"dense_compiled": 0.01}, "bs64": {"dense_compiled": 0.5}}
     assert not merged["trustworthy"] and list(merged["noise"]["untrustworthy"]) == ["bs64"]
 
@@ -108,7 +116,7 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     import engine_gpu_summary
 
     (tmp_path / "accelerate.json").write_text(json.dumps({"plan": {
-        "model_ms": {"16": {"dense": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
+        "model_ms": {"16": {"dense_masked": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
         "tuning": {"alg_ids_offered": {"fp16": 60}}}}))
     (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {"latency_ms": {"bs16": {
         "dense_compiled": 2.6, "dense_fp8_compiled": 2.4, "accelerated_compiled": 2.0}}}}))

@@ -54,7 +54,7 @@ def test_whole_model_variants_switch_kernels_on_one_model(cpu_cusparselt):
     variants = planner.variant_kernels("auto", per_layer, timings, unfused_inputs(model, per_layer))
     model_ms = planner.time_model_variants(model, plan, variants)
     assert {batch: sorted(ms) for batch, ms in model_ms.items()} == {
-        1: ["dense", "fp16_2of4"], 2: ["dense", "fp16_2of4", "int8_fused", "per_layer"]}
+        1: ["dense_masked", "fp16_2of4"], 2: ["dense_masked", "fp16_2of4", "int8_fused", "per_layer"]}
     assert all(ms > 0 for by_variant in model_ms.values() for ms in by_variant.values())
     kinds = {(call["input_dtype"], call["alg_id"]) for call in cpu_cusparselt}
     assert kinds == {(torch.float32, 0), (torch.float32, 3), (torch.int8, 1)}  # each variant's kernels ran

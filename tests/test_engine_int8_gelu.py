@@ -148,9 +148,9 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
         return {f"{linear.out_features}x{linear.in_features}": {4: by_precision[precision]}
                 for linear in layers.values()}, []
 
-    graphed_ms = {"dense": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5}
+    graphed_ms = {"dense_masked": 5.0, "per_layer": 4.0, "fp16_2of4": 4.5, "int8_gelu": 3.5}
     # eagerly the int8 layers' extra host work makes fp16 2:4 the fastest
-    eager_ms = {"dense": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
+    eager_ms = {"dense_masked": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
     fusions_when_timed = []
 
     def fake_time_model_variants(model, plan, variants, eager=False):
@@ -165,7 +165,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     monkeypatch.setattr(kernels, "PLANNED_MM", lambda *args: None)  # the plan cache on
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert measured == [(["ffn", "out"], "fp16"), (["ffn", "out"], "int8"), (["ffn"], INT8_GELU)]
-    every_variant = ["dense", "per_layer", "fp16_2of4", "int8_gelu"]
+    every_variant = ["dense_masked", "per_layer", "fp16_2of4", "int8_gelu"]
     assert timed_variants == [(False, every_variant), (True, every_variant)]  # in CUDA graphs, then eagerly
     assert plan.layers["ffn"].kernels == {4: Kernel(INT8_GELU, 6)} and plan.layers["out"].kernels == {4: Kernel("int8", 1)}
     assert plan.gelu_fusions() == {"ffn": "out"} and plan.summary()["by_batch"]["bs4"]["layers_int8_gelu"] == 1
@@ -187,8 +187,8 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     plan.layers["ffn"].kernels = plan.layers["ffn"].eager_kernels = {}
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert [precision for _, precision in measured] == ["fp16", "int8"]
-    assert timed_variants == [(False, ["dense", "per_layer", "fp16_2of4"])]
-    assert plan.eager_variants == {4: "dense"} and plan.layers["ffn"].eager_kernels == {4: None}
+    assert timed_variants == [(False, ["dense_masked", "per_layer", "fp16_2of4"])]
+    assert plan.eager_variants == {4: "dense_masked"} and plan.layers["ffn"].eager_kernels == {4: None}
     assert plan.kernel_timing_notes[-1].startswith("eager: dense at every batch size")
 
 

@@ -27,7 +27,8 @@ def measured_plan() -> Plan:
     all_variants = variant_kernels("auto", per_layer, timings, set())
     kernels, variants = final_kernels("auto", all_variants, model_ms)
     # eagerly, int8's extra quantization call costs more host time than its kernel saves at batch 256
-    eager_model_ms = {4: {"dense": 9.0, "fp16_2of4": 9.5}, 256: {"dense": 120.0, "per_layer": 125.0, "fp16_2of4": 110.0}}
+    eager_model_ms = {4: {"dense_masked": 9.0, "fp16_2of4": 9.5},
+                      256: {"dense_masked": 120.0, "per_layer": 125.0, "fp16_2of4": 110.0}}
     eager_kernels, eager_variants = final_kernels("auto", all_variants, eager_model_ms)
     layers = {
         FFN: LayerPlan((3072, 768), "int8", kernels[FFN], eager_kernels[FFN], input_scale=0.05,
@@ -50,10 +51,11 @@ def test_plan_round_trips_through_its_files(tmp_path):
     plan.save(tmp_path / PLAN_FILE)
     assert (tmp_path / SMOOTHING_FILE).exists()
     loaded = Plan.load(tmp_path / PLAN_FILE)
-    assert loaded.version == PLAN_VERSION and loaded.variants == {4: "dense", 256: "per_layer"}
+    assert loaded.version == PLAN_VERSION and loaded.variants == {4: "dense_masked", 256: "per_layer"}
     assert loaded.layers[FFN].kernels == {4: None, 256: int8(4)}  # batch sizes, ints again; kernels typed
-    assert loaded.eager_variants == {4: "dense", 256: "fp16_2of4"}
-    assert loaded.layers[FFN].eager_kernels == {4: None, 256: fp16(5)} and loaded.eager_model_ms[256]["dense"] == 120.0
+    assert loaded.eager_variants == {4: "dense_masked", 256: "fp16_2of4"}
+    assert loaded.layers[FFN].eager_kernels == {4: None, 256: fp16(5)}
+    assert loaded.eager_model_ms[256]["dense_masked"] == 120.0
     assert loaded.shape_timings["fp16"]["3072x768"][256]["sparse_ms"] == {0: 9.8, 5: 9.0}
     assert torch.equal(loaded.layers[FFN].smoothing, plan.layers[FFN].smoothing)
     without_tensors = {name: dataclasses.replace(layer, smoothing=None) for name, layer in plan.layers.items()}
@@ -65,8 +67,9 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
     metrics = measured_plan().summary()
     assert (metrics["backend"], metrics["layers_2of4"], metrics["layers_dense"]) == ("cusparselt", 1, 2)
     assert metrics["layers"][BLOCKED] == {"kernel": "dense", "reason": "dense: weight is not 2:4 sparse"}
-    assert metrics["by_batch"]["bs4"] == {"variant": "dense", "layers_2of4": 0, "layers_int8": 0, "layers_int8_gelu": 0,
-                                          "model_dense_ms": 5.0, "model_accelerated_ms": 5.0, "model_speedup": 1.0}
+    assert metrics["by_batch"]["bs4"] == {"variant": "dense_masked", "layers_2of4": 0, "layers_int8": 0,
+                                          "layers_int8_gelu": 0, "model_dense_masked_ms": 5.0,
+                                          "model_accelerated_ms": 5.0, "model_speedup": 1.0}
     assert metrics["by_batch"]["bs256"]["layers_2of4"] == 1 and metrics["by_batch"]["bs256"]["layers_int8"] == 1
     assert metrics["by_batch"]["bs256"]["model_speedup"] == round(100 / 92, 3)
     assert metrics["layers"][FFN]["bs256"] == {"kernel": "cusparselt int8 alg_id 4", "dense_ms": 10.0,
@@ -75,9 +78,9 @@ def test_summary_counts_layers_and_reads_timings_by_batch_size():
     assert metrics["layers"][FFN]["bs4"] == {"kernel": "dense", "dense_ms": 1.0, "sparse_ms": 1.1, "speedup": 0.909}
     # the model run eagerly: its own variant per batch size, against dense run eagerly
     assert metrics["eager_by_batch"]["bs256"] == {"variant": "fp16_2of4", "layers_2of4": 2, "layers_int8": 0,
-                                                  "layers_int8_gelu": 0, "model_dense_ms": 120.0,
+                                                  "layers_int8_gelu": 0, "model_dense_masked_ms": 120.0,
                                                   "model_accelerated_ms": 110.0, "model_speedup": round(120 / 110, 3)}
-    assert metrics["eager_by_batch"]["bs4"]["variant"] == "dense"
+    assert metrics["eager_by_batch"]["bs4"]["variant"] == "dense_masked"
 
 
 def test_a_dense_plan_summarizes_without_timings_and_still_reports_every_layer():

@@ -1,6 +1,7 @@
 """The README's results table is generated from committed files, one row per artifact."""
 from __future__ import annotations
 
+import json
 import sys
 
 from conftest import REPO
@@ -26,3 +27,25 @@ def test_each_gpu_row_comes_from_one_runs_reports():
 
 def test_the_readme_stays_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 150
+
+
+def test_a_figure_shows_its_interval_and_one_too_wide_is_marked():
+    steady = {"median": 1.081, "low": 1.072, "high": 1.093, "rounds": 10, "trusted": True}
+    assert results_table.figure(steady) == "1.08x [1.07-1.09]"
+    assert results_table.figure({**steady, "low": 0.9, "trusted": False}) == "1.08x [0.90-1.09], not a result"
+    assert results_table.figure(None) == "n/a"
+    with_intervals = {"speedup_interval": {"bs16": {"compiled": steady}}}
+    assert results_table.speedup_cell(with_intervals, "bs16") == "1.08x [1.07-1.09]"
+    before_intervals = {"speedup": {"bs16": {"compiled": 1.08}}, "speedup_range": {"bs16": {"compiled": [1.0, 1.1]}}}
+    assert results_table.speedup_cell(before_intervals, "bs16") == "1.08x (1.00-1.10)"
+
+
+def test_a_run_with_the_matrix_adds_a_row_per_batch_size_of_its_factors(tmp_path):
+    interval = {"median": 1.25, "low": 1.24, "high": 1.26, "rounds": 10, "trusted": True}
+    factors = {"bs16": {"2:4 at fp16": interval, "2:4 at 8-bit": None, "8-bit at dense": interval,
+                        "8-bit at 2:4": None}}
+    (tmp_path / "benchmark.json").write_text(json.dumps({"factors": factors}))
+    table = results_table.factor_table([str(tmp_path)])
+    cells = "1.25x [1.24-1.26] | n/a | 1.25x [1.24-1.26] | n/a"
+    assert table.splitlines()[-1] == f"| [{tmp_path.name}]({tmp_path}) | 16 | {cells} |"
+    assert results_table.factor_table(results_table.GPU_RUNS) is None  # the committed run predates the matrix

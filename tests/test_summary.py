@@ -26,7 +26,7 @@ BENCHMARK = {
     },
     "speedup": {"bs16": {"eager": 0.75, "compiled": 1.04, "graphed": 1.038}, "bs64": {"eager": 0.667, "compiled": 1.459,
                                                                                       "graphed": 1.447}, "bs256": {}},
-    "noise": {"untrustworthy": {}},
+    "noise": {"untrustworthy": {}, "untrusted_figures": {}},
     "device": {"device": "cuda", "gpu": "NVIDIA H200"},
 }
 LOSSES = {"dense baseline": {"objective": "cross-entropy of start and end",
@@ -40,26 +40,42 @@ CPU_BENCHMARK = {
     "latency_ms": {"bs1": {"dense_eager": 10.0, "accelerated_eager": 9.8},
                    "bs2": {"dense_eager": 20.0, "accelerated_eager": 4.0}},
     "speedup": {"bs1": {"eager": 1.02}, "bs2": {"eager": 5.0}},
-    "noise": {"untrustworthy": {"bs2": {"accelerated_eager": "repeats spread 83% (IQR / median) > 20%"}}},
+    "noise": {"untrustworthy": {"bs2": {"accelerated_eager": "repeats spread 83% (IQR / median) > 20%"}},
+              "untrusted_figures": {}},
     "device": {"device": "cpu"},
 }
 
 
 def test_headline_speedup_is_the_largest_batch_size_measured_compiled_first():
     assert summary.headline_speedup(BENCHMARK) == {"batch_size": 64, "mode": "compiled", "speedup": 1.459}
-    eager_only = {"speedup": {"bs1": {"eager": 0.9}, "bs4": {"eager": 1.1}}, "noise": {"untrustworthy": {}}}
+    eager_only = {"speedup": {"bs1": {"eager": 0.9}, "bs4": {"eager": 1.1}},
+                  "noise": {"untrustworthy": {}, "untrusted_figures": {}}}
     assert summary.headline_speedup(eager_only) == {"batch_size": 4, "mode": "eager", "speedup": 1.1}
     assert summary.headline_speedup({**eager_only, "speedup": {"bs4": {}}}) is None
 
 
 def test_headline_speedup_leaves_out_timings_too_noisy_to_trust():
     noisy = {"bs64": {"accelerated_compiled": "repeats spread 83% (IQR / median) > 20%"}}
-    benchmark = {**BENCHMARK, "noise": {"untrustworthy": noisy}}
+    benchmark = {**BENCHMARK, "noise": {"untrustworthy": noisy, "untrusted_figures": {}}}
     assert summary.headline_speedup(benchmark) == {"batch_size": 64, "mode": "graphed", "speedup": 1.447}
     on_a_busy_cpu = {"speedup": {"bs1": {"eager": 0.015}, "bs2": {"eager": 106.571}},
                      "noise": {"untrustworthy": {"bs2": {"dense_eager": "repeats spread 83% (IQR / median) > 20%"},
-                                                 "bs1": {"accelerated_eager": "a single timed call"}}}}
+                                                 "bs1": {"accelerated_eager": "a single timed call"}},
+                               "untrusted_figures": {}}}
     assert summary.headline_speedup(on_a_busy_cpu) is None
+
+
+def test_a_speedup_whose_interval_is_too_wide_is_never_quoted():
+    wide = {"bs64": {"speedup compiled": "x1.459 [1.200, 1.700] (not a result: ...)"}}
+    benchmark = {**BENCHMARK, "noise": {"untrustworthy": {}, "untrusted_figures": wide}}
+    assert summary.headline_speedup(benchmark) == {"batch_size": 64, "mode": "graphed", "speedup": 1.447}
+    scores = summary.accelerated_scores(EVALUATION, benchmark)
+    assert scores["latency"]["bs64"] == {"ms": 7.6, "dense_ms": 11.0, "speedup": 1.447, "mode": "graphed",
+                                         "trusted": True}
+    every_mode = {"bs64": {f"speedup {mode}": "wide" for mode in ("eager", "compiled", "graphed")}}
+    benchmark = {**BENCHMARK, "noise": {"untrustworthy": {}, "untrusted_figures": every_mode}}
+    assert summary.accelerated_scores(EVALUATION, benchmark)["latency"]["bs64"]["trusted"] is False
+    assert summary.headline_speedup(benchmark) == {"batch_size": 16, "mode": "compiled", "speedup": 1.04}
 
 
 def test_latency_panels_per_mode_leave_out_batch_sizes_that_did_not_run():
