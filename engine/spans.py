@@ -20,6 +20,7 @@ def span_end(text: str, end: int) -> int:
 def context_offsets(offsets, sequence_ids, context_id: int, context: str) -> list:
     """One tokenized window's offsets as character spans of `context`: None for a token outside the
     context (question, special tokens, padding), each context token's end moved over the marks that
-    follow it. Training labels, evaluation and engine.qa all read spans through this."""
+    follow it. engine.qa reads spans through this; the tokenize stage applies span_end to each context's
+    tokens once, for every window cut from them."""
     return [(start, span_end(context, end)) if sequence_ids[k] == context_id else None
             for k, (start, end) in enumerate(offsets)]

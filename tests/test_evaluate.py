@@ -141,8 +141,8 @@ def test_combining_marks_perfect_logits_score_100(tiny_model):
     tokenizer = load_tokenizer(str(tiny_model))
     examples = combining_mark_examples()
     batch = {key: [e[key] for e in examples] for key in examples[0]}
-    labels = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
-    features = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16)
+    labels = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16).to_pydict()
+    features = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16).to_pydict()
     starts = np.zeros((len(features["input_ids"]), 64))
     ends = np.zeros_like(starts)
     for window, (start, end) in enumerate(zip(labels["start_positions"], labels["end_positions"])):

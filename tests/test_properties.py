@@ -46,7 +46,7 @@ def qa_examples(draw):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(example=qa_examples(), max_length=st.integers(24, 64), stride=st.integers(4, 10))
 def test_every_labelled_span_maps_back_to_the_answer(example, max_length, stride):
-    features = prepare_train_features(example, TOKENIZER, max_length, stride)
+    features = prepare_train_features(example, TOKENIZER, max_length, stride).to_pydict()
     enc = TOKENIZER(example["question"], example["context"], truncation="only_second", max_length=max_length,
                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
     answer = example["answers"][0]["text"][0]

@@ -13,7 +13,6 @@ from stages.modeling import resolve_model_source
 from conftest import EMBEDDED_DATA
 from stages.tokenize import (
     answer_chars,
-    context_span,
     load_splits,
     prepare_train_features,
     prepare_validation_features,
@@ -189,7 +188,7 @@ def test_train_spans_round_trip_to_answer_text(tokenizer):
     examples = read_squad_json(EMBEDDED_DATA)[:200]
     batch = as_batch(examples)
     # Short windows force many answers to be cut off or to sit in a later window.
-    features = prepare_train_features(batch, tokenizer, max_length=48, doc_stride=16)
+    features = prepare_train_features(batch, tokenizer, max_length=48, doc_stride=16).to_pydict()
     enc = tokenizer([q.lstrip() for q in batch["question"]], batch["context"], truncation="only_second",
                     max_length=48, stride=16, return_overflowing_tokens=True, return_offsets_mapping=True)
     labelled = cut_off = 0
@@ -210,17 +209,13 @@ def test_train_spans_round_trip_to_answer_text(tokenizer):
 
 def test_validation_features_keep_context_offsets_only(tokenizer):
     examples = read_squad_json(EMBEDDED_DATA)[:20]
-    features = prepare_validation_features(as_batch(examples), tokenizer, max_length=48, doc_stride=16)
+    features = prepare_validation_features(as_batch(examples), tokenizer, max_length=48, doc_stride=16).to_pydict()
     assert set(features["example_id"]) == {e["id"] for e in examples}
     assert len(features["example_id"]) > len(examples)  # long contexts overflow into several windows
-    for i, offsets in enumerate(features["offset_mapping"]):
-        sequence_ids = features.sequence_ids(i)
-        for k, offset in enumerate(offsets):
-            assert (offset is None) == (sequence_ids[k] != 1)
-
-
-def test_context_span():
-    assert context_span([None, 0, 0, None, 1, 1, 1, None], 1) == (4, 6)
+    for ids, types, offsets in zip(features["input_ids"], features["token_type_ids"], features["offset_mapping"]):
+        for token, token_type, offset in zip(ids, types, offsets):
+            # the context's tokens are those of type 1 but the last [SEP]
+            assert (offset is None) == (token_type == 0 or token == tokenizer.sep_token_id)
 
 
 def test_question_longer_than_a_window_is_one_clear_error(tokenizer):
@@ -234,7 +229,7 @@ def test_context_far_longer_than_a_window_becomes_many_windows(tokenizer):
     context = "filler text here. " * 300 + "Ada was born in 1815."
     batch = {"id": ["long-c"], "question": ["When was Ada born?"], "context": [context],
              "answers": [{"text": ["1815"], "answer_start": [context.index("1815")]}]}
-    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
+    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16).to_pydict()
     assert len(features["input_ids"]) > 20 and all(len(ids) <= 64 for ids in features["input_ids"])
     assert sum(s > 0 for s in features["start_positions"]) >= 1  # the answer sits in a late window
 
@@ -258,8 +253,8 @@ def combining_mark_examples() -> list[dict]:
 def test_combining_marks_training_labels_cover_the_whole_answer(tokenizer):
     examples = combining_mark_examples()
     batch = as_batch(examples)
-    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16)
-    validation = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16)
+    features = prepare_train_features(batch, tokenizer, max_length=64, doc_stride=16).to_pydict()
+    validation = prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16).to_pydict()
     assert len(features["input_ids"]) == len(examples)  # one window each
     for example, start, end, offsets in zip(examples, features["start_positions"], features["end_positions"],
                                             validation["offset_mapping"]):
