@@ -167,7 +167,7 @@ def test_windows_per_second_is_the_windows_over_the_prediction_pass(tiny_model, 
     tokenizer = load_tokenizer(str(tiny_model))
     examples = combining_mark_examples()
     batch = {key: [e[key] for e in examples] for key in examples[0]}
-    features = datasets.Dataset.from_dict(prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16))
+    features = datasets.Dataset(prepare_validation_features(batch, tokenizer, max_length=64, doc_stride=16))
     clock = iter([100.0, 104.0])  # the pass starts at 100 s and its logits are back at 104 s
     monkeypatch.setattr(evaluate_stage, "perf_counter", lambda: next(clock))
     scores = evaluate_stage.evaluate_variant(load_qa_model(str(tiny_model)), tokenizer, examples, features,
