@@ -36,8 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import activation_site, adapter_for
-
 Precision = Literal["fp16", "int8"]  # what a 2:4 layer's kernel computes in (fp16: the model's dtype)
 
 
@@ -437,13 +435,3 @@ def _share_multipliers(modules: list[SparseLinear]) -> None:
     shared: dict[bytes, torch.Tensor] = {}
     for module in modules:
         module.multipliers = shared.setdefault(module.multipliers.cpu().numpy().tobytes(), module.multipliers)
-
-
-def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
-    """Int8PassthroughGelu as the activation after each of these Linears (keys of gelu_pairs)."""
-    adapter = adapter_for(model)
-    for name in first_layers:
-        if adapter.gelu is None or not name.endswith(f".{adapter.gelu.first}"):
-            raise ValueError(f"{name}: not the first Linear of a GELU pair of the {adapter.name} model adapter")
-        owner, attribute = activation_site(model, name.removesuffix(f".{adapter.gelu.first}"), adapter.gelu)
-        setattr(owner, attribute, Int8PassthroughGelu())

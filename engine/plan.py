@@ -22,8 +22,9 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .adapters import adapter_for, encoder_linears, fuse_qkv, gelu_pairs
+from .adapters import activation_site, adapter_for, encoder_linears, fuse_qkv, gelu_pairs
 from .attention import use_fused_attention
 from .common import write_json
 from .config import PLAN_CACHE_ENV, EngineConfig
@@ -31,6 +32,7 @@ from .errors import InputError
 from .graphs import bucketed
 from .kernels import (
     INT8_GELU,
+    Int8PassthroughGelu,
     Int8ReferenceConfig,
     Kernel,
     Kernels,
@@ -42,7 +44,6 @@ from .kernels import (
     plan_cache_on,
     shape_name,
     swap_linears,
-    use_passthrough_gelu,
 )
 from .models import load_qa_model
 from .plan_cache import enable_for
@@ -474,3 +475,13 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
     model = inference_model(model_dir, device, dtype)
     plan.check_model(model, model_dir / PLAN_FILE)
     return plan.apply(model, graphs, eager, config.attention)
+
+
+def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
+    """Int8PassthroughGelu as the activation after each of these Linears (keys of gelu_pairs)."""
+    adapter = adapter_for(model)
+    for name in first_layers:
+        if adapter.gelu is None or not name.endswith(f".{adapter.gelu.first}"):
+            raise ValueError(f"{name}: not the first Linear of a GELU pair of the {adapter.name} model adapter")
+        owner, attribute = activation_site(model, name.removesuffix(f".{adapter.gelu.first}"), adapter.gelu)
+        setattr(owner, attribute, Int8PassthroughGelu())

@@ -38,8 +38,8 @@ from .attention import capture_context
 from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
-from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears, use_passthrough_gelu
-from .plan import DENSE_MASKED, LayerPlan, Plan
+from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears
+from .plan import DENSE_MASKED, LayerPlan, Plan, use_passthrough_gelu
 from .plan_cache import enable_for
 from .sparsity import two_four_violations
 from .timing import ROUNDS, TRUSTED_HALF_WIDTH, interleaved, ratio_interval

@@ -23,8 +23,9 @@ from engine.adapters import (
 )
 from engine.attention import capture_context, use_fused_attention
 from engine.common import relative_error
-from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear, use_passthrough_gelu
+from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear
 from engine.models import load_qa_model
+from engine.plan import use_passthrough_gelu
 from engine.plan import PLAN_FILE, Plan, load_accelerated
 from stages import accelerate
 from stages.prune import prune
