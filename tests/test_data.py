@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import EMBEDDED_DATA, REPO
+from conftest import EMBEDDED_DATA, REPO, SHARED_DATA
 from stages.common import StageError
 from stages.tokenize import read_squad_json
 
@@ -36,7 +36,6 @@ def test_embedded_data_is_valid_and_large_enough():
     assert all(len(names) == 2 for names in by_context.values())
 
 
-SHARED_DATA = REPO.parent / "shared" / "data"  # the development machines' copy of the official files
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "squad-v1.1").is_dir(), reason="official SQuAD files not on this machine")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import EMBEDDED_DATA, REPO
+from conftest import EMBEDDED_DATA, REPO, SHARED_DATA
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import squad_table  # noqa: E402
@@ -19,7 +19,6 @@ from squad_seeds import (arguments, built, feature_sets, full_data_params, logge
 from stages.params import validate  # noqa: E402
 from stages.tokenize import load_splits  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"  # the development machines' copy of the official files
 
 
 def parsed(*argv):

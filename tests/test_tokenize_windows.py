@@ -21,7 +21,7 @@ from stages.tokenize import (
     read_squad_json,
     tokenize_context,
 )
-from test_data import SHARED_DATA
+from conftest import SHARED_DATA
 from test_tokenize import as_batch, combining_mark_examples
 
 SQUAD_DEV = SHARED_DATA / "squad-v1.1" / "dev-v1.1.json.gz"
