@@ -198,27 +198,23 @@ def to_fp8(t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- cuSPARSELt calls
-# The planned 2:4 call (engine/plan_cache.py's planned_mm, same arguments and result as
-# _cslt_tokens_mm's call of torch._cslt_sparse_mm) once plan_cache.enable() has checked it; None: torch's.
-PLANNED_MM: Callable | None = None
-
-
-def plan_cache_on() -> bool:
-    """Whether the 2:4 calls go through the plan cache (the only way to the GELU epilogue)."""
-    return PLANNED_MM is not None
+# A planned 2:4 call (engine/plan_cache.py's planned_mm: same arguments and result as _cslt_tokens_mm's
+# call of torch._cslt_sparse_mm, each plan made once), passed to the calls below by a model whose
+# EngineConfig asks for the plan cache; None: torch's call.
+PlannedMM = Callable[..., torch.Tensor]
 
 
 def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
                     alpha: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                    gelu_scale: float | None = None) -> torch.Tensor:
-    """torch._cslt_sparse_mm on a (tokens, in) input, (tokens, out) out: tokens padded to the
+                    gelu_scale: float | None = None, planned: PlannedMM | None = None) -> torch.Tensor:
+    """torch._cslt_sparse_mm (or `planned`) on a (tokens, in) input, (tokens, out) out: tokens padded to the
     kernel's alignment and cut back after.
 
     cuSPARSELt computes W @ x2d.t(); x2d.t() of a row-major x2d is column-major, which it reads in
     place, and transpose_result hands back the (tokens, out) row-major result: no transposed copies.
     With transpose_result each fp16 call plans on the host, far longer than the matmul takes on the
     GPU, so this is for CUDA-graph replay, where the host work is gone, or for the plan cache
-    (PLANNED_MM), which plans once per shape; without it, every consumer would need a transposing copy
+    (`planned`), which plans once per shape; without it, every consumer would need a transposing copy
     of the output. gelu_scale (the GELU epilogue) only
     through the plan cache: torch's call has no activation argument.
     """
@@ -226,36 +222,38 @@ def _cslt_tokens_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor 
     pad = -tokens % TOKEN_ALIGNMENT[x2d.dtype]
     if pad:
         x2d = F.pad(x2d, (0, 0, 0, pad))
-    if PLANNED_MM is not None:
-        out = PLANNED_MM(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
+    if planned is not None:
+        out = planned(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
     else:
         out = torch._cslt_sparse_mm(packed, x2d.t(), bias=bias, alpha=alpha, out_dtype=out_dtype,
                                     transpose_result=True, alg_id=alg_id)
     return out[:tokens] if pad else out
 
 
-def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int) -> torch.Tensor:
+def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
+              planned: PlannedMM | None = None) -> torch.Tensor:
     """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
-    return _cslt_tokens_mm(packed, x2d, bias, alg_id)
+    return _cslt_tokens_mm(packed, x2d, bias, alg_id, planned=planned)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
-                   alg_id: int) -> torch.Tensor:
+                   alg_id: int, planned: PlannedMM | None = None) -> torch.Tensor:
     """(x_q @ W_q.t()) * alpha + bias for int8 x_q (tokens, in) and an int8 2:4 W_q packed by
     torch._cslt_compress: int32 accumulation, the per-output-channel alpha (input scale x weight
     scale) and the bias applied by the kernel, out in the bias's dtype (fp16: no pass after it)."""
-    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype)
+    return _cslt_tokens_mm(packed, x_q, bias, alg_id, alpha=alpha, out_dtype=bias.dtype, planned=planned)
 
 
 def int8_gelu_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,
-                        bias_float32: torch.Tensor, alg_id: int, gelu_scale: float) -> torch.Tensor:
+                        bias_float32: torch.Tensor, alg_id: int, gelu_scale: float,
+                        planned: PlannedMM | None = None) -> torch.Tensor:
     """gelu_quantize(int8_sparse_mm(...), gelu_scale), int8 out: in the kernel's epilogue through the
     plan cache (an int8 output takes its bias in float32), else as two steps (torch's call has no
     activation argument)."""
-    if PLANNED_MM is None:
+    if planned is None:
         return gelu_quantize(int8_sparse_mm(packed, x_q, alpha, bias, alg_id), gelu_scale)
     return _cslt_tokens_mm(packed, x_q, bias_float32, alg_id, alpha=alpha, out_dtype=torch.int8,
-                           gelu_scale=gelu_scale)
+                           gelu_scale=gelu_scale, planned=planned)
 
 
 # --------------------------------------------------------------------------- the Linears
@@ -272,11 +270,15 @@ class SparseLinear(nn.Module):
     gelu_scale (an int8 layer whose output goes through GELU into an int8 layer with an unsmoothed
     input): 1 / that layer's input scale, for the int8_gelu kernel, whose int8 output the next layer
     takes as its quantized input.
+
+    planned: the plan cache's 2:4 call where the model's EngineConfig asks for it (None: torch's).
     """
 
     def __init__(self, linear: nn.Linear, kernels: Kernels, keep_all: bool = False,
-                 int8: Int8Weights | None = None, gelu_scale: float | None = None):
+                 int8: Int8Weights | None = None, gelu_scale: float | None = None,
+                 planned: PlannedMM | None = None):
         super().__init__()
+        self.planned = planned
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.set_kernels(kernels)
         weight = linear.weight.detach()
@@ -309,12 +311,12 @@ class SparseLinear(nn.Module):
             out = F.linear(x2d, self.weight, self.bias)
         elif kernel.precision == INT8_GELU:
             out = int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
-                                      self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale)
+                                      self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale, self.planned)
         elif kernel.precision == "int8":
             x_q = x2d if quantized else quantize_for_kernel(x2d, self.multipliers)
-            out = int8_sparse_mm(self.packed_int8, x_q, self.alpha, self.bias, kernel.alg_id)
+            out = int8_sparse_mm(self.packed_int8, x_q, self.alpha, self.bias, kernel.alg_id, self.planned)
         else:
-            out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id)
+            out = sparse_mm(self.packed, x2d, self.bias, kernel.alg_id, self.planned)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -384,6 +386,7 @@ class SparseConfig:
     smoothing: torch.Tensor | None = field(default=None, repr=False)
     input_scale: float | None = None
     gelu_scale: float | None = None  # where the int8_gelu kernel may run (SparseLinear)
+    planned: PlannedMM | None = field(default=None, repr=False)  # the plan cache's call (SparseLinear)
 
 
 @dataclass(frozen=True)
@@ -403,7 +406,7 @@ FilterFn = Callable[[nn.Module, str], bool]
 MODULE_FOR_CONFIG: dict[type, Callable[[nn.Linear, LinearConfig], nn.Module]] = {
     SparseConfig: lambda linear, c: SparseLinear(
         linear, c.kernels, c.keep_all, None if c.smoothing is None else Int8Weights(linear, c.smoothing, c.input_scale),
-        c.gelu_scale),
+        c.gelu_scale, c.planned),
     Int8ReferenceConfig: lambda linear, c: Int8ReferenceLinear(linear, c.smoothing, c.input_scale),
     Fp8Config: lambda linear, c: Fp8Linear(linear, c.input_scale),
 }

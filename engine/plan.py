@@ -37,16 +37,16 @@ from .kernels import (
     Kernel,
     Kernels,
     LinearConfig,
+    PlannedMM,
     Precision,
     SparseConfig,
     device_backend,
     named,
-    plan_cache_on,
     shape_name,
     swap_linears,
 )
 from .models import load_qa_model
-from .plan_cache import enable_for
+from .plan_cache import planned_matmul
 
 PLAN_FILE = "plan.json"
 SMOOTHING_FILE = "int8_smoothing.safetensors"
@@ -301,19 +301,22 @@ class Plan:
                                 f"({adapter}): run the accelerate stage again (dvc repro accelerate)")
 
     # ------------------------------------------------------------------ applying it
-    def linear_config(self, name: str, eager: bool = False) -> LinearConfig:
-        """The kernel config a layer's 2:4 Linear is built from (for the model run eagerly, with `eager`)."""
+    def linear_config(self, name: str, eager: bool = False, planned: PlannedMM | None = None) -> LinearConfig:
+        """The kernel config a layer's 2:4 Linear is built from (for the model run eagerly, with `eager`;
+        its 2:4 calls through `planned`, the plan cache's, where given)."""
         layer, fusions = self.layers[name], self.gelu_fusions()
         return SparseConfig(layer.token_kernels(self.seq_length, eager), smoothing=layer.smoothing,
                             input_scale=layer.input_scale,
-                            gelu_scale=1 / self.layers[fusions[name]].input_scale if name in fusions else None)
+                            gelu_scale=1 / self.layers[fusions[name]].input_scale if name in fusions else None,
+                            planned=planned)
 
     def apply(self, model: torch.nn.Module, graphs: bool = True, eager: bool = False,
-              attention: str = "fused") -> torch.nn.Module:
+              config: EngineConfig | None = None) -> torch.nn.Module:
         """The model (on its device, query/key/value fused as inference_model makes it) with the plan's
         kernels swapped in: the ones timed fastest in CUDA graphs, or with `eager` (no graphs then) the
-        ones timed fastest called eagerly, where each op's host work counts. On a GPU, `attention`
-        "fused" runs attention through attention.use_fused_attention (EngineConfig.attention).
+        ones timed fastest called eagerly, where each op's host work counts. On a GPU, `config` (None:
+        EngineConfig.from_env()) says whether the 2:4 calls go through the plan cache and whether
+        attention runs through attention.use_fused_attention.
 
         With graphs, every input shape is padded up to a bucket (the tuned batch sizes and powers of
         two below them, multiples of 64 tokens and the tuned seq_length) that replays a CUDA graph
@@ -329,12 +332,17 @@ class Plan:
             int8 = [name for name, layer in self.layers.items() if layer.computes_int8]
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
                                                                         self.layers[name].input_scale), named(int8))
-        if attention == "fused":
+        config = config or EngineConfig.from_env()
+        if config.attention == "fused":
             use_fused_attention(model)
         sparse = self.sparse_layers(eager)
         if not sparse:
             return model
-        swap_linears(model, lambda name: self.linear_config(name, eager), named(sparse))
+        planned = planned_matmul(config)
+        if eager and planned is None:
+            print(f"the eager model runs 2:4 kernels, and without the plan cache ({PLAN_CACHE_ENV}=1) each of "
+                  "their calls plans on the host", file=sys.stderr)
+        swap_linears(model, lambda name: self.linear_config(name, eager, planned), named(sparse))
         if eager or not graphs:
             return model
         return bucketed(model, self.batch_sizes, self.seq_length, self.compiled)
@@ -465,16 +473,11 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
     model_dir = Path(model_dir)
     config = config or EngineConfig.from_env()
     plan = plan or Plan.load(model_dir / PLAN_FILE)
-    if device.type == "cuda":
-        enable_for(config)  # the plan cache: eager 2:4 calls without per-call planning
-        if eager and plan.sparse_layers(eager) and not plan_cache_on():
-            print(f"{model_dir}: the eager model runs 2:4 kernels, and without the plan cache ({PLAN_CACHE_ENV}=1) "
-                  "each of their calls plans on the host", file=sys.stderr)
     if dtype is None:
         dtype = getattr(torch, plan.dtype) if device.type == "cuda" else torch.float32
     model = inference_model(model_dir, device, dtype)
     plan.check_model(model, model_dir / PLAN_FILE)
-    return plan.apply(model, graphs, eager, config.attention)
+    return plan.apply(model, graphs, eager, config)
 
 
 def use_passthrough_gelu(model: nn.Module, first_layers) -> None:

@@ -7,12 +7,13 @@ every CUDA graph capture pays it per layer, and every kernel config timed pays i
 makes the same descriptors and plan once per (weight shape, token count, kernel config, bias) and
 runs it; PlanCache keeps them, torch's allocator and stream stay in charge of memory and ordering.
 
-Optional, off unless EngineConfig.plan_cache (default: TWOFOUR_PLAN_CACHE=1) asks for it (enable_for)
-or enable() is called. It is process-wide: once on, every SparseLinear's 2:4 calls go through it. The
-C file is compiled on first use (the C compiler, cusparseLt.h, and the CUDA headers it includes;
+Optional: a model whose EngineConfig.plan_cache asks for it (default: TWOFOUR_PLAN_CACHE=1) gets
+planned_mm from planned_matmul(config), and its SparseLinears call it; models built without it keep
+torch's call in the same process. The library is built and loaded once per process. The C file is
+compiled on first use (the C compiler, cusparseLt.h, and the CUDA headers it includes;
 TWOFOUR_CUSPARSELT_INCLUDE may name cusparseLt.h's folder) against the cuSPARSELt this process
 loaded, and checked against torch._cslt_sparse_mm (fp16 and int8, eager and inside a CUDA graph)
-before the engine's 2:4 calls (kernels.PLANNED_MM) go through it. Anything missing or any mismatch leaves the engine on
+before any 2:4 call goes through it. Anything missing or any mismatch leaves the model on
 torch._cslt_sparse_mm and says why in one line.
 """
 from __future__ import annotations
@@ -25,10 +26,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from . import kernels
 from .config import EngineConfig
 from .runtime import loaded_version, mapped_cusparselt
 
@@ -38,7 +39,7 @@ DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}  # cslt_plans
 # torch._cslt_compress allocates numel * factor / 16 elements: the weight's out_features come back from it.
 COMPRESSION_FACTOR = {torch.float16: 9, torch.bfloat16: 9, torch.int8: 10}
 _ONE = ctypes.c_float(1.0)  # alpha where no per-row vector is given
-_state: dict = {}  # "reason": why enable() left the plan cache off ("" once on), "cache": the PlanCache
+_state: dict = {}  # the process's library, loaded once: "reason" why it is unusable ("" once on), "cache": the PlanCache
 
 
 class PlanCacheError(RuntimeError):
@@ -222,8 +223,8 @@ def current_stream(device_index: int) -> int:
 
 def planned_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alpha: torch.Tensor | None,
                out_dtype: torch.dtype | None, alg_id: int, gelu_scale: float | None = None) -> torch.Tensor:
-    """The engine's planned 2:4 call (kernels.PLANNED_MM): while torch.compile traces, the custom op it
-    keeps whole; otherwise PlanCache.matmul itself, since an eager call through the op's dispatcher
+    """The planned 2:4 call (kernels.PlannedMM) of models built with the plan cache: while torch.compile
+    traces, the custom op it keeps whole; otherwise PlanCache.matmul itself, since an eager call through the op's dispatcher
     costs more host time than the matmul's own."""
     if torch.compiler.is_compiling():
         return planned_cslt_mm(packed, x2d, bias, alpha, out_dtype, alg_id, gelu_scale)
@@ -273,8 +274,8 @@ def mismatch(cache: PlanCache) -> str | None:
 
 
 def enable() -> str | None:
-    """Route the engine's 2:4 calls through the plan cache (kernels.PLANNED_MM) once it is built and
-    agrees with torch._cslt_sparse_mm; None when on, else why not (one line; nothing changed)."""
+    """Build and load the plan cache (once per process) and check it against torch._cslt_sparse_mm;
+    None when usable, else why not (one line)."""
     if "reason" not in _state:
         _state["reason"] = _enable()
     return _state["reason"] or None
@@ -294,15 +295,16 @@ def _enable() -> str:
     if wrong:
         return wrong
     _state["cache"] = cache
-    kernels.PLANNED_MM = planned_mm
     return ""
 
 
-def enable_for(config: EngineConfig) -> None:
-    """enable() where the configuration asks for the plan cache, saying on stderr (once) why not when it
-    cannot."""
-    if not config.plan_cache or "reason" in _state:
-        return
+def planned_matmul(config: EngineConfig) -> Callable | None:
+    """The 2:4 call for a model built under `config`: planned_mm where it asks for the plan cache and
+    the cache works here, else None (torch's call), saying on stderr (once per process) why not."""
+    if not config.plan_cache:
+        return None
+    first_try = "reason" not in _state
     reason = enable()
-    if reason:
+    if reason and first_try:
         print(f"plan cache asked for but off ({reason}); 2:4 calls plan on every call", file=sys.stderr)
+    return None if reason else planned_mm

@@ -38,9 +38,9 @@ from .attention import capture_context
 from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
-from .kernels import INT8_GELU, Kernel, named, plan_cache_on, shape_name, swap_linears
+from .kernels import INT8_GELU, Kernel, PlannedMM, named, shape_name, swap_linears
 from .plan import DENSE_MASKED, LayerPlan, Plan, use_passthrough_gelu
-from .plan_cache import enable_for
+from .plan_cache import planned_matmul
 from .sparsity import two_four_violations
 from .timing import ROUNDS, TRUSTED_HALF_WIDTH, interleaved, ratio_interval
 from .tuning import best_alg, measure_shapes, random_ids
@@ -218,12 +218,13 @@ def epilogue_layer_timings(plan: Plan, names) -> dict[str, dict[int, dict]]:
             if shape_name(plan.layers[name].shape) in per_shape}
 
 
-def layers_to_time(plan: Plan, candidates: dict[str, torch.nn.Linear], precision: str) -> dict[str, torch.nn.Linear]:
+def layers_to_time(plan: Plan, candidates: dict[str, torch.nn.Linear], precision: str,
+                   plan_cache: bool) -> dict[str, torch.nn.Linear]:
     """The layers whose shapes a precision's kernels are timed on: fp16 all, int8 those that passed
     the int8 check, INT8_GELU the first layers of Plan.gelu_fusions where the plan cache is on (the
     epilogue runs through it)."""
     if precision == INT8_GELU:
-        fusions = plan.gelu_fusions() if plan_cache_on() else {}
+        fusions = plan.gelu_fusions() if plan_cache else {}
         return {name: linear for name, linear in candidates.items() if name in fusions}
     return {name: linear for name, linear in candidates.items() if precision in precisions(plan.layers[name])}
 
@@ -235,12 +236,12 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
     layers that passed the int8 check, and INT8_GELU on the first layers of Plan.gelu_fusions.
     config None: EngineConfig.from_env() (the plan records the one it was made with, Plan.engine)."""
     config = config or EngineConfig.from_env()
-    enable_for(config)
+    planned = planned_matmul(config)
     candidates = {name: model.get_submodule(name) for name, layer in plan.layers.items() if layer.reason is None}
     plan.tuning = {"max_alg_id": max_alg_id, "budget_s_per_precision": tuning_budget_s, "alg_ids_offered": {}}
     plan.shape_timings = {}
     for precision in ("fp16", "int8", INT8_GELU):
-        timed = layers_to_time(plan, candidates, precision)
+        timed = layers_to_time(plan, candidates, precision, planned is not None)
         if not timed:
             continue
         timings, notes = measure_shapes(timed, plan.batch_sizes, plan.seq_length, getattr(torch, plan.dtype),
@@ -257,8 +258,8 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
                                fusions, epilogue_layer_timings(plan, fusions))
     # Both timings before any kernel is chosen: the timed models take their GELU pairs from
     # Plan.gelu_fusions, which a chosen kernel set without int8_gelu would empty.
-    plan.model_ms = time_model_variants(model, plan, variants)
-    plan.eager_model_ms = time_model_variants(model, plan, variants, eager=True) if plan_cache_on() else {}
+    plan.model_ms = time_model_variants(model, plan, variants, planned)
+    plan.eager_model_ms = time_model_variants(model, plan, variants, planned, eager=True) if planned else {}
     kernels, plan.variants = final_kernels(plan.mode, variants, plan.model_ms)
     for name, layer_kernel in kernels.items():
         plan.layers[name].kernels = layer_kernel
@@ -276,11 +277,11 @@ def measure(plan: Plan, model: torch.nn.Module, max_alg_id: int, tuning_budget_s
 
 
 def time_model_variants(masked_model: torch.nn.Module, plan: Plan, variants: VariantKernels,
-                        eager: bool = False) -> dict[int, dict[str, float]]:
+                        planned: PlannedMM | None, eager: bool = False) -> dict[int, dict[str, float]]:
     """Whole-model latency (ms) per batch size of each distinct variant, the variants timed interleaved
     (timing.interleaved) on one copy of the 2:4-masked model whose kernels are switched before each
     turn: CUDA graph replay (compiled or not), or with `eager` the modules called as they are, where
-    host work per op counts.
+    host work per op counts. `planned`: the plan cache's 2:4 call, or None for torch's.
 
     Graphed, each of a batch size's variants (five at most) is compiled and captured once, one after
     another, and they all replay in turns: capturing again every round would cost a compile per
@@ -288,7 +289,8 @@ def time_model_variants(masked_model: torch.nn.Module, plan: Plan, variants: Var
     compiles stay under torch.compile's recompile limit (8). All are released, and the compiled code
     reset, before the next batch size."""
     model = swap_linears(copy.deepcopy(masked_model),
-                         lambda name: dataclasses.replace(plan.linear_config(name), kernels={}, keep_all=True),
+                         lambda name: dataclasses.replace(plan.linear_config(name, planned=planned), kernels={},
+                                                          keep_all=True),
                          named(variants[DENSE_MASKED]))
     use_passthrough_gelu(model, plan.gelu_fusions())
     vocab, device = masked_model.config.vocab_size, next(model.parameters()).device

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import EngineConfig
-from .kernels import INT8_GELU, int8_gelu_sparse_mm, int8_sparse_mm, plan_cache_on, shape_name, sparse_mm
+from .kernels import INT8_GELU, PlannedMM, int8_gelu_sparse_mm, int8_sparse_mm, shape_name, sparse_mm
 from .runtime import loaded_version
 from .timing import median_ms
 
@@ -71,13 +71,15 @@ class LinearProblem:
 
     Dense is always cuBLAS in `dtype`; the 2:4 kernel runs in `dtype` (precision fp16), or in int8
     (int8 weights and tokens, per-channel alpha and bias in the kernel, `dtype` out), or as INT8_GELU
-    (int8, and the GELU epilogue's int8 out: through the plan cache only).
+    (int8, and the GELU epilogue's int8 out: through the plan cache only). `planned`: the plan
+    cache's 2:4 call, or None for torch's.
     """
 
     def __init__(self, out_features: int, in_features: int, tokens: int, dtype: torch.dtype,
-                 precision: str = "fp16"):
+                 precision: str = "fp16", planned: PlannedMM | None = None):
         self.int8, self.gelu = precision in ("int8", INT8_GELU), precision == INT8_GELU
-        if self.gelu and not plan_cache_on():
+        self.planned = planned
+        if self.gelu and planned is None:
             raise RuntimeError(f"{INT8_GELU} kernels run through the plan cache, which is off")
         device = torch.device("cuda")
         bytes_per_call = (out_features * in_features + tokens * (in_features + out_features)) * dtype.itemsize
@@ -104,10 +106,11 @@ class LinearProblem:
     def sparse_step(self, i: int, alg_id: int) -> torch.Tensor:
         packed, x = self.packed[i % self.sets], self.sparse_inputs[i % self.sets]
         if self.gelu:
-            return int8_gelu_sparse_mm(packed, x, self.alpha, self.bias, self.bias_float32, alg_id, GELU_SCALE)
+            return int8_gelu_sparse_mm(packed, x, self.alpha, self.bias, self.bias_float32, alg_id, GELU_SCALE,
+                                       self.planned)
         if self.int8:
-            return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id)
-        return sparse_mm(packed, x, self.bias, alg_id)
+            return int8_sparse_mm(packed, x, self.alpha, self.bias, alg_id, self.planned)
+        return sparse_mm(packed, x, self.bias, alg_id, self.planned)
 
     def sparse_ms(self, alg_id: int) -> float:
         return graph_time_ms(lambda i: self.sparse_step(i, alg_id), self.count)
@@ -177,13 +180,13 @@ def _timing_child() -> None:
     Any error ends the process: a cuSPARSELt failure can leave the CUDA context unusable, so the
     parent reads the last "try" event to learn what failed and starts a fresh child without it.
     """
-    from .plan_cache import enable_for  # with the plan cache an fp16 config's timed calls plan once
+    from .plan_cache import planned_matmul  # with the plan cache an fp16 config's timed calls plan once
 
     spec = json.load(sys.stdin)
     dtype = getattr(torch, spec["dtype"])
-    enable_for(EngineConfig.from_env())  # the parent's configuration (_run_child)
+    planned = planned_matmul(EngineConfig.from_env())  # the parent's configuration (_run_child)
     with torch.inference_mode():
-        _serve(spec, lambda problem: LinearProblem(*problem, dtype, spec["precision"]), emit)
+        _serve(spec, lambda problem: LinearProblem(*problem, dtype, spec["precision"], planned), emit)
 
 
 def emit(kind: str, problem, **fields) -> None:

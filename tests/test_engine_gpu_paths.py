@@ -52,7 +52,7 @@ def test_whole_model_variants_switch_kernels_on_one_model(cpu_cusparselt):
                for name, layer in plan.layers.items()}
     per_layer = planner.layer_kernels(timings, "auto")
     variants = planner.variant_kernels("auto", per_layer, timings, unfused_inputs(model, per_layer))
-    model_ms = planner.time_model_variants(model, plan, variants)
+    model_ms = planner.time_model_variants(model, plan, variants, planned=None)
     assert {batch: sorted(ms) for batch, ms in model_ms.items()} == {
         1: ["dense_masked", "fp16_2of4"], 2: ["dense_masked", "fp16_2of4", "int8_fused", "per_layer"]}
     assert all(ms > 0 for by_variant in model_ms.values() for ms in by_variant.values())

@@ -133,7 +133,7 @@ def test_an_int8_input_where_the_layer_runs_no_int8_kernel_is_an_error():
 def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(monkeypatch):
     """measure's wiring on a CPU, timings faked: with the plan cache on, the first layer of each fusable
     pair is timed once more as INT8_GELU, and the int8_gelu variant is timed and, faster, chosen."""
-    from engine import kernels, planner
+    from engine import planner
 
     model = nn.ModuleDict({"ffn": nn.Linear(768, 3072), "out": nn.Linear(3072, 768)})
     plan = Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
@@ -153,7 +153,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     eager_ms = {"dense_masked": 5.0, "per_layer": 4.7, "fp16_2of4": 4.5, "int8_gelu": 4.8}
     fusions_when_timed = []
 
-    def fake_time_model_variants(model, plan, variants, eager=False):
+    def fake_time_model_variants(model, plan, variants, planned, eager=False):
         timed_variants.append((eager, distinct_variants(4, variants)))
         fusions_when_timed.append(plan.gelu_fusions())  # what the timed model's GELU pairs are built from
         model_ms = eager_ms if eager else graphed_ms
@@ -161,8 +161,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
     monkeypatch.setattr(planner, "time_model_variants", fake_time_model_variants)
-    monkeypatch.setattr(planner, "enable_for", lambda config: None)
-    monkeypatch.setattr(kernels, "PLANNED_MM", lambda *args: None)  # the plan cache on
+    monkeypatch.setattr(planner, "planned_matmul", lambda config: lambda *args: None)  # the plan cache on
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
     assert measured == [(["ffn", "out"], "fp16"), (["ffn", "out"], "int8"), (["ffn"], INT8_GELU)]
     every_variant = ["dense_masked", "per_layer", "fp16_2of4", "int8_gelu"]
@@ -182,7 +181,7 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     assert plan.layers["ffn"].eager_kernels == {4: Kernel(INT8_GELU, 6)} and plan.gelu_fusions() == {"ffn": "out"}
     # with the plan cache off the epilogue is never timed, no pair fuses, and the eager model runs dense
     # (each 2:4 call would plan on the host): not timed
-    monkeypatch.setattr(kernels, "PLANNED_MM", None)
+    monkeypatch.setattr(planner, "planned_matmul", lambda config: None)
     measured.clear(), timed_variants.clear()
     plan.layers["ffn"].kernels = plan.layers["ffn"].eager_kernels = {}
     planner.measure(plan, model, max_alg_id=7, tuning_budget_s=60)
@@ -192,10 +191,8 @@ def test_measure_times_the_epilogue_on_the_first_layers_and_offers_the_variant(m
     assert plan.kernel_timing_notes[-1].startswith("eager: dense at every batch size")
 
 
-def test_timing_the_epilogue_without_the_plan_cache_is_refused_before_touching_a_gpu(monkeypatch):
-    from engine import kernels
+def test_timing_the_epilogue_without_the_plan_cache_is_refused_before_touching_a_gpu():
     from engine.tuning import LinearProblem
 
-    monkeypatch.setattr(kernels, "PLANNED_MM", None)
     with pytest.raises(RuntimeError, match="int8_gelu kernels run through the plan cache, which is off"):
         LinearProblem(3072, 768, 6144, torch.float16, INT8_GELU)

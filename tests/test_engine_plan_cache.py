@@ -24,16 +24,25 @@ REAL_HEADER = Path(os.environ.get(plan_cache.INCLUDE_ENV, "/nonexistent"))
 @pytest.fixture
 def fresh_state(monkeypatch):
     monkeypatch.setattr(plan_cache, "_state", {})
-    monkeypatch.setattr(kernels, "PLANNED_MM", None)
 
 
 def test_without_cuda_it_stays_off_and_says_why_once(fresh_state, capsys):
-    plan_cache.enable_for(EngineConfig(plan_cache=False))
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=False)) is None
     assert capsys.readouterr().err == "" and plan_cache._state == {}  # not asked for: nothing tried
-    plan_cache.enable_for(EngineConfig(plan_cache=True))
-    plan_cache.enable_for(EngineConfig(plan_cache=True))
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=True)) is None
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=True)) is None
     assert capsys.readouterr().err == "plan cache asked for but off (no CUDA device); 2:4 calls plan on every call\n"
-    assert kernels.PLANNED_MM is None
+
+
+def test_each_model_keeps_the_routing_its_config_asked_for(fresh_state, monkeypatch):
+    """The plan cache is a property of the model built, not of the process: with the library loaded,
+    a config without it still gets torch's call, and one with it the planned call."""
+    monkeypatch.setattr(plan_cache, "_enable", lambda: "")
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=True)) is plan_cache.planned_mm
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=False)) is None
+    monkeypatch.setattr(plan_cache, "_state", {})
+    monkeypatch.setattr(plan_cache, "_enable", lambda: "cusparseLt.h not found")
+    assert plan_cache.planned_matmul(EngineConfig(plan_cache=True)) is None
 
 
 def test_build_names_what_is_missing(monkeypatch, tmp_path):
@@ -195,7 +204,6 @@ def stand_in(fresh_state, monkeypatch) -> StandIn:
     monkeypatch.setitem(COMPRESSION_FACTOR, torch.float32, 9)
     monkeypatch.setitem(plan_cache.DTYPE_CODES, torch.float32, 0)
     plan_cache._state["cache"] = PlanCache(library, str)
-    monkeypatch.setattr(kernels, "PLANNED_MM", plan_cache.planned_mm)
     return library
 
 
@@ -203,7 +211,8 @@ def test_each_shape_kernel_and_bias_is_planned_once_through_the_linear(stand_in)
     torch.manual_seed(0)
     linear = nn.Linear(32, 16)
     int8 = Int8Weights(linear, torch.rand(32) + 0.5, 0.05)
-    module = SparseLinear(linear, {16: Kernel("fp16", 5), 64: Kernel("int8", 2)}, int8=int8)
+    module = SparseLinear(linear, {16: Kernel("fp16", 5), 64: Kernel("int8", 2)}, int8=int8,
+                          planned=plan_cache.planned_mm)
     with torch.inference_mode():
         for tokens in (10, 10, 12, 40, 40):
             x = torch.randn(tokens, 32)
@@ -223,8 +232,9 @@ def test_an_int8_gelu_layer_hands_the_next_int8_layer_its_quantized_input(stand_
     first_linear, second_linear = nn.Linear(32, 64), nn.Linear(64, 16)
     first_int8 = Int8Weights(first_linear, torch.rand(32) + 0.5, 0.05)
     second_int8 = Int8Weights(second_linear, torch.ones(64), 0.02)
-    first = SparseLinear(first_linear, {64: Kernel(INT8_GELU, 3)}, int8=first_int8, gelu_scale=1 / 0.02)
-    second = SparseLinear(second_linear, {64: Kernel("int8", 1)}, int8=second_int8)
+    first = SparseLinear(first_linear, {64: Kernel(INT8_GELU, 3)}, int8=first_int8, gelu_scale=1 / 0.02,
+                         planned=plan_cache.planned_mm)
+    second = SparseLinear(second_linear, {64: Kernel("int8", 1)}, int8=second_int8, planned=plan_cache.planned_mm)
     x = torch.randn(40, 32)
     with torch.inference_mode():
         hidden = first(x)
@@ -241,7 +251,7 @@ def test_an_int8_gelu_layer_hands_the_next_int8_layer_its_quantized_input(stand_
 def test_without_the_plan_cache_an_int8_gelu_layer_computes_the_same_in_two_steps(monkeypatch):
     calls = []
 
-    def int8_call(packed, x_q, alpha, bias, alg_id):
+    def int8_call(packed, x_q, alpha, bias, alg_id, planned=None):
         calls.append(alg_id)
         return torch.full((x_q.shape[0], 3), 0.5)
 

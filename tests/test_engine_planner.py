@@ -152,7 +152,7 @@ def test_measure_fills_the_plan_from_timings_by_precision_and_batch_size(monkeyp
                  for shape in shapes}, [f"{precision} note"])
 
     monkeypatch.setattr(planner, "measure_shapes", fake_measure_shapes)
-    monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, variants: model_ms)
+    monkeypatch.setattr(planner, "time_model_variants", lambda model, plan, variants, planned: model_ms)
     plan = Plan(mode="auto", precision="int8", backend="cusparselt", reason="r", dtype="float16", compiled=True,
                 batch_sizes=[4, 256], seq_length=384, layers={
                     "ffn": LayerPlan((3072, 768), "int8", input_scale=0.1, smoothing=torch.ones(768)),
