@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #33 on a CPU of another make: the default `dvc repro -f` (fp32, as params.yaml says) on the
 # device host's Intel Xeon, which has AVX512-BF16 and AMX, the GPU hidden. Runs beside the GPU pipeline
-# (docs/results/2026-12-06-gpu-pipeline.sh, which installs the carried packages first) on cores 8-15,
+# (docs/results/2026-12-06-gpu-pipeline.sh, which installs the carried packages first) on cores
+# $CPUS (default 8-15),
 # in a copy of the checkout so that the two `dvc repro` do not share a DVC lock; then compares its
 # scores with the committed ones (made on a 2-core AMD EPYC).
 #   setsid bash docs/results/2026-12-06-cpu-check.sh > /root/tw/out/cpu-check.log 2>&1 &
@@ -17,8 +18,8 @@ python3 -m dvc config --local core.no_scm true
 export CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 PREFECT_HOME=$W/.prefect
 grep -m1 "model name" /proc/cpuinfo; grep -o -w -m1 -E "avx512_bf16|amx_bf16" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 start=$(date +%s)
-taskset -c 8-15 python3 -m dvc repro -f
-echo "dvc repro -f exit $? after $(( $(date +%s) - start )) s on cores 8-15"
+taskset -c "${CPUS:-8-15}" python3 -m dvc repro -f
+echo "dvc repro -f exit $? after $(( $(date +%s) - start )) s on cores ${CPUS:-8-15}"
 python3 - <<'PY'
 import json
 committed, here = (json.load(open(p)) for p in ("committed-scores.json", "metrics/scores.json"))

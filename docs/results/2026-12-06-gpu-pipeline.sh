@@ -12,6 +12,7 @@
 # gpu/.checkpoints, .dvc/cache). Until cuSPARSELt 0.10 is assembled a call reproduces the stages up to
 # finetune_sparse only, so the plan is never made on the library torch links.
 #   REV=<commit> BUDGET_S=560 bash docs/results/2026-12-06-gpu-pipeline.sh
+# STAGE_ONLY=1: the packages, model and data put in place, nothing run.
 # BESIDE=<script>: started once (in its own session, so it outlives the call) once the packages are in
 # place, its log in $S/out/beside.log, and its results (/root/cpucheck) come back with every later call
 # (docs/results/2026-12-06-cpu-check.sh: the CPU default on the host's CPU).
@@ -35,6 +36,7 @@ PYTHONPATH=$SITE python3 -c "import dvc, prefect, datasets, evaluate" && [ -f "$
 
 # The stages' commands set PYTHONPATH to the checkout: the carried packages join the path by a .pth file.
 echo "$SITE" > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/twofour-carried.pth"
+[ -n "${STAGE_ONLY:-}" ] && { echo "staged (STAGE_ONLY)"; exit 0; }
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 TOKENIZERS_PARALLELISM=false
 export TWOFOUR_PLAN_CACHE=1 TORCHINDUCTOR_CACHE_DIR=$S/inductor PREFECT_HOME=$S/prefect DVC_EXP_BASELINE_REV=${REV:-unknown}
 command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
