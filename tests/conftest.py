@@ -104,6 +104,15 @@ def sh(args, cwd, env, check=True):
     return result
 
 
+def project_env(root: Path, extra_env: dict | None = None) -> dict:
+    """The environment the tiny project in `root` runs in: offline, its own Prefect home."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / ".prefect-home"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PREFECT_API_URL", None)  # Prefect's ephemeral mode, as on a fresh machine
+    env.update(extra_env or {})
+    return env
+
+
 def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]:
     """A git + DVC copy of the repository in `root`, params turned down to a tiny model and data."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
@@ -114,10 +123,7 @@ def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]
             shutil.copy2(REPO / name, root / name)
     make_tiny_model(root / "tiny-model")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params("tiny-model"), sort_keys=False))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / ".prefect-home"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PREFECT_API_URL", None)  # Prefect's ephemeral mode, as on a fresh machine
-    env.update(extra_env or {})
+    env = project_env(root, extra_env)
     with open(root / ".gitignore", "a") as gitignore:
         gitignore.write("/tiny-model/\n/.prefect-home/\n")
     git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
@@ -125,6 +131,22 @@ def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]
     sh(git + ["add", "-A"], root, env)
     sh(git + ["commit", "-qm", "tiny"], root, env)
     return root, env
+
+
+@pytest.fixture(scope="session")
+def pruned_project(tmp_path_factory) -> Path:
+    """A tiny project reproduced up to prune and committed, made once: copy it (copy_project) to use it."""
+    root, env = make_project(tmp_path_factory.mktemp("pruned-project"))
+    sh([sys.executable, "-m", "dvc", "repro", "prune"], root, env)
+    sh(["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci", "add", "-A"], root, env)
+    sh(["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci", "commit", "-qm", "up to prune"], root, env)
+    return root
+
+
+def copy_project(template: Path, root: Path) -> tuple[Path, dict]:
+    """A copy of a tiny project (git history, DVC cache and run cache, outputs) that runs on its own."""
+    shutil.copytree(template, root, symlinks=True, ignore=shutil.ignore_patterns(".prefect-home"))
+    return root, project_env(root)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,8 @@ import sys
 import pytest
 import yaml
 
-from conftest import make_project, sh
+from conftest import copy_project, sh
 
-GIT = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
 
 
 def digest(root) -> dict[str, str]:
@@ -27,11 +26,8 @@ def digest(root) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root, env = make_project(tmp_path_factory.mktemp("typo"))
-    sh([sys.executable, "-m", "dvc", "repro", "prune"], root, env)
-    sh(GIT + ["add", "-A"], root, env)
-    sh(GIT + ["commit", "-qm", "up to prune"], root, env)
+def project(pruned_project, tmp_path_factory):
+    root, env = copy_project(pruned_project, tmp_path_factory.mktemp("typo") / "project")
     return root, env, digest(root)
 
 
