@@ -14,7 +14,6 @@ import yaml
 from conftest import copy_project, sh
 
 
-
 def digest(root) -> dict[str, str]:
     """A hash of every file under the outputs the stages so far wrote."""
     found = {}
