@@ -143,10 +143,10 @@ def pruned_project(tmp_path_factory) -> Path:
     return root
 
 
-def copy_project(template: Path, root: Path) -> tuple[Path, dict]:
+def copy_project(template: Path, root: Path, extra_env: dict | None = None) -> tuple[Path, dict]:
     """A copy of a tiny project (git history, DVC cache and run cache, outputs) that runs on its own."""
     shutil.copytree(template, root, symlinks=True, ignore=shutil.ignore_patterns(".prefect-home"))
-    return root, project_env(root)
+    return root, project_env(root, extra_env)
 
 
 @pytest.fixture(scope="session")

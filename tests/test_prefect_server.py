@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project, sh
+from conftest import copy_project, sh
 
-STAGES = ["tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark", "summary"]
+# The stages after prune: the project comes reproduced up to prune (conftest.pruned_project).
+STAGES = ["finetune_sparse", "accelerate", "evaluate", "benchmark", "summary"]
+BEFORE = ["validate", "tokenize", "train_baseline", "prune"]
 
 
 def free_port() -> int:
@@ -65,10 +67,10 @@ def artifacts_by_key(url, key):
         return c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
-def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
-    root, env = make_project(tmp_path / "project", {"PREFECT_API_URL": server})
+def test_pipeline_flow_runs_stages_visible_in_prefect(server, pruned_project, tmp_path):
+    root, env = copy_project(pruned_project, tmp_path / "project", {"PREFECT_API_URL": server})
     first = sh([sys.executable, "-m", "flows.pipeline"], root, env)
-    assert "'ran': ['validate', 'tokenize', 'train_baseline'" in first.stdout
+    assert f"'ran': {STAGES}" in first.stdout
 
     with client(server) as c:
         flows = {f.id: f.name for f in c.read_flows()}
@@ -95,9 +97,10 @@ def test_pipeline_flow_runs_stages_visible_in_prefect(server, tmp_path):
     assert "'ran': []" in second.stdout
     summaries = sorted(artifacts_by_key(server, "pipeline-summary"), key=lambda a: a.created)
     assert len(summaries) == 2
-    assert "**ran:** validate, tokenize, train_baseline, prune" in summaries[0].data
+    assert f"**ran:** {', '.join(STAGES)}" in summaries[0].data
+    assert f"**cached:** {', '.join(BEFORE)}" in summaries[0].data
     assert "**ran:** nothing" in summaries[1].data
-    assert f"**cached:** validate, {', '.join(STAGES)}" in summaries[1].data
+    assert f"**cached:** {', '.join(BEFORE + STAGES)}" in summaries[1].data
     scores = summaries[1].data.split("| metrics/scores.json ")[0]  # `dvc metrics show` as a table: its header
     assert all(f" f1.{variant} |" in scores for variant in ("dense", "pruned", "sparse", "accelerated"))
     summary_table = json.loads(artifacts_by_key(server, "summary-metrics")[0].data)
