@@ -43,16 +43,17 @@ INT8_GELU = "int8_gelu"  # a kernel's precision: int8 2:4 with the GELU epilogue
 
 
 class Kernel(NamedTuple):
-    """A 2:4 kernel: what it computes in (fp16, int8 or INT8_GELU) and its cuSPARSELt config (saved
-    in plan.json as a pair)."""
+    """A 2:4 kernel: its kind (fp16, int8, or INT8_GELU: int8 with the GELU epilogue) and its
+    cuSPARSELt config (saved in plan.json as a pair). A layer's precision (LayerPlan.precision) is
+    what it may run; a kernel's kind is what it runs."""
 
-    precision: str
+    kind: str
     alg_id: int
 
     @property
     def int8(self) -> bool:
         """Whether it reads int8 inputs (the layer's int8 weights and calibration)."""
-        return self.precision in ("int8", INT8_GELU)
+        return self.kind in ("int8", INT8_GELU)
 
 
 Kernels = dict[int, "Kernel | None"]  # token bucket -> 2:4 kernel, None = the dense matmul
@@ -304,15 +305,15 @@ class SparseLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features).contiguous()
         kernel = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
         quantized = x2d.dtype == torch.int8  # by the int8_gelu kernel of the layer before
-        if quantized and (kernel is None or kernel.precision != "int8"):
+        if quantized and (kernel is None or kernel.kind != "int8"):
             raise RuntimeError(f"{self.extra_repr()}: an int8 input at {x2d.shape[0]} tokens, where this layer "
                                f"runs {kernel}: the layer before may run int8_gelu only where this one runs int8")
         if kernel is None:
             out = F.linear(x2d, self.weight, self.bias)
-        elif kernel.precision == INT8_GELU:
+        elif kernel.kind == INT8_GELU:
             out = int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
                                       self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale, self.planned)
-        elif kernel.precision == "int8":
+        elif kernel.kind == "int8":
             x_q = x2d if quantized else quantize_for_kernel(x2d, self.multipliers)
             out = int8_sparse_mm(self.packed_int8, x_q, self.alpha, self.bias, kernel.alg_id, self.planned)
         else:

@@ -211,7 +211,7 @@ class Plan:
             if before is None or after is None or before.precision != "int8" or not after.unsmoothed:
                 continue
             kernels = before.every_kernel()
-            if not kernels or any(kernel is not None and kernel.precision == INT8_GELU for kernel in kernels):
+            if not kernels or any(kernel is not None and kernel.kind == INT8_GELU for kernel in kernels):
                 fusions[first] = second
         return fusions
 
@@ -241,11 +241,11 @@ class Plan:
             per_batch = {}
             for batch, kernel in layer.kernels.items():
                 # the chosen kernel's timing; where dense runs, the fastest fp16 2:4 config's
-                timing = self.shape_timings[kernel.precision if kernel else "fp16"][shape_name(layer.shape)][batch]
+                timing = self.shape_timings[kernel.kind if kernel else "fp16"][shape_name(layer.shape)][batch]
                 sparse = timing["sparse_ms"]
                 sparse_ms = sparse[kernel.alg_id] if kernel else min(sparse.values()) if sparse else None
                 per_batch[f"bs{batch}"] = {
-                    "kernel": DENSE if kernel is None else f"cusparselt {kernel.precision} alg_id {kernel.alg_id}",
+                    "kernel": DENSE if kernel is None else f"cusparselt {kernel.kind} alg_id {kernel.alg_id}",
                     "dense_ms": round(timing["dense_ms"], 4),
                     "sparse_ms": None if sparse_ms is None else round(sparse_ms, 4),
                     "speedup": None if sparse_ms is None else round(timing["dense_ms"] / sparse_ms, 3),
@@ -268,7 +268,7 @@ class Plan:
                 "variant": chosen,
                 "layers_2of4": sum(kernel is not None for kernel in kernels),  # none where a layer is blocked
                 "layers_int8": sum(getattr(kernel, "int8", False) for kernel in kernels),
-                "layers_int8_gelu": sum(getattr(kernel, "precision", None) == INT8_GELU for kernel in kernels),
+                "layers_int8_gelu": sum(getattr(kernel, "kind", None) == INT8_GELU for kernel in kernels),
             }
             if batch in model_ms:
                 ms = model_ms[batch]

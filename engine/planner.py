@@ -82,7 +82,7 @@ def fastest_kernel(by_precision: ByPrecision) -> Kernel | None:
 
 
 def kernel_speedup(by_precision: ByPrecision, kernel: Kernel) -> float:
-    timing = by_precision[kernel.precision]
+    timing = by_precision[kernel.kind]
     return timing["dense_ms"] / timing["sparse_ms"][kernel.alg_id]
 
 
@@ -141,7 +141,7 @@ def variant_kernels(mode: str, per_layer: dict[str, BatchKernels], timings: Laye
         return choose_kernel({"fp16": timings[name][batch]["fp16"]}, fp16_mode, MIN_LAYER_SPEEDUP)
 
     def fused(name: str, batch: int, kernel: Kernel | None) -> Kernel | None:
-        int8_unfused = name in unfused and kernel is not None and kernel.precision == "int8"
+        int8_unfused = name in unfused and kernel is not None and kernel.kind == "int8"
         return fp16_kernel(name, batch, mode) if int8_unfused else kernel
 
     variants = {
