@@ -36,10 +36,10 @@ PYTHONPATH=$SITE python3 -c "import dvc, prefect, datasets, evaluate" && [ -f "$
 
 # The stages' commands set PYTHONPATH to the checkout: the carried packages join the path by a .pth file.
 echo "$SITE" > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/twofour-carried.pth"
-[ -n "${STAGE_ONLY:-}" ] && { echo "staged (STAGE_ONLY)"; exit 0; }
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 TOKENIZERS_PARALLELISM=false
 export TWOFOUR_PLAN_CACHE=1 TORCHINDUCTOR_CACHE_DIR=$S/inductor PREFECT_HOME=$S/prefect DVC_EXP_BASELINE_REV=${REV:-unknown}
 command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
+[ -n "${STAGE_ONLY:-}" ] && { echo "staged (STAGE_ONLY)"; exit 0; }
 mkdir -p data/squad-v1.1 && cp --update=none "$S"/data/*.json.gz data/squad-v1.1/
 python3 -m dvc config --local core.no_scm true  # the device's copy of the checkout has no .git
 TARGET=gpu/dvc.yaml:finetune_sparse
