@@ -3,6 +3,7 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 
 - config: EngineConfig, how the engine runs (cuSPARSELt library, plan cache, attention), passed to
   load_accelerated and planner.measure and recorded in the plan; the environment gives its defaults.
+  A model built under a config keeps it: its Linears hold the 2:4 call it chose (no process-wide switch).
 - plan: the typed, versioned plan (Plan, LayerPlan), its summary, and load_accelerated (served as
   CUDA graphs, or eager=True: the kernels timed fastest when called eagerly).
 - planner: making a plan on a GPU from kernel and whole-model timings (graphed and eager).
