@@ -279,6 +279,15 @@ def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor])
         group["module"].parametrizations.weight[0].mask.copy_(masks[name])
 
 
+def fade_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor], keep_removed: float) -> None:
+    """The held masks with the weights they remove scaled by keep_removed instead of zeroed: 1 is
+    no mask, 0 the masks themselves (gradual 2:4: finetune.mask_ramp)."""
+    for group in sparsifier.groups:
+        mask = group["module"].parametrizations.weight[0].mask
+        kept = masks[group["module_fqn"]].to(device=mask.device, dtype=mask.dtype)
+        mask.copy_(kept + (1 - kept) * keep_removed)
+
+
 def sparsity_report(model: torch.nn.Module, layer_names: list[str]) -> dict[str, dict]:
     modules = dict(model.named_modules())
     report = {}

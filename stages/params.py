@@ -112,6 +112,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "finetune.distill_temperature": ((int, float), _positive),
     "finetune.distill_alpha": ((int, float), lambda v: 0 <= v <= 1),
     "finetune.distill_hidden": ((int, float), _non_negative),
+    "finetune.mask_ramp": ((int, float), lambda v: 0 <= v < 1),
     "accelerate.mode": (str, _one_of("auto", "all", "none")),
     "accelerate.dtype": (str, _one_of("float16", "bfloat16")),
     "accelerate.max_alg_id": (int, _non_negative),
@@ -132,7 +133,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "benchmark.compile": (bool, None),
     "benchmark.num_processes": ((str, int), _process_count),
 }
-# Fields newer than some params.yaml files: absent means this value.
+# What a field's extra check asks, as its error message says it.
 _CHECK_DOCS = {
     "tokenize.max_length": "between 32 and 4096",
     "orchestration.retries": "between 0 and 10",
@@ -141,6 +142,7 @@ _CHECK_DOCS = {
     "train.warmup_ratio": "in [0, 1)",
     "finetune.warmup_ratio": "in [0, 1)",
     "finetune.distill_alpha": "in [0, 1]",
+    "finetune.mask_ramp": "in [0, 1)",
     "accelerate.int8_smoothing": "in [0, 1]",
     "benchmark.seq_length": "between 8 and 4096",
     "benchmark.cpu_seq_length": "between 8 and 4096",

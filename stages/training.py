@@ -7,6 +7,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +167,25 @@ class FailOnNonFinite(TrainerCallback):
                 raise StageError(f"the weights ({name}) are not finite at step {step} (learning_rate too high?)")
 
 
+class MaskRamp(TrainerCallback):
+    """Gradual 2:4 (finetune.mask_ramp): before each step, the weights the masks remove are scaled by
+    1 - step / ramp_steps (pruning.masks.fade_masks), reaching the masks themselves at ramp_steps and
+    for good at the end of training. Set from the global step alone, so a resumed run fades alike."""
+
+    def __init__(self, fade: Callable[[float], None], ramp: float):
+        self.fade, self.ramp = fade, ramp
+
+    def keep_removed(self, step: int, max_steps: int) -> float:
+        ramp_steps = max(1, math.ceil(self.ramp * max_steps))
+        return max(0.0, 1 - step / ramp_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.fade(self.keep_removed(state.global_step, state.max_steps))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.fade(0.0)
+
+
 class NumericProgressCallback(ProgressCallback):
     """The Trainer's progress bar, with each log line as JSON numbers: the stock one writes floats as
     strings ({'loss': '4.996'}), which a reader of the log cannot parse or compare as numbers."""
@@ -206,7 +226,7 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None,
-             checkpoints: Path | None = None) -> dict:
+             checkpoints: Path | None = None, callbacks: list[TrainerCallback] = ()) -> dict:
     """Train in place; return the loss history and throughput figures.
 
     With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).
@@ -226,7 +246,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
             "args": args,
             "train_dataset": train_features,
             "data_collator": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-            "callbacks": [FailOnNonFinite()],
+            "callbacks": [FailOnNonFinite(), *callbacks],
         }
         if teacher is None:
             trainer = Trainer(**setup)

@@ -73,3 +73,48 @@ def test_the_dense_control_is_the_baseline_fine_tuned_as_the_2_4_model_is(params
     after = load_qa_model(str(control)).state_dict()
     assert any(not torch.equal(after[name], before[name]) for name in before)
     assert saved_masks(control) == {}
+
+
+def test_fading_scales_the_removed_weights_and_zero_is_the_mask_itself():
+    from pruning.masks import attach_sparsifier, fade_masks
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    original = model[0].weight.detach().clone()
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(4, 2)
+    sparsifier = attach_sparsifier(model, ["0"], [1, 4], 2)
+    load_masks(sparsifier, {"0": mask})
+    fade_masks(sparsifier, {"0": mask}, 0.25)
+    assert torch.allclose(model[0].weight, original * (mask + 0.25 * (1 - mask)))
+    fade_masks(sparsifier, {"0": mask}, 0.0)
+    assert torch.equal(model[0].weight, original * mask)
+
+
+def test_gradual_2_4_starts_from_the_dense_weights_and_ends_on_the_pruned_masks(params, tiny_model, tmp_path,
+                                                                                  monkeypatch):
+    features, pruned, sparse = tmp_path / "features", tmp_path / "pruned", tmp_path / "sparse"
+    features.mkdir(), pruned.mkdir(), sparse.mkdir()
+    tokenize(params, load_tokenizer(str(tiny_model)), features)
+    prune(params, tiny_model, pruned)
+    params["finetune"].update(mask_ramp=0.5, max_steps=4, learning_rate=0.001)
+    fades, started_from = [], {}
+    train_qa, fade_masks = stages.finetune_sparse.train_qa, stages.finetune_sparse.fade_masks
+    monkeypatch.setattr(stages.finetune_sparse, "fade_masks",
+                        lambda sparsifier, masks, keep_removed: fades.append(keep_removed) or
+                        fade_masks(sparsifier, masks, keep_removed))
+
+    def spy(model, *args, **kwargs):
+        started_from.update({name: p.detach().clone() for name, p in model.named_parameters()})
+        return train_qa(model, *args, **kwargs)
+
+    monkeypatch.setattr(stages.finetune_sparse, "train_qa", spy)
+    metrics = finetune_sparse(params, features, pruned, sparse, baseline_dir=tiny_model)
+
+    # each step's factor: 1 - step / 2 until the masks hold alone, and the masks themselves at the end
+    assert fades == [1.0, 0.5, 0.0, 0.0, 0.0] and metrics["steps"] == 4 and metrics["pattern_2of4_holds"]
+    dense = load_qa_model(str(tiny_model))
+    held = saved_masks(pruned)
+    for name, mask in held.items():  # started from the dense weights, where the pruned model has zeros
+        assert torch.equal(started_from[f"{name}.parametrizations.weight.original"], dense.get_submodule(name).weight)
+    after = saved_masks(sparse)  # the pruned model's masks: its zeros exactly where they were
+    assert after.keys() == held.keys() and all(torch.equal(after[name], held[name]) for name in held)
