@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"  # the development machines' copy of the official files
 EMBEDDED_DATA = REPO / "data" / "embedded" / "biographies.json"
+GIT = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]  # commits in the tiny projects
 
 
 def tiny_qa_model(family: str, vocab_size: int, hidden: int, layers: int, intermediate: int, heads: int = 4):
@@ -126,10 +127,9 @@ def make_project(root: Path, extra_env: dict | None = None) -> tuple[Path, dict]
     env = project_env(root, extra_env)
     with open(root / ".gitignore", "a") as gitignore:
         gitignore.write("/tiny-model/\n/.prefect-home/\n")
-    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
     sh(["git", "init", "-q"], root, env)
-    sh(git + ["add", "-A"], root, env)
-    sh(git + ["commit", "-qm", "tiny"], root, env)
+    sh(GIT + ["add", "-A"], root, env)
+    sh(GIT + ["commit", "-qm", "tiny"], root, env)
     return root, env
 
 
@@ -138,8 +138,8 @@ def pruned_project(tmp_path_factory) -> Path:
     """A tiny project reproduced up to prune and committed, made once: copy it (copy_project) to use it."""
     root, env = make_project(tmp_path_factory.mktemp("pruned-project"))
     sh([sys.executable, "-m", "dvc", "repro", "prune"], root, env)
-    sh(["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci", "add", "-A"], root, env)
-    sh(["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci", "commit", "-qm", "up to prune"], root, env)
+    sh(GIT + ["add", "-A"], root, env)
+    sh(GIT + ["commit", "-qm", "up to prune"], root, env)
     return root
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, make_project, sh, tiny_params
+from conftest import GIT, REPO, make_project, sh, tiny_params
 from flows.pipeline import summarize_repro
 from stages.params import load_params
 
@@ -53,8 +53,7 @@ def project(tmp_path_factory):
     params = tiny_params("../tiny-model")
     params["data"]["dir"] = "../data/embedded"
     (root / "gpu/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
-    sh(git + ["commit", "-qam", "tiny gpu params"], root, env)
+    sh(GIT + ["commit", "-qam", "tiny gpu params"], root, env)
     return root, env
 
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from conftest import REPO, make_project, sh
+from conftest import GIT, REPO, make_project, sh
 from flows.pipeline import summarize_repro
 
 STAGES = ["validate", "tokenize", "train_baseline", "prune", "finetune_sparse", "accelerate", "evaluate", "benchmark",
@@ -113,9 +113,8 @@ def test_metrics_and_plots_diff_against_a_commit_work_from_a_fresh_clone(project
     """With no DVC remote a clone has git alone: the scores (EM, F1, latency) and the charts that
     `dvc metrics diff` and `dvc plots diff` read from a commit are in it."""
     root, env = project
-    git = ["git", "-c", "user.email=ci@twofour", "-c", "user.name=ci"]
-    sh(git + ["add", "-A"], root, env)
-    sh(git + ["commit", "-qm", "the tiny run"], root, env)
+    sh(GIT + ["add", "-A"], root, env)
+    sh(GIT + ["commit", "-qm", "the tiny run"], root, env)
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
     assert not (clone / "models/baseline").exists() and not (clone / "reports/evaluate.json").exists()  # no DVC data
