@@ -282,10 +282,7 @@ def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor])
 def fade_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor], keep_removed: float) -> None:
     """The held masks with the weights they remove scaled by keep_removed instead of zeroed: 1 is
     no mask, 0 the masks themselves (gradual 2:4: finetune.mask_ramp)."""
-    for group in sparsifier.groups:
-        mask = group["module"].parametrizations.weight[0].mask
-        kept = masks[group["module_fqn"]].to(device=mask.device, dtype=mask.dtype)
-        mask.copy_(kept + (1 - kept) * keep_removed)
+    load_masks(sparsifier, {name: kept.float() + (1 - kept.float()) * keep_removed for name, kept in masks.items()})
 
 
 def sparsity_report(model: torch.nn.Module, layer_names: list[str]) -> dict[str, dict]:

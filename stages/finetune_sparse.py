@@ -3,9 +3,11 @@
 With finetune.distill, the dense baseline is the teacher: the sparse model learns its start/end
 distributions as well as the labels. With finetune.mask_ramp (gradual 2:4), training starts from the
 dense baseline's weights instead of the pruned ones, and the weights the pruned model's masks remove
-fade out over that fraction of the steps (training.MaskRamp); the masks themselves are the same. finetune_dense gives the dense baseline the same fine-tuning
-(the same schedule and objective, the baseline its own teacher): the compute-matched control a 2:4
-model's accuracy is also held to, so that extra training alone is not credited to the masks.
+fade out over that fraction of the steps (training.MaskRamp); the masks themselves are the same.
+
+finetune_dense gives the dense baseline the same fine-tuning (the same schedule and objective, the
+baseline its own teacher): the compute-matched control a 2:4 model's accuracy is also held to, so
+that extra training alone is not credited to the masks.
 """
 from __future__ import annotations
 
