@@ -1,0 +1,112 @@
+"""Where a training step's time goes: the pipeline's own training (stages/training.train_qa, the
+Trainer, distillation from a teacher where the section says so) for a few steps on synthetic
+features, timed, then profiled. Prints per step the wall time, the GPU's kernel time and its share
+of the wall (a low share: the host is the bottleneck, and fewer launches, e.g. torch.compile, would
+pay), and the ops with the most kernel time. On a CPU only the wall time and the ops' CPU time.
+
+    python benchmarks/train_profile.py --model DIR [--params gpu/params.yaml] [--section finetune]
+        [--steps 40] [--profile-steps 10] [--length 384] [--precision bf16] [--json OUT]
+
+The features are random tokens in windows of --length (SQuAD's windows are cut at 384, and a batch
+pads to its longest), with random answer positions: the time of a step does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.models import load_qa_model, load_tokenizer  # noqa: E402
+from stages.params import load_params  # noqa: E402
+from stages.training import train_qa  # noqa: E402
+
+
+def synthetic_features(count: int, length: int, vocab_size: int, seed: int = 0):
+    """`count` training windows of `length` random tokens with random answer spans (an HF Dataset)."""
+    import datasets
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab_size, (count, length), generator=generator)
+    starts = torch.randint(1, length - 8, (count,), generator=generator)
+    return datasets.Dataset.from_dict({
+        "input_ids": ids.tolist(),
+        "token_type_ids": [[0] * length] * count,
+        "attention_mask": [[1] * length] * count,
+        "start_positions": starts.tolist(),
+        "end_positions": (starts + torch.randint(0, 8, (count,), generator=generator)).tolist(),
+    })
+
+
+def section_for(params, name: str, steps: int, precision: str | None) -> dict:
+    section = dict(params[name])
+    section.update(max_steps=steps, **({"precision": precision} if precision else {}))
+    return section
+
+
+def run(model_dir: str, section: dict, steps: int, length: int, seed: int) -> dict:
+    """One training run of `steps` steps (fresh model and teacher); train_qa's figures."""
+    model, tokenizer = load_qa_model(model_dir), load_tokenizer(model_dir)
+    teacher = copy.deepcopy(model) if section.get("distill") else None
+    features = synthetic_features(steps * section["batch_size"], length, model.config.vocab_size, seed)
+    return train_qa(model, tokenizer, features, section, seed, teacher=teacher)
+
+
+def kernel_table(profile, steps: int, on_gpu: bool, top: int = 12) -> tuple[float, list[dict]]:
+    """(device kernel ms per step, the ops with the most self time per step: device time on a GPU,
+    CPU time on a CPU)."""
+    events = profile.key_averages()
+    device_us = sum(event.self_device_time_total for event in events)
+    rows = sorted(events, key=lambda event: event.self_device_time_total if on_gpu else event.self_cpu_time_total,
+                  reverse=True)[:top]
+    return device_us / 1000 / steps, [
+        {"op": event.key[:80], "device_ms_per_step": round(event.self_device_time_total / 1000 / steps, 3),
+         "calls_per_step": round(event.count / steps, 1),
+         "cpu_ms_per_step": round(event.self_cpu_time_total / 1000 / steps, 3)} for event in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a Hugging Face model directory")
+    parser.add_argument("--params", default="gpu/params.yaml")
+    parser.add_argument("--section", choices=("train", "finetune"), default="finetune")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps (the first few include warm-up)")
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--length", type=int, default=384)
+    parser.add_argument("--precision", help="override the section's precision (fp32 on a CPU)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    cuda = torch.cuda.is_available()
+    timed = run(args.model, section_for(params, args.section, args.steps, args.precision), args.steps,
+                args.length, params["seed"])
+    batch = params[f"{args.section}.batch_size"]
+    wall_ms = batch / timed["samples_per_second"] * 1000
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as profile:
+        run(args.model, section_for(params, args.section, args.profile_steps, args.precision), args.profile_steps,
+            args.length, params["seed"])
+    device_ms, ops = kernel_table(profile, args.profile_steps, cuda)
+    report = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+        "section": args.section, "precision": timed["precision"], "objective": timed["objective"],
+        "batch_size": batch, "length": args.length, "steps_timed": args.steps,
+        "wall_ms_per_step": round(wall_ms, 2),
+        "kernel_ms_per_step": round(device_ms, 2) if cuda else None,
+        "kernel_share_of_wall": round(device_ms / wall_ms, 3) if cuda else None,
+        "top_ops": ops,
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""benchmarks/train_profile.py: the pipeline's training on synthetic windows, timed and profiled."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO, tiny_params
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from train_profile import section_for, synthetic_features  # noqa: E402
+from stages.params import validate  # noqa: E402
+
+
+def test_synthetic_windows_have_their_length_and_answers_inside():
+    features = synthetic_features(6, 32, vocab_size=1200, seed=1)
+    assert len(features) == 6
+    for row in features:
+        assert len(row["input_ids"]) == len(row["attention_mask"]) == 32
+        assert all(1000 <= token < 1200 for token in row["input_ids"])
+        assert 1 <= row["start_positions"] <= row["end_positions"] < 32
+    assert synthetic_features(6, 32, 1200, seed=1)["input_ids"] == features["input_ids"]
+
+
+def test_the_section_is_the_params_one_with_the_steps_and_precision_asked(tiny_model):
+    params = validate(tiny_params(tiny_model))
+    section = section_for(params, "finetune", steps=7, precision="fp32")
+    assert section["max_steps"] == 7 and section["precision"] == "fp32"
+    assert section["distill"] == params["finetune.distill"] and section["batch_size"] == params["finetune.batch_size"]
+    assert section_for(params, "finetune", 7, None)["precision"] == params["finetune.precision"]
+
+
+def test_a_cpu_run_reports_the_wall_time_per_step_and_the_busiest_ops(tiny_model, tmp_path):
+    raw = tiny_params(tiny_model)
+    raw["finetune"].update(batch_size=4, distill=True, distill_hidden=1.0)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, "benchmarks/train_profile.py", "--model", str(tiny_model), "--params",
+                    str(params_file), "--steps", "3", "--profile-steps", "2", "--length", "32", "--precision",
+                    "fp32", "--json", str(out)], cwd=REPO, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["section"] == "finetune" and report["batch_size"] == 4
+    assert "distillation" in report["objective"] and report["steps_timed"] == 3
+    assert report["wall_ms_per_step"] > 0 and report["kernel_ms_per_step"] is None
+    cpu_times = [op["cpu_ms_per_step"] for op in report["top_ops"]]
+    assert cpu_times and cpu_times == sorted(cpu_times, reverse=True)
