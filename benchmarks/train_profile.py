@@ -1,11 +1,12 @@
 """Where a training step's time goes: the pipeline's own training (stages/training.train_qa, the
 Trainer, distillation from a teacher where the section says so) for a few steps on synthetic
-features, timed, then profiled. Prints per step the wall time, the GPU's kernel time and its share
-of the wall (a low share: the host is the bottleneck, and fewer launches, e.g. torch.compile, would
-pay), and the ops with the most kernel time. On a CPU only the wall time and the ops' CPU time.
+features, timed, then profiled. Prints per step the wall time (the median over the run's second
+half: past warm-up and any compile), the GPU's kernel time and its share of the wall (a low share:
+the host is the bottleneck, and fewer launches, e.g. torch.compile, would pay), and the ops with
+the most kernel time. On a CPU only the wall time and the ops' CPU time.
 
     python benchmarks/train_profile.py --model DIR [--params gpu/params.yaml] [--section finetune]
-        [--steps 40] [--profile-steps 10] [--length 384] [--precision bf16] [--json OUT]
+        [--steps 40] [--profile-steps 10] [--length 384] [--precision bf16] [--compile] [--json OUT]
 
 The features are random tokens in windows of --length (SQuAD's windows are cut at 384, and a batch
 pads to its longest), with random answer positions: the time of a step does not depend on them.
@@ -15,10 +16,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,18 +47,38 @@ def synthetic_features(count: int, length: int, vocab_size: int, seed: int = 0):
     })
 
 
-def section_for(params, name: str, steps: int, precision: str | None) -> dict:
+def section_for(params, name: str, steps: int, precision: str | None, compile_model: bool | None = None) -> dict:
+    """The params section, for `steps` steps, in `precision` and with `compile_model` where given."""
     section = dict(params[name])
-    section.update(max_steps=steps, **({"precision": precision} if precision else {}))
+    section.update(max_steps=steps, **({"precision": precision} if precision else {}),
+                   **({"compile": compile_model} if compile_model is not None else {}))
     return section
 
 
-def run(model_dir: str, section: dict, steps: int, length: int, seed: int) -> dict:
-    """One training run of `steps` steps (fresh model and teacher); train_qa's figures."""
+class StepTimer(TrainerCallback):
+    """The wall time between consecutive step ends (data loading included), the GPU drained at each."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+    def steady_ms(self) -> float:
+        """Median step time over the second half of the run: past the warm-up (and any compile)."""
+        steps = [(b - a) * 1000 for a, b in zip(self.ends, self.ends[1:])]
+        return statistics.median(steps[len(steps) // 2:])
+
+
+def run(model_dir: str, section: dict, steps: int, length: int, seed: int) -> tuple[dict, StepTimer]:
+    """One training run of `steps` steps (fresh model and teacher): train_qa's figures and the step times."""
     model, tokenizer = load_qa_model(model_dir), load_tokenizer(model_dir)
     teacher = copy.deepcopy(model) if section.get("distill") else None
     features = synthetic_features(steps * section["batch_size"], length, model.config.vocab_size, seed)
-    return train_qa(model, tokenizer, features, section, seed, teacher=teacher)
+    timer = StepTimer()
+    return train_qa(model, tokenizer, features, section, seed, teacher=teacher, callbacks=[timer]), timer
 
 
 def kernel_table(profile, steps: int, on_gpu: bool, top: int = 12) -> tuple[float, list[dict]]:
@@ -79,25 +103,27 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--length", type=int, default=384)
     parser.add_argument("--precision", help="override the section's precision (fp32 on a CPU)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model and teacher, or not (default: the section's compile)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     params = load_params(args.params)
     cuda = torch.cuda.is_available()
-    timed = run(args.model, section_for(params, args.section, args.steps, args.precision), args.steps,
-                args.length, params["seed"])
+    section = section_for(params, args.section, args.steps, args.precision, args.compile)
+    timed, timer = run(args.model, section, args.steps, args.length, params["seed"])
     batch = params[f"{args.section}.batch_size"]
-    wall_ms = batch / timed["samples_per_second"] * 1000
+    wall_ms = timer.steady_ms()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as profile:
-        run(args.model, section_for(params, args.section, args.profile_steps, args.precision), args.profile_steps,
-            args.length, params["seed"])
+        run(args.model, {**section, "max_steps": args.profile_steps}, args.profile_steps, args.length, params["seed"])
     device_ms, ops = kernel_table(profile, args.profile_steps, cuda)
     report = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-        "section": args.section, "precision": timed["precision"], "objective": timed["objective"],
+        "section": args.section, "precision": timed["precision"], "compiled": section["compile"],
+        "objective": timed["objective"],
         "batch_size": batch, "length": args.length, "steps_timed": args.steps,
-        "wall_ms_per_step": round(wall_ms, 2),
+        "wall_ms_per_step": round(wall_ms, 2), "run_samples_per_second": timed["samples_per_second"],
         "kernel_ms_per_step": round(device_ms, 2) if cuda else None,
         "kernel_share_of_wall": round(device_ms / wall_ms, 3) if cuda else None,
         "top_ops": ops,

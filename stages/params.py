@@ -98,6 +98,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
             "batch_size": (int, _positive),
             "num_processes": ((str, int), _process_count),
             "precision": (str, _one_of("fp32", "bf16", "fp16", "auto")),
+            "compile": (bool, None),
         }.items()
     },
     "train.eval_batch_size": (int, _positive),

@@ -71,6 +71,7 @@ def training_arguments(section: dict, seed: int, output_dir: str, n_examples: in
         # On a GPU, batches are collated in worker processes so the GPU does not wait for them.
         dataloader_num_workers=2 if cuda else 0,
         dataloader_pin_memory=cuda,
+        torch_compile=section["compile"],
     )
 
 
@@ -128,6 +129,8 @@ class DistillationTrainer(Trainer):
                  hidden_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # eval: no dropout in the targets
+        if self.args.torch_compile:  # its forward is half a distilled step's launches
+            self.teacher = torch.compile(self.teacher)
         self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -54,6 +54,21 @@ def test_trainer_loss_mixes_distillation_and_qa_loss(tiny_model, tmp_path):
     assert loss.item() == pytest.approx(0.25 * distill.item() + 0.75 * outputs.loss.item(), rel=1e-6)
 
 
+
+@pytest.mark.parametrize("compile_model", [False, True])
+def test_the_teacher_is_compiled_with_the_student(tiny_model, tmp_path, compile_model):
+    """train.compile / finetune.compile: the Trainer compiles the student; the teacher's forward,
+    half of a distilled step's launches, is compiled alike (lazily: nothing compiles before a step)."""
+    teacher = load_qa_model(str(tiny_model))
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none", torch_compile=compile_model)
+    trainer = DistillationTrainer(model=load_qa_model(str(tiny_model)), args=args, teacher=teacher,
+                                  temperature=2.0, alpha=0.5)
+    if compile_model:
+        assert isinstance(trainer.teacher, torch._dynamo.eval_frame.OptimizedModule)
+        assert trainer.teacher._orig_mod is teacher and not trainer.teacher.training
+    else:
+        assert trainer.teacher is teacher
+
 @pytest.fixture
 def pruned(params, tiny_model, tmp_path):
     """Features and a magnitude-pruned tiny model."""

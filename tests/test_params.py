@@ -42,6 +42,7 @@ def test_repository_params_are_valid():
     ("accelerate.mode", "fast", "one of auto, all, none"),
     ("benchmark.batch_sizes", [4, -1], "a non-empty list of int"),
     ("tokenize.max_length", 8, "between 32 and 4096"),
+    ("finetune.compile", "yes", "field 'finetune.compile' = 'yes' is invalid (expected bool)"),
 ])
 def test_wrong_type_or_range_names_the_field(field, value, message):
     with pytest.raises(ParamError) as err:

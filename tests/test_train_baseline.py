@@ -52,3 +52,9 @@ def test_precision_is_the_param_never_the_cpus_choice(params, monkeypatch, tmp_p
         training_arguments({**params["train"], "precision": "bf16"}, params["seed"], str(tmp_path), 8)
     (tmp_path / "cpuinfo").write_text("model name\t: Test CPU\nflags\t: avx2 amx_bf16\n")
     assert training_arguments({**params["train"], "precision": "bf16"}, params["seed"], str(tmp_path), 8).bf16
+
+
+def test_compile_is_the_param(params, tmp_path):
+    assert params["train.compile"] is False and params["finetune.compile"] is False  # the default
+    assert not training_arguments(params["train"], params["seed"], str(tmp_path), 8).torch_compile
+    assert training_arguments({**params["finetune"], "compile": True}, params["seed"], str(tmp_path), 8).torch_compile

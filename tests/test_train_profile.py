@@ -30,6 +30,8 @@ def test_the_section_is_the_params_one_with_the_steps_and_precision_asked(tiny_m
     assert section["max_steps"] == 7 and section["precision"] == "fp32"
     assert section["distill"] == params["finetune.distill"] and section["batch_size"] == params["finetune.batch_size"]
     assert section_for(params, "finetune", 7, None)["precision"] == params["finetune.precision"]
+    assert section_for(params, "finetune", 7, None)["compile"] is params["finetune.compile"] is False
+    assert section_for(params, "finetune", 7, None, compile_model=True)["compile"] is True
 
 
 def test_a_cpu_run_reports_the_wall_time_per_step_and_the_busiest_ops(tiny_model, tmp_path):
@@ -43,6 +45,7 @@ def test_a_cpu_run_reports_the_wall_time_per_step_and_the_busiest_ops(tiny_model
                     "fp32", "--json", str(out)], cwd=REPO, check=True, capture_output=True, timeout=600)
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["section"] == "finetune" and report["batch_size"] == 4
+    assert report["compiled"] is False
     assert "distillation" in report["objective"] and report["steps_timed"] == 3
     assert report["wall_ms_per_step"] > 0 and report["kernel_ms_per_step"] is None
     cpu_times = [op["cpu_ms_per_step"] for op in report["top_ops"]]
