@@ -49,9 +49,11 @@ def synthetic_features(count: int, length: int, vocab_size: int, seed: int = 0):
 
 def section_for(params, name: str, steps: int, precision: str | None, compile_model: bool | None = None) -> dict:
     """The params section, for `steps` steps, in `precision` and with `compile_model` where given."""
-    section = dict(params[name])
-    section.update(max_steps=steps, **({"precision": precision} if precision else {}),
-                   **({"compile": compile_model} if compile_model is not None else {}))
+    section = {**params[name], "max_steps": steps}
+    if precision:
+        section["precision"] = precision
+    if compile_model is not None:
+        section["compile"] = compile_model
     return section
 
 
@@ -112,7 +114,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     section = section_for(params, args.section, args.steps, args.precision, args.compile)
     timed, timer = run(args.model, section, args.steps, args.length, params["seed"])
-    batch = params[f"{args.section}.batch_size"]
+    batch = section["batch_size"]
     wall_ms = timer.steady_ms()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as profile:

@@ -9,8 +9,8 @@ building if it passes where int8 does not.
     PYTHONPATH=. python docs/results/2026-12-06-fp8-vs-int8-errors.py [MODEL_DIR [FEATURES_DIR [PARAMS]]]
     (defaults: models/sparse, features, params.yaml, after `dvc repro`)
 """
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -37,8 +37,12 @@ def fp8_error(linear: torch.nn.Linear, x: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def main() -> None:
-    model_dir, features_dir, params_file = (Path(a) for a in (sys.argv[1:] + ["models/sparse", "features",
-                                                                              "params.yaml"][len(sys.argv) - 1:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", nargs="?", type=Path, default=Path("models/sparse"))
+    parser.add_argument("features_dir", nargs="?", type=Path, default=Path("features"))
+    parser.add_argument("params_file", nargs="?", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    model_dir, features_dir, params_file = args.model_dir, args.features_dir, args.params_file
     params = load_params(params_file)
     device = torch.device("cpu")
     model = inference_model(model_dir, device, torch.float32)

@@ -6,7 +6,6 @@ committed models/pruned and scores it on the default's validation questions.
     PYTHONPATH=. python docs/results/2026-12-06-prune-threads.py   (after `dvc repro`, in the checkout)
 """
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,7 +55,6 @@ def main() -> None:
             moved = sum(int((here[name] != committed[name]).sum()) for name in committed)
             rows[case] = {**evaluate(params, Path("features"), {"pruned": pruned})["pruned"],
                           "mask_positions_changed": f"{moved} of {total} ({moved / total:.3%})"}
-            shutil.rmtree(tmp, ignore_errors=True)
         print(json.dumps({case: rows[case]}), flush=True)
     print(json.dumps(rows, indent=1))
 
