@@ -2,8 +2,9 @@
 Trainer, distillation from a teacher where the section says so) for a few steps on synthetic
 features, timed, then profiled. Prints per step the wall time (the median over the run's second
 half: past warm-up and any compile), the GPU's kernel time and its share of the wall (a low share:
-the host is the bottleneck, and fewer launches, e.g. torch.compile, would pay), and the ops with
-the most kernel time. On a CPU only the wall time and the ops' CPU time.
+the host is the bottleneck, and fewer launches, e.g. torch.compile, would pay), and the kernels with
+the most time (their names tell the math: f32 ffma, tf32, bf16). On a CPU only the wall time and the
+ops' CPU time.
 
     python benchmarks/train_profile.py --model DIR [--params gpu/params.yaml] [--section finetune]
         [--steps 40] [--profile-steps 10] [--length 384] [--precision bf16] [--compile] [--json OUT]
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -84,10 +86,13 @@ def run(model_dir: str, section: dict, steps: int, length: int, seed: int) -> tu
 
 
 def kernel_table(profile, steps: int, on_gpu: bool, top: int = 12) -> tuple[float, list[dict]]:
-    """(device kernel ms per step, the ops with the most self time per step: device time on a GPU,
-    CPU time on a CPU)."""
+    """(the GPU's own time per step, its busiest entries per step). On a GPU: the device's events
+    alone (kernels, copies), each counted once; an op's device time is its kernels' again. On a CPU:
+    the ops, by their self CPU time."""
     events = profile.key_averages()
-    device_us = sum(event.self_device_time_total for event in events)
+    if on_gpu:
+        events = [event for event in events if event.device_type == DeviceType.CUDA]
+    device_us = sum(event.self_device_time_total for event in events) if on_gpu else 0.0
     rows = sorted(events, key=lambda event: event.self_device_time_total if on_gpu else event.self_cpu_time_total,
                   reverse=True)[:top]
     return device_us / 1000 / steps, [

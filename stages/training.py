@@ -7,10 +7,11 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import convert_to_fp32
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
@@ -136,8 +137,12 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         hidden = self.hidden_weight > 0
         outputs = model(**inputs, output_hidden_states=hidden)
-        with torch.no_grad():
+        # The teacher runs in the student's mixed precision (the Trainer autocasts only the model it
+        # prepared: a teacher left out would run in fp32) and hands its outputs on in fp32, as the
+        # student's come, so the losses are computed in fp32.
+        with torch.no_grad(), self.accelerator.autocast():
             targets = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS}, output_hidden_states=hidden)
+        targets = convert_to_fp32(targets)
         distill = (distillation_loss(outputs.start_logits, targets.start_logits, self.temperature)
                    + distillation_loss(outputs.end_logits, targets.end_logits, self.temperature)) / 2
         loss = self.alpha * distill + (1 - self.alpha) * outputs.loss
@@ -229,7 +234,7 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher: torch.nn.Module | None = None,
-             checkpoints: Path | None = None, callbacks: list[TrainerCallback] = ()) -> dict:
+             checkpoints: Path | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Train in place; return the loss history and throughput figures.
 
     With a teacher, the loss distils from it (section's distill_temperature and distill_alpha).

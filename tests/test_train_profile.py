@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import yaml
+from torch.autograd import DeviceType
 
 from conftest import REPO, tiny_params
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train_profile import section_for, synthetic_features  # noqa: E402
+from train_profile import kernel_table, section_for, synthetic_features  # noqa: E402
 from stages.params import validate  # noqa: E402
 
 
@@ -50,3 +52,23 @@ def test_a_cpu_run_reports_the_wall_time_per_step_and_the_busiest_ops(tiny_model
     assert report["wall_ms_per_step"] > 0 and report["kernel_ms_per_step"] is None
     cpu_times = [op["cpu_ms_per_step"] for op in report["top_ops"]]
     assert cpu_times and cpu_times == sorted(cpu_times, reverse=True)
+
+
+def event(key, device_type, device_us, cpu_us, count):
+    return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=device_us,
+                           self_cpu_time_total=cpu_us, count=count)
+
+
+def test_the_gpu_time_counts_each_kernel_once_not_again_under_its_op():
+    """The profiler gives an op (aten::addmm) the device time of the kernels it launched, and lists
+    the kernels too: summing both would count the GEMMs twice (a kernel share above 100%)."""
+    events = [event("aten::addmm", DeviceType.CPU, 9000, 400, 20), event("gemm_kernel", DeviceType.CUDA, 9000, 0, 20),
+              event("aten::softmax", DeviceType.CPU, 1000, 100, 10), event("softmax_kernel", DeviceType.CUDA, 1000, 0, 10),
+              event("Memcpy HtoD", DeviceType.CUDA, 500, 0, 4)]
+    profile = SimpleNamespace(key_averages=lambda: events)
+    device_ms, rows = kernel_table(profile, steps=2, on_gpu=True)
+    assert device_ms == (9000 + 1000 + 500) / 1000 / 2
+    assert [row["op"] for row in rows] == ["gemm_kernel", "softmax_kernel", "Memcpy HtoD"]
+    assert rows[0] == {"op": "gemm_kernel", "device_ms_per_step": 4.5, "calls_per_step": 10.0, "cpu_ms_per_step": 0.0}
+    cpu_ms, cpu_rows = kernel_table(profile, steps=2, on_gpu=False)
+    assert cpu_ms == 0 and [row["op"] for row in cpu_rows][:2] == ["aten::addmm", "aten::softmax"]
