@@ -62,6 +62,13 @@ def _list_of(kind, element_check=None, allow_empty=False):
     return check
 
 
+def _hidden_weights(v):
+    weights = v if isinstance(v, list) else [v]
+    return len(weights) > 0 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                                    and w >= 0 for w in weights)
+
+
+_hidden_weights.__doc__ = ">= 0, or a non-empty list of such numbers (one per hidden state)"
 _positive.__doc__ = "> 0"
 _non_negative.__doc__ = ">= 0"
 _fraction.__doc__ = "between 0 and 1 (exclusive)"
@@ -112,7 +119,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool] | None]] 
     "finetune.distill": (bool, None),
     "finetune.distill_temperature": ((int, float), _positive),
     "finetune.distill_alpha": ((int, float), lambda v: 0 <= v <= 1),
-    "finetune.distill_hidden": ((int, float), _non_negative),
+    "finetune.distill_hidden": ((int, float, list), _hidden_weights),
     "finetune.mask_ramp": ((int, float), lambda v: 0 <= v < 1),
     "accelerate.mode": (str, _one_of("auto", "all", "none")),
     "accelerate.dtype": (str, _one_of("float16", "bfloat16")),

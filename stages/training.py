@@ -85,9 +85,26 @@ def objective(teacher: torch.nn.Module | None, section: dict) -> str:
     """What the logged loss is, in words (the loss chart names each run's)."""
     if teacher is None:
         return "cross-entropy of start and end"
-    alpha, hidden = float(section["distill_alpha"]), float(section["distill_hidden"])
-    return (f"distillation, {alpha:g} T\u00b2 KL + {1 - alpha:g} cross-entropy"
-            + (f" + {hidden:g} hidden MSE" if hidden else "") + f" (T = {float(section['distill_temperature']):g})")
+    alpha, hidden = float(section["distill_alpha"]), section["distill_hidden"]
+    if isinstance(hidden, list):
+        hidden_term = f" + [{', '.join(f'{float(w):g}' for w in hidden)}] per-state hidden MSE" if any(hidden) else ""
+    else:
+        hidden_term = f" + {float(hidden):g} hidden MSE" if hidden else ""
+    return (f"distillation, {alpha:g} T\u00b2 KL + {1 - alpha:g} cross-entropy" + hidden_term
+            + f" (T = {float(section['distill_temperature']):g})")
+
+
+def hidden_weights(section: dict, teacher: torch.nn.Module) -> float | list[float]:
+    """finetune.distill_hidden: one weight for every hidden state, or a list of one per hidden state
+    (the embeddings', then each layer's), whose length must fit the model's."""
+    weights = section["distill_hidden"]
+    if not isinstance(weights, list):
+        return float(weights)
+    states = teacher.config.num_hidden_layers + 1
+    if len(weights) != states:
+        raise StageError(f"finetune.distill_hidden has {len(weights)} weights; the model has {states} hidden states "
+                         f"(its embeddings', then each of its {states - 1} layers'): give one number or {states}")
+    return [float(w) for w in weights]
 
 
 LABELS = ("start_positions", "end_positions")
@@ -106,28 +123,34 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ) * temperature**2
 
 
-def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the layers' outputs (embeddings included) of the MSE between student and teacher
-    hidden states, over the real tokens only (padding is an artefact of batching). Masked with
+def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tensor,
+                      weights: float | Sequence[float] = 1.0) -> torch.Tensor:
+    """Mean over the hidden states (the embeddings', then each layer's) of weight times the MSE
+    between student and teacher, over the real tokens only (padding is an artefact of batching).
+    `weights`: one for all, or one per hidden state. Masked with
     torch.where, not a boolean index: an index's size is only known once the GPU has computed the mask,
     so it would stall every step until the GPU caught up."""
     real = attention_mask.bool().unsqueeze(-1)
     values = real.sum() * student_states[0].shape[-1]
     # The difference masked before it is squared, so that padding never reaches a gradient either.
-    return torch.stack([torch.where(real, s.float() - t.float(), 0.0).pow(2).sum() / values
-                        for s, t in zip(student_states, teacher_states)]).mean()
+    errors = torch.stack([torch.where(real, s.float() - t.float(), 0.0).pow(2).sum() / values
+                          for s, t in zip(student_states, teacher_states, strict=True)])
+    if isinstance(weights, (int, float)):
+        return weights * errors.mean()
+    return (errors * torch.tensor(weights, dtype=errors.dtype, device=errors.device)).mean()
 
 
 class DistillationTrainer(Trainer):
     """The Trainer, with the QA loss mixed with distillation from a teacher's start/end logits:
     alpha * (KL_start + KL_end) / 2 + (1 - alpha) * QA loss (itself (CE_start + CE_end) / 2),
     plus, with hidden_weight > 0, hidden_weight * the hidden-state MSE of every layer
-    (TinyBERT's intermediate-layer distillation: a target for every token, not only two logits)."""
+    (TinyBERT's intermediate-layer distillation: a target for every token, not only two logits);
+    hidden_weight may instead be a list, one weight per hidden state."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
     def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float,
-                 hidden_weight: float = 0.0, **kwargs):
+                 hidden_weight: float | list[float] = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # eval: no dropout in the targets
         if self.args.torch_compile:  # its forward is half a distilled step's launches
@@ -135,7 +158,7 @@ class DistillationTrainer(Trainer):
         self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        hidden = self.hidden_weight > 0
+        hidden = any(self.hidden_weight) if isinstance(self.hidden_weight, list) else self.hidden_weight > 0
         outputs = model(**inputs, output_hidden_states=hidden)
         # The teacher runs in the student's mixed precision (the Trainer autocasts only the model it
         # prepared: a teacher left out would run in fp32) and hands its outputs on in fp32, as the
@@ -147,8 +170,8 @@ class DistillationTrainer(Trainer):
                    + distillation_loss(outputs.end_logits, targets.end_logits, self.temperature)) / 2
         loss = self.alpha * distill + (1 - self.alpha) * outputs.loss
         if hidden:
-            loss = loss + self.hidden_weight * hidden_state_loss(outputs.hidden_states, targets.hidden_states,
-                                                                 inputs["attention_mask"])
+            loss = loss + hidden_state_loss(outputs.hidden_states, targets.hidden_states, inputs["attention_mask"],
+                                            self.hidden_weight)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -261,7 +284,7 @@ def train_qa(model, tokenizer, train_features, section: dict, seed: int, teacher
         else:
             trainer = DistillationTrainer(**setup, teacher=teacher, temperature=float(section["distill_temperature"]),
                                           alpha=float(section["distill_alpha"]),
-                                          hidden_weight=float(section["distill_hidden"]))
+                                          hidden_weight=hidden_weights(section, teacher))
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(NumericProgressCallback)
         try:

@@ -14,7 +14,8 @@ from pruning.masks import calibration_batches
 from stages.finetune_sparse import finetune_sparse
 from stages.prune import prune
 from stages.tokenize import tokenize
-from stages.training import DistillationTrainer, distillation_loss, hidden_state_loss
+from stages.common import StageError
+from stages.training import DistillationTrainer, distillation_loss, hidden_state_loss, hidden_weights, objective
 
 
 def softmax(logits: list[float], temperature: float) -> list[float]:
@@ -167,6 +168,35 @@ def test_hidden_state_loss_is_the_layer_mean_of_mse_over_real_tokens():
     assert hidden_state_loss(teacher, teacher, mask).item() == 0
 
 
+def test_per_state_weights_weigh_each_hidden_states_mse():
+    torch.manual_seed(1)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    student = [torch.randn(1, 4, 3) for _ in range(3)]
+    teacher = [torch.randn(1, 4, 3) for _ in range(3)]
+    errors = [((s - t)[mask.bool()] ** 2).mean().item() for s, t in zip(student, teacher)]
+    weights = [0.0, 2.0, 7.0]
+    by_hand = sum(w * e for w, e in zip(weights, errors)) / 3
+    assert hidden_state_loss(student, teacher, mask, weights).item() == pytest.approx(by_hand, rel=1e-6)
+    assert hidden_state_loss(student, teacher, mask, [4.0] * 3).item() == pytest.approx(
+        hidden_state_loss(student, teacher, mask, 4.0).item(), rel=1e-6)
+    with pytest.raises(ValueError):  # a weight list the wrong length never silently truncates
+        hidden_state_loss(student, teacher[:2], mask, weights)
+
+
+def test_per_state_weights_must_fit_the_models_hidden_states(tiny_model):
+    teacher = load_qa_model(str(tiny_model))
+    states = teacher.config.num_hidden_layers + 1
+    assert hidden_weights({"distill_hidden": 3}, teacher) == 3.0
+    assert hidden_weights({"distill_hidden": list(range(states))}, teacher) == [float(i) for i in range(states)]
+    with pytest.raises(StageError, match=f"finetune.distill_hidden has {states + 1} weights; the model has {states} "
+                                         "hidden states"):
+        hidden_weights({"distill_hidden": [1.0] * (states + 1)}, teacher)
+    section = {"distill_alpha": 0.9, "distill_temperature": 2.0, "distill_hidden": [0, 1.5, 3]}
+    assert objective(teacher, section) == "distillation, 0.9 T\u00b2 KL + 0.1 cross-entropy + [0, 1.5, 3] per-state hidden MSE (T = 2)"
+    assert objective(teacher, {**section, "distill_hidden": 10.0}).endswith("+ 10 hidden MSE (T = 2)")
+    assert "hidden" not in objective(teacher, {**section, "distill_hidden": [0, 0, 0]})
+
+
 def test_trainer_adds_the_weighted_hidden_state_loss(tiny_model, tmp_path):
     student, teacher = load_qa_model(str(tiny_model)), load_qa_model(str(tiny_model))
     torch.nn.init.normal_(teacher.bert.encoder.layer[0].output.dense.weight)  # hidden states that differ
@@ -187,3 +217,13 @@ def test_trainer_adds_the_weighted_hidden_state_loss(tiny_model, tmp_path):
                                    teacher(**inputs, output_hidden_states=True).hidden_states, batch["attention_mask"])
     assert hidden.item() > 0
     assert losses[5.0] == pytest.approx(losses[0.0] + 5.0 * hidden.item(), rel=1e-5)
+    # One weight per hidden state: only the states given weight count, each by its own.
+    states = len(student(**inputs, output_hidden_states=True).hidden_states)
+    per_state = [0.0] * (states - 1) + [4.0]
+    trainer = DistillationTrainer(model=student, args=args, teacher=teacher, temperature=2.0, alpha=0.5,
+                                  hidden_weight=per_state)
+    with torch.no_grad():
+        weighted = trainer.compute_loss(student, batch).item()
+        last = hidden_state_loss(student(**inputs, output_hidden_states=True).hidden_states[-1:],
+                                 teacher(**inputs, output_hidden_states=True).hidden_states[-1:], batch["attention_mask"])
+    assert weighted == pytest.approx(losses[0.0] + 4.0 * last.item() / states, rel=1e-5)

@@ -43,11 +43,20 @@ def test_repository_params_are_valid():
     ("benchmark.batch_sizes", [4, -1], "a non-empty list of int"),
     ("tokenize.max_length", 8, "between 32 and 4096"),
     ("finetune.compile", "yes", "field 'finetune.compile' = 'yes' is invalid (expected bool)"),
+    ("finetune.distill_hidden", [1.0, -2.0], "(expected int or float or list, >= 0, or a non-empty list of such"),
+    ("finetune.distill_hidden", [1.0, float("inf")], "field 'finetune.distill_hidden' = [1.0, inf] is invalid"),
+    ("finetune.distill_hidden", [], "field 'finetune.distill_hidden' = [] is invalid"),
+    ("finetune.distill_hidden", [True, 1], "field 'finetune.distill_hidden' = [True, 1] is invalid"),
 ])
 def test_wrong_type_or_range_names_the_field(field, value, message):
     with pytest.raises(ParamError) as err:
         validate(with_value(field, value))
     assert message in str(err.value)
+
+
+def test_hidden_distillation_takes_one_weight_or_one_per_hidden_state():
+    assert validate(with_value("finetune.distill_hidden", [0, 2.5, 5]))["finetune.distill_hidden"] == [0, 2.5, 5]
+    assert validate(with_value("finetune.distill_hidden", 0))["finetune.distill_hidden"] == 0
 
 
 def test_missing_field_and_bad_yaml(tmp_path):
