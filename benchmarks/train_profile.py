@@ -1,10 +1,10 @@
 """Where a training step's time goes: the pipeline's own training (stages/training.train_qa, the
 Trainer, distillation from a teacher where the section says so) for a few steps on synthetic
-features, timed, then profiled. Prints per step the wall time (the median over the run's second
-half: past warm-up and any compile), the GPU's kernel time and its share of the wall (a low share:
-the host is the bottleneck, and fewer launches, e.g. torch.compile, would pay), and the kernels with
-the most time (their names tell the math: f32 ffma, tf32, bf16). On a CPU only the wall time and the
-ops' CPU time.
+features, timed, then profiled (a second run, its first 5 steps left out). Prints per step the wall
+time (the median over the run's second half: past warm-up and any compile), the GPU's kernel time
+and its share of the wall (a low share: the host is the bottleneck, and fewer launches, e.g.
+torch.compile, would pay), and the kernels with the most time (their names tell the math: f32 ffma,
+tf32, bf16). On a CPU only the wall time and the ops' CPU time.
 
     python benchmarks/train_profile.py --model DIR [--params gpu/params.yaml] [--section finetune]
         [--steps 40] [--profile-steps 10] [--length 384] [--precision bf16] [--compile] [--json OUT]
@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.models import load_qa_model, load_tokenizer  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.training import train_qa  # noqa: E402
+
+PROFILE_SKIPS = 5  # steps run before the profiled ones: loading, the first steps' compile and autotuning
 
 
 def synthetic_features(count: int, length: int, vocab_size: int, seed: int = 0):
@@ -76,13 +78,39 @@ class StepTimer(TrainerCallback):
         return statistics.median(steps[len(steps) // 2:])
 
 
-def run(model_dir: str, section: dict, steps: int, length: int, seed: int) -> tuple[dict, StepTimer]:
+class ProfilerStep(TrainerCallback):
+    """Moves a scheduled profiler on at each step's end (the GPU drained first, so a step's kernels
+    fall in its own window): the profile holds the steps past warm-up alone, not the model's loading
+    or the first steps' compile and autotuning."""
+
+    def __init__(self, profiler: torch.profiler.profile):
+        self.profiler = profiler
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.profiler.step()
+
+
+def run(model_dir: str, section: dict, steps: int, length: int, seed: int,
+        callbacks: tuple[TrainerCallback, ...] = ()) -> tuple[dict, StepTimer]:
     """One training run of `steps` steps (fresh model and teacher): train_qa's figures and the step times."""
     model, tokenizer = load_qa_model(model_dir), load_tokenizer(model_dir)
     teacher = copy.deepcopy(model) if section.get("distill") else None
     features = synthetic_features(steps * section["batch_size"], length, model.config.vocab_size, seed)
     timer = StepTimer()
-    return train_qa(model, tokenizer, features, section, seed, teacher=teacher, callbacks=[timer]), timer
+    return train_qa(model, tokenizer, features, section, seed, teacher=teacher, callbacks=[timer, *callbacks]), timer
+
+
+def profile_run(model_dir: str, section: dict, steps: int, length: int, seed: int, on_gpu: bool,
+                skipped: int = PROFILE_SKIPS) -> torch.profiler.profile:
+    """A run of `skipped` + `steps` steps whose profile holds the last `steps` alone."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    schedule = torch.profiler.schedule(wait=skipped - 1, warmup=1, active=steps, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule) as profile:
+        run(model_dir, {**section, "max_steps": skipped + steps}, skipped + steps, length, seed,
+            callbacks=(ProfilerStep(profile),))
+    return profile
 
 
 def kernel_table(profile, steps: int, on_gpu: bool, top: int = 12) -> tuple[float, list[dict]]:
@@ -121,9 +149,7 @@ def main() -> None:
     timed, timer = run(args.model, section, args.steps, args.length, params["seed"])
     batch = section["batch_size"]
     wall_ms = timer.steady_ms()
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities) as profile:
-        run(args.model, {**section, "max_steps": args.profile_steps}, args.profile_steps, args.length, params["seed"])
+    profile = profile_run(args.model, section, args.profile_steps, args.length, params["seed"], cuda)
     device_ms, ops = kernel_table(profile, args.profile_steps, cuda)
     report = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,

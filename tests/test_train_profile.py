@@ -12,7 +12,7 @@ from torch.autograd import DeviceType
 from conftest import REPO, tiny_params
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train_profile import kernel_table, section_for, synthetic_features  # noqa: E402
+from train_profile import kernel_table, profile_run, section_for, synthetic_features  # noqa: E402
 from stages.params import validate  # noqa: E402
 
 
@@ -72,3 +72,14 @@ def test_the_gpu_time_counts_each_kernel_once_not_again_under_its_op():
     assert rows[0] == {"op": "gemm_kernel", "device_ms_per_step": 4.5, "calls_per_step": 10.0, "cpu_ms_per_step": 0.0}
     cpu_ms, cpu_rows = kernel_table(profile, steps=2, on_gpu=False)
     assert cpu_ms == 0 and [row["op"] for row in cpu_rows][:2] == ["aten::addmm", "aten::softmax"]
+
+
+def test_the_profile_holds_the_steps_past_warm_up_alone(tiny_model):
+    """The profiled run trains 3 + 2 steps; the profile's window holds the last 2 (one optimizer step
+    each), not the model's loading or the first steps."""
+    params = validate(tiny_params(tiny_model))
+    section = {**section_for(params, "finetune", steps=2, precision="fp32"), "batch_size": 2}
+    profile = profile_run(str(tiny_model), section, steps=2, length=16, seed=0, on_gpu=False, skipped=3)
+    counts = {event.key: event.count for event in profile.key_averages()}
+    optimizer_steps = [count for key, count in counts.items() if key.startswith("Optimizer.step#")]
+    assert optimizer_steps == [2]
