@@ -84,12 +84,12 @@ def test_gpu_pipeline_runs_in_its_folder_and_leaves_the_default_alone(project):
     again = dvc(project, "repro", "gpu/dvc.yaml")
     assert summarize_repro(again.stdout)["ran"] == []
 
-    # one accelerate param changed: accelerate reruns, and at most what reads its model after it
+    # one accelerate param changed in gpu/params.yaml: DVC holds stale the stages that read it
+    # (accelerate; benchmark, whose 8-bit dense baseline is smoothed alike; validate, which checks every
+    # params change), nothing before them. What reruns after a changed stage is DVC's own rule, run
+    # through in test_pipeline on the same stages.
     params = yaml.safe_load((root / "gpu/params.yaml").read_text())
     params["accelerate"]["int8_smoothing"] = 0.5
     (root / "gpu/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = summarize_repro(dvc(project, "repro", "gpu/dvc.yaml").stdout)
-    # validate checks every params change (its stamp stays the same bytes, so nothing else reruns for it)
-    assert changed["ran"][:2] == ["validate", "accelerate"]
-    assert set(changed["ran"]) <= {"validate", "accelerate", "evaluate", "benchmark", "summary"}
-    assert {"tokenize", "train_baseline", "prune", "finetune_sparse"} <= set(changed["cached"])
+    stale = json.loads(dvc(project, "status", "gpu/dvc.yaml", "--json").stdout)
+    assert set(stale) == {f"gpu/dvc.yaml:{stage}" for stage in ("validate", "accelerate", "benchmark")}
