@@ -7,11 +7,15 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
+from torch.autograd import DeviceType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import engine_profile  # noqa: E402
 import engine_qa_latency  # noqa: E402
 import engine_stream  # noqa: E402
 from stages import accelerate  # noqa: E402
@@ -129,3 +133,65 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     assert summary["by_batch"]["bs64"]["accelerate_vs_fp16"] is None and summary["stream"]["speedup"] is None
     assert summary["tuning"] == {"alg_ids_offered": {"fp16": 60}} and summary["cusparselt"] is None
     assert summary["plan_cache"] is None  # versions.json missing
+
+
+@pytest.mark.parametrize("name, group", [
+    ("sm90_xmma_sparse_gemm_f16f16_f32f16_f16_tn_n_tilesize128x128x128_warpgroupsize2x1x1_kernel", "2:4 GEMM, fp16"),
+    ("sm90_xmma_sparse_gemm_s8s8_s32f16_f16_tn_n_tilesize128x128x128_epilogue_gelu", "2:4 GEMM, 8-bit"),
+    ("sm80_xmma_gemm_i8i8_i32_tn_n_tilesize128x128x64_stage4_kernel", "dense GEMM, 8-bit"),
+    ("sm90_xmma_gemm_e4m3e4m3_bf16f32_f32_tn_n_tilesize128x128x128_cublas", "dense GEMM, 8-bit"),
+    ("aten::_int_mm", "dense GEMM, 8-bit"),
+    ("sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1_execute_kernel__5x_cublas",
+     "dense GEMM, fp16"),
+    ("aten::addmm", "dense GEMM, fp16"),
+    ("fmha_cutlassF_f16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<", "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1", "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("triton_per_fused__to_copy_add_clamp_div_mul_native_layer_norm_round_1", "norms (and what is fused into them)"),
+    ("aten::native_layer_norm", "norms (and what is fused into them)"),
+    ("_quantize", "quantize"),
+    ("triton_poi_fused_clamp_div_gelu_mul_round_3", "quantize"),
+    ("triton_poi_fused_gelu_2", "other fused elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other fused elementwise"),
+    ("Memcpy HtoD (Pageable -> Device)", "copies"),
+    ("aten::empty", "other"),
+])
+def test_kernels_and_ops_are_grouped_by_what_they_do(name, group):
+    assert engine_profile.group_of(name) == group
+
+
+def test_groups_hold_the_devices_own_time_per_forward_with_their_busiest_kernels():
+    def event(key, device_type, device_us, cpu_us=0):
+        return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=device_us,
+                               self_cpu_time_total=cpu_us)
+
+    events = [event("aten::addmm", DeviceType.CPU, 6000, 300),  # its kernels' time again: left out on a GPU
+              *(event(f"sm90_xmma_gemm_f16f16_k{i}", DeviceType.CUDA, 1000 * (i + 1)) for i in range(4)),
+              event("flash_fwd_kernel", DeviceType.CUDA, 2000), event("triton_poi_fused_gelu_0", DeviceType.CUDA, 0)]
+    total_ms, groups = engine_profile.grouped(events, steps=2, on_gpu=True)
+    assert total_ms == (1000 + 2000 + 3000 + 4000 + 2000) / 1000 / 2
+    assert list(groups) == ["dense GEMM, fp16", "attention"]  # by time; a group with no time is left out
+    assert groups["dense GEMM, fp16"] == {"ms": 5.0, "share": round(10 / 12, 4), "kernels": [
+        "sm90_xmma_gemm_f16f16_k3", "sm90_xmma_gemm_f16f16_k2", "sm90_xmma_gemm_f16f16_k1"]}
+    cpu_ms, cpu_groups = engine_profile.grouped(events, steps=2, on_gpu=False)
+    assert cpu_ms == 0.15 and list(cpu_groups) == ["dense GEMM, fp16"]
+
+
+def test_a_cpu_profile_groups_each_models_op_time(work, tmp_path, tiny_model):
+    from conftest import tiny_params
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params(tiny_model)))
+    out = tmp_path / "profile.json"
+    engine_profile.main(["--work", str(work), "--params", str(params_file), "--batch-sizes", "2", "--seq-length",
+                         "16", "--steps", "2", "--warmup", "1", "--no-compile", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["compiled"] is False and result["seq_length"] == 16
+    models = result["by_batch"]["bs2"]
+    assert set(models) == {"dense", "accelerated"}
+    for figures in models.values():
+        assert "graphed_ms" not in figures and figures["wall_ms"] > 0
+        groups = figures["groups"]
+        assert {"dense GEMM, fp16", "attention", "norms (and what is fused into them)"} <= set(groups)
+        assert sum(group["ms"] for group in groups.values()) == pytest.approx(figures["cpu_op_ms"], rel=1e-3)
+        assert sum(group["share"] for group in groups.values()) == pytest.approx(1, abs=1e-3)
