@@ -103,7 +103,8 @@ def profile_model(model: torch.nn.Module, input_ids: torch.Tensor, steps: int, w
     with torch.inference_mode():
         result = {"wall_ms": round(median_ms(forward, warmup, steps, device), 4)}
         if on_gpu:
-            graphed = CudaGraphRunner(model, capture_context=capture_context, compile=compile_model)
+            # The compiled module itself captured (not compiled again): one compile per model and size.
+            graphed = CudaGraphRunner(compiled, capture_context=capture_context)
             result["graphed_ms"] = round(median_ms(lambda: graphed(input_ids=input_ids), warmup, steps, device), 4)
             del graphed
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
