@@ -1,13 +1,17 @@
-"""docs/squad.md's study tables, generated from the one committed results file of benchmarks/squad_seeds.py:
+"""docs/squad.md's study tables and the README's accuracy summary, generated from the one committed
+results file of benchmarks/squad_seeds.py:
 
     python benchmarks/squad_table.py                      # print the tables of docs/results/squad-study.jsonl
-    python benchmarks/squad_table.py --write              # replace them in docs/squad.md (between the markers)
+    python benchmarks/squad_table.py --write              # replace them in docs/squad.md and the summary in
+                                                          # README.md (each between its markers)
     python benchmarks/squad_table.py RUN/results.jsonl    # a run's own records, before they are committed
 
 Each row belongs to one run: one recipe hash, one code commit and one code hash. Records of different
 runs never meet in a row. The differences are paired by seed (each seed's 2:4 model against that seed's
 own dense baseline and control), with mean, standard deviation, count and the 95% t-interval of the
-mean. tests/test_squad_table.py fails while docs/squad.md differs from what the file gives.
+mean. The README's summary is the last run scored on SQuAD dev: a final run, whose recipe was chosen
+on the held-out split and committed first; until one exists it says so. tests/test_squad_table.py
+fails while docs/squad.md or README.md differs from what the file gives.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ RESULTS = REPO / "docs" / "results" / "squad-study.jsonl"
 DOC = REPO / "docs" / "squad.md"
 RECIPES = REPO / "docs" / "results" / "squad-recipes"  # the committed recipes, candidates and final
 BEGIN, END = "<!-- study:begin (benchmarks/squad_table.py) -->", "<!-- study:end -->"
+README = REPO / "README.md"
+README_BEGIN, README_END = "<!-- accuracy:begin (benchmarks/squad_table.py) -->", "<!-- accuracy:end -->"
 RUN = ("recipe", "commit", "code")
 FIELDS = ("seed", "variant", "on", "f1", "exact_match", *RUN, "device", "versions")
 # (variant, what it is held to), seed by seed: what 2:4 costs against the baseline and against the
@@ -97,12 +103,19 @@ def interval(values: list[float]) -> dict:
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
+def committed_recipes() -> dict[str, list[tuple[Path, dict]]]:
+    """Recipe hash -> the committed recipe files that have it, each with its recipe."""
+    recipes: dict[str, list[tuple[Path, dict]]] = {}
+    for path in sorted(RECIPES.glob("*.yaml")):
+        recipe = load_recipe(path)
+        recipes.setdefault(recipe_hash(recipe), []).append((path, recipe))
+    return recipes
+
+
 def recipe_names() -> dict[str, str]:
     """Recipe hash -> the committed recipe files that have it (links from docs/)."""
-    names: dict[str, list[str]] = {}
-    for path in sorted(RECIPES.glob("*.yaml")):
-        names.setdefault(recipe_hash(load_recipe(path)), []).append(f"[{path.stem}]({path.relative_to(DOC.parent)})")
-    return {recipe: ", ".join(links) for recipe, links in names.items()}
+    return {recipe: ", ".join(f"[{path.stem}]({path.relative_to(DOC.parent)})" for path, _ in files)
+            for recipe, files in committed_recipes().items()}
 
 
 def run_title(run: tuple, names: dict[str, str]) -> str:
@@ -168,15 +181,57 @@ def tables(records: list[dict]) -> str:
 
 
 def with_tables(doc: str, records: list[dict]) -> str:
-    begin, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    return f"{doc[:begin]}\n{tables(records)}\n{doc[end:]}"
+    return between(doc, BEGIN, END, tables(records))
+
+
+def between(doc: str, begin_marker: str, end_marker: str, text: str) -> str:
+    begin, end = doc.index(begin_marker) + len(begin_marker), doc.index(end_marker)
+    return f"{doc[:begin]}\n{text}\n{doc[end:]}"
+
+
+def gap_cell(records: list[dict], variant: str, reference: str) -> str:
+    """A paired difference on dev as `mean [low, high]`, or n/a where no seed has both."""
+    if not (differences := paired_differences(records, variant, reference, "dev")):
+        return "n/a"
+    gap = interval(list(differences.values()))
+    return f"{gap['mean']:+.2f}" + ("" if gap["sd"] is None else f" [{gap['low']:+.2f}, {gap['high']:+.2f}]")
+
+
+def readme_summary(records: list[dict]) -> str:
+    """The README's accuracy summary: the last run scored on SQuAD dev, with its recipe's epochs, its
+    seeds, the paired intervals and the split the recipe was chosen on; before one, where things stand."""
+    finals = list(dict.fromkeys(run_of(record) for record in records if record["on"] == "dev"))
+    if not finals:
+        return ("No final run yet: the recipe is being chosen on the held-out split, and SQuAD dev is scored only "
+                "after ([docs/squad.md](docs/squad.md)).")
+    run = finals[-1]
+    if run[0] not in (recipes := committed_recipes()):
+        raise ValueError(f"the final run's recipe {run[0]} is not among the committed recipes ({RECIPES})")
+    path, recipe = recipes[run[0]][0]
+    dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
+    f1 = {variant: interval([record["f1"] for record in dev if record["variant"] == variant])
+          for variant in ("dense", "sparse")}
+    params, heldout = recipe["params"], recipe["heldout"]
+    devices = ", ".join(sorted({record["device"] for record in dev}))
+    return "\n".join([
+        "| SQuAD v1.1 dev, MiniLM-L6 | chosen on | seeds | F1 dense | F1 2:4 | 2:4 − dense [95% interval] | "
+        "2:4 − dense control | int8 plan − fp16 2:4 | device, code |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| [{path.stem}](docs/results/squad-recipes/{path.name}): {params.get('train.epochs', '?')} dense + "
+        f"{params.get('finetune.epochs', '?')} 2:4 epochs | {heldout['fraction']:.0%} of SQuAD train, held out by "
+        f"article (seed {heldout['seed']}) | {f1['sparse']['n']} | {f1['dense']['mean']:.2f} | {f1['sparse']['mean']:.2f} | "
+        f"{gap_cell(dev, 'sparse', 'dense')} | {gap_cell(dev, 'sparse', 'control')} | {gap_cell(dev, 'int8', 'sparse')} "
+        f"| {devices}, `{run[1][:8]}` |",
+    ])
 
 
 def main() -> None:
     arguments = sys.argv[1:]
     try:
         if arguments == ["--write"]:
-            DOC.write_text(with_tables(DOC.read_text(), read_records(RESULTS)))
+            records = read_records(RESULTS)
+            DOC.write_text(with_tables(DOC.read_text(), records))
+            README.write_text(between(README.read_text(), README_BEGIN, README_END, readme_summary(records)))
         else:
             print(tables(read_records(Path(arguments[0]) if arguments else RESULTS)))
     except ValueError as err:

@@ -42,7 +42,8 @@ def f1_cell(f1: dict) -> str:
 def cpu_row() -> str:
     scores = read(ROOT / "metrics/scores.json")
     return (f"| CPU default, `dvc repro` ([metrics/scores.json](metrics/scores.json)) | MiniLM-L6, synthetic "
-            f"biographies (data/embedded) | any x86-64 CPU | {f1_cell(scores['f1'])} | n/a: no 2:4 kernels on a CPU | n/a |")
+            f"biographies (data/embedded) | x86-64 CPU, fp32 (another make moves the figures: "
+            f"[docs/pipeline.md](docs/pipeline.md)) | {f1_cell(scores['f1'])} | n/a: no 2:4 kernels on a CPU | n/a |")
 
 
 def figure(interval: dict | None) -> str:

@@ -30,6 +30,33 @@ def test_docs_squad_md_holds_the_tables_the_committed_results_give():
     assert squad_table.with_tables(doc, records) == doc, "stale: python benchmarks/squad_table.py --write"
 
 
+def test_the_readme_holds_the_accuracy_summary_the_committed_results_give():
+    readme = squad_table.README.read_text()
+    summary = squad_table.readme_summary(squad_table.read_records(squad_table.RESULTS))
+    assert squad_table.between(readme, squad_table.README_BEGIN, squad_table.README_END, summary) == readme, \
+        "stale: python benchmarks/squad_table.py --write"
+
+
+def test_the_readme_summary_waits_for_a_final_run_then_names_epochs_seeds_intervals_and_split():
+    heldout_only = [record(1, "dense", 80.0), record(1, "sparse", 79.0)]
+    assert squad_table.readme_summary(heldout_only).startswith("No final run yet")
+    path = REPO / "docs" / "results" / "squad-recipes" / "distilled-4ep.yaml"
+    recipe = recipe_hash(load_recipe(path))
+    final = [record(seed, variant, f1, on="dev", recipe=recipe)
+             for seed, dense, sparse, control, int8 in ((1, 82.0, 82.5, 82.2, 82.4), (2, 83.0, 82.8, 83.1, 82.8),
+                                                         (3, 82.5, 82.9, 82.6, 82.7))
+             for variant, f1 in (("dense", dense), ("sparse", sparse), ("control", control), ("int8", int8))]
+    text = squad_table.readme_summary(heldout_only + final)
+    row = text.splitlines()[2]
+    # sparse - dense per seed +0.5, -0.2, +0.4: mean +0.233, sd 0.379, half-width 4.303 * 0.379 / sqrt(3) = 0.942
+    assert row.startswith("| [distilled-4ep](docs/results/squad-recipes/distilled-4ep.yaml): 2 dense + 4 2:4 epochs "
+                          "| 5% of SQuAD train, held out by article (seed 0) | 3 | 82.50 | 82.73 | +0.23 [-0.71, +1.17] |")
+    assert "| +0.10 [" in row  # against the control: +0.3, -0.3, +0.3
+    assert row.endswith("| NVIDIA H100 80GB HBM3, `cccccccc` |") and len(text.splitlines()) == 3
+    with pytest.raises(ValueError, match="the final run's recipe r9 is not among the committed recipes"):
+        squad_table.readme_summary([record(1, "dense", 80.0, on="dev", recipe="r9")])
+
+
 def test_paired_differences_mean_sd_and_t_interval_by_hand(tmp_path):
     records = [record(seed, variant, f1) for seed, dense, sparse in ((1, 80.0, 79.0), (2, 84.0, 82.0), (3, 82.0, 82.0))
                for variant, f1 in (("dense", dense), ("sparse", sparse))]
