@@ -29,7 +29,6 @@ from engine.runtime import load_cusparselt  # noqa: E402
 load_cusparselt()  # $TWOFOUR_CUSPARSELT, before torch is imported
 
 import torch  # noqa: E402
-from torch.autograd import DeviceType  # noqa: E402
 
 from engine.attention import capture_context, use_fused_attention  # noqa: E402
 from engine.common import best_device  # noqa: E402
@@ -39,6 +38,7 @@ from engine.runtime import cusparselt_facts  # noqa: E402
 from engine.timing import median_ms  # noqa: E402
 from engine.tuning import random_ids  # noqa: E402
 from gpu_engine import work_parser  # noqa: E402
+from profiling import activities, own_time  # noqa: E402
 from stages.benchmark import matrix_models  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
@@ -67,11 +67,9 @@ def group_of(name: str) -> str:
 
 
 def grouped(events, steps: int, on_gpu: bool) -> tuple[float, dict[str, dict]]:
-    """(ms per forward of all the device's events, or of the ops' own CPU time on a CPU; per group its
-    ms per forward, share and busiest names), from profiler key averages over `steps` forwards."""
-    if on_gpu:
-        events = [event for event in events if event.device_type == DeviceType.CUDA]
-    time_of = (lambda event: event.self_device_time_total) if on_gpu else (lambda event: event.self_cpu_time_total)
+    """(ms per forward of all the events' own time (profiling.own_time); per group its ms per forward,
+    share and busiest names), from profiler key averages over `steps` forwards."""
+    events, time_of = own_time(events, on_gpu)
     total_us = sum(time_of(event) for event in events)
     groups: dict[str, dict] = {}
     for event in sorted(events, key=time_of, reverse=True):
@@ -107,8 +105,7 @@ def profile_model(model: torch.nn.Module, input_ids: torch.Tensor, steps: int, w
             graphed = CudaGraphRunner(compiled, capture_context=capture_context)
             result["graphed_ms"] = round(median_ms(lambda: graphed(input_ids=input_ids), warmup, steps, device), 4)
             del graphed
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-        with torch.profiler.profile(activities=activities) as profile:
+        with torch.profiler.profile(activities=activities(on_gpu)) as profile:
             for _ in range(steps):
                 forward()
             if on_gpu:

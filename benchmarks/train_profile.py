@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.models import load_qa_model, load_tokenizer  # noqa: E402
+from profiling import activities, own_time  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.training import train_qa  # noqa: E402
 
@@ -105,24 +105,19 @@ def run(model_dir: str, section: dict, steps: int, length: int, seed: int,
 def profile_run(model_dir: str, section: dict, steps: int, length: int, seed: int, on_gpu: bool,
                 skipped: int = PROFILE_SKIPS) -> torch.profiler.profile:
     """A run of `skipped` + `steps` steps whose profile holds the last `steps` alone."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
     schedule = torch.profiler.schedule(wait=skipped - 1, warmup=1, active=steps, repeat=1)
-    with torch.profiler.profile(activities=activities, schedule=schedule) as profile:
+    with torch.profiler.profile(activities=activities(on_gpu), schedule=schedule) as profile:
         run(model_dir, {**section, "max_steps": skipped + steps}, skipped + steps, length, seed,
             callbacks=(ProfilerStep(profile),))
     return profile
 
 
 def kernel_table(profile, steps: int, on_gpu: bool, top: int = 12) -> tuple[float, list[dict]]:
-    """(the GPU's own time per step, its busiest entries per step). On a GPU: the device's events
-    alone (kernels, copies), each counted once; an op's device time is its kernels' again. On a CPU:
-    the ops, by their self CPU time."""
-    events = profile.key_averages()
-    if on_gpu:
-        events = [event for event in events if event.device_type == DeviceType.CUDA]
-    device_us = sum(event.self_device_time_total for event in events) if on_gpu else 0.0
-    rows = sorted(events, key=lambda event: event.self_device_time_total if on_gpu else event.self_cpu_time_total,
-                  reverse=True)[:top]
+    """(the GPU's own time per step, its busiest entries per step): on a GPU the device's events, each
+    counted once (profiling.own_time), on a CPU the ops by their self CPU time."""
+    events, time_of = own_time(profile.key_averages(), on_gpu)
+    device_us = sum(time_of(event) for event in events) if on_gpu else 0.0
+    rows = sorted(events, key=time_of, reverse=True)[:top]
     return device_us / 1000 / steps, [
         {"op": event.key[:80], "device_ms_per_step": round(event.self_device_time_total / 1000 / steps, 3),
          "calls_per_step": round(event.count / steps, 1),
