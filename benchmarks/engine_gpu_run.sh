@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue #18's GPU measurements, resumable across back-to-back device calls (each about 9.5 minutes),
-# from the repository root: after the three cuSPARSELt part copies, run twice back to back
+# The engine's GPU measurements, resumable across back-to-back device calls (each about 9.5 minutes),
+# from the repository root (issue #30's targets: benchmarks/engine_gpu_summary.py): after the three
+# cuSPARSELt part copies, run twice back to back
 #
 #   ENGINE_RUN_BUDGET_S=580 OUT=/some/dir bash benchmarks/engine_gpu_run.sh
 #

@@ -119,18 +119,31 @@ def test_benchmark_metrics_of_one_batch_size_at_a_time_fold_into_one():
 def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_steps(tmp_path):
     import engine_gpu_summary
 
+    def interval(median, low, high, trusted=True):
+        return {"median": median, "low": low, "high": high, "rounds": 10, "trusted": trusted}
+
     (tmp_path / "accelerate.json").write_text(json.dumps({"plan": {
         "model_ms": {"16": {"dense_masked": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
         "tuning": {"alg_ids_offered": {"fp16": 60}}}}))
-    (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {"latency_ms": {"bs16": {
-        "dense_compiled": 2.6, "dense_fp8_compiled": 2.4, "accelerated_compiled": 2.0}}}}))
+    (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {
+        "speedup_interval": {"bs16": {"compiled": interval(1.5, 1.48, 1.52), "eager": interval(0.9, 0.7, 1.1, False)},
+                             "bs64": {"compiled": interval(1.8, 1.79, 1.81)}},
+        "factors": {"bs64": {"2:4 at 8-bit": interval(1.31, 1.3, 1.32), "2:4 at fp16": None}},
+        "matrix": {"bs64": {"fp16 dense": {"variant": "dense", "ms": 11.0}}},
+        "matrix_absent": {"8-bit dense": None}}}))
     (tmp_path / "stream.json").write_text("{not json")  # a step killed while writing
     engine_gpu_summary.main([str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["by_batch"]["bs16"] == {"variant": "fp16_2of4", "accelerate_vs_fp16": 1.3, "benchmark_vs_fp16": 1.3,
-                                           "benchmark_vs_fp8": 1.2, "eager_vs_fp16_eager": None, "target_vs_fp16": 1.25,
-                                           "target_vs_fp8": 1.10, "target_eager": 0.9}
-    assert summary["by_batch"]["bs64"]["accelerate_vs_fp16"] is None and summary["stream"]["speedup"] is None
+    bs16, bs64 = summary["by_batch"]["bs16"], summary["by_batch"]["bs64"]
+    assert bs16["variant"] == "fp16_2of4" and bs16["planner_vs_masked_fp16"] == 1.3
+    assert bs16["figures"]["speedup compiled"] == {"median": 1.5, "low": 1.48, "high": 1.52, "trusted": True,
+                                                   "target": 1.45, "meets_target": True}
+    # an untrusted interval never counts as meeting (or missing) a target
+    assert bs16["figures"]["speedup eager"]["target"] == 1.0 and bs16["figures"]["speedup eager"]["meets_target"] is None
+    assert bs64["figures"]["speedup compiled"]["meets_target"] is False  # 1.8 < 2.00
+    assert bs64["figures"]["2:4 at 8-bit"]["meets_target"] is True and bs64["figures"]["2:4 at fp16"] is None
+    assert bs64["matrix_ms"] == {"fp16 dense": 11.0} and bs64["planner_vs_masked_fp16"] is None
+    assert summary["by_batch"]["bs256"]["figures"] == {} and summary["stream"]["speedup"] is None
     assert summary["tuning"] == {"alg_ids_offered": {"fp16": 60}} and summary["cusparselt"] is None
     assert summary["plan_cache"] is None  # versions.json missing
 
