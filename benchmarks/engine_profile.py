@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             torch.compiler.reset()
             torch.cuda.empty_cache()
+        if args.out:  # after each batch size: a run cut short keeps the sizes it finished
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
     print_table(result["by_batch"])
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
