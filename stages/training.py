@@ -135,8 +135,8 @@ def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tens
     # The difference masked before it is squared, so that padding never reaches a gradient either.
     errors = torch.stack([torch.where(real, s.float() - t.float(), 0.0).pow(2).sum() / values
                           for s, t in zip(student_states, teacher_states, strict=True)])
-    if isinstance(weights, (int, float)):
-        return weights * errors.mean()
+    if isinstance(weights, (int, float)):  # scales the mean, not each error: a scalar weight's float
+        return weights * errors.mean()      # arithmetic (and so its trained bits) never depends on lists
     return (errors * torch.tensor(weights, dtype=errors.dtype, device=errors.device)).mean()
 
 
