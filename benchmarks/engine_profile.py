@@ -42,11 +42,22 @@ from profiling import activities, own_time  # noqa: E402
 from stages.benchmark import matrix_models  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
-EIGHT_BIT = re.compile(r"imma|int8|e4m3|e5m2|fp8|_int_mm|_scaled_mm|(?<![a-z0-9])[is]8(?![0-9])")
-GEMM = re.compile(r"gemm|cutlass|xmma|cublas|matmul|addmm|aten::mm|aten::bmm|aten::linear|_int_mm|_scaled_mm")
+# cuBLAS's Hopper kernels (nvjet_sm90_hsh_..., nvjet_sm90_qqhsh_...) spell their types in one word:
+# q an fp8 operand, i an int8 one.
+NVJET_8BIT = r"nvjet_sm\d+_[a-z]*[qi][a-z]*_"
+EIGHT_BIT = re.compile(r"imma|int8|e4m3|e5m2|fp8|_int_mm|_scaled_mm|(?<![a-z0-9])[is]8(?![0-9])|" + NVJET_8BIT)
+GEMM = re.compile(r"gemm|cutlass|xmma|cublas|nvjet|matmul|addmm|aten::mm|aten::bmm|aten::linear|_int_mm|_scaled_mm")
+# Inductor's fused pointwise, persistent and reduction kernels are named after every op they hold,
+# also the GEMM or attention whose output they read (triton_poi_fused__cslt_sparse_mm__to_copy_clamp_
+# gelu_mul_round_...): they are never a GEMM or attention themselves.
+FUSED = ("triton_poi", "triton_per", "triton_red")
 # (group, does a lower-cased kernel or op name belong to it), the first that matches wins.
 GROUPS = (
     ("copies", lambda name: "memcpy" in name or "memset" in name),
+    ("norms (and what is fused into them)", lambda name: name.startswith(FUSED) and "layer_norm" in name),
+    # int8: scale, round, clamp, cast; fp8: scale, clamp, cast
+    ("quantize", lambda name: name.startswith(FUSED) and ("round" in name or "clamp" in name and "to_copy" in name)),
+    ("other fused elementwise", lambda name: name.startswith(FUSED)),
     ("attention", lambda name: any(key in name for key in ("fmha", "flash", "sdpa", "attention", "scaled_dot_product"))),
     ("2:4 GEMM, 8-bit", lambda name: ("sparse" in name or "cslt" in name) and EIGHT_BIT.search(name) is not None),
     ("2:4 GEMM, fp16", lambda name: "sparse" in name or "cslt" in name),
@@ -92,6 +103,9 @@ def profile_model(model: torch.nn.Module, input_ids: torch.Tensor, steps: int, w
     wall time (GPU), and its profile."""
     on_gpu = device.type == "cuda"
     inputs = {"input_ids": input_ids}
+    # Every model compiled afresh: they share BertForQuestionAnswering.forward, and after 8 compiles
+    # of one function dynamo runs it eagerly.
+    torch.compiler.reset()
     compiled = torch.compile(model, dynamic=False) if compile_model else model
 
     def forward():

@@ -167,6 +167,19 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     ("triton_poi_fused_gelu_2", "other fused elementwise"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other fused elementwise"),
     ("Memcpy HtoD (Pageable -> Device)", "copies"),
+    # names an H100 gave: cuBLAS's nvjet GEMMs, and inductor kernels named after the GEMM or attention they follow
+    ("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_bias_TNN", "dense GEMM, fp16"),
+    ("nvjet_sm90_qqhsh_192x192_128x4_1x2_h_bz_coopB_bias_TNN", "dense GEMM, 8-bit"),
+    ("sm90_xmma_sparse_gemm_i8f16_i8i32_f32_tn_n_tilesize128x256x128_cgasize1x1x1_warpgroupsize2x1x1_bias_f16",
+     "2:4 GEMM, 8-bit"),
+    ("void cutlass::Kernel2<cutlass_80_tensorop_i16832gemm_s8_128x64_128x3_tn_align16>(", "dense GEMM, 8-bit"),
+    ("triton_poi_fused__cslt_sparse_mm__to_copy_clamp_gelu_mul_round_t_view_2", "quantize"),
+    ("triton_per_fused__cslt_sparse_mm__to_copy_add_clamp_mul_native_layer_norm_round_t_view_1",
+     "norms (and what is fused into them)"),
+    ("triton_per_fused__scaled_mm__to_copy_add_clamp_div_native_layer_norm_view_2", "norms (and what is fused into them)"),
+    ("triton_poi_fused__scaled_dot_product_cudnn_attention__to_copy_add_mul_split_transpose_view_1",
+     "other fused elementwise"),
+    ("triton_poi_fused__scaled_mm__to_copy_clamp_div_gelu_view_3", "quantize"),  # GELU, then to fp8
     ("aten::empty", "other"),
 ])
 def test_kernels_and_ops_are_grouped_by_what_they_do(name, group):
