@@ -26,14 +26,16 @@
 #                       whole-model timings (dense fp16 vs each variant, compiled + CUDA graphs), errors
 #   qa.json             engine.qa latency, accelerated vs dense
 #   stream.json         the variable-shape request stream, dense vs accelerated, bucketed alike
-#   benchmark.json      latency per batch size, compiled (dense fp16, dense fp8, accelerated) and, with
-#                       the plan cache on, eager
+#   benchmark.json      latency per batch size interleaved, compiled (the 2x2 matrix: dense fp16, 8-bit
+#                       dense, fp16 2:4, accelerated) and, with the plan cache on, eager
+#   profile.json        benchmarks/engine_profile.py --matrix at ENGINE_PROFILE_BATCH_SIZES (16 256)
 #   (run.log only)      `python -m engine.qa` end to end on the accelerated model
 #   cusparselt-0.8.json the cuSPARSELt torch links, probed on one Linear
 #   summary.json        the figures beside the targets (also printed at the end)
 #   run.log             everything printed, by every call
 # A first call does versions, accelerate (~330 s), qa and the short steps; the second the stream and
-# the benchmark.
+# the benchmark, a third the profile. ENGINE_RUN_SKIP="qa stream qa-cli" (steps by name) leaves steps
+# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls.
 set -uo pipefail
 : "${OUT:?set OUT to the directory the results go to}"
 mkdir -p "$OUT"
@@ -41,6 +43,8 @@ cd "$(dirname "$0")/.."
 PY="${PY:-$(command -v python || command -v python3)}"
 BUDGET_S="${ENGINE_RUN_BUDGET_S:-580}"
 BATCH_SIZES="${ENGINE_RUN_BATCH_SIZES:-16 64 256}"
+PROFILE_BATCH_SIZES="${ENGINE_PROFILE_BATCH_SIZES:-16 256}"
+SKIP="${ENGINE_RUN_SKIP:-}"
 STATE="${ENGINE_STATE:-/root/twofour-engine}"  # the models (~1.3 GB): never under $OUT
 RUNNING="$STATE/running"
 DONE="$STATE/done"
@@ -81,9 +85,14 @@ copy_results() {
 }
 
 # step NAME MIN_S CAP_S COMMAND...: COMMAND writes its results in $RUNNING/NAME; it starts only with
-# MIN_S left and runs under CAP_S or the time left; done/NAME only if it exits 0.
+# MIN_S left and runs under CAP_S or the time left; done/NAME only if it exits 0. A step named in
+# ENGINE_RUN_SKIP is left out: not run, not waited for.
 step() {
   local name="$1" min="$2" cap="$3"; shift 3
+  if [[ " $SKIP " == *" $name "* ]]; then
+    echo "== $name: left out (ENGINE_RUN_SKIP)" | tee -a "$LOG"
+    return 0
+  fi
   STEPS+=("$name")
   if [ -d "$DONE/$name" ]; then
     echo "== $name: done in an earlier call, skipped" | tee -a "$LOG"
@@ -169,11 +178,15 @@ if [ -d "$WORK" ]; then
   step benchmark 240 450 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
     --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
     --out "$RUNNING/benchmark/benchmark.json"
+  # Where each model's GPU time goes (five models a batch size, each compiled afresh).
+  # shellcheck disable=SC2086
+  step profile 150 400 "$PY" benchmarks/engine_profile.py --work "$WORK" --batch-sizes $PROFILE_BATCH_SIZES \
+    --matrix --steps 5 --out "$RUNNING/profile/profile.json"
   # The CLI as a user runs it, end to end (its wall time is in run.log).
   step qa-cli 60 60 "$PY" -m engine.qa --model "$WORK/accelerated" --question "Where was Ada born?" \
     --context "Ada Lovelace was born in London in 1815 and worked with Charles Babbage."
 else
-  WAITING="qa stream benchmark qa-cli"
+  WAITING="$(for name in qa stream benchmark profile qa-cli; do [[ " $SKIP " == *" $name "* ]] || echo -n "$name "; done)"
   echo "== $WAITING: waiting for the accelerate step" | tee -a "$LOG"
 fi
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ]; then

@@ -59,19 +59,21 @@ def test_a_second_call_runs_only_the_steps_the_first_left(run, tmp_path):
     finished(run("out1", FAKE_FAIL="engine_stream.py"))
     done = run.state / "done"
     assert sorted(path.name for path in done.iterdir()) == [
-        "accelerate", "benchmark", "cusparselt-0.8", "qa", "qa-cli", "versions-and-plan-cache"]
+        "accelerate", "benchmark", "cusparselt-0.8", "profile", "qa", "qa-cli", "versions-and-plan-cache"]
     assert not (run.state / "running" / "stream").exists()  # the failed step's output is gone
     assert "--benchmark-modes eager compiled" in run.calls.read_text()  # the plan cache passed
+    assert "engine_profile.py --work" in run.calls.read_text() and "--batch-sizes 16 256 --matrix" in run.calls.read_text()
     assert sorted(path.name for path in (tmp_path / "out1").iterdir()) == [
-        "accelerate.json", "benchmark.json", "cusparselt-0.8.json", "qa.json", "run.log", "summary.json",
-        "versions.json"]
+        "accelerate.json", "benchmark.json", "cusparselt-0.8.json", "profile.json", "qa.json", "run.log",
+        "summary.json", "versions.json"]
 
     finished(run("out2"))
     assert [line.split()[0] for line in run.calls.read_text().splitlines()] == [
         "benchmarks/engine_stream.py", "benchmarks/engine_gpu_summary.py"]
     assert (done / "stream" / "stream.json").exists()
     out = tmp_path / "out2"
-    assert len(list(out.iterdir())) == 8 and (out / "stream.json").exists()
+    # $OUT takes 8 files: the first six results in step order, summary.json and run.log
+    assert len(list(out.iterdir())) == 8 and (out / "stream.json").exists() and not (out / "cusparselt-0.8.json").exists()
     log = (out / "run.log").read_text()
     assert log.count("== call of") == 2 and "== accelerate: done in an earlier call, skipped" in log
     assert "steps left for the next call: none" in log
@@ -98,5 +100,17 @@ def test_a_step_waits_for_a_call_with_its_minimum_time_left(run, tmp_path):
     finished(run("out1", budget_s=100))
     log = (tmp_path / "out1" / "run.log").read_text()
     assert "== accelerate: needs 360 s" in log and "waiting for the accelerate step" in log
-    assert "steps left for the next call: accelerate qa stream benchmark qa-cli" in log
+    assert "steps left for the next call: accelerate qa stream benchmark profile qa-cli" in log
     assert (run.state / "done" / "versions-and-plan-cache").exists()
+
+
+def test_steps_left_out_are_neither_run_nor_waited_for(run, tmp_path):
+    finished(run("out1", budget_s=100, ENGINE_RUN_SKIP="qa stream qa-cli"))
+    log = (tmp_path / "out1" / "run.log").read_text()
+    assert "steps left for the next call: accelerate benchmark profile" in log
+    finished(run("out2", ENGINE_RUN_SKIP="qa stream qa-cli"))
+    calls = run.calls.read_text()
+    assert "--only accelerate" in calls and "--only benchmark" in calls and "engine_profile.py" in calls
+    assert "engine_qa_latency.py" not in calls and "engine_stream.py" not in calls and "engine.qa" not in calls
+    log = (tmp_path / "out2" / "run.log").read_text()
+    assert "== stream: left out (ENGINE_RUN_SKIP)" in log and "steps left for the next call: none" in log
