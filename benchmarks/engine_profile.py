@@ -3,13 +3,13 @@ models and, with --matrix, the rest of its 2x2 matrix (8-bit dense, fp16 2:4), b
 stage builds them. Each is compiled as the benchmark times it (static shapes) and profiled, without
 CUDA graphs so that every kernel shows, over --steps forwards per batch size; its GPU time is grouped
 by what the kernels do (GROUPS: dense and 2:4 GEMMs by precision, attention, norms and what inductor
-fused into them, other fused elementwise, copies), with each group's busiest kernels named. Beside
-it, one forward's median wall time compiled (`wall_ms`) and, on a GPU, compiled and replayed as a
-CUDA graph (`graphed_ms`, the benchmark's figure): the kernels' sum against the graph's wall is the
-GPU's idle time, the compiled wall against the graph's the cost of launching. No speedups here:
-those come interleaved, with intervals, from the benchmark. On a CPU the ops' own CPU time, grouped
-alike; there inductor's compiled code is one region, not its kernels one by one (--no-compile shows
-the ops).
+fused into them, other fused elementwise, copies), each group with every kernel's time, busiest first
+(so a file can be regrouped by later rules). Beside it, one forward's median wall time compiled
+(`wall_ms`) and, on a GPU, compiled and replayed as a CUDA graph (`graphed_ms`, the benchmark's
+figure): the kernels' sum against the graph's wall is the GPU's idle time, the compiled wall against
+the graph's the cost of launching. No speedups here: those come interleaved, with intervals, from the
+benchmark. On a CPU the ops' own CPU time, grouped alike; there inductor's compiled code is one
+region, not its kernels one by one (--no-compile shows the ops).
 
     python benchmarks/engine_profile.py --work DIR [--batch-sizes 64] [--seq-length 384] [--steps 10]
         [--matrix] [--out profile.json]          # DIR: gpu_engine.py --work DIR (dense/, accelerated/)
@@ -68,7 +68,6 @@ GROUPS = (
     ("other fused elementwise", lambda name: "triton" in name or "elementwise" in name or "gelu" in name),
 )
 OTHER = "other"
-KERNELS_NAMED = 3
 
 
 def group_of(name: str) -> str:
@@ -79,20 +78,21 @@ def group_of(name: str) -> str:
 
 def grouped(events, steps: int, on_gpu: bool) -> tuple[float, dict[str, dict]]:
     """(ms per forward of all the events' own time (profiling.own_time); per group its ms per forward,
-    share and busiest names), from profiler key averages over `steps` forwards."""
+    share and each kernel's ms per forward, busiest first), from profiler key averages over `steps`
+    forwards."""
     events, time_of = own_time(events, on_gpu)
     total_us = sum(time_of(event) for event in events)
     groups: dict[str, dict] = {}
     for event in sorted(events, key=time_of, reverse=True):
         if time_of(event) <= 0:
             continue
-        group = groups.setdefault(group_of(event.key), {"us": 0.0, "kernels": []})
+        group = groups.setdefault(group_of(event.key), {"us": 0.0, "kernels": {}})
         group["us"] += time_of(event)
-        if len(group["kernels"]) < KERNELS_NAMED:
-            group["kernels"].append(event.key[:120])
+        name = event.key[:120]
+        group["kernels"][name] = group["kernels"].get(name, 0.0) + time_of(event)
     table = {name: {"ms": round(group["us"] / 1000 / steps, 4),
                     "share": round(group["us"] / total_us, 4) if total_us else None,
-                    "kernels": group["kernels"]}
+                    "kernels": {name: round(us / 1000 / steps, 4) for name, us in group["kernels"].items()}}
              for name, group in sorted(groups.items(), key=lambda item: -item[1]["us"])}
     return total_us / 1000 / steps, table
 

@@ -197,8 +197,10 @@ def test_groups_hold_the_devices_own_time_per_forward_with_their_busiest_kernels
     total_ms, groups = engine_profile.grouped(events, steps=2, on_gpu=True)
     assert total_ms == (1000 + 2000 + 3000 + 4000 + 2000) / 1000 / 2
     assert list(groups) == ["dense GEMM, fp16", "attention"]  # by time; a group with no time is left out
-    assert groups["dense GEMM, fp16"] == {"ms": 5.0, "share": round(10 / 12, 4), "kernels": [
-        "sm90_xmma_gemm_f16f16_k3", "sm90_xmma_gemm_f16f16_k2", "sm90_xmma_gemm_f16f16_k1"]}
+    assert groups["dense GEMM, fp16"] == {"ms": 5.0, "share": round(10 / 12, 4), "kernels": {
+        "sm90_xmma_gemm_f16f16_k3": 2.0, "sm90_xmma_gemm_f16f16_k2": 1.5, "sm90_xmma_gemm_f16f16_k1": 1.0,
+        "sm90_xmma_gemm_f16f16_k0": 0.5}}
+    assert list(groups["dense GEMM, fp16"]["kernels"])[0] == "sm90_xmma_gemm_f16f16_k3"  # busiest first
     cpu_ms, cpu_groups = engine_profile.grouped(events, steps=2, on_gpu=False)
     assert cpu_ms == 0.15 and list(cpu_groups) == ["dense GEMM, fp16"]
 
