@@ -29,6 +29,9 @@ import torch
 
 # Ten rounds: a bootstrap interval of the median of five is their whole range, of ten it is narrower.
 ROUNDS = 10
+# A benchmark's rounds on a GPU: there a round is cheap (a turn lasts MIN_TURN_S), and at large batches
+# the board's power cap moves the clocks enough to scatter the rounds' ratios by several percent.
+GPU_ROUNDS = 30
 MIN_ROUNDS = 5  # fewer rounds (a time budget cut them short) make no trusted figure
 MIN_TURN_S = 0.1  # on a GPU: clocks and power follow a change of load within this
 TRUSTED_HALF_WIDTH = 0.03  # a figure is a result only when its interval stays within ±3% of its median
@@ -51,6 +54,11 @@ def call_ms(forward: Callable[[], object], device: torch.device) -> float:
     begin = time.perf_counter()
     forward()
     return (time.perf_counter() - begin) * 1000
+
+
+def benchmark_rounds(device: torch.device) -> int:
+    """How many rounds a benchmark times on `device`: GPU_ROUNDS on a GPU, ROUNDS elsewhere."""
+    return GPU_ROUNDS if device.type == "cuda" else ROUNDS
 
 
 def median_ms(forward: Callable[[], object], warmup: int, repeats: int, device: torch.device,

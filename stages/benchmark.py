@@ -69,9 +69,9 @@ from engine.plan import PLAN_FILE, Plan, inference_model, load_accelerated
 from engine.planner import fp16_plan
 from engine.timing import (
     MIN_ROUNDS,
-    ROUNDS,
     TRUSTED_HALF_WIDTH,
     Rounds,
+    benchmark_rounds,
     clock_ranges,
     interleaved,
     median_ms,
@@ -261,15 +261,17 @@ def gpu_driver_version() -> str | None:
 def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], params,
                   device) -> dict[str, Rounds]:
     """Per mode, its variants timed interleaved on `input_ids` (timing.interleaved): each warmed up
-    (graphs captured, code compiled), then ROUNDS rounds of a turn each, benchmark.repeats calls of
-    each spread over the rounds; eager within EAGER_BUDGET_S. Raises OutOfMemoryError."""
-    calls = max(1, math.ceil(params["benchmark.repeats"] / ROUNDS))
+    (graphs captured, code compiled), then timing.benchmark_rounds rounds of a turn each,
+    benchmark.repeats calls of each spread over the rounds (one a turn at least); eager within
+    EAGER_BUDGET_S. Raises OutOfMemoryError."""
+    rounds = benchmark_rounds(device)
+    calls = max(1, math.ceil(params["benchmark.repeats"] / rounds))
     timings = {}
     for mode in mode_names:
         forwards = {variant: functools.partial(by_mode[mode], input_ids=input_ids)
                     for variant, by_mode in models.items() if mode in by_mode}
         with torch.inference_mode():
-            timings[mode] = interleaved(forwards, device, params["benchmark.warmup"], ROUNDS, calls,
+            timings[mode] = interleaved(forwards, device, params["benchmark.warmup"], rounds, calls,
                                         budget_s=EAGER_BUDGET_S if mode == "eager" else None)
     return timings
 
@@ -431,7 +433,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "modes": mode_names,
         "warmup": params["benchmark.warmup"],
         "repeats": params["benchmark.repeats"],
-        "rounds": ROUNDS,
+        "rounds": benchmark_rounds(device),
         **tables,
         "matrix_absent": matrix_absent,
         **noise_check(spread, figures(tables["speedup_interval"], tables["factors"])),

@@ -56,6 +56,19 @@ def test_variants_are_timed_interleaved_in_rounds_after_each_warm_up():
     assert low <= tables["speedup"]["eager"] <= high and tables["speedup_interval"]["eager"]["rounds"] == ROUNDS
 
 
+def test_a_gpu_benchmark_times_more_rounds_with_the_same_calls_in_all(monkeypatch):
+    from engine.timing import GPU_ROUNDS, benchmark_rounds
+
+    assert benchmark_rounds(torch.device("cpu")) == ROUNDS and benchmark_rounds(torch.device("cuda")) == GPU_ROUNDS > ROUNDS
+    monkeypatch.setattr(benchmark, "benchmark_rounds", lambda device: 4)  # as a GPU's would, on this CPU
+    calls = []
+    models = {"dense": {"eager": lambda input_ids: calls.append("dense")}}
+    params = {"benchmark.warmup": 1, "benchmark.repeats": 10}
+    timings = measure_batch(models, torch.zeros(1, 4), ["eager"], params, torch.device("cpu"))
+    assert len(timings["eager"].times_ms["dense"]) == 4  # rounds
+    assert [len(turn) for turn in timings["eager"].times_ms["dense"]] == [3] * 4  # ceil(10 / 4) calls a turn
+
+
 def test_benchmark_flags_noisy_timings_in_its_metrics(params, tiny_model, tmp_path, monkeypatch, caplog):
     from stages import accelerate
 
