@@ -60,6 +60,8 @@ def summarize(directory: Path) -> dict:
         by_batch[key] = {
             "variant": chosen,
             "planner_vs_masked_fp16": ratio(model_ms.get("dense_masked"), model_ms.get(chosen)),
+            # what the GELU epilogue buys (the matrix has no cell without it): the planner's own timing
+            "planner_epilogue": ratio(model_ms.get("int8_fused"), model_ms.get("int8_gelu")),
             "matrix_ms": {cell: row.get("ms") for cell, row in bench.get("matrix", {}).get(key, {}).items()},
             "figures": {name: figure(interval, TARGETS.get(name, {}).get(batch))
                         for name, interval in intervals.items()},
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tuning: {summary['tuning']}")
     print(f"plan cache: {summary['plan_cache']}")
     for batch, row in summary["by_batch"].items():
-        print(f"{batch}: plan {row['variant']}, planner's own ratio vs masked dense {row['planner_vs_masked_fp16']}, "
-              f"matrix (ms) {row['matrix_ms']}")
+        print(f"{batch}: plan {row['variant']}, planner's own ratios: vs masked dense {row['planner_vs_masked_fp16']}, "
+              f"int8_gelu vs int8_fused (the GELU epilogue) {row['planner_epilogue']}; matrix (ms) {row['matrix_ms']}")
         for name, value in row["figures"].items():
             print(f"  {name:<18} {figure_text(value)}")
     if summary["matrix_absent"]:

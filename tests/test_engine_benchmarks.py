@@ -123,7 +123,8 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
         return {"median": median, "low": low, "high": high, "rounds": 10, "trusted": trusted}
 
     (tmp_path / "accelerate.json").write_text(json.dumps({"plan": {
-        "model_ms": {"16": {"dense_masked": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0}}, "variants": {"16": "fp16_2of4"},
+        "model_ms": {"16": {"dense_masked": 2.6, "per_layer": 2.5, "fp16_2of4": 2.0, "int8_fused": 2.2, "int8_gelu": 2.0}},
+        "variants": {"16": "fp16_2of4"},
         "tuning": {"alg_ids_offered": {"fp16": 60}}}}))
     (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark": {
         "speedup_interval": {"bs16": {"compiled": interval(1.5, 1.48, 1.52), "eager": interval(0.9, 0.7, 1.1, False)},
@@ -135,7 +136,7 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     engine_gpu_summary.main([str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
     bs16, bs64 = summary["by_batch"]["bs16"], summary["by_batch"]["bs64"]
-    assert bs16["variant"] == "fp16_2of4" and bs16["planner_vs_masked_fp16"] == 1.3
+    assert bs16["variant"] == "fp16_2of4" and bs16["planner_vs_masked_fp16"] == 1.3 and bs16["planner_epilogue"] == 1.1
     assert bs16["figures"]["speedup compiled"] == {"median": 1.5, "low": 1.48, "high": 1.52, "trusted": True,
                                                    "target": 1.45, "meets_target": True}
     # an untrusted interval never counts as meeting (or missing) a target
