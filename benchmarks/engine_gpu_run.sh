@@ -84,12 +84,14 @@ copy_results() {
   cp "$LOG" "$OUT/"
 }
 
+left_out() { [[ " $SKIP " == *" $1 "* ]]; }  # is step $1 named in ENGINE_RUN_SKIP
+
 # step NAME MIN_S CAP_S COMMAND...: COMMAND writes its results in $RUNNING/NAME; it starts only with
 # MIN_S left and runs under CAP_S or the time left; done/NAME only if it exits 0. A step named in
 # ENGINE_RUN_SKIP is left out: not run, not waited for.
 step() {
   local name="$1" min="$2" cap="$3"; shift 3
-  if [[ " $SKIP " == *" $name "* ]]; then
+  if left_out "$name"; then
     echo "== $name: left out (ENGINE_RUN_SKIP)" | tee -a "$LOG"
     return 0
   fi
@@ -186,7 +188,7 @@ if [ -d "$WORK" ]; then
   step qa-cli 60 60 "$PY" -m engine.qa --model "$WORK/accelerated" --question "Where was Ada born?" \
     --context "Ada Lovelace was born in London in 1815 and worked with Charles Babbage."
 else
-  WAITING="$(for name in qa stream benchmark profile qa-cli; do [[ " $SKIP " == *" $name "* ]] || echo -n "$name "; done)"
+  WAITING="$(for name in qa stream benchmark profile qa-cli; do left_out "$name" || echo -n "$name "; done)"
   echo "== $WAITING: waiting for the accelerate step" | tee -a "$LOG"
 fi
 if [ -n "${TWOFOUR_CUSPARSELT:-}" ]; then

@@ -49,23 +49,23 @@ EIGHT_BIT = re.compile(r"imma|int8|e4m3|e5m2|fp8|_int_mm|_scaled_mm|(?<![a-z0-9]
 GEMM = re.compile(r"gemm|cutlass|xmma|cublas|nvjet|matmul|addmm|aten::mm|aten::bmm|aten::linear|_int_mm|_scaled_mm")
 # Inductor's fused pointwise, persistent and reduction kernels are named after every op they hold,
 # also the GEMM or attention whose output they read (triton_poi_fused__cslt_sparse_mm__to_copy_clamp_
-# gelu_mul_round_...): they are never a GEMM or attention themselves.
+# gelu_mul_round_...): they are never a GEMM or attention themselves, so only ELEMENTWISE's groups apply.
 FUSED = ("triton_poi", "triton_per", "triton_red")
 # (group, does a lower-cased kernel or op name belong to it), the first that matches wins.
+ELEMENTWISE = (
+    ("norms (and what is fused into them)", lambda name: "layer_norm" in name or "layernorm" in name),
+    # int8: scale, round, clamp, cast; fp8: scale, clamp, cast
+    ("quantize", lambda name: "quantize" in name or "round" in name or "clamp" in name and "to_copy" in name),
+    ("other fused elementwise", lambda name: "triton" in name or "elementwise" in name or "gelu" in name),
+)
 GROUPS = (
     ("copies", lambda name: "memcpy" in name or "memset" in name),
-    ("norms (and what is fused into them)", lambda name: name.startswith(FUSED) and "layer_norm" in name),
-    # int8: scale, round, clamp, cast; fp8: scale, clamp, cast
-    ("quantize", lambda name: name.startswith(FUSED) and ("round" in name or "clamp" in name and "to_copy" in name)),
-    ("other fused elementwise", lambda name: name.startswith(FUSED)),
     ("attention", lambda name: any(key in name for key in ("fmha", "flash", "sdpa", "attention", "scaled_dot_product"))),
     ("2:4 GEMM, 8-bit", lambda name: ("sparse" in name or "cslt" in name) and EIGHT_BIT.search(name) is not None),
     ("2:4 GEMM, fp16", lambda name: "sparse" in name or "cslt" in name),
     ("dense GEMM, 8-bit", lambda name: GEMM.search(name) is not None and EIGHT_BIT.search(name) is not None),
     ("dense GEMM, fp16", lambda name: GEMM.search(name) is not None),
-    ("norms (and what is fused into them)", lambda name: "layer_norm" in name or "layernorm" in name),
-    ("quantize", lambda name: "quantize" in name or "round" in name),
-    ("other fused elementwise", lambda name: "triton" in name or "elementwise" in name or "gelu" in name),
+    *ELEMENTWISE,
 )
 OTHER = "other"
 
@@ -73,7 +73,8 @@ OTHER = "other"
 def group_of(name: str) -> str:
     """The group a kernel (or, on a CPU, an op) belongs to, by its name."""
     lowered = name.lower()
-    return next((group for group, belongs in GROUPS if belongs(lowered)), OTHER)
+    groups = ELEMENTWISE if lowered.startswith(FUSED) else GROUPS
+    return next((group for group, belongs in groups if belongs(lowered)), OTHER)
 
 
 def grouped(events, steps: int, on_gpu: bool) -> tuple[float, dict[str, dict]]:
@@ -187,7 +188,6 @@ def main(argv: list[str] | None = None) -> None:
             name: profile_model(model, input_ids, args.steps, args.warmup, device, args.compile)
             for name, model in models.items()}
         if device.type == "cuda":
-            torch.compiler.reset()
             torch.cuda.empty_cache()
         if args.out:  # after each batch size: a run cut short keeps the sizes it finished
             args.out.write_text(json.dumps(result, indent=1) + "\n")
