@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue #29 on the lent GPU: the GPU configuration's `dvc repro gpu/dvc.yaml` (DVC, its Prefect flows
 # and run server), resumable across back-to-back device calls. Each call carries one staged folder,
-# made on the development machine (all git-ignored):
+# made on the development machine by docs/results/stage-device.sh (all git-ignored):
 #   .stage1  the embedded model's small files, the first half of its weights, the SQuAD v1.1 files
 #   .stage2  the second half of the weights and the smaller wheels (dvc, prefect, datasets, evaluate
 #            and what they need that the image lacks, for Python 3.12)
