@@ -3,8 +3,9 @@
 # the GPU pipeline's staging, in back-to-back calls on one warm machine. The first two calls carry
 # .stage1 and .stage2 and run
 #   STAGE_ONLY=1 bash docs/results/2026-12-06-gpu-pipeline.sh
-# (model, SQuAD files, packages into /root/tw); every later call carries .whl and runs this script,
-# which runs the study for BUDGET_S seconds (squad_seeds.py resumes where the last call stopped):
+# (model, SQuAD files, packages into /root/tw); every later call carries nothing (the study needs
+# datasets and evaluate, from .stage2, not .whl's dvc and prefect) and runs this script, which runs
+# the study for BUDGET_S seconds (squad_seeds.py resumes where the last call stopped):
 #   TWOFOUR_COMMIT=<commit> RECIPE=docs/results/squad-recipes/<candidate>.yaml BUDGET_S=500 \
 #     bash docs/results/2026-12-06-study-session.sh
 set -uo pipefail
