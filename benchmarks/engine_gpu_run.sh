@@ -35,7 +35,9 @@
 #   run.log             everything printed, by every call
 # A first call does versions, accelerate (~330 s), qa and the short steps; the second the stream and
 # the benchmark, a third the profile. ENGINE_RUN_SKIP="qa stream qa-cli" (steps by name) leaves steps
-# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls.
+# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls. A short lease
+# (one call of ~575 s): ENGINE_RUN_BATCH_SIZES="16 256" ENGINE_RUN_TUNING_S=8 with the profile left out
+# too does versions, accelerate and the benchmark in one.
 set -uo pipefail
 : "${OUT:?set OUT to the directory the results go to}"
 mkdir -p "$OUT"
@@ -43,6 +45,7 @@ cd "$(dirname "$0")/.."
 PY="${PY:-$(command -v python || command -v python3)}"
 BUDGET_S="${ENGINE_RUN_BUDGET_S:-580}"
 BATCH_SIZES="${ENGINE_RUN_BATCH_SIZES:-16 64 256}"
+TUNING_S="${ENGINE_RUN_TUNING_S:-15}"  # config timing per precision in the accelerate step
 PROFILE_BATCH_SIZES="${ENGINE_PROFILE_BATCH_SIZES:-16 256}"
 SKIP="${ENGINE_RUN_SKIP:-}"
 STATE="${ENGINE_STATE:-/root/twofour-engine}"  # the models (~1.3 GB): never under $OUT
@@ -162,13 +165,13 @@ if grep -q '"plan_cache": "on' "$DONE/versions-and-plan-cache/versions.json" 2>/
 fi
 
 # The plan first (in the step's own folder, so a half-built one is never used): everything after it
-# runs on the models and plan it leaves in $WORK. Kernel timing is kept short here (15 s of config
+# runs on the models and plan it leaves in $WORK. Kernel timing is kept short here (ENGINE_RUN_TUNING_S, 15 s of config
 # timing per precision, alg_ids probed up to 47: the fastest on 0.10 at 6144 tokens were 42 and 46),
 # cuSPARSELt's search picking first where it works; the whole-model variants and the output check
 # (compiles, captures) take the rest of the time (~330 s in all on the H200).
 # shellcheck disable=SC2086  # BATCH_SIZES is a list
 step accelerate 360 450 "$PY" benchmarks/gpu_engine.py --only accelerate --work "$RUNNING/accelerate/work" \
-  --precision int8 --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --max-alg-id 47 --tuning-budget-s 15 \
+  --precision int8 --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --max-alg-id 47 --tuning-budget-s "$TUNING_S" \
   --out "$RUNNING/accelerate/accelerate.json"
 if [ -d "$WORK" ]; then
   step qa 60 120 "$PY" benchmarks/engine_qa_latency.py --work "$WORK" --questions 4 --repeats 10 \

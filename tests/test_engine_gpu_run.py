@@ -62,6 +62,7 @@ def test_a_second_call_runs_only_the_steps_the_first_left(run, tmp_path):
         "accelerate", "benchmark", "cusparselt-0.8", "profile", "qa", "qa-cli", "versions-and-plan-cache"]
     assert not (run.state / "running" / "stream").exists()  # the failed step's output is gone
     assert "--benchmark-modes eager compiled" in run.calls.read_text()  # the plan cache passed
+    assert "--tuning-budget-s 15 " in run.calls.read_text()
     assert "engine_profile.py --work" in run.calls.read_text() and "--batch-sizes 16 256 --matrix" in run.calls.read_text()
     assert sorted(path.name for path in (tmp_path / "out1").iterdir()) == [
         "accelerate.json", "benchmark.json", "cusparselt-0.8.json", "profile.json", "qa.json", "run.log",
@@ -108,8 +109,9 @@ def test_steps_left_out_are_neither_run_nor_waited_for(run, tmp_path):
     finished(run("out1", budget_s=100, ENGINE_RUN_SKIP="qa stream qa-cli"))
     log = (tmp_path / "out1" / "run.log").read_text()
     assert "steps left for the next call: accelerate benchmark profile" in log
-    finished(run("out2", ENGINE_RUN_SKIP="qa stream qa-cli"))
+    finished(run("out2", ENGINE_RUN_SKIP="qa stream qa-cli", ENGINE_RUN_TUNING_S="8"))
     calls = run.calls.read_text()
+    assert "--tuning-budget-s 8 " in calls  # a short lease's tuning
     assert "--only accelerate" in calls and "--only benchmark" in calls and "engine_profile.py" in calls
     assert "engine_qa_latency.py" not in calls and "engine_stream.py" not in calls and "engine.qa" not in calls
     log = (tmp_path / "out2" / "run.log").read_text()
