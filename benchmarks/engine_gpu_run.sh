@@ -165,7 +165,7 @@ if grep -q '"plan_cache": "on' "$DONE/versions-and-plan-cache/versions.json" 2>/
 fi
 
 # The plan first (in the step's own folder, so a half-built one is never used): everything after it
-# runs on the models and plan it leaves in $WORK. Kernel timing is kept short here (ENGINE_RUN_TUNING_S, 15 s of config
+# runs on the models and plan it leaves in $WORK. Kernel timing is kept short here (TUNING_S of config
 # timing per precision, alg_ids probed up to 47: the fastest on 0.10 at 6144 tokens were 42 and 46),
 # cuSPARSELt's search picking first where it works; the whole-model variants and the output check
 # (compiles, captures) take the rest of the time (~330 s in all on the H200).
