@@ -43,8 +43,10 @@ from stages.benchmark import matrix_models  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
 # cuBLAS's Hopper kernels (nvjet_sm90_hsh_..., nvjet_sm90_qqhsh_...) spell their types in one word:
-# q an fp8 operand, i an int8 one.
-NVJET_8BIT = r"nvjet_sm\d+_[a-z]*[qi][a-z]*_"
+# q an fp8 operand, i an int8 one. cuSPARSELt 0.10's fp16 2:4 kernels are nvjet too, without the sm
+# part and marked _sp_ (nvjet_hsh_128x256_64x5_2x1_h_bx_coopA_bias_sp_TNT).
+NVJET_8BIT = r"nvjet_(?:sm\d+_)?[a-z]*[qi][a-z]*_"
+SPARSE = re.compile(r"sparse|cslt|nvjet_\S*_sp_")
 EIGHT_BIT = re.compile(r"imma|int8|e4m3|e5m2|fp8|_int_mm|_scaled_mm|(?<![a-z0-9])[is]8(?![0-9])|" + NVJET_8BIT)
 GEMM = re.compile(r"gemm|cutlass|xmma|cublas|nvjet|matmul|addmm|aten::mm|aten::bmm|aten::linear|_int_mm|_scaled_mm")
 # Inductor's fused pointwise, persistent and reduction kernels are named after every op they hold,
@@ -61,8 +63,8 @@ ELEMENTWISE = (
 GROUPS = (
     ("copies", lambda name: "memcpy" in name or "memset" in name),
     ("attention", lambda name: any(key in name for key in ("fmha", "flash", "sdpa", "attention", "scaled_dot_product"))),
-    ("2:4 GEMM, 8-bit", lambda name: ("sparse" in name or "cslt" in name) and EIGHT_BIT.search(name) is not None),
-    ("2:4 GEMM, fp16", lambda name: "sparse" in name or "cslt" in name),
+    ("2:4 GEMM, 8-bit", lambda name: SPARSE.search(name) is not None and EIGHT_BIT.search(name) is not None),
+    ("2:4 GEMM, fp16", lambda name: SPARSE.search(name) is not None),
     ("dense GEMM, 8-bit", lambda name: GEMM.search(name) is not None and EIGHT_BIT.search(name) is not None),
     ("dense GEMM, fp16", lambda name: GEMM.search(name) is not None),
     *ELEMENTWISE,

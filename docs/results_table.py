@@ -5,9 +5,10 @@
 
 A row's F1 and latency come from the same run: the CPU default's scores file, or a GPU pipeline run's
 reports as committed under docs/results/. A run whose benchmark has the 2x2 matrix adds a second
-table, what each factor buys. A speedup or factor with an interval is shown with it, and one whose
-interval is wider than the benchmark's limit is marked: not a result. tests/test_results_table.py
-fails while README.md differs.
+table, what each factor buys. A shape benchmark (benchmarks/engine_gpu_run.sh: random weights, no F1)
+gets a table of its own, captioned as such. A speedup or factor with an interval is shown with it,
+and one whose interval is wider than the benchmark's limit is marked: not a result.
+tests/test_results_table.py fails while README.md differs.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ VARIANTS = ("dense", "pruned", "sparse", "accelerated")
 GPU_RUNS = ("docs/results/2026-12-06-gpu-pipeline-h100-4f602f1",)
 HEADER = ("| run | model, data | device | F1 dense / pruned / 2:4 / accelerated | "
           "latency dense → accelerated, batch 16 / 64 / 256 | speedup |\n|---|---|---|---|---|---|")
+# Shape benchmarks, each folder the $OUT of benchmarks/engine_gpu_run.sh (benchmark.json wraps the report).
+SHAPE_RUNS = ("docs/results/2026-12-07-engine-matrix-h100-cslt010",)
 FACTORS = ("2:4 at fp16", "2:4 at 8-bit", "8-bit at dense", "8-bit at 2:4")  # stages/benchmark.py's
 FACTOR_HEADER = ("What each factor buys, compiled (the median of the rounds' ratios, [its 95% interval]):\n\n"
                  f"| run | batch | {' | '.join(FACTORS)} |\n|---|---|{'---|' * len(FACTORS)}")
@@ -91,10 +94,27 @@ def factor_table(runs) -> str | None:
     return "\n".join([FACTOR_HEADER, *rows]) if rows else None
 
 
+def shape_table(run: str) -> str:
+    """A shape benchmark's speedups and factors per batch size, captioned with what its weights are."""
+    report = read(ROOT / run / "benchmark.json")
+    benchmark = report["benchmark"]
+    device = benchmark["device"]
+    rows = [f"| {key.removeprefix('bs')} | {figure(speedups.get('compiled'))} | {figure(speedups.get('eager'))} | "
+            + " | ".join(figure(benchmark["factors"][key][factor]) for factor in FACTORS) + " |"
+            for key, speedups in benchmark["speedup_interval"].items()]
+    return "\n".join([
+        f"A bert-base shape ([{Path(run).name}]({run}); {report['model']}), {device['gpu']}, cuSPARSELt "
+        f"{device['cusparselt']}: accelerated against unpruned dense fp16, and what each factor buys, compiled "
+        "(the median of the rounds' ratios [its 95% interval]):", "",
+        f"| batch | accelerated, compiled | accelerated, eager | {' | '.join(FACTORS)} |",
+        f"|---|---|---|{'---|' * len(FACTORS)}", *rows])
+
+
 def table() -> str:
     main = "\n".join([HEADER, cpu_row(), *(gpu_row(run) for run in GPU_RUNS)])
     factors = factor_table(GPU_RUNS)
-    return main if factors is None else f"{main}\n\n{factors}"
+    parts = [main, *([factors] if factors else []), *(shape_table(run) for run in SHAPE_RUNS)]
+    return "\n\n".join(parts)
 
 
 def with_table(readme: str) -> str:

@@ -302,15 +302,16 @@ class SparseLinear(nn.Module):
         self.buckets = sorted(self.kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2d = x.reshape(-1, self.in_features).contiguous()
-        kernel = self.kernels[bucket_for(x2d.shape[0], self.buckets)]
-        quantized = x2d.dtype == torch.int8  # by the int8_gelu kernel of the layer before
+        tokens = x.numel() // self.in_features
+        kernel = self.kernels[bucket_for(tokens, self.buckets)]
+        quantized = x.dtype == torch.int8  # by the int8_gelu kernel of the layer before
         if quantized and (kernel is None or kernel.kind != "int8"):
-            raise RuntimeError(f"{self.extra_repr()}: an int8 input at {x2d.shape[0]} tokens, where this layer "
+            raise RuntimeError(f"{self.extra_repr()}: an int8 input at {tokens} tokens, where this layer "
                                f"runs {kernel}: the layer before may run int8_gelu only where this one runs int8")
-        if kernel is None:
-            out = F.linear(x2d, self.weight, self.bias)
-        elif kernel.kind == INT8_GELU:
+        if kernel is None:  # as nn.Linear: no reshapes, whose host work an eager small batch would feel
+            return F.linear(x, self.weight, self.bias)
+        x2d = x.reshape(-1, self.in_features).contiguous()
+        if kernel.kind == INT8_GELU:
             out = int8_gelu_sparse_mm(self.packed_int8, quantize_for_kernel(x2d, self.multipliers), self.alpha,
                                       self.bias, self.bias_float32, kernel.alg_id, self.gelu_scale, self.planned)
         elif kernel.kind == "int8":

@@ -15,9 +15,11 @@ from torch.autograd import DeviceType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import eager_host_cost  # noqa: E402
 import engine_profile  # noqa: E402
 import engine_qa_latency  # noqa: E402
 import engine_stream  # noqa: E402
+from engine.kernels import SparseLinear  # noqa: E402
 from stages import accelerate  # noqa: E402
 
 
@@ -171,6 +173,7 @@ def test_the_summary_sets_each_figure_beside_its_target_and_survives_missing_ste
     # names an H100 gave: cuBLAS's nvjet GEMMs, and inductor kernels named after the GEMM or attention they follow
     ("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_bias_TNN", "dense GEMM, fp16"),
     ("nvjet_sm90_qqhsh_192x192_128x4_1x2_h_bz_coopB_bias_TNN", "dense GEMM, 8-bit"),
+    ("nvjet_hsh_128x256_64x5_2x1_h_bx_coopA_bias_sp_TNT", "2:4 GEMM, fp16"),  # cuSPARSELt 0.10's
     ("sm90_xmma_sparse_gemm_i8f16_i8i32_f32_tn_n_tilesize128x256x128_cgasize1x1x1_warpgroupsize2x1x1_bias_f16",
      "2:4 GEMM, 8-bit"),
     ("void cutlass::Kernel2<cutlass_80_tensorop_i16832gemm_s8_128x64_128x3_tn_align16>(", "dense GEMM, 8-bit"),
@@ -224,3 +227,13 @@ def test_a_cpu_profile_groups_each_models_op_time(work, tmp_path, tiny_model):
         assert {"dense GEMM, fp16", "attention", "norms (and what is fused into them)"} <= set(groups)
         assert sum(group["ms"] for group in groups.values()) == pytest.approx(figures["cpu_op_ms"], rel=1e-3)
         assert sum(group["share"] for group in groups.values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_the_host_cost_benchmark_times_the_same_model_with_its_linears_on_the_dense_path(capsys, monkeypatch):
+    dense, engine = eager_host_cost.models(layers=2)
+    assert not any(isinstance(module, SparseLinear) for module in dense.modules())
+    monkeypatch.setattr(sys, "argv", ["eager_host_cost.py", "--layers", "2", "--rounds", "3", "--calls", "2"])
+    eager_host_cost.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:2]] == ["nn.Linear", "SparseLinear, dense path"]
+    assert lines[2].startswith("nn.Linear time / SparseLinear time: ") and "over 3 rounds, 12 Linears" in lines[2]

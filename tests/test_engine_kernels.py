@@ -263,6 +263,25 @@ def test_each_token_bucket_runs_its_own_kernel_dense_fp16_or_int8(monkeypatch):
     assert [(call["input_dtype"], call["alg_id"]) for call in calls] == [(torch.float32, 5), (torch.int8, 2)]
 
 
+def test_a_batched_input_is_bucketed_by_its_tokens_and_the_dense_bucket_is_the_linear_itself(monkeypatch):
+    """(batch, seq, in) counts batch x seq tokens; where the bucket runs dense the layer is exactly
+    nn.Linear on the unreshaped input (the eager model's small batches pay no extra host work)."""
+    calls = []
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm(calls))
+    monkeypatch.setitem(TOKEN_ALIGNMENT, torch.float32, 4)
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    module = SparseLinear(linear, {16: Kernel("fp16", 5), 256: None})
+    with torch.no_grad():
+        wide = torch.randn(4, 10, 32)  # 40 tokens: the dense bucket
+        assert torch.equal(module(wide), linear(wide)) and not calls
+        narrow = torch.randn(2, 5, 32)  # 10 tokens: fp16 2:4
+        out = module(narrow)
+    assert out.shape == (2, 5, 16) and relative_error(linear(narrow), out) < 1e-5
+    assert [call["alg_id"] for call in calls] == [5]
+
+
 def test_fp8_linear_is_the_linear_to_fp8_precision_and_clamps_past_its_scale():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32)

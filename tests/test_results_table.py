@@ -52,3 +52,18 @@ def test_a_run_with_the_matrix_adds_a_row_per_batch_size_of_its_factors(tmp_path
     cells = "1.25x [1.24-1.26] | n/a | 1.25x [1.24-1.26] | n/a"
     assert table.splitlines()[-1] == f"| [{tmp_path.name}]({tmp_path}) | 16 | {cells} |"
     assert results_table.factor_table(results_table.GPU_RUNS) is None  # the committed run predates the matrix
+
+
+def test_a_shape_benchmark_is_captioned_as_random_weights_and_its_rows_come_from_its_report():
+    for run in results_table.SHAPE_RUNS:
+        report = results_table.read(REPO / run / "benchmark.json")
+        table = results_table.shape_table(run)
+        assert "not a model result" in report["model"] and report["model"] in table.splitlines()[0]
+        benchmark = report["benchmark"]
+        for key, speedups in benchmark["speedup_interval"].items():
+            row = next(line for line in table.splitlines() if line.startswith(f"| {key.removeprefix('bs')} |"))
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            assert cells[1] == results_table.figure(speedups["compiled"])
+            assert cells[2] == results_table.figure(speedups["eager"])
+            assert cells[3:] == [results_table.figure(benchmark["factors"][key][factor])
+                                 for factor in results_table.FACTORS]

@@ -54,15 +54,18 @@ def test_a_cpu_run_reports_the_wall_time_per_step_and_the_busiest_ops(tiny_model
     assert cpu_times and cpu_times == sorted(cpu_times, reverse=True)
 
 
-def event(key, device_type, device_us, cpu_us, count):
+def event(key, device_type, device_us, cpu_us, count, is_user_annotation=False):
     return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=device_us,
-                           self_cpu_time_total=cpu_us, count=count)
+                           self_cpu_time_total=cpu_us, count=count, is_user_annotation=is_user_annotation)
 
 
 def test_the_gpu_time_counts_each_kernel_once_not_again_under_its_op():
     """The profiler gives an op (aten::addmm) the device time of the kernels it launched, and lists
-    the kernels too: summing both would count the GEMMs twice (a kernel share above 100%)."""
-    events = [event("aten::addmm", DeviceType.CPU, 9000, 400, 20), event("gemm_kernel", DeviceType.CUDA, 9000, 0, 20),
+    the kernels too: summing both would count the GEMMs twice (a kernel share above 100%). The
+    scheduled profiler's ProfilerStep annotation has a device-side twin spanning each step's kernels
+    and gaps: counted, it would add more than the kernels themselves."""
+    events = [event("ProfilerStep*", DeviceType.CUDA, 12000, 0, 2, is_user_annotation=True),
+              event("aten::addmm", DeviceType.CPU, 9000, 400, 20), event("gemm_kernel", DeviceType.CUDA, 9000, 0, 20),
               event("aten::softmax", DeviceType.CPU, 1000, 100, 10), event("softmax_kernel", DeviceType.CUDA, 1000, 0, 10),
               event("Memcpy HtoD", DeviceType.CUDA, 500, 0, 4)]
     profile = SimpleNamespace(key_averages=lambda: events)
