@@ -86,10 +86,14 @@ def gpu_row(run: str) -> str:
             f"{speedups} |")
 
 
+def factor_cells(factors: dict) -> str:
+    """A batch size's factors, in FACTORS' order, as table cells."""
+    return " | ".join(figure(factors[factor]) for factor in FACTORS)
+
+
 def factor_table(runs) -> str | None:
     """A row per run and batch size with the matrix's factors (None when no run has them)."""
-    rows = [f"| [{Path(run).name}]({run}) | {key.removeprefix('bs')} | "
-            + " | ".join(figure(factors[factor]) for factor in FACTORS) + " |"
+    rows = [f"| [{Path(run).name}]({run}) | {key.removeprefix('bs')} | {factor_cells(factors)} |"
             for run in runs for key, factors in read(ROOT / run / "benchmark.json").get("factors", {}).items()]
     return "\n".join([FACTOR_HEADER, *rows]) if rows else None
 
@@ -100,8 +104,7 @@ def shape_table(run: str) -> str:
     benchmark = report["benchmark"]
     device = benchmark["device"]
     rows = [f"| {key.removeprefix('bs')} | {figure(speedups.get('compiled'))} | {figure(speedups.get('eager'))} | "
-            + " | ".join(figure(benchmark["factors"][key][factor]) for factor in FACTORS) + " |"
-            for key, speedups in benchmark["speedup_interval"].items()]
+            f"{factor_cells(benchmark['factors'][key])} |" for key, speedups in benchmark["speedup_interval"].items()]
     return "\n".join([
         f"A bert-base shape ([{Path(run).name}]({run}); {report['model']}), {device['gpu']}, cuSPARSELt "
         f"{device['cusparselt']}: accelerated against unpruned dense fp16, and what each factor buys, compiled "
