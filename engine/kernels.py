@@ -8,7 +8,8 @@ configs:
 - Int8ReferenceConfig: what the int8 kernel computes, in float64 on any device (Int8ReferenceLinear),
   so a CPU run scores the int8 model;
 - Fp8Config: dense fp8 e4m3 through torch._scaled_mm (Fp8Linear), one of the benchmark's 8-bit dense
-  models (engine/int8_dense.py registers the other, Int8DenseConfig).
+  models (engine/int8_dense.py registers the other, Int8DenseConfig; engine/dense_gelu.py the fp16
+  dense Linear with the GELU epilogue, GeluEpilogueConfig).
 
 Why not `torch.sparse.to_sparse_semi_structured`: measured on an H100 (torch 2.11, cuSPARSELt 0.8)
 its default kernel config (alg_id 0) is among the slowest, the tensor subclass adds copies around

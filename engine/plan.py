@@ -327,7 +327,7 @@ class Plan:
         activation after a layer that may run int8_gelu is GELU's tanh form on every device
         (gelu_fusions).
         """
-        use_passthrough_gelu(model, self.gelu_fusions())
+        replace_gelu_activations(model, self.gelu_fusions(), Int8PassthroughGelu)
         if device_backend(next(model.parameters()).device)[0] is None:
             int8 = [name for name, layer in self.layers.items() if layer.computes_int8]
             return swap_linears(model, lambda name: Int8ReferenceConfig(self.layers[name].smoothing,
@@ -480,11 +480,12 @@ def load_accelerated(model_dir: Path, device: torch.device, dtype: torch.dtype |
     return plan.apply(model, graphs, eager, config)
 
 
-def use_passthrough_gelu(model: nn.Module, first_layers) -> None:
-    """Int8PassthroughGelu as the activation after each of these Linears (keys of gelu_pairs)."""
+def replace_gelu_activations(model: nn.Module, first_layers, activation: type[nn.Module]) -> None:
+    """An `activation()` (Int8PassthroughGelu after int8_gelu layers) as the activation after each of
+    these Linears (keys of gelu_pairs)."""
     adapter = adapter_for(model)
     for name in first_layers:
         if adapter.gelu is None or not name.endswith(f".{adapter.gelu.first}"):
             raise ValueError(f"{name}: not the first Linear of a GELU pair of the {adapter.name} model adapter")
         owner, attribute = activation_site(model, name.removesuffix(f".{adapter.gelu.first}"), adapter.gelu)
-        setattr(owner, attribute, Int8PassthroughGelu())
+        setattr(owner, attribute, activation())

@@ -38,8 +38,8 @@ from .attention import capture_context
 from .common import relative_error
 from .config import PLAN_CACHE_ENV, EngineConfig
 from .graphs import CudaGraphRunner
-from .kernels import INT8_GELU, Kernel, PlannedMM, named, shape_name, swap_linears
-from .plan import DENSE_MASKED, LayerPlan, Plan, use_passthrough_gelu
+from .kernels import INT8_GELU, Int8PassthroughGelu, Kernel, PlannedMM, named, shape_name, swap_linears
+from .plan import DENSE_MASKED, LayerPlan, Plan, replace_gelu_activations
 from .plan_cache import planned_matmul
 from .sparsity import two_four_violations
 from .timing import ROUNDS, TRUSTED_HALF_WIDTH, interleaved, ratio_interval
@@ -292,7 +292,7 @@ def time_model_variants(masked_model: torch.nn.Module, plan: Plan, variants: Var
                          lambda name: dataclasses.replace(plan.linear_config(name, planned=planned), kernels={},
                                                           keep_all=True),
                          named(variants[DENSE_MASKED]))
-    use_passthrough_gelu(model, plan.gelu_fusions())
+    replace_gelu_activations(model, plan.gelu_fusions(), Int8PassthroughGelu)
     vocab, device = masked_model.config.vocab_size, next(model.parameters()).device
     calls = math.ceil(MODEL_TIMING_REPEATS / ROUNDS)
     result = {}

@@ -11,12 +11,15 @@ and, on a GPU, graphed (the eager modules captured the same way). An out-of-memo
 is recorded and the others still run. On a GPU it also runs the tutorial's single-Linear microbenchmark.
 
 The 2x2 matrix {fp16, 8-bit} x {dense, 2:4}, on a GPU with 2:4 kernels and compile on, all compiled:
-fp16 dense; 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
+fp16 dense, the faster per batch size of the unpruned model and dense_gelu (the same with cuBLASLt's
+GELU epilogue on the Linear before each GELU, engine/dense_gelu.py: the fusion the int8 2:4 layers'
+int8_gelu has); 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
 dense tensor cores, calibrated as the int8 2:4 layers are) and, where fp8 tensor cores are (compute
 capability 8.9+), dense_fp8 (engine/kernels.py's Fp8Linear, fast accumulation); fp16 2:4, the
 accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan); 8-bit
 2:4, the accelerated model of an int8 plan. `factors` says, per batch size, what each factor buys,
-each a ratio of two cells timed in the same rounds with its interval; `matrix_absent` says which cells
+and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells timed in the same rounds
+with its interval; `matrix_absent` says which cells
 (or 8-bit kinds) were not measured and why.
 
 Two checks mark what is not a result. A timing whose repeats spread more than NOISE_LIMIT
@@ -52,6 +55,7 @@ from engine.adapters import encoder_linears
 from engine.attention import capture_context, use_fused_attention
 from engine.calibration import calibrate_int8, fp8_input_scales, int8_layers
 from engine.common import best_device, relative_error
+from engine.dense_gelu import gelu_epilogue_model
 from engine.graphs import CudaGraphRunner
 from engine.int8_dense import Int8DenseConfig
 from engine.kernels import (
@@ -94,8 +98,15 @@ NOISE_LIMIT = 0.2
 # The 2x2 matrix's cells, and each factor as (baseline cell, cell): what the second buys over the first.
 CELLS = ("fp16 dense", "8-bit dense", "fp16 2:4", "8-bit 2:4")
 FACTORS = {"2:4 at fp16": ("fp16 dense", "fp16 2:4"), "2:4 at 8-bit": ("8-bit dense", "8-bit 2:4"),
-           "8-bit at dense": ("fp16 dense", "8-bit dense"), "8-bit at 2:4": ("fp16 2:4", "8-bit 2:4")}
+           "8-bit at dense": ("fp16 dense", "8-bit dense"), "8-bit at 2:4": ("fp16 2:4", "8-bit 2:4"),
+           "2:4 and 8-bit": ("fp16 dense", "8-bit 2:4")}
+FP16_DENSE = ("dense", "dense_gelu")  # the fp16 dense cell is the faster of these
 EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8")  # the 8-bit dense cell is the faster of these
+# Where each cell applies the GELU after the FFN-in Linear: the fusions the factors compare.
+MATRIX_GELU = {"fp16 dense": "in cuBLASLt's matmul epilogue (dense_gelu), where that timed faster",
+               "8-bit dense": "a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue",
+               "fp16 2:4": "a kernel of its own: the engine has no fp16 GELU epilogue",
+               "8-bit 2:4": "with the next layer's quantization in cuSPARSELt's epilogue, where the plan runs int8_gelu"}
 MATRIX_MODE = "compiled"
 # The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
 PER_BATCH_SIZE = ("latency_ms", "samples_per_s", "speedup", "speedup_interval", "speedup_range", "matrix",
@@ -140,7 +151,8 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
                   params) -> tuple[dict[str, torch.nn.Module], dict[str, str], dict[str, str]]:
     """(the models the matrix adds to dense and accelerated, timed compiled only; the 2:4 cells'
     variants; what is absent, cell or 8-bit kind, and why)."""
-    models = {"dense_int8": int8_dense_model(dense, calibration, params["accelerate.int8_smoothing"])}
+    models = {"dense_gelu": gelu_epilogue_model(dense),
+              "dense_int8": int8_dense_model(dense, calibration, params["accelerate.int8_smoothing"])}
     absent = {}
     if fp8_available(device):
         models["dense_fp8"] = fp8_model(dense, calibration)
@@ -277,13 +289,13 @@ def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], 
 
 
 def matrix_cells(timings: Rounds, two_four: dict[str, str]) -> dict[str, str]:
-    """Each cell of the matrix these rounds measured -> its variant: fp16 dense the unpruned model,
-    8-bit dense the faster (median) of EIGHT_BIT_DENSE, the 2:4 cells as `two_four` names them."""
+    """Each cell of the matrix these rounds measured -> its variant: fp16 dense the faster (median) of
+    FP16_DENSE, 8-bit dense of EIGHT_BIT_DENSE, the 2:4 cells as `two_four` names them."""
     timed = timings.times_ms
-    cells = {"fp16 dense": "dense"} if "dense" in timed else {}
-    eight_bit = [variant for variant in EIGHT_BIT_DENSE if variant in timed]
-    if eight_bit:
-        cells["8-bit dense"] = min(eight_bit, key=timings.median_ms)
+    cells = {}
+    for cell, variants in (("fp16 dense", FP16_DENSE), ("8-bit dense", EIGHT_BIT_DENSE)):
+        if measured := [variant for variant in variants if variant in timed]:
+            cells[cell] = min(measured, key=timings.median_ms)
     return cells | {cell: variant for cell, variant in two_four.items() if variant in timed}
 
 
@@ -436,6 +448,7 @@ def run(params, dense_dir: Path, accelerated_dir: Path, only_modes: list[str] | 
         "rounds": benchmark_rounds(device),
         **tables,
         "matrix_absent": matrix_absent,
+        "matrix_gelu": MATRIX_GELU if two_four else {},
         **noise_check(spread, figures(tables["speedup_interval"], tables["factors"])),
         "device": device_facts(device),
     }

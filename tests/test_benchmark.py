@@ -41,7 +41,7 @@ def test_a_cpu_report_says_why_the_matrix_is_absent(params, tiny_model, tmp_path
     (tmp_path / "accelerated").mkdir()
     accelerate.run(params, tiny_model, tmp_path / "accelerated")
     metrics, _ = benchmark.run(params, tiny_model, tmp_path / "accelerated")
-    assert metrics["matrix"] == metrics["factors"] == {}
+    assert metrics["matrix"] == metrics["factors"] == metrics["matrix_gelu"] == {}
     assert metrics["matrix_absent"] == dict.fromkeys(benchmark.CELLS, "a CPU run: float32, no 8-bit or 2:4 kernels")
     assert {variant_mode.rsplit("_", 1)[0] for row in metrics["latency_ms"].values() for variant_mode in row} == {
         "dense", "accelerated"}
@@ -109,15 +109,24 @@ def test_factor_table_says_what_each_factor_buys_on_known_numbers():
                      "8-bit 2:4": "accelerated"}  # 8-bit dense: the faster of int8 and fp8
     factors = benchmark.factor_table(timings, cells)
     assert {factor: interval["median"] for factor, interval in factors.items()} == {
-        "2:4 at fp16": 1.25, "2:4 at 8-bit": 1.25, "8-bit at dense": 2.0, "8-bit at 2:4": 2.0}
+        "2:4 at fp16": 1.25, "2:4 at 8-bit": 1.25, "8-bit at dense": 2.0, "8-bit at 2:4": 2.0, "2:4 and 8-bit": 2.5}
     assert all(interval["trusted"] and interval["low"] == interval["high"] for interval in factors.values())
     # an fp16 plan: no 8-bit 2:4 cell, so neither factor that needs it
     fp16_plan = constant_rounds({"dense": 10.0, "dense_int8": 6.0, "accelerated": 8.0})
     cells = benchmark.matrix_cells(fp16_plan, {"fp16 2:4": "accelerated"})
     assert cells == {"fp16 dense": "dense", "8-bit dense": "dense_int8", "fp16 2:4": "accelerated"}
     factors = benchmark.factor_table(fp16_plan, cells)
-    assert factors["2:4 at 8-bit"] is None and factors["8-bit at 2:4"] is None
+    assert factors["2:4 at 8-bit"] is None and factors["8-bit at 2:4"] is None and factors["2:4 and 8-bit"] is None
     assert factors["2:4 at fp16"]["median"] == 1.25 and factors["8-bit at dense"]["median"] == round(10 / 6, 3)
+    # fp16 dense: the faster of the model as it comes and the one with the GELU epilogue
+    epilogue = constant_rounds({"dense": 10.0, "dense_gelu": 9.0, "dense_fp8": 6.0, "accelerated_fp16": 8.0,
+                                "accelerated": 4.5})
+    cells = benchmark.matrix_cells(epilogue, two_four)
+    assert cells["fp16 dense"] == "dense_gelu"
+    factors = benchmark.factor_table(epilogue, cells)
+    assert factors["2:4 and 8-bit"]["median"] == 2.0 and factors["2:4 at fp16"]["median"] == 1.125
+    slower = constant_rounds({"dense": 10.0, "dense_gelu": 11.0})
+    assert benchmark.matrix_cells(slower, {}) == {"fp16 dense": "dense"}
 
 
 def test_a_batch_sizes_tables_hold_latency_throughput_speedup_and_the_matrix():

@@ -25,7 +25,7 @@ from engine.attention import capture_context, use_fused_attention
 from engine.common import relative_error
 from engine.kernels import Int8PassthroughGelu, Int8ReferenceLinear
 from engine.models import load_qa_model
-from engine.plan import use_passthrough_gelu
+from engine.plan import replace_gelu_activations
 from engine.plan import PLAN_FILE, Plan, load_accelerated
 from stages import accelerate
 from stages.prune import prune
@@ -124,7 +124,7 @@ def test_gelu_pairs_and_the_passthrough_gelu_follow_the_adapter(family):
     inputs = padded_inputs()
     with torch.no_grad():
         erf = model(**inputs).start_logits
-        use_passthrough_gelu(model, per_layer(family, first)[:1])
+        replace_gelu_activations(model, per_layer(family, first)[:1], Int8PassthroughGelu)
         tanh = model(**inputs).start_logits
     assert isinstance(getattr(owners[0], attribute), Int8PassthroughGelu)
     assert not isinstance(getattr(owners[1], attribute), Int8PassthroughGelu)
@@ -155,9 +155,9 @@ def test_an_architecture_without_an_adapter_takes_the_generic_path_and_says_so_o
     names = list(model.state_dict())
     assert fuse_qkv(model) is model and list(model.state_dict()) == names  # no query/key/value fusion
     assert gelu_pairs(model) == {} and unfused_inputs(model, linears) == set()
-    use_passthrough_gelu(model, [])
+    replace_gelu_activations(model, [], Int8PassthroughGelu)
     with pytest.raises(ValueError, match="not the first Linear of a GELU pair of the generic model adapter"):
-        use_passthrough_gelu(model, ["electra.encoder.layer.0.intermediate.dense"])
+        replace_gelu_activations(model, ["electra.encoder.layer.0.intermediate.dense"], Int8PassthroughGelu)
     err = capsys.readouterr().err
     assert err == ("ElectraForQuestionAnswering (electra): no model adapter (engine/adapters.py), generic per-Linear "
                    "path: every encoder Linear prunable, no query/key/value or GELU fusion\n")
@@ -206,10 +206,10 @@ def test_a_registered_adapter_is_what_the_engine_reads(monkeypatch):
     assert gelu_pairs(model) == {"layers.0.up": "layers.0.down", "layers.1.up": "layers.1.down"}
     assert unfused_inputs(model, linears) == {"layers.0.mix", "layers.1.mix"}
     assert fuse_qkv(model) is model and "layers.0.mix" in dict(model.named_modules())  # no QKVFusion: left alone
-    use_passthrough_gelu(model, ["layers.1.up"])
+    replace_gelu_activations(model, ["layers.1.up"], Int8PassthroughGelu)
     assert isinstance(model.layers[1].act, Int8PassthroughGelu) and isinstance(model.layers[0].act, nn.GELU)
     with pytest.raises(ValueError, match="^layers.0.down: not the first Linear of a GELU pair of the toy model"):
-        use_passthrough_gelu(model, ["layers.0.down"])
+        replace_gelu_activations(model, ["layers.0.down"], Int8PassthroughGelu)
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert"])

@@ -66,4 +66,23 @@ def test_a_shape_benchmark_is_captioned_as_random_weights_and_its_rows_come_from
             assert cells[1] == results_table.figure(speedups["compiled"])
             assert cells[2] == results_table.figure(speedups["eager"])
             assert cells[3:] == [results_table.figure(benchmark["factors"][key][factor])
-                                 for factor in results_table.FACTORS]
+                                 for factor in results_table.shown_factors([benchmark])]
+
+
+def test_a_matrix_timed_without_the_gelu_epilogue_model_is_captioned_as_overstating(tmp_path):
+    interval = {"median": 1.5, "low": 1.49, "high": 1.51, "rounds": 10, "trusted": True}
+    before = {"factors": {"bs16": {"2:4 at fp16": interval}}, "matrix": {"bs16": {"fp16 dense": {"variant": "dense"}}},
+              "latency_ms": {"bs16": {"dense_compiled": 3.0, "accelerated_compiled": 2.0}}}
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / "benchmark.json").write_text(json.dumps(before))
+    table = results_table.factor_table([str(tmp_path / "before")])
+    assert "overstate what 2:4 and 8-bit buy" in table.splitlines()[0]
+    assert table.splitlines()[2] == "| run | batch | 2:4 at fp16 |"  # only the factors the report has
+    after = {"factors": {"bs16": {"2:4 at fp16": interval, "2:4 and 8-bit": interval}},
+             "matrix": {"bs16": {"fp16 dense": {"variant": "dense_gelu"}}},
+             "latency_ms": {"bs16": {"dense_compiled": 3.0, "dense_gelu_compiled": 2.8, "accelerated_compiled": 2.0}}}
+    (tmp_path / "after").mkdir()
+    (tmp_path / "after" / "benchmark.json").write_text(json.dumps(after))
+    table = results_table.factor_table([str(tmp_path / "after")])
+    assert "overstate" not in table
+    assert table.splitlines()[2] == "| run | batch | 2:4 and 8-bit | 2:4 at fp16 |"
