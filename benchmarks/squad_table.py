@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "squad-study.jsonl"
 DOC = REPO / "docs" / "squad.md"
 RECIPES = REPO / "docs" / "results" / "squad-recipes"  # the committed recipes, candidates and final
+FINAL_RECIPE = "final"  # RECIPES/final.yaml: the chosen recipe, not a candidate
 BEGIN, END = "<!-- study:begin (benchmarks/squad_table.py) -->", "<!-- study:end -->"
 README = REPO / "README.md"
 README_BEGIN, README_END = "<!-- accuracy:begin (benchmarks/squad_table.py) -->", "<!-- accuracy:end -->"
@@ -180,8 +181,54 @@ def tables(records: list[dict]) -> str:
     return "\n\n".join(sections)
 
 
+def overlap_share(first: dict, second: dict) -> float:
+    """How much of the narrower of two intervals the two share, 0 to 1."""
+    shared = min(first["high"], second["high"]) - max(first["low"], second["low"])
+    return max(0.0, shared) / min(first["high"] - first["low"], second["high"] - second["low"])
+
+
+def choose(gaps: dict[str, tuple[float, dict]]) -> str:
+    """docs/squad.md's rule over candidates (name -> (fine-tuning epochs, sparse - dense interval)): the
+    highest mean gap, unless a shorter schedule's interval shares more than half of the narrower one
+    with the best's; then the shortest of those (the higher mean among equals)."""
+    best = max(gaps, key=lambda name: gaps[name][1]["mean"])
+    near = [name for name, (epochs, gap) in gaps.items()
+            if name == best or epochs < gaps[best][0] and overlap_share(gap, gaps[best][1]) > 0.5]
+    return min(near, key=lambda name: (gaps[name][0], -gaps[name][1]["mean"]))
+
+
+def selection(records: list[dict]) -> str:
+    """The candidates' held-out gaps, each from the latest run of its recipe, and the rule's choice once
+    every committed candidate (the recipe files other than final.yaml) has a run with an interval."""
+    latest: dict[str, tuple] = {}
+    for record in records:
+        if record["on"] == "heldout":
+            latest[record["recipe"]] = run_of(record)  # file order: a later run of a recipe replaces an earlier
+    rows, gaps, pending = [], {}, []
+    for recipe, files in committed_recipes().items():
+        for path, candidate in files:
+            if path.stem == FINAL_RECIPE:
+                continue
+            epochs = candidate["params"].get("finetune.epochs")
+            run = latest.get(recipe)
+            differences = paired_differences([r for r in records if run_of(r) == run], "sparse", "dense",
+                                             "heldout") if run else {}
+            if len(differences) < 2:
+                pending.append(path.stem)
+                rows.append(f"| {path.stem} | {epochs} | not run yet | | |")
+                continue
+            gap = gaps[path.stem] = (epochs, interval(list(differences.values())))
+            rows.append(f"| {path.stem} | {epochs} | `{run[1][:8]}` | {gap[1]['n']} | {gap[1]['mean']:+.2f} "
+                        f"[{gap[1]['low']:+.2f}, {gap[1]['high']:+.2f}] |")
+    verdict = (f"Not chosen yet: {', '.join(pending)} still to run." if pending or not gaps
+               else f"The rule chooses **{choose(gaps)}**.")
+    return "\n".join(["**Selection** (held-out split; each candidate's latest run):", "",
+                      "| candidate | fine-tuning epochs | code commit | seeds | 2:4 − dense [95% interval] |",
+                      "|---|---|---|---|---|", *sorted(rows), "", verdict])
+
+
 def with_tables(doc: str, records: list[dict]) -> str:
-    return between(doc, BEGIN, END, tables(records))
+    return between(doc, BEGIN, END, f"{tables(records)}\n\n{selection(records)}")
 
 
 def between(doc: str, begin_marker: str, end_marker: str, text: str) -> str:

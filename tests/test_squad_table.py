@@ -103,3 +103,48 @@ def test_a_committed_recipe_is_named_by_its_hash():
     recipe = recipe_hash(load_recipe(path))
     text = squad_table.tables([record(1, "dense", 80.0, recipe=recipe)])
     assert f"**Recipe `{recipe}` ([distilled-4ep](results/squad-recipes/distilled-4ep.yaml))" in text
+
+
+def gap(mean, low, high):
+    return {"n": 3, "mean": mean, "sd": 0.3, "low": low, "high": high}
+
+
+def test_the_rule_takes_the_best_gap_unless_a_shorter_schedule_is_as_good():
+    assert squad_table.overlap_share(gap(0, -1, 1), gap(0.5, 0, 2)) == 0.5  # shares [0, 1]: half of each
+    assert squad_table.overlap_share(gap(0, -1, 1), gap(0, -0.2, 0.2)) == 1.0  # the narrower inside the wider
+    assert squad_table.overlap_share(gap(0, -1, 0), gap(1, 0.5, 1.5)) == 0.0
+    # 6 epochs best, a 4-epoch interval sharing most of it: the shorter schedule
+    assert squad_table.choose({"a-4ep": (4, gap(-0.1, -0.9, 0.7)), "b-6ep": (6, gap(0.1, -0.5, 0.7)),
+                               "c-4ep": (4, gap(-0.3, -0.6, 0.0))}) == "a-4ep"
+    # sharing exactly half is not more than half: the best stays
+    assert squad_table.choose({"a-4ep": (4, gap(-0.5, -1, 0)), "b-6ep": (6, gap(0.5, -0.5, 1.5))}) == "b-6ep"
+    # among equal schedules the highest mean, whatever the overlap
+    assert squad_table.choose({"a-4ep": (4, gap(-0.1, -0.9, 0.7)), "c-4ep": (4, gap(0.0, -0.1, 0.1))}) == "c-4ep"
+
+
+def test_the_selection_waits_for_every_candidate_then_names_the_rules_choice(monkeypatch, tmp_path):
+    recipes = {}
+    for name, epochs in (("short", 4), ("long", 6), ("final", 6)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"seeds: [1, 2, 3]\nheldout: {{fraction: 0.05, seed: 0}}\nvariants: []\n"
+                        f"params: {{finetune.epochs: {epochs}, finetune.learning_rate: {epochs}.0e-5}}\n")
+        recipes[name] = recipe_hash(load_recipe(path))
+    monkeypatch.setattr(squad_table, "RECIPES", tmp_path)
+
+    def run(recipe, sparse, commit="c" * 40):
+        return [r for seed, f1 in enumerate(sparse, 1)
+                for r in (record(seed, "dense", 80.0, recipe=recipe, commit=commit),
+                          record(seed, "sparse", 80.0 + f1, recipe=recipe, commit=commit))]
+
+    short_runs = run(recipes["short"], (-2.0, -1.0, -1.5), commit="a" * 40) + run(recipes["short"], (0.0, 0.2, -0.1))
+    text = squad_table.selection(short_runs)
+    assert "| short | 4 | `cccccccc` | 3 | +0.03 [" in text  # the latest run, not the first
+    assert "| long | 6 | not run yet | | |" in text and "final" not in text.replace("final.yaml", "")
+    assert text.endswith("Not chosen yet: long still to run.")
+    # short's interval [-0.35, +0.41]; long's [+0.65, +1.15] shares none of it: the better, longer schedule
+    chosen = squad_table.selection(short_runs + run(recipes["long"], (0.8, 1.0, 0.9)))
+    assert "| long | 6 | `cccccccc` | 3 | +0.90 [+0.65, +1.15] |" in chosen
+    assert chosen.endswith("The rule chooses **long**.")
+    # long's [-0.31, +0.45] better by a little, sharing nearly all of it: the shorter schedule
+    assert squad_table.selection(short_runs + run(recipes["long"], (0.1, -0.1, 0.2))).endswith(
+        "The rule chooses **short**.")
