@@ -105,12 +105,18 @@ def without_gelu_epilogue(report: dict) -> bool:
 
 
 def epilogue_note(reports) -> str:
-    """A caption's clause for tables whose fp16 dense ran its GELU as a kernel of its own ("" otherwise)."""
-    if not any(map(without_gelu_epilogue, reports)):
-        return ""
-    return ("; its fp16 dense ran each GELU as a kernel of its own, where the accelerated model's int8 layers apply "
-            f"it in the matmul's epilogue, as cuBLASLt can for fp16 dense too ([the probe]({GELU_PROBE})): the "
-            "accelerated speedups overstate what 2:4 and 8-bit buy")
+    """A caption's clauses on where a matrix's dense cells apply GELU: fp16 dense as a kernel of its own
+    (reports before the GELU-epilogue dense model), 8-bit dense always so ("" where neither applies)."""
+    reports = list(reports)
+    note = ""
+    if any(map(without_gelu_epilogue, reports)):
+        note += ("; its fp16 dense ran each GELU as a kernel of its own, where the accelerated model's int8 layers "
+                 f"apply it in the matmul's epilogue, as cuBLASLt can for fp16 dense too ([the probe]({GELU_PROBE})): "
+                 "the accelerated speedups overstate what 2:4 and 8-bit buy")
+    if any("8-bit dense" in cells for report in reports for cells in report.get("matrix", {}).values()):
+        note += ("; 8-bit dense runs GELU and its cast to 8 bits apart (torch's `_scaled_mm` and `_int_mm` take no "
+                 "epilogue, though cuBLASLt has one for fp8): \"2:4 at 8-bit\" counts that fusion as 2:4's")
+    return note
 
 
 def factor_table(runs) -> str | None:

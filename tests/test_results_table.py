@@ -79,10 +79,12 @@ def test_a_matrix_timed_without_the_gelu_epilogue_model_is_captioned_as_overstat
     assert "overstate what 2:4 and 8-bit buy" in table.splitlines()[0]
     assert table.splitlines()[2] == "| run | batch | 2:4 at fp16 |"  # only the factors the report has
     after = {"factors": {"bs16": {"2:4 at fp16": interval, "2:4 and 8-bit": interval}},
-             "matrix": {"bs16": {"fp16 dense": {"variant": "dense_gelu"}}},
+             "matrix": {"bs16": {"fp16 dense": {"variant": "dense_gelu"}, "8-bit dense": {"variant": "dense_fp8"}}},
              "latency_ms": {"bs16": {"dense_compiled": 3.0, "dense_gelu_compiled": 2.8, "accelerated_compiled": 2.0}}}
     (tmp_path / "after").mkdir()
     (tmp_path / "after" / "benchmark.json").write_text(json.dumps(after))
     table = results_table.factor_table([str(tmp_path / "after")])
     assert "overstate" not in table
+    assert table.splitlines()[0].endswith('"2:4 at 8-bit" counts that fusion as 2:4\'s:')  # 8-bit dense: GELU apart
+    assert "8-bit dense runs GELU" not in results_table.factor_table([str(tmp_path / "before")])
     assert table.splitlines()[2] == "| run | batch | 2:4 and 8-bit | 2:4 at fp16 |"
