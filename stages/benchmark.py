@@ -19,8 +19,8 @@ capability 8.9+), dense_fp8 (engine/kernels.py's Fp8Linear, fast accumulation); 
 accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan); 8-bit
 2:4, the accelerated model of an int8 plan. `factors` says, per batch size, what each factor buys,
 and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells timed in the same rounds
-with its interval; `matrix_absent` says which cells
-(or 8-bit kinds) were not measured and why.
+with its interval; `matrix_absent` says which cells (or 8-bit kinds) were not measured and why, and
+`matrix_gelu` where each cell applies GELU (the fusions the factors compare).
 
 Two checks mark what is not a result. A timing whose repeats spread more than NOISE_LIMIT
 (interquartile range / median), or that has a single timed call, is listed under
