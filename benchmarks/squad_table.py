@@ -204,11 +204,13 @@ def selection(records: list[dict]) -> str:
     for record in records:
         if record["on"] == "heldout":
             latest[record["recipe"]] = run_of(record)  # file order: a later run of a recipe replaces an earlier
-    rows, gaps, pending = [], {}, []
+    rows, gaps, pending, hashes, final = [], {}, [], {}, None
     for recipe, files in committed_recipes().items():
         for path, candidate in files:
             if path.stem == FINAL_RECIPE:
+                final = recipe
                 continue
+            hashes[path.stem] = recipe
             epochs = candidate["params"].get("finetune.epochs")
             run = latest.get(recipe)
             differences = paired_differences([r for r in records if run_of(r) == run], "sparse", "dense",
@@ -220,8 +222,13 @@ def selection(records: list[dict]) -> str:
             gap = gaps[path.stem] = (epochs, interval(list(differences.values())))
             rows.append(f"| {path.stem} | {epochs} | `{run[1][:8]}` | {gap[1]['n']} | {gap[1]['mean']:+.2f} "
                         f"[{gap[1]['low']:+.2f}, {gap[1]['high']:+.2f}] |")
-    verdict = (f"Not chosen yet: {', '.join(pending)} still to run." if pending or not gaps
-               else f"The rule chooses **{choose(gaps)}**.")
+    chosen = None if pending or not gaps else choose(gaps)
+    if final is not None and (chosen is None or hashes[chosen] != final):
+        raise ValueError(f"{RECIPES / FINAL_RECIPE}.yaml: its recipe {final} is not the rule's choice "
+                         f"({chosen or 'none yet: ' + ', '.join(pending) + ' still to run'}): dev is scored only "
+                         "for the recipe chosen on the held-out split")
+    verdict = (f"Not chosen yet: {', '.join(pending)} still to run." if chosen is None else
+               f"The rule chooses **{chosen}**" + (f"; {FINAL_RECIPE}.yaml holds it." if final else "."))
     return "\n".join(["**Selection** (held-out split; each candidate's latest run):", "",
                       "| candidate | fine-tuning epochs | code commit | seeds | 2:4 − dense [95% interval] |",
                       "|---|---|---|---|---|", *sorted(rows), "", verdict])

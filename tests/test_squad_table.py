@@ -124,7 +124,7 @@ def test_the_rule_takes_the_best_gap_unless_a_shorter_schedule_is_as_good():
 
 def test_the_selection_waits_for_every_candidate_then_names_the_rules_choice(monkeypatch, tmp_path):
     recipes = {}
-    for name, epochs in (("short", 4), ("long", 6), ("final", 6)):
+    for name, epochs in (("short", 4), ("long", 6)):
         path = tmp_path / f"{name}.yaml"
         path.write_text(f"seeds: [1, 2, 3]\nheldout: {{fraction: 0.05, seed: 0}}\nvariants: []\n"
                         f"params: {{finetune.epochs: {epochs}, finetune.learning_rate: {epochs}.0e-5}}\n")
@@ -139,7 +139,7 @@ def test_the_selection_waits_for_every_candidate_then_names_the_rules_choice(mon
     short_runs = run(recipes["short"], (-2.0, -1.0, -1.5), commit="a" * 40) + run(recipes["short"], (0.0, 0.2, -0.1))
     text = squad_table.selection(short_runs)
     assert "| short | 4 | `cccccccc` | 3 | +0.03 [" in text  # the latest run, not the first
-    assert "| long | 6 | not run yet | | |" in text and "final" not in text.replace("final.yaml", "")
+    assert "| long | 6 | not run yet | | |" in text
     assert text.endswith("Not chosen yet: long still to run.")
     # short's interval [-0.35, +0.41]; long's [+0.65, +1.15] shares none of it: the better, longer schedule
     chosen = squad_table.selection(short_runs + run(recipes["long"], (0.8, 1.0, 0.9)))
@@ -148,3 +148,24 @@ def test_the_selection_waits_for_every_candidate_then_names_the_rules_choice(mon
     # long's [-0.31, +0.45] better by a little, sharing nearly all of it: the shorter schedule
     assert squad_table.selection(short_runs + run(recipes["long"], (0.1, -0.1, 0.2))).endswith(
         "The rule chooses **short**.")
+
+
+def test_a_final_recipe_other_than_the_rules_choice_is_refused(monkeypatch, tmp_path):
+    for name, epochs in (("short", 4), ("long", 6)):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"seeds: [1, 2, 3]\nheldout: {{fraction: 0.05, seed: 0}}\nvariants: []\n"
+            f"params: {{finetune.epochs: {epochs}}}\n")
+    monkeypatch.setattr(squad_table, "RECIPES", tmp_path)
+    recipes = {path.stem: recipe for recipe, files in squad_table.committed_recipes().items() for path, _ in files}
+    records = [r for recipe, gaps in ((recipes["short"], (0.0, 0.2, -0.1)), (recipes["long"], (0.8, 1.0, 0.9)))
+               for seed, gap in enumerate(gaps, 1)
+               for r in (record(seed, "dense", 80.0, recipe=recipe), record(seed, "sparse", 80.0 + gap, recipe=recipe))]
+    final = tmp_path / "final.yaml"
+    final.write_text((tmp_path / "short.yaml").read_text().replace("[1, 2, 3]", "[1, 2, 3, 4, 5]"))
+    with pytest.raises(ValueError, match=r"final.yaml: its recipe \w+ is not the rule's choice \(long\)"):
+        squad_table.selection(records)
+    final.write_text((tmp_path / "long.yaml").read_text().replace("variants: []", "variants: [control, int8]"))
+    chosen = squad_table.selection(records)
+    assert chosen.endswith("The rule chooses **long**; final.yaml holds it.") and "| final |" not in chosen
+    with pytest.raises(ValueError, match="none yet: long still to run"):
+        squad_table.selection(records[:6])  # short's run alone: the choice is not made yet
