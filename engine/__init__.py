@@ -16,7 +16,8 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - timing: every speed comparison's timing: variants interleaved in rounds, the median ratio with its
   bootstrap interval (trusted within ±3%), GPU clocks and power from nvidia-smi.
 - int8_dense: the int8 dense Linear (torch._int_mm, the int8 2:4 layers' scaling), an 8-bit dense baseline.
-- dense_gelu: the dense Linear with cuBLASLt's GELU epilogue, the fp16 dense baseline given int8_gelu's fusion.
+- gelu_epilogue: fp16 Linears with GELU in the matmul's epilogue (dense: cuBLASLt; 2:4: cuSPARSELt), the
+  benchmark's fp16 cells given the fusion int8_gelu has.
 - graphs: CUDA graph capture and replay; any input shape padded up to a captured bucket.
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
 - adapters: what the engine knows of each architecture family (BERT, RoBERTa, DistilBERT): its

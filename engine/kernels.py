@@ -8,7 +8,7 @@ configs:
 - Int8ReferenceConfig: what the int8 kernel computes, in float64 on any device (Int8ReferenceLinear),
   so a CPU run scores the int8 model;
 - Fp8Config: dense fp8 e4m3 through torch._scaled_mm (Fp8Linear), one of the benchmark's 8-bit dense
-  models (engine/int8_dense.py registers the other, Int8DenseConfig; engine/dense_gelu.py the fp16
+  models (engine/int8_dense.py registers the other, Int8DenseConfig; engine/gelu_epilogue.py the fp16
   dense Linear with the GELU epilogue, GeluEpilogueConfig).
 
 Why not `torch.sparse.to_sparse_semi_structured`: measured on an H100 (torch 2.11, cuSPARSELt 0.8)
@@ -236,6 +236,12 @@ def sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None
               planned: PlannedMM | None = None) -> torch.Tensor:
     """x2d @ W.t() + bias with W packed by torch._cslt_compress."""
     return _cslt_tokens_mm(packed, x2d, bias, alg_id, planned=planned)
+
+
+def gelu_sparse_mm(packed: torch.Tensor, x2d: torch.Tensor, bias: torch.Tensor | None, alg_id: int,
+                   planned: PlannedMM) -> torch.Tensor:
+    """GELU (tanh form) of sparse_mm, in cuSPARSELt's epilogue: through the plan cache only."""
+    return _cslt_tokens_mm(packed, x2d, bias, alg_id, gelu_scale=1.0, planned=planned)
 
 
 def int8_sparse_mm(packed: torch.Tensor, x_q: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor,

@@ -12,11 +12,12 @@ is recorded and the others still run. On a GPU it also runs the tutorial's singl
 
 The 2x2 matrix {fp16, 8-bit} x {dense, 2:4}, on a GPU with 2:4 kernels and compile on, all compiled:
 fp16 dense, the faster per batch size of the unpruned model and dense_gelu (the same with cuBLASLt's
-GELU epilogue on the Linear before each GELU, engine/dense_gelu.py: the fusion the int8 2:4 layers'
-int8_gelu has); 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
+GELU epilogue on the Linear before each GELU, engine/gelu_epilogue.py: the fusion the int8 2:4 layers'
+int8_gelu has; checked against the model on the calibration input); 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
 dense tensor cores, calibrated as the int8 2:4 layers are) and, where fp8 tensor cores are (compute
 capability 8.9+), dense_fp8 (engine/kernels.py's Fp8Linear, fast accumulation); fp16 2:4, the
-accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan); 8-bit
+accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan), or
+the same with cuSPARSELt's GELU epilogue where it runs fp16 2:4 (the faster, as for dense); 8-bit
 2:4, the accelerated model of an int8 plan. `factors` says, per batch size, what each factor buys,
 and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells timed in the same rounds
 with its interval; `matrix_absent` says which cells (or 8-bit kinds) were not measured and why, and
@@ -55,7 +56,7 @@ from engine.adapters import encoder_linears
 from engine.attention import capture_context, use_fused_attention
 from engine.calibration import calibrate_int8, fp8_input_scales, int8_layers
 from engine.common import best_device, relative_error
-from engine.dense_gelu import gelu_epilogue_model
+from engine.gelu_epilogue import AppliedGelu, gelu_epilogue_model
 from engine.graphs import CudaGraphRunner
 from engine.int8_dense import Int8DenseConfig
 from engine.kernels import (
@@ -105,8 +106,10 @@ EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8")  # the 8-bit dense cell is the fas
 # Where each cell applies the GELU after the FFN-in Linear: the fusions the factors compare.
 MATRIX_GELU = {"fp16 dense": "in cuBLASLt's matmul epilogue (dense_gelu), where that timed faster",
                "8-bit dense": "a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue",
-               "fp16 2:4": "a kernel of its own: the engine has no fp16 GELU epilogue",
+               "fp16 2:4": "in cuSPARSELt's epilogue (the _gelu variant, plan cache on), where that timed faster",
                "8-bit 2:4": "with the next layer's quantization in cuSPARSELt's epilogue, where the plan runs int8_gelu"}
+# GELU's tanh form in an epilogue against the model's erf GELU, in fp16: far below this on bert-base.
+GELU_EPILOGUE_MAX_ERROR = 1e-2
 MATRIX_MODE = "compiled"
 # The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
 PER_BATCH_SIZE = ("latency_ms", "samples_per_s", "speedup", "speedup_interval", "speedup_range", "matrix",
@@ -148,22 +151,47 @@ def matrix_unavailable(on_gpu: bool, plan: Plan, mode_names: list[str]) -> str |
 
 def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, device: torch.device,
                   dtype: torch.dtype, calibration: dict[str, torch.Tensor],
-                  params) -> tuple[dict[str, torch.nn.Module], dict[str, str], dict[str, str]]:
-    """(the models the matrix adds to dense and accelerated, timed compiled only; the 2:4 cells'
-    variants; what is absent, cell or 8-bit kind, and why)."""
-    models = {"dense_gelu": gelu_epilogue_model(dense),
-              "dense_int8": int8_dense_model(dense, calibration, params["accelerate.int8_smoothing"])}
+                  params) -> tuple[dict[str, torch.nn.Module], dict[str, tuple[str, ...]], dict[str, str]]:
+    """(the models the matrix adds to dense and accelerated, timed compiled only; the variants each
+    2:4 cell is the faster of; what is absent, cell or variant, and why)."""
+    models = {"dense_int8": int8_dense_model(dense, calibration, params["accelerate.int8_smoothing"])}
     absent = {}
     if fp8_available(device):
         models["dense_fp8"] = fp8_model(dense, calibration)
     else:
         absent["dense_fp8"] = "no fp8 tensor cores (compute capability below 8.9)"
+    add_gelu_epilogue("dense", dense, calibration, models, absent)
     if plan.precision == "int8":
-        models["accelerated_fp16"] = load_accelerated(accelerated_dir, device, dtype, graphs=False,
-                                                      plan=fp16_plan(plan))
-        return models, {"fp16 2:4": "accelerated_fp16", "8-bit 2:4": "accelerated"}, absent
+        fp16 = models["accelerated_fp16"] = load_accelerated(accelerated_dir, device, dtype, graphs=False,
+                                                             plan=fp16_plan(plan))
+        add_gelu_epilogue("accelerated_fp16", fp16, calibration, models, absent)
+        return models, {"fp16 2:4": ("accelerated_fp16", "accelerated_fp16_gelu"), "8-bit 2:4": ("accelerated",)}, absent
+    fp16 = load_accelerated(accelerated_dir, device, dtype, graphs=False, plan=plan)
+    add_gelu_epilogue("accelerated", fp16, calibration, models, absent)
     absent["8-bit 2:4"] = "accelerate.precision is fp16: no int8 2:4 model (with int8, both 2:4 cells are measured)"
-    return models, {"fp16 2:4": "accelerated"}, absent
+    return models, {"fp16 2:4": ("accelerated", "accelerated_gelu")}, absent
+
+
+def add_gelu_epilogue(name: str, model: torch.nn.Module, calibration: dict[str, torch.Tensor],
+                      models: dict[str, torch.nn.Module], absent: dict[str, str]) -> None:
+    """models[name_gelu]: `model` with the GELU epilogue (engine/gelu_epilogue.py) where some Linear
+    takes it and the logits on the calibration input stay within GELU_EPILOGUE_MAX_ERROR of `model`'s;
+    else absent[name_gelu] says why (a 2:4 kernel refusing the epilogue among the reasons)."""
+    variant = f"{name}_gelu"
+    try:
+        candidate = gelu_epilogue_model(model)
+        if not any(isinstance(module, AppliedGelu) for module in candidate.modules()):
+            absent[variant] = "no Linear before a GELU can take the epilogue (int8 there, or the plan cache off)"
+            return
+        with torch.inference_mode():
+            error = relative_error(model(**calibration).start_logits, candidate(**calibration).start_logits)
+    except RuntimeError as err:  # the library refusing the epilogue (cuSPARSELt's status, as plan_cache raises it)
+        absent[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return
+    if error > GELU_EPILOGUE_MAX_ERROR:
+        absent[variant] = f"its logits differ from {name}'s by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR}"
+    else:
+        models[variant] = candidate
 
 
 def wrap(model: torch.nn.Module, mode: str, on_gpu: bool):
@@ -288,15 +316,15 @@ def measure_batch(models: dict, input_ids: torch.Tensor, mode_names: list[str], 
     return timings
 
 
-def matrix_cells(timings: Rounds, two_four: dict[str, str]) -> dict[str, str]:
-    """Each cell of the matrix these rounds measured -> its variant: fp16 dense the faster (median) of
-    FP16_DENSE, 8-bit dense of EIGHT_BIT_DENSE, the 2:4 cells as `two_four` names them."""
+def matrix_cells(timings: Rounds, two_four: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Each cell of the matrix these rounds measured -> its variant, the faster (median) of the cell's
+    timed variants: FP16_DENSE, EIGHT_BIT_DENSE, and the 2:4 cells' as `two_four` names them."""
     timed = timings.times_ms
     cells = {}
-    for cell, variants in (("fp16 dense", FP16_DENSE), ("8-bit dense", EIGHT_BIT_DENSE)):
+    for cell, variants in {"fp16 dense": FP16_DENSE, "8-bit dense": EIGHT_BIT_DENSE, **two_four}.items():
         if measured := [variant for variant in variants if variant in timed]:
             cells[cell] = min(measured, key=timings.median_ms)
-    return cells | {cell: variant for cell, variant in two_four.items() if variant in timed}
+    return cells
 
 
 def factor_table(timings: Rounds, cells: dict[str, str]) -> dict[str, dict | None]:
@@ -307,7 +335,7 @@ def factor_table(timings: Rounds, cells: dict[str, str]) -> dict[str, dict | Non
             for factor, (baseline, faster) in FACTORS.items()}
 
 
-def batch_tables(timings: dict[str, Rounds], batch: int, two_four: dict[str, str]) -> dict[str, dict]:
+def batch_tables(timings: dict[str, Rounds], batch: int, two_four: dict[str, tuple[str, ...]]) -> dict[str, dict]:
     """One batch size's row of each per-batch-size table (PER_BATCH_SIZE, less those left empty) and
     its spreads, from measure_batch's timings."""
     tables = {name: {} for name in PER_BATCH_SIZE + ("spread",)}

@@ -2,6 +2,7 @@
 models, the 2x2 matrix's factors on known numbers and what a CPU report says of the matrix."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import tiny_params
 
 from engine.common import relative_error
+from engine.gelu_epilogue import AppliedGelu
 from engine.int8_dense import Int8DenseLinear
 from engine.kernels import Fp8Linear
 from engine.timing import Rounds
@@ -103,7 +105,7 @@ def constant_rounds(ms_by_variant: dict[str, float], rounds: int = 10) -> Rounds
 def test_factor_table_says_what_each_factor_buys_on_known_numbers():
     timings = constant_rounds({"dense": 10.0, "dense_int8": 6.0, "dense_fp8": 5.0, "accelerated_fp16": 8.0,
                                "accelerated": 4.0})
-    two_four = {"fp16 2:4": "accelerated_fp16", "8-bit 2:4": "accelerated"}
+    two_four = {"fp16 2:4": ("accelerated_fp16", "accelerated_fp16_gelu"), "8-bit 2:4": ("accelerated",)}
     cells = benchmark.matrix_cells(timings, two_four)
     assert cells == {"fp16 dense": "dense", "8-bit dense": "dense_fp8", "fp16 2:4": "accelerated_fp16",
                      "8-bit 2:4": "accelerated"}  # 8-bit dense: the faster of int8 and fp8
@@ -113,18 +115,18 @@ def test_factor_table_says_what_each_factor_buys_on_known_numbers():
     assert all(interval["trusted"] and interval["low"] == interval["high"] for interval in factors.values())
     # an fp16 plan: no 8-bit 2:4 cell, so neither factor that needs it
     fp16_plan = constant_rounds({"dense": 10.0, "dense_int8": 6.0, "accelerated": 8.0})
-    cells = benchmark.matrix_cells(fp16_plan, {"fp16 2:4": "accelerated"})
+    cells = benchmark.matrix_cells(fp16_plan, {"fp16 2:4": ("accelerated", "accelerated_gelu")})
     assert cells == {"fp16 dense": "dense", "8-bit dense": "dense_int8", "fp16 2:4": "accelerated"}
     factors = benchmark.factor_table(fp16_plan, cells)
     assert factors["2:4 at 8-bit"] is None and factors["8-bit at 2:4"] is None and factors["2:4 and 8-bit"] is None
     assert factors["2:4 at fp16"]["median"] == 1.25 and factors["8-bit at dense"]["median"] == round(10 / 6, 3)
     # fp16 dense: the faster of the model as it comes and the one with the GELU epilogue
     epilogue = constant_rounds({"dense": 10.0, "dense_gelu": 9.0, "dense_fp8": 6.0, "accelerated_fp16": 8.0,
-                                "accelerated": 4.5})
+                                "accelerated_fp16_gelu": 7.5, "accelerated": 4.5})
     cells = benchmark.matrix_cells(epilogue, two_four)
-    assert cells["fp16 dense"] == "dense_gelu"
+    assert cells["fp16 dense"] == "dense_gelu" and cells["fp16 2:4"] == "accelerated_fp16_gelu"
     factors = benchmark.factor_table(epilogue, cells)
-    assert factors["2:4 and 8-bit"]["median"] == 2.0 and factors["2:4 at fp16"]["median"] == 1.125
+    assert factors["2:4 and 8-bit"]["median"] == 2.0 and factors["2:4 at fp16"]["median"] == 1.2
     slower = constant_rounds({"dense": 10.0, "dense_gelu": 11.0})
     assert benchmark.matrix_cells(slower, {}) == {"fp16 dense": "dense"}
 
@@ -132,7 +134,7 @@ def test_factor_table_says_what_each_factor_buys_on_known_numbers():
 def test_a_batch_sizes_tables_hold_latency_throughput_speedup_and_the_matrix():
     timings = {"compiled": constant_rounds({"dense": 10.0, "dense_int8": 6.0, "accelerated": 8.0}),
                "eager": constant_rounds({"dense": 20.0, "accelerated": 25.0}, rounds=3)}
-    tables = benchmark.batch_tables(timings, 16, {"fp16 2:4": "accelerated"})
+    tables = benchmark.batch_tables(timings, 16, {"fp16 2:4": ("accelerated",)})
     assert tables["latency_ms"] == {"dense_compiled": 10.0, "dense_int8_compiled": 6.0, "accelerated_compiled": 8.0,
                                     "dense_eager": 20.0, "accelerated_eager": 25.0}
     assert tables["samples_per_s"]["dense_compiled"] == 1600.0 and tables["samples_per_s"]["accelerated_eager"] == 640.0
@@ -144,3 +146,28 @@ def test_a_batch_sizes_tables_hold_latency_throughput_speedup_and_the_matrix():
                                 "fp16 2:4": {"variant": "accelerated", "ms": 8.0, "samples_per_s": 2000.0}}
     assert set(tables["factors"]) == set(benchmark.FACTORS)
     assert "gpu_clocks" not in tables and "peak_memory_mb" not in tables  # none on a CPU
+
+
+def test_a_gelu_epilogue_variant_joins_the_matrix_only_where_it_runs_and_agrees(tiny_model, monkeypatch):
+    model = load_qa_model(str(tiny_model)).eval()
+    calibration = {"input_ids": torch.randint(0, model.config.vocab_size, (2, 16),
+                                              generator=torch.Generator().manual_seed(0))}
+    models, absent = {}, {}
+    benchmark.add_gelu_epilogue("dense", model, calibration, models, absent)
+    assert list(models) == ["dense_gelu"] and absent == {}
+
+    class Refusing(torch.nn.Module):  # what a library refusing the epilogue looks like from here
+        def __init__(self):
+            super().__init__()
+            self.act = AppliedGelu()
+
+        def forward(self, **inputs):
+            raise RuntimeError("cuSPARSELt plan: CUSPARSE_STATUS_NOT_SUPPORTED (status 10)\nmore lines")
+
+    monkeypatch.setattr(benchmark, "gelu_epilogue_model", lambda model: Refusing())
+    benchmark.add_gelu_epilogue("accelerated_fp16", model, calibration, models, absent)
+    assert absent == {"accelerated_fp16_gelu": "RuntimeError: cuSPARSELt plan: CUSPARSE_STATUS_NOT_SUPPORTED (status 10)"}
+    monkeypatch.setattr(benchmark, "gelu_epilogue_model", lambda model: copy.deepcopy(model))  # nothing took it
+    benchmark.add_gelu_epilogue("accelerated", model, calibration, models, absent)
+    assert absent["accelerated_gelu"].startswith("no Linear before a GELU can take the epilogue")
+    assert list(models) == ["dense_gelu"]

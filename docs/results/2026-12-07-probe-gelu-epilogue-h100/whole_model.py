@@ -1,5 +1,5 @@
 """Whole bert-base-shaped model (random weights: a shape probe, not a model result), fp16, compiled +
-CUDA graphs as the benchmark times it: dense as it comes against dense_gelu (engine/dense_gelu.py),
+CUDA graphs as the benchmark times it: dense as it comes against dense_gelu (engine/gelu_epilogue.py),
 interleaved rounds (engine/timing.py), at batch 16 and 256, seq 384. From the repository root:
     python docs/results/2026-12-07-probe-gelu-epilogue-h100/whole_model.py"""
 import json
@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from engine.adapters import fuse_qkv  # noqa: E402
 from engine.attention import capture_context, use_fused_attention  # noqa: E402
 from engine.common import relative_error  # noqa: E402
-from engine.dense_gelu import gelu_epilogue_model  # noqa: E402
+from engine.gelu_epilogue import gelu_epilogue_model  # noqa: E402
 from engine.graphs import CudaGraphRunner  # noqa: E402
 from engine.timing import interleaved, ratio_interval  # noqa: E402
 from engine.tuning import random_ids  # noqa: E402
