@@ -15,6 +15,7 @@ from engine.gelu_epilogue import (
     AppliedGelu,
     GeluEpilogueLinear,
     SparseGeluEpilogueLinear,
+    epilogue_error,
     gelu_epilogue_model,
     linear_gelu,
     why_no_sparse_epilogue,
@@ -128,3 +129,21 @@ def test_the_model_wraps_sparse_linears_that_can_take_the_epilogue_and_leaves_th
     with torch.no_grad():
         error = relative_error(model(input_ids=input_ids).start_logits, converted(input_ids=input_ids).start_logits)
     assert 0 < error < 1e-3
+
+
+def test_the_epilogue_check_catches_a_library_that_leaves_gelu_out():
+    linear = nn.Linear(32, 64).half()
+    weight = linear.weight.detach()
+
+    def layer(planned) -> SparseGeluEpilogueLinear:
+        sparse = SparseLinear(linear, {16: None, 48: None, 96: None}, planned=planned)
+        sparse.set_kernels({16: None, 48: Kernel("fp16", 2), 96: Kernel("fp16", 7)})
+        sparse.packed = weight  # where a GPU keeps the packed weight; the stand-ins read `weight`
+        return SparseGeluEpilogueLinear(sparse)
+
+    calls = []
+    assert epilogue_error(layer(planned_reference(weight, calls))) < 2e-3
+    # each fp16 bucket checked once with the epilogue and once without
+    assert len(calls) == 4 and set(calls) == {(48, 2, None), (48, 2, 1.0), (96, 7, None), (96, 7, 1.0)}
+    ignores_it = planned_reference(weight, [])
+    assert epilogue_error(layer(lambda *args: ignores_it(*args[:-1], None))) > 0.1
