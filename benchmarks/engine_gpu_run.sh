@@ -183,7 +183,7 @@ if [ -d "$WORK" ]; then
   step benchmark 240 450 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
     --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
     --out "$RUNNING/benchmark/benchmark.json"
-  # Where each model's GPU time goes (five models a batch size, each compiled afresh).
+  # Where each model's GPU time goes (up to seven models a batch size, each compiled afresh).
   # shellcheck disable=SC2086
   step profile 150 400 "$PY" benchmarks/engine_profile.py --work "$WORK" --batch-sizes $PROFILE_BATCH_SIZES \
     --matrix --steps 5 --out "$RUNNING/profile/profile.json"

@@ -1,9 +1,10 @@
 """Where an inference forward's time goes, model by model: the benchmark's dense and accelerated
-models and, with --matrix, the rest of its 2x2 matrix (8-bit dense, fp16 2:4), built as the benchmark
-stage builds them. Each is compiled as the benchmark times it (static shapes) and profiled, without
-CUDA graphs so that every kernel shows, over --steps forwards per batch size; its GPU time is grouped
-by what the kernels do (GROUPS: dense and 2:4 GEMMs by precision, attention, norms and what inductor
-fused into them, other fused elementwise, copies), each group with every kernel's time, busiest first
+models and, with --matrix, the rest of its 2x2 matrix (8-bit dense, fp16 2:4, the GELU-epilogue
+variants), built as the benchmark stage builds them. Each is compiled as the benchmark times it
+(static shapes) and profiled, without CUDA graphs so that every kernel shows, over --steps forwards
+per batch size; its GPU time is grouped by what the kernels do (GROUPS: dense and 2:4 GEMMs by
+precision, attention, norms and what inductor fused into them, other fused elementwise, copies), each
+group with every kernel's time, busiest first
 (so a file can be regrouped by later rules). Beside it, one forward's median wall time compiled
 (`wall_ms`) and, on a GPU, compiled and replayed as a CUDA graph (`graphed_ms`, the benchmark's
 figure): the kernels' sum against the graph's wall is the GPU's idle time, the compiled wall against
