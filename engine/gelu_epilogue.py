@@ -78,8 +78,8 @@ class SparseGeluEpilogueLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sparse = self.sparse
         kernel = sparse.kernels[bucket_for(x.numel() // sparse.in_features, sparse.buckets)]
-        if kernel is None:
-            return F.gelu(F.linear(x, sparse.weight, sparse.bias), approximate="tanh")
+        if kernel is None:  # the layer's own dense path, then GELU
+            return F.gelu(sparse(x), approximate="tanh")
         out = gelu_sparse_mm(sparse.packed, x.reshape(-1, sparse.in_features).contiguous(), sparse.bias,
                              kernel.alg_id, sparse.planned)
         return out.reshape(*x.shape[:-1], sparse.out_features)

@@ -13,15 +13,15 @@ is recorded and the others still run. On a GPU it also runs the tutorial's singl
 The 2x2 matrix {fp16, 8-bit} x {dense, 2:4}, on a GPU with 2:4 kernels and compile on, all compiled:
 fp16 dense, the faster per batch size of the unpruned model and dense_gelu (the same with cuBLASLt's
 GELU epilogue on the Linear before each GELU, engine/gelu_epilogue.py: the fusion the int8 2:4 layers'
-int8_gelu has; checked against the model on the calibration input); 8-bit dense, the faster per batch size of dense_int8 (engine/int8_dense.py: int8 on the
-dense tensor cores, calibrated as the int8 2:4 layers are) and, where fp8 tensor cores are (compute
-capability 8.9+), dense_fp8 (engine/kernels.py's Fp8Linear, fast accumulation); fp16 2:4, the
-accelerated model of an fp16 plan or the fp16 counterpart of an int8 one (planner.fp16_plan), or
-the same with cuSPARSELt's GELU epilogue where it runs fp16 2:4 (the faster, as for dense); 8-bit
-2:4, the accelerated model of an int8 plan. `factors` says, per batch size, what each factor buys,
-and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells timed in the same rounds
-with its interval; `matrix_absent` says which cells (or 8-bit kinds) were not measured and why, and
-`matrix_gelu` where each cell applies GELU (the fusions the factors compare).
+int8_gelu has; checked against the model on the calibration input); 8-bit dense, the faster per batch
+size of dense_int8 (engine/int8_dense.py: int8 on the dense tensor cores, calibrated as the int8 2:4
+layers are) and, where fp8 tensor cores are (compute capability 8.9+), dense_fp8 (engine/kernels.py's
+Fp8Linear, fast accumulation); fp16 2:4, the accelerated model of an fp16 plan or the fp16 counterpart
+of an int8 one (planner.fp16_plan), or the same with cuSPARSELt's GELU epilogue where it runs fp16 2:4
+(the faster, as for dense); 8-bit 2:4, the accelerated model of an int8 plan. `factors` says, per batch
+size, what each factor buys, and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells
+timed in the same rounds with its interval; `matrix_absent` says which cells (or 8-bit kinds) were not
+measured and why, and `matrix_gelu` where each cell applies GELU (the fusions the factors compare).
 
 Two checks mark what is not a result. A timing whose repeats spread more than NOISE_LIMIT
 (interquartile range / median), or that has a single timed call, is listed under
@@ -107,7 +107,8 @@ EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8")  # the 8-bit dense cell is the fas
 MATRIX_GELU = {"fp16 dense": "in cuBLASLt's matmul epilogue (dense_gelu), where that timed faster",
                "8-bit dense": "a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue",
                "fp16 2:4": "in cuSPARSELt's epilogue (the _gelu variant, plan cache on), where that timed faster",
-               "8-bit 2:4": "with the next layer's quantization in cuSPARSELt's epilogue, where the plan runs int8_gelu"}
+               "8-bit 2:4": ("with the next layer's quantization in cuSPARSELt's epilogue, "
+                             "where the plan runs int8_gelu")}
 # GELU's tanh form in an epilogue against the model's erf GELU, in fp16: far below this on bert-base.
 GELU_EPILOGUE_MAX_ERROR = 1e-2
 MATRIX_MODE = "compiled"
@@ -165,7 +166,8 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
         fp16 = models["accelerated_fp16"] = load_accelerated(accelerated_dir, device, dtype, graphs=False,
                                                              plan=fp16_plan(plan))
         add_gelu_epilogue("accelerated_fp16", fp16, calibration, models, absent)
-        return models, {"fp16 2:4": ("accelerated_fp16", "accelerated_fp16_gelu"), "8-bit 2:4": ("accelerated",)}, absent
+        two_four = {"fp16 2:4": ("accelerated_fp16", "accelerated_fp16_gelu"), "8-bit 2:4": ("accelerated",)}
+        return models, two_four, absent
     fp16 = load_accelerated(accelerated_dir, device, dtype, graphs=False, plan=plan)
     add_gelu_epilogue("accelerated", fp16, calibration, models, absent)
     absent["8-bit 2:4"] = "accelerate.precision is fp16: no int8 2:4 model (with int8, both 2:4 cells are measured)"
@@ -193,7 +195,8 @@ def add_gelu_epilogue(name: str, model: torch.nn.Module, calibration: dict[str, 
         absent[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         return
     if error > GELU_EPILOGUE_MAX_ERROR:
-        absent[variant] = f"its logits differ from {name}'s by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR}"
+        absent[variant] = (f"its outputs differ by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR} (the logits against "
+                           f"{name}'s, or a 2:4 epilogue against GELU after the same call)")
     else:
         models[variant] = candidate
 
