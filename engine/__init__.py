@@ -25,7 +25,8 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
   keyed by encoder layer class, and the generic per-Linear path for any other architecture.
 - attention: the fused query/key/value attention of each family and sdpa masks the fused kernels take.
 - calibration: each Linear's inputs, the int8 smoothing and scales, fp8 scales.
-- errors: InputError, the engine's error for bad input (the pipeline's StageError is one).
+- errors: InputError, the engine's error for bad input (the pipeline's StageError is one), and the first line
+  of an error's message that one-line errors quote.
 - common: atomic JSON writes, the default device, relative_error.
 - models: loading a question-answering model and tokenizer, its positions, its encoder's Linears
   (as its adapter says).

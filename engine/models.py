@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 def _from_pretrained(loader, source: str, what: str, **kwargs):
@@ -18,7 +18,7 @@ def _from_pretrained(loader, source: str, what: str, **kwargs):
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else ""
-        raise InputError(f"model.name={source}: cannot load the {what}{hint}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"model.name={source}: cannot load the {what}{hint}: {first_line(err)}") from None
     except SafetensorError as err:  # a truncated or corrupt weights file: bad input, not worth a retry
         raise InputError(f"{source}: cannot read the {what}'s weights ({err})") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refuses pickled objects other than tensors

@@ -32,6 +32,7 @@ import torch
 
 from .config import EngineConfig
 from .runtime import loaded_version, mapped_cusparselt
+from .errors import first_line
 
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
 SOURCE = Path(__file__).with_name("cslt_plans.c")
@@ -291,7 +292,7 @@ def _enable() -> str:
         cache = PlanCache(library, lambda status: (status_text(status) or b"?").decode())
         wrong = mismatch(cache)
     except (PlanCacheError, OSError, RuntimeError, AttributeError) as err:
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return first_line(err)
     if wrong:
         return wrong
     _state["cache"] = cache

@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
-from engine.errors import InputError  # noqa: E402
+from engine.errors import InputError, typed_first_line  # noqa: E402
 from flows import server  # noqa: E402
 from stages.common import (  # noqa: E402
     atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
@@ -207,8 +207,7 @@ def one_line(err: BaseException) -> str:
         return str(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return typed_first_line(err)
 
 
 def main(stage: StageFlow, args: argparse.Namespace) -> None:

@@ -56,6 +56,7 @@ from engine.adapters import encoder_linears
 from engine.attention import capture_context, use_fused_attention
 from engine.calibration import calibrate_int8, fp8_input_scales, int8_layers
 from engine.common import best_device, relative_error
+from engine.errors import typed_first_line
 from engine.gelu_epilogue import AppliedGelu, SparseGeluEpilogueLinear, epilogue_error, gelu_epilogue_model
 from engine.graphs import CudaGraphRunner
 from engine.int8_dense import Int8DenseConfig
@@ -192,7 +193,7 @@ def add_gelu_epilogue(name: str, model: torch.nn.Module, calibration: dict[str, 
             error = max([error, *(epilogue_error(module) for module in candidate.modules()
                                   if isinstance(module, SparseGeluEpilogueLinear))])
     except RuntimeError as err:  # the library refusing the epilogue (cuSPARSELt's status, as plan_cache raises it)
-        absent[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        absent[variant] = typed_first_line(err)
         return
     if error > GELU_EPILOGUE_MAX_ERROR:
         absent[variant] = (f"its outputs differ by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR} (the logits against "

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import yaml
 
+from engine.errors import first_line
+
 
 class ParamError(ValueError):
     """A params.yaml value of the wrong type or range; the message names the field."""
@@ -242,5 +244,5 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise ParamError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
-        raise ParamError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ParamError(f"{path}: not valid YAML ({first_line(err)})") from None
     return validate(raw, str(path))

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engine.errors import first_line
 from engine.spans import span_end
 
 from .common import StageError
@@ -180,7 +181,7 @@ def _load_hub_squad() -> tuple[list[dict], list[dict]]:
     try:
         squad = datasets.load_dataset("squad")
     except Exception as err:  # the hub raises many types: connection, offline mode, missing
-        raise StageError(f"data.source=squad: cannot load 'squad' from the hub: {str(err).splitlines()[0]}") from None
+        raise StageError(f"data.source=squad: cannot load 'squad' from the hub: {first_line(err)}") from None
     return [dict(e) for e in squad["train"]], [dict(e) for e in squad["validation"]]
 
 

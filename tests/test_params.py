@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from engine.errors import InputError
+import engine.models
+from engine.errors import InputError, first_line, typed_first_line
 from engine.models import load_qa_model
 from stages.common import StageError
 from stages.modeling import resolve_model_source
@@ -97,6 +98,24 @@ def test_hub_id_offline_fails_in_one_line(monkeypatch):
         load_qa_model("bert-base-cased")
     assert str(err.value).startswith("model.name=bert-base-cased: cannot load the model (HF_HUB_OFFLINE=1")
     assert "\n" not in str(err.value)
+
+
+def test_a_load_error_with_an_empty_message_still_fails_in_one_line(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError()  # str() is "": quoting its first line must not fail itself
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(engine.models.AutoModelForQuestionAnswering, "from_pretrained", refuse)
+    with pytest.raises(InputError, match=r"^model.name=some/model: cannot load the model: OSError$"):
+        load_qa_model("some/model")
+
+
+def test_first_line_of_an_error():
+    assert first_line(ValueError("bad value\n  traceback detail")) == "bad value"
+    assert first_line(ValueError("\n  indented first\nsecond")) == "indented first"
+    assert first_line(OSError()) == "OSError"
+    assert typed_first_line(KeyError("x")) == "KeyError: 'x'"
+    assert typed_first_line(RuntimeError("")) == "RuntimeError"
 
 
 def test_embedded_model_is_a_real_pretrained_bert():
