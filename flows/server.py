@@ -54,9 +54,17 @@ def run_owner() -> psutil.Process:
     return psutil.Process()
 
 
+def start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot (/proc/PID/stat's 22nd field). Unlike
+    create_time(), which adds the boot time as the wall clock now puts it, it cannot move when the clock
+    is adjusted: two stages of one run must name their owner's state file alike."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(after_name[19])  # fields from the 3rd on: the 22nd is the 20th here
+
+
 def state_file(owner: psutil.Process) -> Path:
     # the start time tells a reused process id from the owner
-    return servers_dir() / f"{owner.pid}-{int(owner.create_time() * 100)}.json"
+    return servers_dir() / f"{owner.pid}-{start_ticks(owner.pid)}.json"
 
 
 def is_healthy(url: str) -> bool:
@@ -137,7 +145,8 @@ def serve(owner_pid: int, port: int) -> None:
                       PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false")
     try:
         owner = psutil.Process(owner_pid)
-    except psutil.NoSuchProcess:
+        own_state = state_file(owner)
+    except (psutil.NoSuchProcess, FileNotFoundError):
         return
     import uvicorn
 
@@ -151,8 +160,7 @@ def serve(owner_pid: int, port: int) -> None:
 
     threading.Thread(target=watch, args=(owner, stop), daemon=True).start()
     server.run()
-    with contextlib.suppress(psutil.Error):
-        state_file(owner).unlink(missing_ok=True)
+    own_state.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,23 @@ def test_killed_stage_leaves_no_server(project, signum):
     assert not servers_in(root)
 
 
+def test_a_runs_state_file_keeps_its_name_when_the_wall_clock_moves(monkeypatch):
+    """Each stage names its run's state file from the owner's start: a name that moved with the clock
+    (psutil's create_time adds the boot time as the clock now puts it) sent a later stage of the run to
+    start a second server."""
+    from flows import server
+
+    owner = psutil.Process(os.getppid())
+    name, started = server.state_file(owner), owner.create_time()
+    since_boot = server.start_ticks(owner.pid) / os.sysconf("SC_CLK_TCK")
+    assert since_boot == pytest.approx(started - psutil.boot_time(), abs=0.02)
+    boot_time = psutil._pslinux.boot_time
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: boot_time() + 1.0)  # the clock stepped 1 s
+    moved = psutil.Process(owner.pid)
+    assert moved.create_time() == pytest.approx(started + 1.0)  # what the name used to be made of
+    assert server.state_file(moved) == name
+
+
 def test_stages_of_one_dvc_run_share_one_server_that_stops_with_the_run(project):
     root, env = project
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "tokenize", "train_baseline"],
