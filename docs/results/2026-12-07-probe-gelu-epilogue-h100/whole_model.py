@@ -7,9 +7,12 @@ CUDA graphs as the benchmark times it, interleaved rounds (engine/timing.py), se
   fusion torch's own 8-bit matmuls cannot take).
 From the repository root:
     python docs/results/2026-12-07-probe-gelu-epilogue-h100/whole_model.py [BATCH ...]   (default 16 256)
+PROBE_VARIANTS (comma-separated names; default all) picks the variants: max-autotune of the fp8 model
+benchmarks 106 choices per matmul shape (over a minute each on an H100).
 Prints one line per batch size as it goes and the whole result as JSON last."""
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ fp8 = fp8_model(dense, calibration)
 models = {"dense": (dense, None), "dense_gelu": (gelu_epilogue_model(dense), None),
           "dense_int8": (int8, None), "dense_int8_autotune": (copy.deepcopy(int8), AUTOTUNE),
           "dense_fp8": (fp8, None), "dense_fp8_autotune": (copy.deepcopy(fp8), AUTOTUNE)}
+if os.environ.get("PROBE_VARIANTS"):
+    models = {name: models[name] for name in ["dense", *os.environ["PROBE_VARIANTS"].split(",")] if name in models}
 result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "seq": 384, "weights": "random"}
 for batch in [int(b) for b in sys.argv[1:]] or [16, 256]:
     ids = random_ids(batch, 384, config.vocab_size, device, seed=batch)
