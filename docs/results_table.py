@@ -99,9 +99,10 @@ def factor_cells(factors: dict, shown: list[str]) -> str:
     return " | ".join(figure(factors.get(factor)) for factor in shown)
 
 
-def without_gelu_epilogue(report: dict) -> bool:
-    """Whether a report's matrix timed fp16 dense without the GELU-epilogue model (reports before it)."""
-    return bool(report.get("matrix")) and not any("dense_gelu_compiled" in row for row in report["latency_ms"].values())
+def without_epilogue(report: dict, variant: str) -> bool:
+    """Whether a report's matrix went without the dense epilogue `variant` (reports before it, or a
+    library that refused it)."""
+    return bool(report.get("matrix")) and not any(f"{variant}_compiled" in row for row in report["latency_ms"].values())
 
 
 def epilogue_note(reports) -> str:
@@ -109,13 +110,15 @@ def epilogue_note(reports) -> str:
     (reports before the GELU-epilogue dense model), 8-bit dense always so ("" where neither applies)."""
     reports = list(reports)
     note = ""
-    if any(map(without_gelu_epilogue, reports)):
+    if any(without_epilogue(report, "dense_gelu") for report in reports):
         note += ("; its fp16 dense ran each GELU as a kernel of its own, where the accelerated model's int8 layers "
                  f"apply it in the matmul's epilogue, as cuBLASLt can for fp16 dense too ([the probe]({GELU_PROBE})): "
                  "the accelerated speedups overstate what 2:4 and 8-bit buy")
-    if any("8-bit dense" in cells for report in reports for cells in report.get("matrix", {}).values()):
-        note += ("; 8-bit dense runs GELU and its cast to 8 bits apart (torch's `_scaled_mm` and `_int_mm` take no "
-                 "epilogue, though cuBLASLt has one for fp8): \"2:4 at 8-bit\" counts that fusion as 2:4's")
+    if any(without_epilogue(report, "dense_fp8_epilogue") and "8-bit dense" in cells
+           for report in reports for cells in report.get("matrix", {}).values()):
+        note += ("; its 8-bit dense ran GELU and the cast to 8 bits apart (torch's `_scaled_mm` and `_int_mm` take no "
+                 "epilogue; cuBLASLt's fp8 one, dense_fp8_epilogue, came later): \"2:4 at 8-bit\" counts that fusion "
+                 "as 2:4's")
     return note
 
 

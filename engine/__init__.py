@@ -18,6 +18,9 @@ flows/ (tests/test_layout.py checks its import graph), and the stages import wha
 - int8_dense: the int8 dense Linear (torch._int_mm, the int8 2:4 layers' scaling), an 8-bit dense baseline.
 - gelu_epilogue: fp16 Linears with GELU in the matmul's epilogue (dense: cuBLASLt; 2:4: cuSPARSELt), the
   benchmark's fp16 cells given the fusion int8_gelu has.
+- fp8_epilogue: fp8 dense Linears through cuBLASLt with GELU and the cast to fp8 in the epilogue (a small C
+  library), the benchmark's 8-bit dense cell given the same fusion.
+- native: compiling those C libraries against the CUDA library the process loaded.
 - graphs: CUDA graph capture and replay; any input shape padded up to a captured bucket.
 - qa: answering questions with a model directory (Python and CLI), the answer span selection.
 - adapters: what the engine knows of each architecture family (BERT, RoBERTa, DistilBERT): its

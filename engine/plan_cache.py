@@ -19,11 +19,9 @@ torch._cslt_sparse_mm and says why in one line.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,6 +31,7 @@ import torch
 from .config import EngineConfig
 from .runtime import loaded_version, mapped_cusparselt
 from .errors import first_line
+from .native import cache_folder, compile_library
 
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
 SOURCE = Path(__file__).with_name("cslt_plans.c")
@@ -91,17 +90,6 @@ def choose_header(folders: list[Path]) -> Path | None:
                 holding[0] if holding else None)
 
 
-def compile_error(stderr: str) -> str:
-    """The compiler's first error line (gcc/clang: "file:line:col: [fatal ]error: ..."), else its first
-    line that is not source or a caret; the whole output goes to the log."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()] or ["no message"]
-    for pattern in (r"\berror:", r"\berror\b"):
-        found = next((line for line in lines if re.search(pattern, line, re.IGNORECASE)), None)
-        if found:
-            return found
-    return next((line for line in lines if not line.startswith("|") and not line[0].isdigit()), lines[0])
-
-
 # Searched last: cusparseLt.h 0.8 includes <cstddef> (C++ only; 0.10 includes <stddef.h>), and "cusparse.h"
 # for three enums, which no folder may hold (0.10 falls back to its own stub): cuSPARSE's values of those.
 SHIM = {"cstddef": "#include <stddef.h>\n",
@@ -136,35 +124,13 @@ def build(cache_dir: Path | None = None) -> Path:
     # What those headers include in turn (CUDA 13 wheels split crt/ off; cusparseLt.h 0.8 needs cusparse.h).
     extra = [first_holding(name, folders) for name in ("library_types.h", "crt/host_defines.h", "cusparse.h")]
     includes = list(dict.fromkeys([header, cuda_headers, *(folder for folder in extra if folder)]))
-    fingerprint = [SOURCE.read_text(), libraries[0], *map(str, includes), *SHIM.values()]
-    key = hashlib.sha256("\n".join(fingerprint).encode()).hexdigest()[:16]
-    cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "twofour"
-    built = cache_dir / f"cslt_plans-{key}.so"
-    if built.is_file():
-        return built
+    cache_dir = cache_dir or cache_folder()
     shim = cache_dir / "c-shim"
     shim.mkdir(parents=True, exist_ok=True)
     for name, text in SHIM.items():
         if not (shim / name).is_file() or (shim / name).read_text() != text:
             (shim / name).write_text(text)
-    partial = built.with_suffix(f".{os.getpid()}.tmp")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise PlanCacheError("no C compiler (cc, gcc or $CC)")
-    # -Wno-deprecated-declarations: the toolkit's cusparse.h warns about its own old types, hundreds of lines.
-    command = [compiler, "-O2", "-shared", "-fPIC", "-Wno-deprecated-declarations", "-o", str(partial), str(SOURCE),
-               *(f"-I{folder}" for folder in [*includes, shim]), libraries[0]]
-    log = built.with_suffix(".log")
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise PlanCacheError(f"building {SOURCE.name}: {err}") from None
-    log.write_text(" ".join(command) + f"\nexit status {result.returncode}\n{result.stdout}{result.stderr}")
-    if result.returncode:
-        partial.unlink(missing_ok=True)
-        raise PlanCacheError(f"building {SOURCE.name} failed: {compile_error(result.stderr)} (whole output: {log})")
-    partial.rename(built)
-    return built
+    return compile_library(SOURCE, [*includes, shim], libraries[0], list(SHIM.values()), PlanCacheError, cache_dir)
 
 
 class PlanCache:

@@ -28,8 +28,9 @@ class CusparseLtError(RuntimeError):
     """The library TWOFOUR_CUSPARSELT names cannot be used; the message is one line naming it."""
 
 
-def mapped_cusparselt(maps: Path = Path("/proc/self/maps")) -> list[str]:
-    """The cuSPARSELt library files this process has loaded (real paths, in load order)."""
+def mapped_libraries(name_part: str, maps: Path = Path("/proc/self/maps")) -> list[str]:
+    """The library files whose name holds `name_part` that this process has loaded (real paths, in load
+    order)."""
     try:
         lines = maps.read_text().splitlines()
     except OSError:  # not Linux
@@ -38,9 +39,14 @@ def mapped_cusparselt(maps: Path = Path("/proc/self/maps")) -> list[str]:
     for line in lines:
         fields = line.split(maxsplit=5)  # address perms offset device inode [path]
         path = fields[5] if len(fields) == 6 else ""
-        if "libcusparseLt" in Path(path).name and path not in found:
+        if name_part in Path(path).name and path not in found:
             found.append(path)
     return found
+
+
+def mapped_cusparselt(maps: Path = Path("/proc/self/maps")) -> list[str]:
+    """The cuSPARSELt library files this process has loaded (real paths, in load order)."""
+    return mapped_libraries("libcusparseLt", maps)
 
 
 def load_cusparselt(path: str | None = None) -> str | None:

@@ -16,7 +16,9 @@ GELU epilogue on the Linear before each GELU, engine/gelu_epilogue.py: the fusio
 int8_gelu has; checked against the model on the calibration input); 8-bit dense, the faster per batch
 size of dense_int8 (engine/int8_dense.py: int8 on the dense tensor cores, calibrated as the int8 2:4
 layers are) and, where fp8 tensor cores are (compute capability 8.9+), dense_fp8 (engine/kernels.py's
-Fp8Linear, fast accumulation); fp16 2:4, the accelerated model of an fp16 plan or the fp16 counterpart
+Fp8Linear, fast accumulation) and dense_fp8_epilogue (the same with cuBLASLt's epilogue applying GELU
+and the cast to fp8 in the FFN-in matmul, engine/fp8_epilogue.py: the fusion int8_gelu has; checked as
+dense_gelu is); fp16 2:4, the accelerated model of an fp16 plan or the fp16 counterpart
 of an int8 one (planner.fp16_plan), or the same with cuSPARSELt's GELU epilogue where it runs fp16 2:4
 (the faster, as for dense); 8-bit 2:4, the accelerated model of an int8 plan. `factors` says, per batch
 size, what each factor buys, and 2:4 and 8-bit together against fp16 dense, each a ratio of two cells
@@ -57,6 +59,7 @@ from engine.attention import capture_context, use_fused_attention
 from engine.calibration import calibrate_int8, fp8_input_scales, int8_layers
 from engine.common import best_device, relative_error
 from engine.errors import typed_first_line
+from engine.fp8_epilogue import fp8_epilogue_model
 from engine.gelu_epilogue import AppliedGelu, SparseGeluEpilogueLinear, epilogue_error, gelu_epilogue_model
 from engine.graphs import CudaGraphRunner
 from engine.int8_dense import Int8DenseConfig
@@ -103,14 +106,16 @@ FACTORS = {"2:4 at fp16": ("fp16 dense", "fp16 2:4"), "2:4 at 8-bit": ("8-bit de
            "8-bit at dense": ("fp16 dense", "8-bit dense"), "8-bit at 2:4": ("fp16 2:4", "8-bit 2:4"),
            "2:4 and 8-bit": ("fp16 dense", "8-bit 2:4")}
 FP16_DENSE = ("dense", "dense_gelu")  # the fp16 dense cell is the faster of these
-EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8")  # the 8-bit dense cell is the faster of these
+EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8", "dense_fp8_epilogue")  # the 8-bit dense cell is the faster of these
 # Where each cell applies the GELU after the FFN-in Linear: the fusions the factors compare.
 MATRIX_GELU = {"fp16 dense": "in cuBLASLt's matmul epilogue (dense_gelu), where that timed faster",
-               "8-bit dense": "a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue",
+               "8-bit dense": ("with the cast to fp8 in cuBLASLt's epilogue (dense_fp8_epilogue), where that timed "
+                               "faster; else a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue"),
                "fp16 2:4": "in cuSPARSELt's epilogue (the _gelu variant, plan cache on), where that timed faster",
                "8-bit 2:4": ("with the next layer's quantization in cuSPARSELt's epilogue, "
                              "where the plan runs int8_gelu")}
-# GELU's tanh form in an epilogue against the model's erf GELU, in fp16: far below this on bert-base.
+# GELU's tanh form in an epilogue against the model's erf GELU: far below this on bert-base in fp16, and
+# on a tiny model in fp8; GELU left out is above it there.
 GELU_EPILOGUE_MAX_ERROR = 1e-2
 MATRIX_MODE = "compiled"
 # The report's tables keyed by batch size ("bs16"): each process's share of them, merged in batch order.
@@ -160,6 +165,8 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
     absent = {}
     if fp8_available(device):
         models["dense_fp8"] = fp8_model(dense, calibration)
+        add_epilogue_variant("dense_fp8_epilogue", models["dense_fp8"], fp8_epilogue_model, GELU_EPILOGUE_MAX_ERROR,
+                             calibration, models, absent)
     else:
         absent["dense_fp8"] = "no fp8 tensor cores (compute capability below 8.9)"
     add_gelu_epilogue("dense", dense, calibration, models, absent)
@@ -177,27 +184,35 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
 
 def add_gelu_epilogue(name: str, model: torch.nn.Module, calibration: dict[str, torch.Tensor],
                       models: dict[str, torch.nn.Module], absent: dict[str, str]) -> None:
-    """models[name_gelu]: `model` with the GELU epilogue (engine/gelu_epilogue.py) where some Linear
-    takes it, the logits on the calibration input stay within GELU_EPILOGUE_MAX_ERROR of `model`'s and
-    so does each 2:4 epilogue at every bucket (epilogue_error); else absent[name_gelu] says why (a 2:4
-    kernel refusing the epilogue among the reasons)."""
-    variant = f"{name}_gelu"
+    """models[name_gelu]: `model` with the GELU epilogue (engine/gelu_epilogue.py), as add_epilogue_variant."""
+    add_epilogue_variant(f"{name}_gelu", model, gelu_epilogue_model, GELU_EPILOGUE_MAX_ERROR, calibration, models,
+                         absent)
+
+
+def add_epilogue_variant(variant: str, model: torch.nn.Module, with_epilogue, max_error: float,
+                         calibration: dict[str, torch.Tensor], models: dict[str, torch.nn.Module],
+                         absent: dict[str, str]) -> None:
+    """models[variant]: with_epilogue(model), a copy whose Linears before a GELU apply it in their
+    epilogue, where some Linear takes it, the logits on the calibration input stay within max_error of
+    `model`'s and so does each 2:4 epilogue at every bucket (epilogue_error); else absent[variant] says
+    why (a library refusing the epilogue among the reasons)."""
     try:
-        candidate = gelu_epilogue_model(model)
+        candidate = with_epilogue(model)
         if not any(isinstance(module, AppliedGelu) for module in candidate.modules()):
-            absent[variant] = "no Linear before a GELU can take the epilogue (int8 there, or the plan cache off)"
+            absent[variant] = ("no Linear before a GELU can take the epilogue (an int8 kernel there, the plan cache "
+                               "off, or not fp8 on both sides)")
             return
         with torch.inference_mode():
             error = relative_error(model(**calibration).start_logits, candidate(**calibration).start_logits)
             # the 2:4 epilogue at every token bucket the timing will run, which the input above may not reach
             error = max([error, *(epilogue_error(module) for module in candidate.modules()
                                   if isinstance(module, SparseGeluEpilogueLinear))])
-    except RuntimeError as err:  # the library refusing the epilogue (cuSPARSELt's status, as plan_cache raises it)
+    except RuntimeError as err:  # a library refusing the epilogue (cuSPARSELt's or cuBLASLt's status)
         absent[variant] = typed_first_line(err)
         return
-    if error > GELU_EPILOGUE_MAX_ERROR:
-        absent[variant] = (f"its outputs differ by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR} (the logits against "
-                           f"{name}'s, or a 2:4 epilogue against GELU after the same call)")
+    if error > max_error:
+        absent[variant] = (f"its outputs differ by {error:.2e} > {max_error} (the logits against the model without "
+                           "the epilogue, or a 2:4 epilogue against GELU after the same call)")
     else:
         models[variant] = candidate
 

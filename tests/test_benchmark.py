@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_params
 
 from engine.common import relative_error
+from engine.fp8_epilogue import Fp8EpilogueLinear
 from engine.gelu_epilogue import AppliedGelu
 from engine.int8_dense import Int8DenseLinear
 from engine.kernels import Fp8Linear
@@ -146,6 +147,28 @@ def test_a_batch_sizes_tables_hold_latency_throughput_speedup_and_the_matrix():
                                 "fp16 2:4": {"variant": "accelerated", "ms": 8.0, "samples_per_s": 2000.0}}
     assert set(tables["factors"]) == set(benchmark.FACTORS)
     assert "gpu_clocks" not in tables and "peak_memory_mb" not in tables  # none on a CPU
+
+
+def test_the_fp8_epilogue_variant_joins_where_it_agrees_and_not_where_it_leaves_gelu_out(tiny_model):
+    model = load_qa_model(str(tiny_model)).eval()
+    calibration = {"input_ids": torch.randint(0, model.config.vocab_size, (2, 16),
+                                              generator=torch.Generator().manual_seed(0))}
+    fp8 = benchmark.fp8_model(model, calibration)
+    models, absent = {}, {}
+    benchmark.add_epilogue_variant("dense_fp8_epilogue", fp8, benchmark.fp8_epilogue_model,
+                                   benchmark.GELU_EPILOGUE_MAX_ERROR, calibration, models, absent)
+    assert list(models) == ["dense_fp8_epilogue"] and absent == {}
+
+    def gelu_left_out(model):  # the GELU after each producer a pass-through, and none in its epilogue either
+        converted = benchmark.fp8_epilogue_model(model)
+        for module in converted.modules():
+            if isinstance(module, Fp8EpilogueLinear):
+                module.gelu = False
+        return converted
+
+    benchmark.add_epilogue_variant("no_gelu", fp8, gelu_left_out, benchmark.GELU_EPILOGUE_MAX_ERROR, calibration,
+                                   models, absent)
+    assert absent["no_gelu"].startswith("its outputs differ by") and "no_gelu" not in models
 
 
 def test_a_gelu_epilogue_variant_joins_the_matrix_only_where_it_runs_and_agrees(tiny_model, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import kernels, plan_cache
+from engine import kernels, native, plan_cache
 from engine.config import EngineConfig
 from engine.kernels import INT8_GELU, Int8Weights, Kernel, SparseLinear, gelu_quantize, reference_linear
 from engine.plan_cache import COMPRESSION_FACTOR, PlanCache, PlanCacheError
@@ -112,7 +112,7 @@ def test_a_compile_failure_is_one_line_with_the_first_error_and_the_whole_log_is
     ("", "no message"),
 ])
 def test_compile_error_takes_the_first_error_line_not_the_caret(stderr, cause):
-    assert plan_cache.compile_error(stderr) == cause
+    assert native.compile_error(stderr) == cause
 
 
 def test_the_header_matching_the_loaded_library_is_preferred(monkeypatch, tmp_path):

@@ -4,7 +4,9 @@ CUDA graphs as the benchmark times it, interleaved rounds (engine/timing.py), se
 - the 8-bit dense models the benchmark times (int8: torch._int_mm, fp8: torch._scaled_mm with fast
   accumulation), compiled as it compiles them and with inductor's max-autotune, whose Triton matmul
   templates can take the dequantization, bias, GELU and the next quantization as their epilogue (the
-  fusion torch's own 8-bit matmuls cannot take).
+  fusion torch's own 8-bit matmuls cannot take);
+- fp8 dense with cuBLASLt's epilogue instead (engine/fp8_epilogue.py: GELU and the cast to fp8 in the
+  FFN-in matmul), dense_fp8_epilogue.
 From the repository root:
     python docs/results/2026-12-07-probe-gelu-epilogue-h100/whole_model.py [BATCH ...]   (default 16 256)
 PROBE_VARIANTS (comma-separated names; default all) picks the variants: max-autotune of the fp8 model
@@ -25,6 +27,7 @@ from engine.adapters import fuse_qkv  # noqa: E402
 from engine.attention import capture_context, use_fused_attention  # noqa: E402
 from engine.common import relative_error  # noqa: E402
 from engine.errors import typed_first_line  # noqa: E402
+from engine.fp8_epilogue import fp8_epilogue_model  # noqa: E402
 from engine.gelu_epilogue import gelu_epilogue_model  # noqa: E402
 from engine.graphs import CudaGraphRunner  # noqa: E402
 from engine.timing import interleaved, ratio_interval  # noqa: E402
@@ -43,7 +46,8 @@ int8 = int8_dense_model(dense, calibration, 0.8)  # strength: params.yaml accele
 fp8 = fp8_model(dense, calibration)
 models = {"dense": (dense, None), "dense_gelu": (gelu_epilogue_model(dense), None),
           "dense_int8": (int8, None), "dense_int8_autotune": (copy.deepcopy(int8), AUTOTUNE),
-          "dense_fp8": (fp8, None), "dense_fp8_autotune": (copy.deepcopy(fp8), AUTOTUNE)}
+          "dense_fp8": (fp8, None), "dense_fp8_autotune": (copy.deepcopy(fp8), AUTOTUNE),
+          "dense_fp8_epilogue": (fp8_epilogue_model(fp8), None)}  # its library is built and checked at its first call
 if os.environ.get("PROBE_VARIANTS"):
     models = {name: models[name] for name in ["dense", *os.environ["PROBE_VARIANTS"].split(",")] if name in models}
 result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "seq": 384, "weights": "random"}
