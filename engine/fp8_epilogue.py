@@ -26,10 +26,9 @@ from torch import nn
 
 from .adapters import gelu_pairs
 from .common import relative_error
-from .errors import first_line
 from .gelu_epilogue import AppliedGelu
 from .kernels import FP8, FP8_MAX, Fp8Linear
-from .native import compile_library
+from .native import attempt, compile_library, enable_once, load
 from .plan import replace_gelu_activations
 from .plan_cache import current_stream, first_holding, include_candidates
 from .runtime import mapped_libraries
@@ -156,28 +155,16 @@ def mismatch(fp8_plans: Fp8Plans) -> str | None:
 
 def enable() -> str | None:
     """Build and load the library (once per process) and check it; None when usable, else why not."""
-    if "reason" not in _state:
-        _state["reason"] = _enable()
-    return _state["reason"] or None
+    return enable_once(_state, _enable)
 
 
 def _enable() -> str:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    try:
+    def make() -> Fp8Plans:
         # torch loads cuBLASLt at its first matmul
         torch.ones(16, 16, device="cuda", dtype=torch.float16) @ torch.ones(16, 16, device="cuda", dtype=torch.float16)
-        library = ctypes.CDLL(str(build()))
-        status_text = ctypes.CDLL(mapped_libraries("libcublasLt")[0]).cublasLtGetStatusString
-        status_text.restype = ctypes.c_char_p
-        fp8_plans = Fp8Plans(library, lambda status: (status_text(status) or b"?").decode())
-        wrong = mismatch(fp8_plans)
-    except (Fp8EpilogueError, OSError, RuntimeError, AttributeError) as err:
-        return first_line(err)
-    if wrong:
-        return wrong
-    _state["plans"] = fp8_plans
-    return ""
+        return Fp8Plans(*load(build(), mapped_libraries("libcublasLt")[0], "cublasLtGetStatusString"))
+
+    return attempt(_state, "plans", make, mismatch)
 
 
 def plans() -> Fp8Plans:

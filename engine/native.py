@@ -4,12 +4,18 @@ the library and the headers stay the same, and the compiler's command and whole 
 beside it."""
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import first_line
 
 
 def compile_error(stderr: str) -> str:
@@ -62,3 +68,35 @@ def compile_library(source: Path, includes: list[Path], library: str, fingerprin
         raise error(f"building {source.name} failed: {compile_error(result.stderr)} (whole output: {log})")
     partial.rename(built)
     return built
+
+
+def load(built: Path, cuda_library: str, status_text_symbol: str) -> tuple[ctypes.CDLL, Callable[[int], str]]:
+    """The built library, and the text the CUDA library it calls gives each of its status codes."""
+    library = ctypes.CDLL(str(built))
+    status_text = getattr(ctypes.CDLL(cuda_library), status_text_symbol)
+    status_text.restype = ctypes.c_char_p
+    return library, lambda status: (status_text(status) or b"?").decode()
+
+
+def enable_once(state: dict, attempt: Callable[[], str]) -> str | None:
+    """attempt() (why the library is unusable, "" once it is on) once per process, kept in `state`; None
+    when usable, else the reason (one line)."""
+    if "reason" not in state:
+        state["reason"] = attempt()
+    return state["reason"] or None
+
+
+def attempt(state: dict, key: str, make: Callable[[], object], mismatch: Callable[[object], str | None]) -> str:
+    """Why a library is unusable here, "" once it is on and state[key] holds it: make() builds and loads
+    it, mismatch(library) checks it on this GPU."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        library = make()
+        wrong = mismatch(library)
+    except (OSError, RuntimeError, AttributeError) as err:  # the build's errors are RuntimeErrors
+        return first_line(err)
+    if wrong:
+        return wrong
+    state[key] = library
+    return ""

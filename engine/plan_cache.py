@@ -30,8 +30,7 @@ import torch
 
 from .config import EngineConfig
 from .runtime import loaded_version, mapped_cusparselt
-from .errors import first_line
-from .native import cache_folder, compile_library
+from .native import attempt, cache_folder, compile_library, enable_once, load
 
 INCLUDE_ENV = "TWOFOUR_CUSPARSELT_INCLUDE"
 SOURCE = Path(__file__).with_name("cslt_plans.c")
@@ -243,26 +242,12 @@ def mismatch(cache: PlanCache) -> str | None:
 def enable() -> str | None:
     """Build and load the plan cache (once per process) and check it against torch._cslt_sparse_mm;
     None when usable, else why not (one line)."""
-    if "reason" not in _state:
-        _state["reason"] = _enable()
-    return _state["reason"] or None
+    return enable_once(_state, _enable)
 
 
 def _enable() -> str:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    try:
-        library = ctypes.CDLL(str(build()))
-        status_text = ctypes.CDLL(mapped_cusparselt()[0]).cusparseLtGetErrorString
-        status_text.restype = ctypes.c_char_p
-        cache = PlanCache(library, lambda status: (status_text(status) or b"?").decode())
-        wrong = mismatch(cache)
-    except (PlanCacheError, OSError, RuntimeError, AttributeError) as err:
-        return first_line(err)
-    if wrong:
-        return wrong
-    _state["cache"] = cache
-    return ""
+    return attempt(_state, "cache", lambda: PlanCache(*load(build(), mapped_cusparselt()[0], "cusparseLtGetErrorString")),
+                   mismatch)
 
 
 def planned_matmul(config: EngineConfig) -> Callable | None:
