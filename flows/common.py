@@ -40,6 +40,7 @@ from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
 
 from engine.errors import InputError, typed_first_line  # noqa: E402
+import flows  # noqa: E402
 from flows import server  # noqa: E402
 from stages.common import (  # noqa: E402
     atomic_dir, bind_to_parent, remove_stale_temporaries, run_facts, write_json)
@@ -221,7 +222,7 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
     try:
-        bind_to_parent()  # dies with `dvc repro` (SIGTERM, above), and publishes nothing once it is gone
+        bind_to_parent(flows.STARTED_BY)  # dies with `dvc repro` (SIGTERM, above); publishes nothing once it is gone
         settings = run_server_settings() if use_run_server() else contextlib.nullcontext()
         with settings, tags(*run_tags()):
             stage.build(args.params)()

@@ -39,13 +39,14 @@ _run_parent: int | None = None  # the pid that started this stage's run, once bi
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def bind_to_parent() -> None:
-    """Tie this process to the one that started it: on Linux the kernel sends it SIGTERM when that
-    process dies (PR_SET_PDEATHSIG), and from here on nothing is published once the parent is gone
+def bind_to_parent(started_by: int | None = None) -> None:
+    """Tie this process to the one that started it (`started_by`, its parent pid read as the process
+    began: else it is read now): on Linux the kernel sends it SIGTERM when that process dies
+    (PR_SET_PDEATHSIG), and from here on nothing is published once the parent is gone
     (check_run_held). Otherwise a `dvc repro` killed with SIGKILL leaves the stage running, and it
     later replaces outputs that dvc.lock no longer describes."""
     global _run_parent
-    _run_parent = os.getppid()
+    _run_parent = started_by if started_by is not None else os.getppid()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     check_run_held()  # the parent may have died before prctl took effect

@@ -83,6 +83,29 @@ def test_orphaned_stage_after_the_dvc_parent_is_killed_that_lives_on_publishes_n
     assert published(out) == []
 
 
+def test_a_stage_whose_parent_died_before_it_bound_itself_publishes_nothing(tmp_path):
+    """The parent read as the process began (flows.STARTED_BY), not when it binds: a `dvc repro` that
+    dies during the stage's imports would otherwise leave it bound to the reaper, and it would publish."""
+    stage = ("import os, sys, time; started_by = os.getppid(); time.sleep(1.5)\n"  # the imports' seconds
+             "from stages.common import RunLost, bind_to_parent\n"
+             "try:\n    bind_to_parent(started_by)\nexcept RunLost as err:\n"
+             "    open(sys.argv[1], 'w').write(str(err))\nelse:\n    open(sys.argv[1], 'w').write('bound')\n")
+    outcome = tmp_path / "outcome"
+    # the stage orphaned once it has begun (its parent read), before it binds itself
+    parent = "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(0.7)"
+    subprocess.run([sys.executable, "-c", parent, sys.executable, "-c", stage, str(outcome)], cwd=REPO,
+                   env=dict(os.environ, PYTHONPATH=str(REPO)), check=True, timeout=60)
+    assert wait_for(outcome.exists, timeout=30)
+    time.sleep(0.2)  # written in one call; let it close
+    assert outcome.read_text().startswith("the process that started this stage (pid ")
+
+
+def test_flows_reads_its_parent_before_importing_anything_slow():
+    source = (REPO / "flows" / "__init__.py").read_text()
+    assert "STARTED_BY = os.getppid()" in source and "import os" in source
+    assert not [line for line in source.splitlines() if line.startswith(("import ", "from ")) and line != "import os"]
+
+
 def test_bound_to_a_living_parent_a_stage_publishes(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
