@@ -58,7 +58,9 @@ def build(cache_dir: Path | None = None) -> Path:
         raise Fp8EpilogueError(f"cublasLt.h not found: set {INCLUDE_ENV} to the folder that holds it (the CUDA "
                                "toolkit's include/, or the nvidia cuBLAS wheel's)")
     needed = ("driver_types.h", "library_types.h", "cuda_fp16.h", "crt/host_defines.h")
-    includes = list(dict.fromkeys([header, *(folder for name in needed if (folder := first_holding(name, folders)))]))
+    chosen = [header, *(folder for name in needed if (folder := first_holding(name, folders)))]
+    # then every other candidate, for what those headers include in turn wherever a layout puts it
+    includes = list(dict.fromkeys([*chosen, *(folder for folder in folders if folder.is_dir())]))
     return compile_library(SOURCE, includes, libraries[0], [], Fp8EpilogueError, cache_dir, cplusplus=True)
 
 
