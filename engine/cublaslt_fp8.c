@@ -20,7 +20,7 @@
 
 typedef struct {
     cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t weight, input, bias_typed, out;
+    cublasLtMatrixLayout_t weight, input, c_layout, out;
     cublasLtMatmulAlgo_t algo;
     size_t workspace;
 } twofour_fp8_entry;
@@ -29,7 +29,8 @@ static cublasLtHandle_t handle;
 static int handle_ready = 0;
 static const float one = 1.0f, zero = 0.0f;
 
-#define TRY(call) do { cublasStatus_t status_ = (call); if (status_ != CUBLAS_STATUS_SUCCESS) return (int) status_; } while (0)
+/* each step only while all before it succeeded: the first failure's status is the one returned */
+#define STEP(call) do { if (status == CUBLAS_STATUS_SUCCESS) status = (call); } while (0)
 
 static cublasStatus_t set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute, const void* value,
                           size_t size) {
@@ -40,11 +41,13 @@ static cublasStatus_t set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttribute
  * *out_scale and written as e4m3 (else fp16); epilogue GELU (tanh form) where gelu, else the bias alone.
  * Scales are device pointers to one float each, bias a device fp16 vector of n: all read at every call.
  * *entry and *workspace_size out. Returns a cublasStatus_t (CUBLAS_STATUS_NOT_SUPPORTED: no algorithm). */
-TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, int32_t gelu, int32_t fp8_out, const float* x_scale,
-                          const float* w_scale, const float* out_scale, const void* bias, size_t max_workspace,
-                          void** entry, size_t* workspace_size) {
+TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, int32_t gelu, int32_t fp8_out,
+                                         const float* x_scale, const float* w_scale, const float* out_scale,
+                                         const void* bias, size_t max_workspace, void** entry, size_t* workspace_size) {
+    cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
     if (!handle_ready) {
-        TRY(cublasLtCreate(&handle));
+        STEP(cublasLtCreate(&handle));
+        if (status != CUBLAS_STATUS_SUCCESS) return (int) status;
         handle_ready = 1;
     }
     twofour_fp8_entry* made = (twofour_fp8_entry*) calloc(1, sizeof(twofour_fp8_entry));
@@ -56,35 +59,31 @@ TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, i
     cublasLtMatmulPreference_t preference = NULL;
     cublasLtMatmulHeuristicResult_t found;
     int count = 0;
-    cublasStatus_t status = cublasLtMatmulDescCreate(&made->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transposed, sizeof(transposed));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof(plain));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof(x_scale));
-    if (status == CUBLAS_STATUS_SUCCESS && fp8_out)
-        status = set(made->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &out_scale, sizeof(out_scale));
-    if (status == CUBLAS_STATUS_SUCCESS)
-        status = set(made->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accumulation, sizeof(fast_accumulation));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
-    if (status == CUBLAS_STATUS_SUCCESS) status = set(made->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &half, sizeof(half));
-    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatrixLayoutCreate(&made->weight, CUDA_R_8F_E4M3, k, n, k);
-    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatrixLayoutCreate(&made->input, CUDA_R_8F_E4M3, k, tokens, k);
+    STEP(cublasLtMatmulDescCreate(&made->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transposed, sizeof(transposed)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof(plain)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof(x_scale)));
+    if (fp8_out) STEP(set(made->desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &out_scale, sizeof(out_scale)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accumulation, sizeof(fast_accumulation)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    STEP(set(made->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &half, sizeof(half)));
+    STEP(cublasLtMatrixLayoutCreate(&made->weight, CUDA_R_8F_E4M3, k, n, k));
+    STEP(cublasLtMatrixLayoutCreate(&made->input, CUDA_R_8F_E4M3, k, tokens, k));
     /* C is not read (beta 0); an fp8 D takes a C of 16 bits */
-    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatrixLayoutCreate(&made->bias_typed, CUDA_R_16F, n, tokens, n);
-    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatrixLayoutCreate(&made->out, out_type, n, tokens, n);
-    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatmulPreferenceCreate(&preference);
-    if (status == CUBLAS_STATUS_SUCCESS)
-        status = cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &max_workspace, sizeof(max_workspace));
-    if (status == CUBLAS_STATUS_SUCCESS)
-        status = cublasLtMatmulAlgoGetHeuristic(handle, made->desc, made->weight, made->input, made->bias_typed,
-                                                made->out, preference, 1, &found, &count);
+    STEP(cublasLtMatrixLayoutCreate(&made->c_layout, CUDA_R_16F, n, tokens, n));
+    STEP(cublasLtMatrixLayoutCreate(&made->out, out_type, n, tokens, n));
+    STEP(cublasLtMatmulPreferenceCreate(&preference));
+    STEP(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
+                                              sizeof(max_workspace)));
+    STEP(cublasLtMatmulAlgoGetHeuristic(handle, made->desc, made->weight, made->input, made->c_layout, made->out,
+                                        preference, 1, &found, &count));
     if (status == CUBLAS_STATUS_SUCCESS && count == 0) status = CUBLAS_STATUS_NOT_SUPPORTED;
     if (preference != NULL) cublasLtMatmulPreferenceDestroy(preference);
     if (status != CUBLAS_STATUS_SUCCESS) {
         if (made->out != NULL) cublasLtMatrixLayoutDestroy(made->out);
-        if (made->bias_typed != NULL) cublasLtMatrixLayoutDestroy(made->bias_typed);
+        if (made->c_layout != NULL) cublasLtMatrixLayoutDestroy(made->c_layout);
         if (made->input != NULL) cublasLtMatrixLayoutDestroy(made->input);
         if (made->weight != NULL) cublasLtMatrixLayoutDestroy(made->weight);
         if (made->desc != NULL) cublasLtMatmulDescDestroy(made->desc);
@@ -99,9 +98,10 @@ TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, i
 }
 
 /* out = the plan's matmul of weight (n x k fp8, row-major) and x (tokens x k fp8, row-major), on `stream`. */
-TWOFOUR_EXPORT int twofour_fp8_matmul(void* entry, const void* weight, const void* x, void* out, void* workspace, void* stream) {
+TWOFOUR_EXPORT int twofour_fp8_matmul(void* entry, const void* weight, const void* x, void* out, void* workspace,
+                                      void* stream) {
     twofour_fp8_entry* made = (twofour_fp8_entry*) entry;
     return (int) cublasLtMatmul(handle, made->desc, &one, weight, made->weight, x, made->input, &zero, out,
-                                made->bias_typed, out, made->out, &made->algo, workspace, made->workspace,
+                                made->c_layout, out, made->out, &made->algo, workspace, made->workspace,
                                 (cudaStream_t) stream);
 }
