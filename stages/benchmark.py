@@ -109,8 +109,9 @@ FP16_DENSE = ("dense", "dense_gelu")  # the fp16 dense cell is the faster of the
 EIGHT_BIT_DENSE = ("dense_int8", "dense_fp8", "dense_fp8_epilogue")  # the 8-bit dense cell is the faster of these
 # Where each cell applies the GELU after the FFN-in Linear: the fusions the factors compare.
 MATRIX_GELU = {"fp16 dense": "in cuBLASLt's matmul epilogue (dense_gelu), where that timed faster",
-               "8-bit dense": ("with the cast to fp8 in cuBLASLt's epilogue (dense_fp8_epilogue), where that timed "
-                               "faster; else a kernel of its own: torch._int_mm and torch._scaled_mm take no epilogue"),
+               "8-bit dense": ("in cuBLASLt's fp8 epilogue, with the cast to fp8 for the next Linear "
+                               "(dense_fp8_epilogue), where that timed faster; else a kernel of its own: "
+                               "torch._int_mm and torch._scaled_mm take no epilogue"),
                "fp16 2:4": "in cuSPARSELt's epilogue (the _gelu variant, plan cache on), where that timed faster",
                "8-bit 2:4": ("with the next layer's quantization in cuSPARSELt's epilogue, "
                              "where the plan runs int8_gelu")}
