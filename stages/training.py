@@ -240,15 +240,23 @@ def checkpoint_dir(stage: str, params, train_features) -> Path:
 
 
 def last_complete_checkpoint(directory: Path | None) -> Path | None:
-    """The newest checkpoint whose trainer state (written last by the first process) and every
-    process's RNG state (written by each, in no set order) are there."""
+    """The newest checkpoint whose trainer state (written last by the first process) is whole and
+    whose every process's RNG state (written by each, in no set order) is there. A run killed while
+    the Trainer wrote its state leaves that file empty or cut short: resuming from it would fail."""
     if directory is None:
         return None
     processes = world_size()
     rng_states = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
     complete = [c for c in directory.glob("checkpoint-*")
-                if all((c / name).is_file() for name in ["trainer_state.json", *rng_states])]
+                if whole_trainer_state(c / "trainer_state.json") and all((c / name).is_file() for name in rng_states)]
     return max(complete, key=checkpoint_step, default=None)
+
+
+def whole_trainer_state(path: Path) -> bool:
+    try:
+        return "global_step" in json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or cut short (json.JSONDecodeError is a ValueError)
+        return False
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -130,3 +130,18 @@ def test_same_seed_gives_bit_identical_results(fresh_workdir):
     (first, first_weights), (second, second_weights) = (final_state(w) for w in runs)
     assert first["loss_history"] == second["loss_history"] and first["train_loss"] == second["train_loss"]
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+
+
+def test_a_checkpoint_whose_trainer_state_was_cut_short_is_not_resumed_from(tmp_path):
+    """A run killed while the Trainer wrote trainer_state.json (last of a checkpoint) leaves it empty or
+    partial: the last complete checkpoint is the one before."""
+    from stages.training import last_complete_checkpoint
+
+    for step, state in ((10, json.dumps({"global_step": 10})), (15, json.dumps({"global_step": 15})[:9]),
+                        (20, ""), (25, json.dumps({"global_step": 25}))):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "trainer_state.json").write_text(state)
+        if step != 25:  # 25: its RNG state not written yet
+            (checkpoint / "rng_state.pth").write_bytes(b"rng")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
