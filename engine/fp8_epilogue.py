@@ -27,7 +27,7 @@ from torch import nn
 from .adapters import gelu_pairs
 from .common import relative_error
 from .gelu_epilogue import AppliedGelu
-from .kernels import FP8, FP8_MAX, Fp8Linear
+from .kernels import FP8, FP8_MAX, Fp8Linear, to_fp8
 from .native import attempt, compile_library, enable_once, load
 from .plan import replace_gelu_activations
 from .plan_cache import current_stream, first_holding, include_candidates
@@ -192,7 +192,7 @@ class Fp8EpilogueLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d = x.reshape(-1, self.in_features)
-        x_q = x2d if x2d.dtype == FP8 else (x2d.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        x_q = x2d if x2d.dtype == FP8 else to_fp8(x2d, self.input_scale)
         out = fp8_epilogue_mm(self.weight, x_q, self.bias, self.input_scale, self.weight_scale, self.out_scale_inverse,
                               self.gelu)
         return out.reshape(*x.shape[:-1], self.out_features)
