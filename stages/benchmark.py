@@ -166,8 +166,8 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
     absent = {}
     if fp8_available(device):
         models["dense_fp8"] = fp8_model(dense, calibration)
-        add_epilogue_variant("dense_fp8_epilogue", models["dense_fp8"], fp8_epilogue_model, GELU_EPILOGUE_MAX_ERROR,
-                             calibration, models, absent)
+        add_epilogue_variant("dense_fp8_epilogue", models["dense_fp8"], fp8_epilogue_model, calibration, models,
+                             absent)
     else:
         absent["dense_fp8"] = "no fp8 tensor cores (compute capability below 8.9)"
     add_gelu_epilogue("dense", dense, calibration, models, absent)
@@ -186,17 +186,15 @@ def matrix_models(dense: torch.nn.Module, plan: Plan, accelerated_dir: Path, dev
 def add_gelu_epilogue(name: str, model: torch.nn.Module, calibration: dict[str, torch.Tensor],
                       models: dict[str, torch.nn.Module], absent: dict[str, str]) -> None:
     """models[name_gelu]: `model` with the GELU epilogue (engine/gelu_epilogue.py), as add_epilogue_variant."""
-    add_epilogue_variant(f"{name}_gelu", model, gelu_epilogue_model, GELU_EPILOGUE_MAX_ERROR, calibration, models,
-                         absent)
+    add_epilogue_variant(f"{name}_gelu", model, gelu_epilogue_model, calibration, models, absent)
 
 
-def add_epilogue_variant(variant: str, model: torch.nn.Module, with_epilogue, max_error: float,
-                         calibration: dict[str, torch.Tensor], models: dict[str, torch.nn.Module],
-                         absent: dict[str, str]) -> None:
+def add_epilogue_variant(variant: str, model: torch.nn.Module, with_epilogue, calibration: dict[str, torch.Tensor],
+                         models: dict[str, torch.nn.Module], absent: dict[str, str]) -> None:
     """models[variant]: with_epilogue(model), a copy whose Linears before a GELU apply it in their
-    epilogue, where some Linear takes it, the logits on the calibration input stay within max_error of
-    `model`'s and so does each 2:4 epilogue at every bucket (epilogue_error); else absent[variant] says
-    why (a library refusing the epilogue among the reasons)."""
+    epilogue, where some Linear takes it, the logits on the calibration input stay within
+    GELU_EPILOGUE_MAX_ERROR of `model`'s and so does each 2:4 epilogue at every bucket (epilogue_error);
+    else absent[variant] says why (a library refusing the epilogue among the reasons)."""
     try:
         candidate = with_epilogue(model)
         if not any(isinstance(module, AppliedGelu) for module in candidate.modules()):
@@ -211,8 +209,8 @@ def add_epilogue_variant(variant: str, model: torch.nn.Module, with_epilogue, ma
     except RuntimeError as err:  # a library refusing the epilogue (cuSPARSELt's or cuBLASLt's status)
         absent[variant] = typed_first_line(err)
         return
-    if error > max_error:
-        absent[variant] = (f"its outputs differ by {error:.2e} > {max_error} (the logits against the model without "
+    if error > GELU_EPILOGUE_MAX_ERROR:
+        absent[variant] = (f"its outputs differ by {error:.2e} > {GELU_EPILOGUE_MAX_ERROR} (the logits against the model without "
                            "the epilogue, or a 2:4 epilogue against GELU after the same call)")
     else:
         models[variant] = candidate

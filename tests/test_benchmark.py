@@ -155,8 +155,8 @@ def test_the_fp8_epilogue_variant_joins_where_it_agrees_and_not_where_it_leaves_
                                               generator=torch.Generator().manual_seed(0))}
     fp8 = benchmark.fp8_model(model, calibration)
     models, absent = {}, {}
-    benchmark.add_epilogue_variant("dense_fp8_epilogue", fp8, benchmark.fp8_epilogue_model,
-                                   benchmark.GELU_EPILOGUE_MAX_ERROR, calibration, models, absent)
+    benchmark.add_epilogue_variant("dense_fp8_epilogue", fp8, benchmark.fp8_epilogue_model, calibration,
+                                   models, absent)
     assert list(models) == ["dense_fp8_epilogue"] and absent == {}
 
     def gelu_left_out(model):  # the GELU after each producer a pass-through, and none in its epilogue either
@@ -166,8 +166,7 @@ def test_the_fp8_epilogue_variant_joins_where_it_agrees_and_not_where_it_leaves_
                 module.gelu = False
         return converted
 
-    benchmark.add_epilogue_variant("no_gelu", fp8, gelu_left_out, benchmark.GELU_EPILOGUE_MAX_ERROR, calibration,
-                                   models, absent)
+    benchmark.add_epilogue_variant("no_gelu", fp8, gelu_left_out, calibration, models, absent)
     assert absent["no_gelu"].startswith("its outputs differ by") and "no_gelu" not in models
 
 
