@@ -99,10 +99,21 @@ def test_one_runs_seed_scored_twice_is_refused_in_one_line(tmp_path):
 
 
 def test_a_committed_recipe_is_named_by_its_hash():
-    path = REPO / "docs" / "results" / "squad-recipes" / "distilled-4ep.yaml"
-    recipe = recipe_hash(load_recipe(path))
+    recipes = REPO / "docs" / "results" / "squad-recipes"
+    recipe = recipe_hash(load_recipe(recipes / "gradual-4ep.yaml"))
     text = squad_table.tables([record(1, "dense", 80.0, recipe=recipe)])
-    assert f"**Recipe `{recipe}` ([distilled-4ep](results/squad-recipes/distilled-4ep.yaml))" in text
+    assert f"**Recipe `{recipe}` ([gradual-4ep](results/squad-recipes/gradual-4ep.yaml))" in text
+
+
+def test_the_final_recipe_is_named_beside_the_candidate_it_repeats():
+    recipes = REPO / "docs" / "results" / "squad-recipes"
+    final = load_recipe(recipes / "final.yaml")
+    assert final["seeds"] == [1, 2, 3, 4, 5] and set(final["variants"]) == {"control", "int8"}
+    recipe = recipe_hash(final)
+    assert recipe == recipe_hash(load_recipe(recipes / "distilled-4ep.yaml"))
+    text = squad_table.tables([record(1, "dense", 80.0, recipe=recipe)])
+    assert (f"**Recipe `{recipe}` ([distilled-4ep](results/squad-recipes/distilled-4ep.yaml), "
+            "[final](results/squad-recipes/final.yaml))") in text
 
 
 def gap(mean, low, high):
