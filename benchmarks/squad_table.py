@@ -251,13 +251,29 @@ def gap_cell(records: list[dict], variant: str, reference: str) -> str:
     return f"{gap['mean']:+.2f}" + ("" if gap["sd"] is None else f" [{gap['low']:+.2f}, {gap['high']:+.2f}]")
 
 
+def pending_summary() -> str:
+    """Before any dev score: which recipe the held-out split chose (once final.yaml is committed), or
+    that it is being chosen."""
+    for files in committed_recipes().values():
+        names = [path.stem for path, _ in files]
+        if FINAL_RECIPE in names:
+            recipe = files[names.index(FINAL_RECIPE)][1]
+            chosen = ", ".join(name for name in names if name != FINAL_RECIPE) or FINAL_RECIPE
+            params = recipe["params"]
+            return (f"No final run yet: the held-out split chose {chosen} ({params.get('train.epochs', '?')} dense + "
+                    f"{params.get('finetune.epochs', '?')} 2:4 epochs), fixed in "
+                    f"[final.yaml](docs/results/squad-recipes/{FINAL_RECIPE}.yaml) before SQuAD dev is scored with "
+                    f"seeds {', '.join(map(str, recipe['seeds']))} ([docs/squad.md](docs/squad.md)).")
+    return ("No final run yet: the recipe is being chosen on the held-out split, and SQuAD dev is scored only "
+            "after ([docs/squad.md](docs/squad.md)).")
+
+
 def readme_summary(records: list[dict]) -> str:
     """The README's accuracy summary: the last run scored on SQuAD dev, with its recipe's epochs, its
     seeds, the paired intervals and the split the recipe was chosen on; before one, where things stand."""
     finals = list(dict.fromkeys(run_of(record) for record in records if record["on"] == "dev"))
     if not finals:
-        return ("No final run yet: the recipe is being chosen on the held-out split, and SQuAD dev is scored only "
-                "after ([docs/squad.md](docs/squad.md)).")
+        return pending_summary()
     run = finals[-1]
     if run[0] not in (recipes := committed_recipes()):
         raise ValueError(f"the final run's recipe {run[0]} is not among the committed recipes ({RECIPES})")
