@@ -23,6 +23,7 @@ typedef struct {
     cublasLtMatrixLayout_t weight, input, c_layout, out;
     cublasLtMatmulAlgo_t algo;
     size_t workspace;
+    int fp8_out;
 } twofour_fp8_entry;
 
 static cublasLtHandle_t handle;
@@ -71,7 +72,8 @@ TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, i
     STEP(set(made->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &half, sizeof(half)));
     STEP(cublasLtMatrixLayoutCreate(&made->weight, CUDA_R_8F_E4M3, k, n, k));
     STEP(cublasLtMatrixLayoutCreate(&made->input, CUDA_R_8F_E4M3, k, tokens, k));
-    /* C is not read (beta 0); an fp8 D takes a C of 16 bits */
+    /* C is not read (beta 0); an fp8 D takes a C layout of the bias's type and no C pointer (D's own
+     * pointer under another layout would read as an in-place call with layouts that differ) */
     STEP(cublasLtMatrixLayoutCreate(&made->c_layout, CUDA_R_16F, n, tokens, n));
     STEP(cublasLtMatrixLayoutCreate(&made->out, out_type, n, tokens, n));
     STEP(cublasLtMatmulPreferenceCreate(&preference));
@@ -92,6 +94,7 @@ TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, i
     }
     made->algo = found.algo;
     made->workspace = found.workspaceSize;
+    made->fp8_out = fp8_out;
     *entry = made;
     *workspace_size = found.workspaceSize;
     return 0;
@@ -101,7 +104,8 @@ TWOFOUR_EXPORT int twofour_fp8_plan_init(int64_t n, int64_t tokens, int64_t k, i
 TWOFOUR_EXPORT int twofour_fp8_matmul(void* entry, const void* weight, const void* x, void* out, void* workspace,
                                       void* stream) {
     twofour_fp8_entry* made = (twofour_fp8_entry*) entry;
-    return (int) cublasLtMatmul(handle, made->desc, &one, weight, made->weight, x, made->input, &zero, out,
+    const void* c = made->fp8_out ? NULL : out;
+    return (int) cublasLtMatmul(handle, made->desc, &one, weight, made->weight, x, made->input, &zero, c,
                                 made->c_layout, out, made->out, &made->algo, workspace, made->workspace,
                                 (cudaStream_t) stream);
 }
