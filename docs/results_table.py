@@ -105,21 +105,20 @@ def without_epilogue(report: dict, variant: str) -> bool:
     return bool(report.get("matrix")) and not any(f"{variant}_compiled" in row for row in report["latency_ms"].values())
 
 
-def epilogue_note(reports) -> str:
-    """A caption's clauses on where a matrix's dense cells apply GELU: fp16 dense as a kernel of its own
-    (reports before the GELU-epilogue dense model), 8-bit dense always so ("" where neither applies)."""
+def epilogue_caveats(reports) -> list[str]:
+    """Bullets under a matrix on where its dense cells apply GELU: fp16 dense as a kernel of its own
+    (reports before the GELU-epilogue dense model), 8-bit dense likewise before cuBLASLt's fp8 epilogue."""
     reports = list(reports)
-    note = ""
+    caveats = []
     if any(without_epilogue(report, "dense_gelu") for report in reports):
-        note += ("; its fp16 dense ran each GELU as a kernel of its own, where the accelerated model's int8 layers "
-                 f"apply it in the matmul's epilogue, as cuBLASLt can for fp16 dense too ([the probe]({GELU_PROBE})): "
-                 "the accelerated speedups overstate what 2:4 and 8-bit buy")
+        caveats.append("- fp16 dense ran each GELU as a kernel of its own, where the accelerated model applies it in "
+                       f"its matmuls' epilogue, as cuBLASLt can for fp16 dense too ([the probe]({GELU_PROBE})): these "
+                       "speedups overstate what 2:4 and 8-bit buy.")
     if any(without_epilogue(report, "dense_fp8_epilogue") and "8-bit dense" in cells
            for report in reports for cells in report.get("matrix", {}).values()):
-        note += ("; its 8-bit dense ran GELU and the cast to 8 bits apart (torch's `_scaled_mm` and `_int_mm` take no "
-                 "epilogue; cuBLASLt's fp8 one, dense_fp8_epilogue, came later): \"2:4 at 8-bit\" counts that fusion "
-                 "as 2:4's")
-    return note
+        caveats.append("- 8-bit dense ran GELU and the cast to 8 bits as kernels of their own (torch's `_scaled_mm` and "
+                       "`_int_mm` take no epilogue): \"2:4 at 8-bit\" counts that fusion as 2:4's.")
+    return [""] + caveats if caveats else []
 
 
 def factor_table(runs) -> str | None:
@@ -130,9 +129,9 @@ def factor_table(runs) -> str | None:
             for run, report in reports.items() for key, factors in report.get("factors", {}).items()]
     if not rows:
         return None
-    caption = ("What each factor buys, compiled (the median of the rounds' ratios, [its 95% interval])"
-               f"{epilogue_note(reports.values())}:")
-    return "\n".join([caption, "", f"| run | batch | {' | '.join(shown)} |", f"|---|---|{'---|' * len(shown)}", *rows])
+    caption = "What each factor buys, compiled (the median of the rounds' ratios, [its 95% interval]):"
+    return "\n".join([caption, "", f"| run | batch | {' | '.join(shown)} |", f"|---|---|{'---|' * len(shown)}", *rows,
+                      *epilogue_caveats(reports.values())])
 
 
 def shape_table(run: str) -> str:
@@ -146,9 +145,9 @@ def shape_table(run: str) -> str:
     return "\n".join([
         f"A bert-base shape ([{Path(run).name}]({run}); {report['model']}), {device['gpu']}, cuSPARSELt "
         f"{device['cusparselt']}: accelerated against unpruned dense fp16, and what each factor buys, compiled "
-        f"(the median of the rounds' ratios [its 95% interval]){epilogue_note([benchmark])}:", "",
+        f"(the median of the rounds' ratios [its 95% interval]):", "",
         f"| batch | accelerated, compiled | accelerated, eager | {' | '.join(shown)} |",
-        f"|---|---|---|{'---|' * len(shown)}", *rows])
+        f"|---|---|---|{'---|' * len(shown)}", *rows, *epilogue_caveats([benchmark])])
 
 
 def table() -> str:
