@@ -90,7 +90,10 @@ class QuestionAnswerer:
         if not (model_dir / "config.json").is_file():
             raise InputError(f"{model_dir}: no model there (no config.json); the pipeline writes models/accelerated "
                              "(dvc repro), or name another model directory")
-        device = torch.device(device) if device is not None else best_device()
+        try:
+            device = torch.device(device) if device is not None else best_device()
+        except RuntimeError as err:  # torch's message lists every device type torch knows, over several lines
+            raise InputError(f"device {device!r}: not a device torch knows (cuda, cpu, cuda:1, ...)") from err
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
         if (model_dir / PLAN_FILE).is_file():

@@ -154,6 +154,11 @@ def test_asking_for_a_gpu_where_there_is_none_is_one_clear_error(tiny_model, cap
     assert capsys.readouterr().err.startswith("error: device cuda: no CUDA device here")
 
 
+def test_a_device_torch_does_not_know_is_one_line(tiny_model, capsys):
+    assert main(["--model", str(tiny_model), "--question", "Who?", "--context", CONTEXT, "--device", "gpu"]) == 1
+    assert capsys.readouterr().err == "error: device 'gpu': not a device torch knows (cuda, cpu, cuda:1, ...)\n"
+
+
 @pytest.mark.parametrize("word", ["café", "cafe\u0301", "Malmö", "Malmo\u0308", "नमस्ते", "مُحَمَّدٌ"])
 def test_combining_marks_come_back_whole_from_engine_qa(tiny_model, word):
     """A model that points at the word's tokens: the answer keeps the marks after its last letter."""
