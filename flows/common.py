@@ -228,7 +228,17 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
             stage.build(args.params)()
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
         exit_without_teardown(report_failure(stage.name, err, log))
+    except KeyboardInterrupt:  # Ctrl-C: a user's stop, not a failure with a traceback to read
+        exit_without_teardown(report_interrupt(stage.name))
     exit_without_teardown(0)
+
+
+def report_interrupt(name: str) -> int:
+    """One line to stderr for a stage stopped with Ctrl-C; returns the exit status (128 + SIGINT)."""
+    hint = f"; its last outputs come back with `dvc checkout {name}`" if os.environ.get("DVC_STAGE") else ""
+    print(f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
+          f"last checkpoint){hint}", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def report_failure(name: str, err: BaseException, log: Path) -> int:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import REPO, make_project
+from conftest import REPO, copy_project, make_project
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,24 @@ def test_killed_stage_leaves_no_server(project, signum):
     process.send_signal(signum)
     process.wait(timeout=60)
     server.wait(timeout=15)  # raises psutil.TimeoutExpired if it outlives the stage
+    assert not servers_in(root)
+
+
+def test_ctrl_c_stops_a_stage_in_one_line_and_leaves_no_server(pruned_project, tmp_path):
+    root, env = copy_project(pruned_project, tmp_path / "project")
+    set_params(root, train={"max_steps": 5000})  # still training when the signal comes
+    process = subprocess.Popen([sys.executable, "-m", "flows.train_baseline"], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(root.glob(".checkpoints/*/checkpoint-*")):  # inside the training, past imports and server start
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines()[-1] == ("twofour train_baseline: interrupted: it published nothing, and a rerun "
+                                             "starts it again (training from its last checkpoint)")
+    assert "Traceback" not in err
     assert not servers_in(root)
 
 
