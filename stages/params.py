@@ -223,9 +223,33 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
             if not _finite(node):
                 rule = "a finite number"
             expected = f"{names}, {rule}" if rule else names
-            raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})")
+            raise ParamError(f"{source}: field '{field}' = {node!r} is invalid (expected {expected})"
+                             f"{_number_as_text_hint(node, kind)}")
     _check_model_watched(raw, source)
+    _check_doc_stride(raw, source)
     return Params(raw)
+
+
+def _number_as_text_hint(node: Any, kind) -> str:
+    """YAML 1.1 reads 1e-4 (no dot) as text: say how to write it where a number was expected."""
+    if not isinstance(node, str) or float not in (kind if isinstance(kind, tuple) else (kind,)):
+        return ""
+    try:
+        value = float(node)
+    except ValueError:
+        return ""
+    mantissa, _, exponent = node.lower().partition("e")
+    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else repr(value)
+    return f"; YAML reads {node} as text, write {written}"
+
+
+def _check_doc_stride(raw: dict, source: str) -> None:
+    """Windows overlap by doc_stride tokens; the question takes part of each window, and the tokenizer
+    refuses a stride as long as what is left of it: under half a window leaves room for the question."""
+    max_length, stride = raw["tokenize"]["max_length"], raw["tokenize"]["doc_stride"]
+    if stride >= max_length // 2:
+        raise ParamError(f"{source}: field 'tokenize.doc_stride' = {stride} is invalid (expected < "
+                         f"tokenize.max_length/2 = {max_length // 2})")
 
 
 def _check_model_watched(raw: dict, source: str) -> None:

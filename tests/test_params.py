@@ -48,11 +48,16 @@ def test_repository_params_are_valid():
     ("finetune.distill_hidden", [1.0, float("inf")], "field 'finetune.distill_hidden' = [1.0, inf] is invalid"),
     ("finetune.distill_hidden", [], "field 'finetune.distill_hidden' = [] is invalid"),
     ("finetune.distill_hidden", [True, 1], "field 'finetune.distill_hidden' = [True, 1] is invalid"),
+    ("train.learning_rate", "1e-4", "field 'train.learning_rate' = '1e-4' is invalid (expected int or float, > 0); "
+                                    "YAML reads 1e-4 as text, write 1.0e-4"),
+    ("train.learning_rate", "fast", "field 'train.learning_rate' = 'fast' is invalid (expected int or float, > 0)"),
+    ("tokenize.doc_stride", 192, "field 'tokenize.doc_stride' = 192 is invalid (expected < tokenize.max_length/2 = 192)"),
 ])
 def test_wrong_type_or_range_names_the_field(field, value, message):
     with pytest.raises(ParamError) as err:
         validate(with_value(field, value))
     assert message in str(err.value)
+    assert value == "1e-4" or "YAML reads" not in str(err.value)
 
 
 def test_hidden_distillation_takes_one_weight_or_one_per_hidden_state():
