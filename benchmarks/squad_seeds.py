@@ -260,7 +260,7 @@ def feature_folders(sets: dict[str, dict], work: Path) -> dict[str, Path]:
 def tokenize_sets(sets: dict[str, dict], work: Path, results: Path) -> dict[str, Path]:
     """Each set's features folder, made where it is not yet (its figures logged)."""
     from engine.models import load_tokenizer
-    from stages.modeling import resolve_model_source
+    from stages.model_source import resolve_model_source
     from stages.params import validate
     from stages.tokenize import tokenize
 

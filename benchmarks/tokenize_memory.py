@@ -54,7 +54,7 @@ def synthetic_squad(context_mb: float, questions: int, id_prefix: str) -> dict:
 def measure(context_mb: float, questions: int) -> dict:
     """The tokenize stage on a synthetic file, in this process: its peak RSS and window counts."""
     from engine.models import load_tokenizer
-    from stages.modeling import resolve_model_source
+    from stages.model_source import resolve_model_source
     from stages.params import validate
     from stages.tokenize import tokenize
 

@@ -5,7 +5,7 @@ ARGS = stage_arguments(__name__, __doc__)  # before torch and Prefect load: --he
 
 from flows.common import StageFlow, main  # noqa: E402
 from engine.models import load_tokenizer  # noqa: E402
-from stages.modeling import resolve_model_source  # noqa: E402
+from stages.model_source import resolve_model_source  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
 

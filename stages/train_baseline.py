@@ -9,7 +9,8 @@ from engine.models import load_qa_model, load_tokenizer
 
 from .common import seed_everything
 from .distributed import is_first_process, processes_to_launch, run_in_processes
-from .modeling import resolve_model_source, save_model
+from .model_source import resolve_model_source
+from .modeling import save_model
 from .training import checkpoint_dir, train_qa
 
 

@@ -51,7 +51,7 @@ def make_tiny_model(path: Path, hidden: int = 64, layers: int = 2, intermediate:
     """A randomly initialised QA model (BERT unless `family` says) with the embedded model's real tokenizer."""
     from transformers import AutoTokenizer
 
-    from stages.modeling import resolve_model_source
+    from stages.model_source import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("embedded"))
     tiny_qa_model(family, tokenizer.vocab_size, hidden, layers, intermediate).save_pretrained(path)

@@ -10,8 +10,7 @@ from conftest import REPO
 import engine.models
 from engine.errors import InputError, first_line, typed_first_line
 from engine.models import load_qa_model
-from stages.common import StageError
-from stages.modeling import resolve_model_source
+from stages.model_source import resolve_model_source
 from stages.params import SCHEMA, ParamError, load_params, validate
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -90,10 +89,10 @@ def test_model_name_switch(tmp_path, tiny_model):
     assert resolve_model_source(str(tiny_model)) == str(tiny_model)
     assert resolve_model_source("bert-base-cased") == "bert-base-cased"  # a hub id, kept for from_pretrained
     assert resolve_model_source("org/model") == "org/model"
-    with pytest.raises(StageError, match="no such directory"):
+    with pytest.raises(ParamError, match="no such directory"):
         resolve_model_source("./models/nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(StageError, match="has no config.json"):
+    with pytest.raises(ParamError, match="has no config.json"):
         resolve_model_source(str(tmp_path / "empty"))
 
 

@@ -14,7 +14,7 @@ from engine.models import load_tokenizer
 from engine.spans import context_offsets
 from stages.common import StageError
 from stages.evaluate import best_span
-from stages.modeling import resolve_model_source
+from stages.model_source import resolve_model_source
 from stages.tokenize import prepare_train_features, read_squad_json
 
 WORDS = ["river", "Ada", "1815", "London", "the", "of", "telescope", "born", "in", "married", "Zorwil", "Bay", ",", ".",

@@ -9,7 +9,7 @@ import pytest
 
 from engine.models import load_tokenizer
 from stages.common import StageError
-from stages.modeling import resolve_model_source
+from stages.model_source import resolve_model_source
 from conftest import EMBEDDED_DATA
 from stages.tokenize import (
     answer_chars,

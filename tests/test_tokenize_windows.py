@@ -13,7 +13,7 @@ import stages.tokenize
 from engine.models import load_tokenizer
 from engine.spans import context_offsets
 from stages.common import StageError
-from stages.modeling import resolve_model_source
+from stages.model_source import resolve_model_source
 from stages.tokenize import (
     prepare_train_features,
     prepare_validation_features,

@@ -59,6 +59,8 @@ def recover(root, env) -> None:
     ("train", {"learning_rate": "fast"}, "train.learning_rate"),
     ("data", {"train_files": ["biographies.jsn"]}, "data.train_files"),
     ("prune", {"metod": "wanda"}, "prune.metod"),
+    ("model", {"name": "bert-base-casedd"}, "model.name=bert-base-casedd: no such local directory, and not a hub id"),
+    ("tokenize", {"doc_stride": 40}, "tokenize.doc_stride' = 40 is invalid (expected < tokenize.max_length/2 = 32)"),
 ])
 def test_a_bad_value_in_params_yaml_fails_in_one_line_before_dvc_removes_anything(project, section, values, field):
     root, env, outputs = project
