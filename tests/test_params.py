@@ -104,6 +104,36 @@ def test_hub_id_offline_fails_in_one_line(monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_validate_checks_model_name_offline_against_the_hub_cache(monkeypatch, tmp_path, tiny_model):
+    from huggingface_hub import constants
+
+    from stages.validate import check_model
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--cached" / "refs").mkdir()
+    (cache / "models--org--cached" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def named(name):
+        return validate({**copy.deepcopy(DEFAULTS), "model": {"name": name, "watch": name}})
+
+    check_model(named("org/cached"))
+    check_model(named("embedded"))
+    check_model(named(str(tiny_model)))
+    with pytest.raises(ParamError) as err:
+        check_model(named("org/casched"))
+    assert str(err.value) == ("params.yaml: model.name=org/casched: no such local directory, and not a hub id in this "
+                              "machine's hub cache (HF_HUB_OFFLINE=1: hub ids cannot be fetched)")
+    with pytest.raises(ParamError, match=r"^params.yaml: model.name=\./nope: no such directory$"):
+        check_model(named("./nope"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check_model(named("org/casched"))  # online: the hub is the stages' to ask
+
+
 def test_a_load_error_with_an_empty_message_still_fails_in_one_line(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError()  # str() is "": quoting its first line must not fail itself
