@@ -235,11 +235,15 @@ def _number_as_text_hint(node: Any, kind) -> str:
     if not isinstance(node, str) or float not in (kind if isinstance(kind, tuple) else (kind,)):
         return ""
     try:
-        value = float(node)
+        float(node)
     except ValueError:
         return ""
-    mantissa, _, exponent = node.lower().partition("e")
-    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else repr(value)
+    mantissa, _, exponent = node.strip().lower().partition("e")
+    if not exponent:
+        return ""
+    # YAML 1.1's float: a dot in the mantissa and a sign in the exponent
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    written = f"{mantissa}e{exponent if exponent[0] in '+-' else '+' + exponent}"
     return f"; YAML reads {node} as text, write {written}"
 
 

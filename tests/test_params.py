@@ -50,13 +50,22 @@ def test_repository_params_are_valid():
     ("train.learning_rate", "1e-4", "field 'train.learning_rate' = '1e-4' is invalid (expected int or float, > 0); "
                                     "YAML reads 1e-4 as text, write 1.0e-4"),
     ("train.learning_rate", "fast", "field 'train.learning_rate' = 'fast' is invalid (expected int or float, > 0)"),
-    ("tokenize.doc_stride", 192, "field 'tokenize.doc_stride' = 192 is invalid (expected < tokenize.max_length/2 = 192)"),
+    ("tokenize.doc_stride", 192,
+     "field 'tokenize.doc_stride' = 192 is invalid (expected < tokenize.max_length/2 = 192)"),
 ])
 def test_wrong_type_or_range_names_the_field(field, value, message):
     with pytest.raises(ParamError) as err:
         validate(with_value(field, value))
     assert message in str(err.value)
     assert value == "1e-4" or "YAML reads" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["1e-4", "2E-5", "1e4", "3.0e4"])
+def test_a_number_yaml_read_as_text_is_shown_written_as_yaml_reads_a_number(text):
+    with pytest.raises(ParamError) as err:
+        validate(with_value("train.learning_rate", text))
+    written = str(err.value).rpartition(", write ")[2]
+    assert yaml.safe_load(f"x: {written}")["x"] == float(text)
 
 
 def test_hidden_distillation_takes_one_weight_or_one_per_hidden_state():
