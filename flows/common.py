@@ -235,9 +235,8 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
 
 def report_interrupt(name: str) -> int:
     """One line to stderr for a stage stopped with Ctrl-C; returns the exit status (128 + SIGINT)."""
-    hint = f"; its last outputs come back with `dvc checkout {name}`" if os.environ.get("DVC_STAGE") else ""
     print(f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
-          f"last checkpoint){hint}", file=sys.stderr)
+          f"last checkpoint){checkout_hint(name)}", file=sys.stderr)
     return 128 + signal.SIGINT
 
 
@@ -245,10 +244,13 @@ def report_failure(name: str, err: BaseException, log: Path) -> int:
     """The traceback to `log`, one line to stderr; returns the exit status."""
     logging.getLogger("twofour").error(f"{name} failed", exc_info=err)
     where = "" if isinstance(err, (InputError, ParamError)) else f" (traceback in {log})"
-    if os.environ.get("DVC_STAGE"):  # DVC removed the stage's outputs before running it
-        where += f"; its last outputs come back with `dvc checkout {name}`"
-    print(f"twofour {name}: error: {one_line(err)}{where}", file=sys.stderr)
+    print(f"twofour {name}: error: {one_line(err)}{where}{checkout_hint(name)}", file=sys.stderr)
     return 1
+
+
+def checkout_hint(name: str) -> str:
+    """Under DVC, which removed the stage's outputs before running it: how to get them back."""
+    return f"; its last outputs come back with `dvc checkout {name}`" if os.environ.get("DVC_STAGE") else ""
 
 
 def exit_without_teardown(status: int) -> NoReturn:
