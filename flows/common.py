@@ -38,6 +38,7 @@ from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.settings import temporary_settings  # noqa: E402
 from prefect.utilities.collections import dict_to_flatdict  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from engine.errors import InputError, typed_first_line  # noqa: E402
 import flows  # noqa: E402
@@ -227,10 +228,18 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
         with settings, tags(*run_tags()):
             stage.build(args.params)()
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
+        end_progress_bars()
         exit_without_teardown(report_failure(stage.name, err, log))
     except KeyboardInterrupt:  # Ctrl-C: a user's stop, not a failure with a traceback to read
+        end_progress_bars()
         exit_without_teardown(report_interrupt(stage.name))
     exit_without_teardown(0)
+
+
+def end_progress_bars() -> None:
+    """Closes the bars a stopped stage left open (each ends its line), so its one line starts a line of its own."""
+    for bar in list(tqdm._instances):
+        bar.close()
 
 
 def report_interrupt(name: str) -> int:

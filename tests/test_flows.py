@@ -203,3 +203,16 @@ def test_only_the_runs_own_server_goes_without_heartbeats(monkeypatch):
     assert get_current_settings().flows.heartbeat_frequency == 180
     with common.run_server_settings():
         assert get_current_settings().flows.heartbeat_frequency is None
+
+
+def test_a_stopped_stages_line_starts_a_line_of_its_own_after_a_progress_bar(capsys, monkeypatch):
+    from tqdm import tqdm
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    bar = tqdm(total=10, desc="training", file=sys.stderr)
+    bar.update(3)  # mid-bar: its last update has no newline
+    common.end_progress_bars()
+    assert common.report_interrupt("train_baseline") == 130
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-2].startswith("training:  30%")
+    assert lines[-1] == ("twofour train_baseline: interrupted: it published nothing, and a rerun starts it again "
+                         "(training from its last checkpoint)")

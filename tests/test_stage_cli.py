@@ -122,9 +122,9 @@ def test_ctrl_c_stops_a_stage_in_one_line_and_leaves_no_server(pruned_project, t
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, err
-    # the last thing on stderr; a progress bar's last update may stand before it on the same line
-    assert err.strip().splitlines()[-1].endswith("twofour train_baseline: interrupted: it published nothing, and a "
-                                                 "rerun starts it again (training from its last checkpoint)")
+    # the last line on stderr, a line of its own after the training's progress bar
+    assert err.strip().splitlines()[-1] == ("twofour train_baseline: interrupted: it published nothing, and a "
+                                            "rerun starts it again (training from its last checkpoint)")
     assert "Traceback" not in err
     assert not servers_in(root)
 
