@@ -283,13 +283,15 @@ def readme_summary(records: list[dict]) -> str:
           for variant in ("dense", "sparse")}
     params, heldout = recipe["params"], recipe["heldout"]
     devices = ", ".join(sorted({record["device"] for record in dev}))
+    planned = max((len(final["seeds"]) for file, final in recipes[run[0]] if file.stem == FINAL_RECIPE), default=0)
+    seeds = f"{f1['sparse']['n']} of {planned}" if planned > f1["sparse"]["n"] else str(f1["sparse"]["n"])
     return "\n".join([
         "| SQuAD v1.1 dev, MiniLM-L6 | chosen on | seeds | F1 dense | F1 2:4 | 2:4 − dense [95% interval] | "
         "2:4 − dense control | int8 plan − fp16 2:4 | device, code |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| [{path.stem}](docs/results/squad-recipes/{path.name}): {params.get('train.epochs', '?')} dense + "
         f"{params.get('finetune.epochs', '?')} 2:4 epochs | {heldout['fraction']:.0%} of SQuAD train, held out by "
-        f"article (seed {heldout['seed']}) | {f1['sparse']['n']} | {f1['dense']['mean']:.2f} | {f1['sparse']['mean']:.2f} | "
+        f"article (seed {heldout['seed']}) | {seeds} | {f1['dense']['mean']:.2f} | {f1['sparse']['mean']:.2f} | "
         f"{gap_cell(dev, 'sparse', 'dense')} | {gap_cell(dev, 'sparse', 'control')} | {gap_cell(dev, 'int8', 'sparse')} "
         f"| {devices}, `{run[1][:8]}` |",
     ])

@@ -53,9 +53,12 @@ def test_the_readme_summary_waits_for_a_final_run_then_names_epochs_seeds_interv
     row = text.splitlines()[2]
     # sparse - dense per seed +0.5, -0.2, +0.4: mean +0.233, sd 0.379, half-width 4.303 * 0.379 / sqrt(3) = 0.942
     assert row.startswith("| [distilled-4ep](docs/results/squad-recipes/distilled-4ep.yaml): 2 dense + 4 2:4 epochs "
-                          "| 5% of SQuAD train, held out by article (seed 0) | 3 | 82.50 | 82.73 | +0.23 [-0.71, +1.17] |")
+                          "| 5% of SQuAD train, held out by article (seed 0) | 3 of 5 | 82.50 | 82.73 | +0.23 [-0.71, +1.17] |")
     assert "| +0.10 [" in row  # against the control: +0.3, -0.3, +0.3
     assert row.endswith("| NVIDIA H100 80GB HBM3, `cccccccc` |") and len(text.splitlines()) == 3
+    every_seed = final + [record(seed, variant, 82.0, on="dev", recipe=recipe) for seed in (4, 5)
+                          for variant in ("dense", "sparse", "control", "int8")]
+    assert "held out by article (seed 0) | 5 | " in squad_table.readme_summary(every_seed)  # all final.yaml's seeds
     with pytest.raises(ValueError, match="the final run's recipe r9 is not among the committed recipes"):
         squad_table.readme_summary([record(1, "dense", 80.0, on="dev", recipe="r9")])
 
