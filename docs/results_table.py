@@ -117,7 +117,8 @@ def epilogue_caveats(reports) -> list[str]:
     if any(without_epilogue(report, "dense_fp8_epilogue") and "8-bit dense" in cells
            for report in reports for cells in report.get("matrix", {}).values()):
         caveats.append("- 8-bit dense ran GELU and the cast to 8 bits as kernels of their own (torch's `_scaled_mm` and "
-                       "`_int_mm` take no epilogue): \"2:4 at 8-bit\" counts that fusion as 2:4's.")
+                       f"`_int_mm` take no epilogue; cuBLASLt's fp8 matmul can: [the probe]({GELU_PROBE})): \"2:4 at 8-bit\" "
+                       "counts that fusion as 2:4's.")
     return [""] + caveats if caveats else []
 
 
