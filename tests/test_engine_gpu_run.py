@@ -82,13 +82,14 @@ def test_a_second_call_runs_only_the_steps_the_first_left(run, tmp_path):
 
 def test_a_step_killed_with_its_call_runs_again_in_the_next(run):
     process = run("out1", FAKE_HANG="--only accelerate")
+    half_written = run.state / "running" / "accelerate" / "accelerate.json"
     deadline = time.monotonic() + 20
-    while "--only accelerate" not in run.calls.read_text():
+    while not half_written.exists():  # the step has written its result and hangs: killed before it exits
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the device call's end
     process.wait()
-    assert (run.state / "running" / "accelerate" / "accelerate.json").exists()
+    assert "--only accelerate" in run.calls.read_text()
     assert not (run.state / "done" / "accelerate").exists()
 
     finished(run("out2"))
