@@ -42,6 +42,8 @@ NAMES = {"dense": "dense baseline", "control": "dense control (the 2:4 model's e
          "int8": "int8 plan of the 2:4 model"}
 ORDER = ("dense", "control", "zero-shot-magnitude", "zero-shot-wanda", "zero-shot-sparsegpt", "sparse", "int8")
 SPLITS = ("heldout", "dev", "extra")
+# Plan variants (engine/planner.py) that run no int8 layer: their "int8 plan" is the fp16 2:4 model.
+WITHOUT_INT8 = ("dense_masked", "fp16_2of4")
 # Student's t distribution, two-sided 95% (its 0.975 quantile), by degrees of freedom.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
@@ -162,6 +164,23 @@ def difference_rows(split: str, records: list[dict]) -> list[str]:
     return rows
 
 
+def int8_plans(records: list[dict]) -> dict[int, str]:
+    """Seed -> the plan variant the engine picked for its int8 model, records of one run."""
+    return {record["seed"]: record["plan_variant"] for record in sorted(records, key=lambda r: r["seed"])
+            if record["variant"] == "int8" and "plan_variant" in record}
+
+
+def int8_note(records: list[dict]) -> str | None:
+    """Which int8 plans ran int8 at all, records of one run (None where no record names its plan)."""
+    if not (plans := int8_plans(records)):
+        return None
+    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
+    per_seed = ", ".join(f"{seed}: {plan}" for seed, plan in plans.items())
+    return (f"The int8 plans as the engine picked them (plan variant at the scored batch size, per seed): {per_seed}. "
+            f"A plan of {' or '.join(WITHOUT_INT8)} runs no int8 layer, so its model is the fp16 2:4 model and "
+            f"scores its F1: int8 ran in {ran} of {len(plans)} seeds' plans.")
+
+
 def tables(records: list[dict]) -> str:
     """Per run: each variant's mean scores per split, then the paired differences."""
     if not records:
@@ -177,7 +196,9 @@ def tables(records: list[dict]) -> str:
             on_split = [record for record in members if record["on"] == split]
             scores += score_rows(split, on_split)
             differences += difference_rows(split, on_split)
-        sections.append("\n\n".join([run_title(run, names), "\n".join(scores), "\n".join(differences)]))
+        note = int8_note(members)
+        sections.append("\n\n".join([run_title(run, names), "\n".join(scores), "\n".join(differences),
+                                      *([note] if note else [])]))
     return "\n\n".join(sections)
 
 
@@ -285,6 +306,9 @@ def readme_summary(records: list[dict]) -> str:
     devices = ", ".join(sorted({record["device"] for record in dev}))
     planned = max((len(final["seeds"]) for file, final in recipes[run[0]] if file.stem == FINAL_RECIPE), default=0)
     seeds = f"{f1['sparse']['n']} of {planned}" if planned > f1["sparse"]["n"] else str(f1["sparse"]["n"])
+    plans = int8_plans(dev)
+    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
+    int8_ran = f"; int8 ran in {ran} of {len(plans)} plans" if ran < len(plans) else ""
     return "\n".join([
         "| SQuAD v1.1 dev, MiniLM-L6 | chosen on | seeds | F1 dense | F1 2:4 | 2:4 − dense [95% interval] | "
         "2:4 − dense control | int8 plan − fp16 2:4 | device, code |",
@@ -292,7 +316,7 @@ def readme_summary(records: list[dict]) -> str:
         f"| [{path.stem}](docs/results/squad-recipes/{path.name}): {params.get('train.epochs', '?')} dense + "
         f"{params.get('finetune.epochs', '?')} 2:4 epochs | {heldout['fraction']:.0%} of SQuAD train, held out by "
         f"article (seed {heldout['seed']}) | {seeds} | {f1['dense']['mean']:.2f} | {f1['sparse']['mean']:.2f} | "
-        f"{gap_cell(dev, 'sparse', 'dense')} | {gap_cell(dev, 'sparse', 'control')} | {gap_cell(dev, 'int8', 'sparse')} "
+        f"{gap_cell(dev, 'sparse', 'dense')} | {gap_cell(dev, 'sparse', 'control')} | {gap_cell(dev, 'int8', 'sparse')}{int8_ran} "
         f"| {devices}, `{run[1][:8]}` |",
     ])
 

@@ -186,3 +186,22 @@ def test_a_final_recipe_other_than_the_rules_choice_is_refused(monkeypatch, tmp_
     assert chosen.endswith("The rule chooses **long**; final.yaml holds it.") and "| final |" not in chosen
     with pytest.raises(ValueError, match="none yet: long still to run"):
         squad_table.selection(records[:6])  # short's run alone: the choice is not made yet
+
+
+def test_an_int8_plan_that_runs_no_int8_layer_is_named_in_the_table_and_the_readme():
+    path = REPO / "docs" / "results" / "squad-recipes" / "distilled-4ep.yaml"
+    recipe = recipe_hash(load_recipe(path))
+    final = []
+    for seed, plan in ((1, "int8_gelu"), (2, "dense_masked"), (3, "fp16_2of4")):
+        final += [record(seed, "dense", 82.0, on="dev", recipe=recipe), record(seed, "sparse", 82.0, on="dev", recipe=recipe),
+                  record(seed, "control", 82.0, on="dev", recipe=recipe),
+                  {**record(seed, "int8", 82.0 - (plan == "int8_gelu") * 0.3, on="dev", recipe=recipe), "plan_variant": plan}]
+    assert squad_table.int8_note(final) == (
+        "The int8 plans as the engine picked them (plan variant at the scored batch size, per seed): 1: int8_gelu, "
+        "2: dense_masked, 3: fp16_2of4. A plan of dense_masked or fp16_2of4 runs no int8 layer, so its model is the "
+        "fp16 2:4 model and scores its F1: int8 ran in 1 of 3 seeds' plans.")
+    assert squad_table.int8_note(final).split(". A plan")[0] in squad_table.tables(final)
+    assert "| -0.10 [-0.53, +0.33]; int8 ran in 1 of 3 plans |" in squad_table.readme_summary(final)
+    every_plan_int8 = [{**r, "plan_variant": "int8_fused"} if r["variant"] == "int8" else r for r in final]
+    assert "int8 ran in" not in squad_table.readme_summary(every_plan_int8)
+    assert squad_table.int8_note([record(1, "int8", 80.0)]) is None  # records from before plans were named
