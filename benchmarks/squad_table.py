@@ -3,7 +3,8 @@ results file of benchmarks/squad_seeds.py:
 
     python benchmarks/squad_table.py                      # print the tables of docs/results/squad-study.jsonl
     python benchmarks/squad_table.py --write              # replace them in docs/squad.md and the summary in
-                                                          # README.md (each between its markers)
+                                                          # README.md (each between its markers), and draw
+                                                          # the gaps in docs/squad-gaps.svg
     python benchmarks/squad_table.py RUN/results.jsonl    # a run's own records, before they are committed
 
 Each row belongs to one run: one recipe hash, one code commit and one code hash. Records of different
@@ -11,7 +12,7 @@ runs never meet in a row. The differences are paired by seed (each seed's 2:4 mo
 own dense baseline and control), with mean, standard deviation, count and the 95% t-interval of the
 mean. The README's summary is the last run scored on SQuAD dev: a final run, whose recipe was chosen
 on the held-out split and committed first; until one exists it says so. tests/test_squad_table.py
-fails while docs/squad.md or README.md differs from what the file gives.
+fails while docs/squad.md, README.md or the chart differs from what the file gives.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from squad_seeds import load_recipe, recipe_hash
+from stages import charts  # squad_seeds put the repository on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "squad-study.jsonl"
@@ -30,6 +33,7 @@ RECIPES = REPO / "docs" / "results" / "squad-recipes"  # the committed recipes, 
 FINAL_RECIPE = "final"  # RECIPES/final.yaml: the chosen recipe, not a candidate
 BEGIN, END = "<!-- study:begin (benchmarks/squad_table.py) -->", "<!-- study:end -->"
 README = REPO / "README.md"
+CHART = REPO / "docs" / "squad-gaps.svg"  # the gaps of docs/squad.md as intervals, drawn
 README_BEGIN, README_END = "<!-- accuracy:begin (benchmarks/squad_table.py) -->", "<!-- accuracy:end -->"
 RUN = ("recipe", "commit", "code")
 FIELDS = ("seed", "variant", "on", "f1", "exact_match", *RUN, "device", "versions")
@@ -40,6 +44,7 @@ NAMES = {"dense": "dense baseline", "control": "dense control (the 2:4 model's e
          "zero-shot-magnitude": "2:4 zero-shot, magnitude", "zero-shot-wanda": "2:4 zero-shot, Wanda",
          "zero-shot-sparsegpt": "2:4 zero-shot, SparseGPT", "sparse": "2:4 fine-tuned",
          "int8": "int8 plan of the 2:4 model"}
+GAP_NAMES = {"sparse": "2:4", "dense": "dense", "control": "dense control", "int8": "int8 plan"}
 ORDER = ("dense", "control", "zero-shot-magnitude", "zero-shot-wanda", "zero-shot-sparsegpt", "sparse", "int8")
 SPLITS = ("heldout", "dev", "extra")
 # Plan variants (engine/planner.py) that run no int8 layer: their "int8 plan" is the fp16 2:4 model.
@@ -170,12 +175,19 @@ def int8_plans(records: list[dict]) -> dict[int, str]:
             if record["variant"] == "int8" and "plan_variant" in record}
 
 
+def int8_in_plans(records: list[dict]) -> str:
+    """"int8 ran in N of M plans" where some seed's int8 plan ran no int8 layer, records of one run; else ""."""
+    plans = int8_plans(records)
+    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
+    return f"int8 ran in {ran} of {len(plans)} plans" if ran < len(plans) else ""
+
+
 def int8_note(records: list[dict]) -> str | None:
     """Which int8 plans ran int8 at all, records of one run (None where no record names its plan)."""
     if not (plans := int8_plans(records)):
         return None
-    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
     per_seed = ", ".join(f"{seed}: {plan}" for seed, plan in plans.items())
+    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
     return (f"The int8 plans as the engine picked them (plan variant at the scored batch size, per seed): {per_seed}. "
             f"A plan of {' or '.join(WITHOUT_INT8)} runs no int8 layer, so its model is the fp16 2:4 model and "
             f"scores its F1: int8 ran in {ran} of {len(plans)} seeds' plans.")
@@ -218,31 +230,40 @@ def choose(gaps: dict[str, tuple[float, dict]]) -> str:
     return min(near, key=lambda name: (gaps[name][0], -gaps[name][1]["mean"]))
 
 
-def selection(records: list[dict]) -> str:
-    """The candidates' held-out gaps, each from the latest run of its recipe, and the rule's choice once
-    every committed candidate (the recipe files other than final.yaml) has a run with an interval."""
+def candidate_gaps(records: list[dict]) -> tuple[list[tuple], str | None]:
+    """([(candidate name, its recipe hash, fine-tuning epochs, latest run or None, its held-out sparse -
+    dense per seed)] for each committed candidate, the final recipe's hash or None)."""
     latest: dict[str, tuple] = {}
     for record in records:
         if record["on"] == "heldout":
             latest[record["recipe"]] = run_of(record)  # file order: a later run of a recipe replaces an earlier
-    rows, gaps, pending, hashes, final = [], {}, [], {}, None
+    candidates, final = [], None
     for recipe, files in committed_recipes().items():
         for path, candidate in files:
             if path.stem == FINAL_RECIPE:
                 final = recipe
                 continue
-            hashes[path.stem] = recipe
-            epochs = candidate["params"].get("finetune.epochs")
             run = latest.get(recipe)
             differences = paired_differences([r for r in records if run_of(r) == run], "sparse", "dense",
                                              "heldout") if run else {}
-            if len(differences) < 2:
-                pending.append(path.stem)
-                rows.append(f"| {path.stem} | {epochs} | not run yet | | |")
-                continue
-            gap = gaps[path.stem] = (epochs, interval(list(differences.values())))
-            rows.append(f"| {path.stem} | {epochs} | `{run[1][:8]}` | {gap[1]['n']} | {gap[1]['mean']:+.2f} "
-                        f"[{gap[1]['low']:+.2f}, {gap[1]['high']:+.2f}] |")
+            candidates.append((path.stem, recipe, candidate["params"].get("finetune.epochs"), run, differences))
+    return candidates, final
+
+
+def selection(records: list[dict]) -> str:
+    """The candidates' held-out gaps, each from the latest run of its recipe, and the rule's choice once
+    every committed candidate (the recipe files other than final.yaml) has a run with an interval."""
+    rows, gaps, pending, hashes = [], {}, [], {}
+    candidates, final = candidate_gaps(records)
+    for name, recipe, epochs, run, differences in candidates:
+        hashes[name] = recipe
+        if len(differences) < 2:
+            pending.append(name)
+            rows.append(f"| {name} | {epochs} | not run yet | | |")
+            continue
+        gap = gaps[name] = (epochs, interval(list(differences.values())))
+        rows.append(f"| {name} | {epochs} | `{run[1][:8]}` | {gap[1]['n']} | {gap[1]['mean']:+.2f} "
+                    f"[{gap[1]['low']:+.2f}, {gap[1]['high']:+.2f}] |")
     chosen = None if pending or not gaps else choose(gaps)
     if final is not None and (chosen is None or hashes[chosen] != final):
         raise ValueError(f"{RECIPES / FINAL_RECIPE}.yaml: its recipe {final} is not the rule's choice "
@@ -289,13 +310,62 @@ def pending_summary() -> str:
             "after ([docs/squad.md](docs/squad.md)).")
 
 
+def last_final_run(records: list[dict]) -> tuple | None:
+    """The last run scored on SQuAD dev (a final run), None before one."""
+    finals = list(dict.fromkeys(run_of(record) for record in records if record["on"] == "dev"))
+    return finals[-1] if finals else None
+
+
+def gap_rows(records: list[dict]) -> list[tuple[str, str, dict[int, float]]]:
+    """The chart's rows, (split, label, difference per seed): each candidate's held-out 2:4 - dense
+    (its latest run), then the last final run's paired differences on dev."""
+    rows = [("held-out", f"{name}: 2:4 − dense", differences)
+            for name, _, _, _, differences in candidate_gaps(records)[0] if len(differences) >= 2]
+    if (run := last_final_run(records)) is not None:
+        dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
+        for variant, reference in PAIRED:
+            if len(differences := paired_differences(dev, variant, reference, "dev")) >= 2:
+                label = f"{GAP_NAMES[variant]} − {GAP_NAMES[reference]}"
+                if variant == "int8" and (ran := int8_in_plans(dev)):
+                    label += f" ({ran})"
+                rows.append(("dev", label, differences))
+    return rows
+
+
+def gap_chart(records: list[dict]) -> str:
+    """docs/squad-gaps.svg: each row of gap_rows as its mean (a dot), its 95% t-interval (a bar) and its
+    seeds (rings), coloured by split, beside a line at zero."""
+    rows = gap_rows(records)
+    if not rows:
+        return charts.document("2:4's F1 gaps: no run recorded yet", 400, 60, [])
+    gaps = [interval(list(differences.values())) for _, _, differences in rows]
+    x = charts.linear_axis("F1 difference, points (paired by seed)",
+                           [value for gap in gaps for value in (gap["low"], gap["high"])], zero=True)
+    colour_of = charts.colours([split for split, _, _ in rows])
+    left, band = charts.LEFT + 230, charts.PANEL_HEIGHT / len(rows)
+    at = lambda value: left + x.fraction(value) * charts.PANEL_WIDTH  # noqa: E731
+    body = charts.frame(left, x, None) + [charts.line(at(0), charts.TOP, at(0), charts.TOP + charts.PANEL_HEIGHT,
+                                                      "#555555", 1.5)]
+    for index, ((split, label, differences), gap) in enumerate(zip(rows, gaps)):
+        y, colour = charts.TOP + (index + 0.5) * band, colour_of[split]
+        body += [charts.text(left - 8, y + 4, f"{split} · {label}", "end"),
+                 f'<g data-series={quoteattr(f"{split} · {label}")}>',
+                 charts.line(at(gap["low"]), y, at(gap["high"]), y, colour, 3),
+                 f'<circle cx="{at(gap["mean"]):.2f}" cy="{y:.2f}" r="5" fill="{colour}"/>',
+                 *(f'<circle cx="{at(value):.2f}" cy="{y - 9:.2f}" r="3" fill="#ffffff" stroke="{colour}"/>'
+                   for value in differences.values()),
+                 "</g>"]
+    body += [charts.text(left + charts.PANEL_WIDTH / 2, charts.TOP + charts.PANEL_HEIGHT + 38, x.label)]
+    note = "Dot: the mean; bar: its 95% t-interval; rings: the seeds. Held-out: the candidates; dev: the final recipe."
+    return charts.document("2:4's F1 gaps, paired by seed", left + charts.PANEL_WIDTH + charts.RIGHT,
+                           charts.TOP + charts.PANEL_HEIGHT + charts.BOTTOM + 10, body, note)
+
+
 def readme_summary(records: list[dict]) -> str:
     """The README's accuracy summary: the last run scored on SQuAD dev, with its recipe's epochs, its
     seeds, the paired intervals and the split the recipe was chosen on; before one, where things stand."""
-    finals = list(dict.fromkeys(run_of(record) for record in records if record["on"] == "dev"))
-    if not finals:
+    if (run := last_final_run(records)) is None:
         return pending_summary()
-    run = finals[-1]
     if run[0] not in (recipes := committed_recipes()):
         raise ValueError(f"the final run's recipe {run[0]} is not among the committed recipes ({RECIPES})")
     path, recipe = recipes[run[0]][0]
@@ -306,9 +376,7 @@ def readme_summary(records: list[dict]) -> str:
     devices = ", ".join(sorted({record["device"] for record in dev}))
     planned = max((len(final["seeds"]) for file, final in recipes[run[0]] if file.stem == FINAL_RECIPE), default=0)
     seeds = f"{f1['sparse']['n']} of {planned}" if planned > f1["sparse"]["n"] else str(f1["sparse"]["n"])
-    plans = int8_plans(dev)
-    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
-    int8_ran = f"; int8 ran in {ran} of {len(plans)} plans" if ran < len(plans) else ""
+    int8_ran = f"; {ran}" if (ran := int8_in_plans(dev)) else ""
     return "\n".join([
         "| SQuAD v1.1 dev, MiniLM-L6 | chosen on | seeds | F1 dense | F1 2:4 | 2:4 − dense [95% interval] | "
         "2:4 − dense control | int8 plan − fp16 2:4 | device, code |",
@@ -328,6 +396,7 @@ def main() -> None:
             records = read_records(RESULTS)
             DOC.write_text(with_tables(DOC.read_text(), records))
             README.write_text(between(README.read_text(), README_BEGIN, README_END, readme_summary(records)))
+            CHART.write_text(gap_chart(records))
         else:
             print(tables(read_records(Path(arguments[0]) if arguments else RESULTS)))
     except ValueError as err:

@@ -205,3 +205,33 @@ def test_an_int8_plan_that_runs_no_int8_layer_is_named_in_the_table_and_the_read
     every_plan_int8 = [{**r, "plan_variant": "int8_fused"} if r["variant"] == "int8" else r for r in final]
     assert "int8 ran in" not in squad_table.readme_summary(every_plan_int8)
     assert squad_table.int8_note([record(1, "int8", 80.0)]) is None  # records from before plans were named
+
+
+def test_the_committed_gap_chart_is_what_the_results_give():
+    records = squad_table.read_records(squad_table.RESULTS)
+    assert squad_table.CHART.read_text() == squad_table.gap_chart(records), "stale: python benchmarks/squad_table.py --write"
+    assert "](squad-gaps.svg)" in squad_table.DOC.read_text()
+
+
+def test_the_gap_chart_draws_each_gap_at_its_mean_within_its_interval_beside_zero():
+    import xml.etree.ElementTree as ET
+    path = REPO / "docs" / "results" / "squad-recipes" / "distilled-4ep.yaml"
+    recipe = recipe_hash(load_recipe(path))
+    final = [record(seed, variant, f1, on="dev", recipe=recipe)
+             for seed, dense, sparse, control in ((1, 82.0, 81.0, 83.0), (2, 82.0, 81.2, 83.1), (3, 82.0, 81.1, 83.3))
+             for variant, f1 in (("dense", dense), ("sparse", sparse), ("control", control))]
+    assert [(split, label) for split, label, _ in squad_table.gap_rows(final)] == [
+        ("dev", "2:4 − dense"), ("dev", "2:4 − dense control")]
+    svg = ET.fromstring(squad_table.gap_chart(final))
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    zero = next(float(line.get("x1")) for line in svg.findall("svg:line", ns) if line.get("stroke") == "#555555")
+    groups = {group.get("data-series"): group for group in svg.findall("svg:g", ns)}
+    for name in ("dev · 2:4 − dense", "dev · 2:4 − dense control"):
+        bar = groups[name].find("svg:line", ns)
+        low, high = sorted((float(bar.get("x1")), float(bar.get("x2"))))
+        mean, *seeds = [float(circle.get("cx")) for circle in groups[name].findall("svg:circle", ns)]
+        assert low < mean < high and len(seeds) == 3
+        assert high < zero  # -0.90 [-1.15, -0.65], -2.03 [-2.41, -1.65]
+    dense_gap, control_gap = (float(groups[name].find("svg:circle", ns).get("cx"))
+                              for name in ("dev · 2:4 − dense", "dev · 2:4 − dense control"))
+    assert control_gap < dense_gap  # -2.03 left of -0.90
