@@ -175,10 +175,14 @@ def int8_plans(records: list[dict]) -> dict[int, str]:
             if record["variant"] == "int8" and "plan_variant" in record}
 
 
+def plans_running_int8(plans: dict[int, str]) -> int:
+    return sum(plan not in WITHOUT_INT8 for plan in plans.values())
+
+
 def int8_in_plans(records: list[dict]) -> str:
     """"int8 ran in N of M plans" where some seed's int8 plan ran no int8 layer, records of one run; else ""."""
     plans = int8_plans(records)
-    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
+    ran = plans_running_int8(plans)
     return f"int8 ran in {ran} of {len(plans)} plans" if ran < len(plans) else ""
 
 
@@ -187,10 +191,9 @@ def int8_note(records: list[dict]) -> str | None:
     if not (plans := int8_plans(records)):
         return None
     per_seed = ", ".join(f"{seed}: {plan}" for seed, plan in plans.items())
-    ran = sum(plan not in WITHOUT_INT8 for plan in plans.values())
     return (f"The int8 plans as the engine picked them (plan variant at the scored batch size, per seed): {per_seed}. "
             f"A plan of {' or '.join(WITHOUT_INT8)} runs no int8 layer, so its model is the fp16 2:4 model and "
-            f"scores its F1: int8 ran in {ran} of {len(plans)} seeds' plans.")
+            f"scores its F1: int8 ran in {plans_running_int8(plans)} of {len(plans)} seeds' plans.")
 
 
 def tables(records: list[dict]) -> str:
@@ -347,9 +350,9 @@ def gap_chart(records: list[dict]) -> str:
     body = charts.frame(left, x, None) + [charts.line(at(0), charts.TOP, at(0), charts.TOP + charts.PANEL_HEIGHT,
                                                       "#555555", 1.5)]
     for index, ((split, label, differences), gap) in enumerate(zip(rows, gaps)):
-        y, colour = charts.TOP + (index + 0.5) * band, colour_of[split]
-        body += [charts.text(left - 8, y + 4, f"{split} · {label}", "end"),
-                 f'<g data-series={quoteattr(f"{split} · {label}")}>',
+        y, colour, name = charts.TOP + (index + 0.5) * band, colour_of[split], f"{split} · {label}"
+        body += [charts.text(left - 8, y + 4, name, "end"),
+                 f'<g data-series={quoteattr(name)}>',
                  charts.line(at(gap["low"]), y, at(gap["high"]), y, colour, 3),
                  f'<circle cx="{at(gap["mean"]):.2f}" cy="{y:.2f}" r="5" fill="{colour}"/>',
                  *(f'<circle cx="{at(value):.2f}" cy="{y - 9:.2f}" r="3" fill="#ffffff" stroke="{colour}"/>'
