@@ -160,6 +160,7 @@ def use_run_server() -> bool:
         return configured == os.environ.get(RUN_SERVER_ENV)
     url = server.api_url()
     os.environ.update({"PREFECT_API_URL": url, RUN_SERVER_ENV: url, **server.CLIENT_ENV})  # for `dvc repro`'s stages
+    os.environ.setdefault("PREFECT_UI_URL", server.LASTING_UI_URL)
     prefect.context.refresh_global_settings_context()
     return True
 

@@ -37,6 +37,9 @@ PR_SET_PDEATHSIG = 1
 # Checks a client of this server can skip, each a request per Prefect client (a stage has three):
 # the server runs this same Prefect, and without CSRF protection (serve() makes sure).
 CLIENT_ENV = {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false", "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false"}
+# The run's server has no UI and is gone with the run: a stage's "View at" link names the UI that
+# `prefect server start` serves from the same database (the README's command) instead.
+LASTING_UI_URL = "http://127.0.0.1:4200"
 
 
 def servers_dir() -> Path:

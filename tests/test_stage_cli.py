@@ -154,6 +154,8 @@ def test_stages_of_one_dvc_run_share_one_server_that_stops_with_the_run(project)
     first, second = ((root / f"logs/{name}.log").read_text() for name in ("tokenize", "train_baseline"))
     url = first.split("started the Prefect server of this run", 1)[1].split(" at ", 1)[1].split()[0]
     assert "joined the Prefect server of this run" in second and f" at {url}" in second
+    # the run's server is gone after the run: the link names the lasting UI over the same database
+    assert "View at http://127.0.0.1:4200/runs/flow-run/" in second
     deadline = time.monotonic() + 15  # the server polls its owner twice a second
     while servers_in(root):
         assert time.monotonic() < deadline, "the run's server outlived `dvc repro`"
