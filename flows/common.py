@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import faulthandler
 import functools
 import logging
 import os
@@ -50,6 +51,10 @@ from stages.params import ParamError, Params, load_params  # noqa: E402
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 LOGS_DIR = Path("logs")
+# How long a stage that is done, failed or stopped with Ctrl-C may take to exit (Prefect's last logs
+# and events, its record of a crashed run) before it exits anyway.
+EXIT_GRACE_S = 30.0
+_exit_timer: threading.Timer | None = None  # exit_within's
 OUTPUT_FOLDERS = (Path("."), Path("models"))  # where the stages' output folders are (features, models/*)
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
 RUN_SERVER_ENV = "TWOFOUR_RUN_SERVER"  # the URL of the run's server, when PREFECT_API_URL is that
@@ -223,6 +228,7 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log = LOGS_DIR / f"{stage.name}.log"
     log_to_file(log)
+    stop_on_ctrl_c(stage.name, log)
     try:
         bind_to_parent(flows.STARTED_BY)  # dies with `dvc repro` (SIGTERM, above); publishes nothing once it is gone
         settings = run_server_settings() if use_run_server() else contextlib.nullcontext()
@@ -230,11 +236,44 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
             stage.build(args.params)()
     except Exception as err:  # noqa: BLE001 - every failure ends in its one line
         end_progress_bars()
-        exit_without_teardown(report_failure(stage.name, err, log))
+        exit_without_teardown(report_failure(stage.name, err, log), log)
     except KeyboardInterrupt:  # Ctrl-C: a user's stop, not a failure with a traceback to read
         end_progress_bars()
-        exit_without_teardown(report_interrupt(stage.name))
-    exit_without_teardown(0)
+        print(interrupt_line(stage.name), file=sys.stderr)
+        exit_without_teardown(128 + signal.SIGINT, log)
+    exit_without_teardown(0, log)
+
+
+def stop_on_ctrl_c(name: str, log: Path) -> None:
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and from then on the stage has
+    EXIT_GRACE_S to end: its way out (Prefect recording the run as crashed, threads it waits for) cannot
+    hold it past that."""
+    def on_ctrl_c(signum, frame):
+        exit_within(EXIT_GRACE_S, 128 + signum, interrupt_line(name), log)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+def exit_within(seconds: float, status: int, message: str | None, log: Path) -> None:
+    """Ends the process with `status` in `seconds` unless it has ended by then: `message` (if any) on
+    stderr, every thread's stack to `log`, for what held it up. Armed again, it replaces the last."""
+    global _exit_timer
+
+    def give_up() -> None:
+        with open(log, "a") as out:
+            out.write(f"the stage had not exited {seconds:g} s after it stopped; its threads:\n")
+            out.flush()
+            faulthandler.dump_traceback(out, all_threads=True)
+        if message:
+            os.write(sys.stderr.fileno(), f"\n{message}\n".encode())  # no Python lock a stuck thread may hold
+        os._exit(status)
+
+    if _exit_timer is not None:
+        _exit_timer.cancel()
+    _exit_timer = threading.Timer(seconds, give_up)
+    _exit_timer.daemon = True
+    _exit_timer.start()
 
 
 def end_progress_bars() -> None:
@@ -243,11 +282,10 @@ def end_progress_bars() -> None:
         bar.close()
 
 
-def report_interrupt(name: str) -> int:
-    """One line to stderr for a stage stopped with Ctrl-C; returns the exit status (128 + SIGINT)."""
-    print(f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
-          f"last checkpoint){checkout_hint(name)}", file=sys.stderr)
-    return 128 + signal.SIGINT
+def interrupt_line(name: str) -> str:
+    """The one line of a stage stopped with Ctrl-C."""
+    return (f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
+            f"last checkpoint){checkout_hint(name)}")
 
 
 def report_failure(name: str, err: BaseException, log: Path) -> int:
@@ -263,10 +301,12 @@ def checkout_hint(name: str) -> str:
     return f"; its last outputs come back with `dvc checkout {name}`" if os.environ.get("DVC_STAGE") else ""
 
 
-def exit_without_teardown(status: int) -> NoReturn:
+def exit_without_teardown(status: int, log: Path) -> NoReturn:
     """Exit as Python does, less freeing every module and object one by one (slow once torch and
     Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
-    last logs and events there), then the atexit handlers, then the output streams are flushed."""
+    last logs and events there), then the atexit handlers, then the output streams are flushed;
+    within EXIT_GRACE_S, whatever a thread or hook is waiting for."""
+    exit_within(EXIT_GRACE_S, status, None, log)
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()
     sys.stdout.flush()

@@ -101,10 +101,11 @@ def start(owner: psutil.Process, log: Path) -> dict:
     port = free_port()
     owned_by_us = owner.pid == os.getpid()
     with open(log, "ab") as output:
+        # A session of its own: a terminal's Ctrl-C, sent to its whole foreground group, stops the stage, not
+        # the server the stage still reports its stop to; the server goes with its owner (watch, PDEATHSIG).
         process = subprocess.Popen([sys.executable, "-m", "flows.server", str(owner.pid), str(port)],
                                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=not owned_by_us,
-                                   preexec_fn=die_with_parent if owned_by_us else None)
+                                   start_new_session=True, preexec_fn=die_with_parent if owned_by_us else None)
     return {"url": f"http://127.0.0.1:{port}/api", "pid": process.pid}
 
 

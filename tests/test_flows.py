@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+import textwrap
+import time
 
 import pytest
 from prefect.states import Failed
@@ -211,8 +213,35 @@ def test_a_stopped_stages_line_starts_a_line_of_its_own_after_a_progress_bar(cap
     bar = tqdm(total=10, desc="training", file=sys.stderr)
     bar.update(3)  # mid-bar: its last update has no newline
     common.end_progress_bars()
-    assert common.report_interrupt("train_baseline") == 130
+    print(common.interrupt_line("train_baseline"), file=sys.stderr)
     lines = capsys.readouterr().err.splitlines()
     assert lines[-2].startswith("training:  30%")
     assert lines[-1] == ("twofour train_baseline: interrupted: it published nothing, and a rerun starts it again "
                          "(training from its last checkpoint)")
+
+
+def test_an_exit_held_up_by_a_thread_ends_within_the_grace_with_the_threads_stacks_in_the_log(tmp_path):
+    """exit_without_teardown joins the threads as Python's exit does: one that never ends (a Prefect worker
+    waiting on a server) must not keep the stage alive."""
+    log = tmp_path / "stage.log"
+    script = textwrap.dedent(f"""
+        import threading, time
+        from pathlib import Path
+        from flows import common
+
+        def waits_for_ever():
+            while True:
+                time.sleep(0.1)
+
+        common.EXIT_GRACE_S = 1
+        threading.Thread(target=waits_for_ever, daemon=False).start()
+        common.exit_without_teardown(3, Path({str(log)!r}))
+    """)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert time.monotonic() - started < 60
+    assert result.stderr == ""  # a stage that is done or failed has printed its line already
+    text = log.read_text()
+    assert "the stage had not exited 1 s after it stopped" in text and "waits_for_ever" in text

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -110,23 +111,67 @@ def test_killed_stage_leaves_no_server(project, signum):
     assert not servers_in(root)
 
 
-def test_ctrl_c_stops_a_stage_in_one_line_and_leaves_no_server(pruned_project, tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["to the stage", "to its terminal's process group"])
+def test_ctrl_c_stops_a_stage_in_one_line_and_leaves_no_server(pruned_project, tmp_path, to_group):
+    """A terminal's Ctrl-C reaches every process of its foreground group: the stage's own server too."""
     root, env = copy_project(pruned_project, tmp_path / "project")
     set_params(root, train={"max_steps": 5000})  # still training when the signal comes
     process = subprocess.Popen([sys.executable, "-m", "flows.train_baseline"], cwd=root, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=to_group)
     deadline = time.monotonic() + 300
     while not list(root.glob(".checkpoints/*/checkpoint-*")):  # inside the training, past imports and server start
         assert process.poll() is None and time.monotonic() < deadline, "training did not start"
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    if to_group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
+    log = (root / "logs/train_baseline.log").read_text()
+    assert "had not exited" not in log, log[-3000:]  # it ended on its own, not by exit_within
     assert process.returncode == 128 + signal.SIGINT, err
     # the last line on stderr, a line of its own after the training's progress bar
     assert err.strip().splitlines()[-1] == ("twofour train_baseline: interrupted: it published nothing, and a "
                                             "rerun starts it again (training from its last checkpoint)")
     assert "Traceback" not in err
     assert not servers_in(root)
+
+
+def test_ctrl_c_ends_a_stage_whose_way_out_is_stuck(project):
+    """After Ctrl-C the stage has EXIT_GRACE_S to end, whatever its way out waits for: here work that
+    takes the KeyboardInterrupt and carries on, as a stuck crash report or thread would hold it."""
+    root, env = project
+    ready = root / "work-started"
+    script = textwrap.dedent(f"""
+        import time
+        from argparse import Namespace
+        from pathlib import Path
+        from flows import common
+
+        def work_that_ignores_ctrl_c(params, out):
+            Path({str(ready)!r}).touch()
+            while True:
+                try:
+                    time.sleep(0.1)
+                except KeyboardInterrupt:
+                    pass
+
+        common.EXIT_GRACE_S = 2
+        common.main(common.StageFlow("stuck", work_that_ignores_ctrl_c), Namespace(params="params.yaml"))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the work did not start"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines()[-1] == ("twofour stuck: interrupted: it published nothing, and a rerun starts "
+                                            "it again (training from its last checkpoint)")
+    log = (root / "logs/stuck.log").read_text()
+    assert "the stage had not exited 2 s after it stopped" in log and "work_that_ignores_ctrl_c" in log
 
 
 def test_a_runs_state_file_keeps_its_name_when_the_wall_clock_moves(monkeypatch):
