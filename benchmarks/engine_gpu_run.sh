@@ -35,9 +35,9 @@
 #   run.log             everything printed, by every call
 # A first call does versions, accelerate (~330 s), qa and the short steps; the second the stream and
 # the benchmark, a third the profile. ENGINE_RUN_SKIP="qa stream qa-cli" (steps by name) leaves steps
-# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls. A short lease
-# (one call of ~575 s): ENGINE_RUN_BATCH_SIZES="16 256" ENGINE_RUN_TUNING_S=8 with the profile left out
-# too does versions, accelerate and the benchmark in one.
+# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls. Batch sizes
+# 16 and 256 with ENGINE_RUN_TUNING_S=8 no longer fit one call: accelerate took 286 s and the benchmark,
+# which compiles each cell of the matrix at each batch size, did not finish in the 264 s left.
 set -uo pipefail
 : "${OUT:?set OUT to the directory the results go to}"
 mkdir -p "$OUT"
