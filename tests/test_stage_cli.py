@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import psutil
 import pytest
@@ -127,9 +128,11 @@ def test_ctrl_c_stops_a_stage_in_one_line_and_leaves_no_server(pruned_project, t
     else:
         process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
+    log = (root / "logs/train_baseline.log").read_text()
     if to_group:  # its server left running, the stage ends on its own, not by exit_within's deadline
-        log = (root / "logs/train_baseline.log").read_text()
         assert "had not exited" not in log, log[-3000:]
+    elif "had not exited" in log:  # a rare hang seen once in CI, now cut short: its stacks, for whoever reads
+        warnings.warn(f"the stage needed exit_within's deadline to stop:\n{log[-3000:]}")
     assert process.returncode == 128 + signal.SIGINT, err
     # the last line on stderr, a line of its own after the training's progress bar
     assert err.strip().splitlines()[-1] == ("twofour train_baseline: interrupted: it published nothing, and a "
