@@ -35,6 +35,7 @@ BEGIN, END = "<!-- study:begin (benchmarks/squad_table.py) -->", "<!-- study:end
 README = REPO / "README.md"
 CHART = REPO / "docs" / "squad-gaps.svg"  # the gaps of docs/squad.md as intervals, drawn
 README_BEGIN, README_END = "<!-- accuracy:begin (benchmarks/squad_table.py) -->", "<!-- accuracy:end -->"
+VERDICTS_BEGIN, VERDICTS_END = "<!-- verdicts:begin (benchmarks/squad_table.py) -->", "<!-- verdicts:end -->"
 RUN = ("recipe", "commit", "code")
 FIELDS = ("seed", "variant", "on", "f1", "exact_match", *RUN, "device", "versions")
 # (variant, what it is held to), seed by seed: what 2:4 costs against the baseline and against the
@@ -45,6 +46,11 @@ NAMES = {"dense": "dense baseline", "control": "dense control (the 2:4 model's e
          "zero-shot-sparsegpt": "2:4 zero-shot, SparseGPT", "sparse": "2:4 fine-tuned",
          "int8": "int8 plan of the 2:4 model"}
 GAP_NAMES = {"sparse": "2:4", "dense": "dense", "control": "dense control", "int8": "int8 plan"}
+# Issue 31's targets on SQuAD dev, per paired difference: what it asks, and whether an interval meets it.
+TARGETS = {("sparse", "dense"): ("mean >= 0, the interval's low end > -0.3",
+                                 lambda gap: gap["mean"] >= 0 and gap["low"] > -0.3),
+           ("sparse", "control"): ("mean within 0.3", lambda gap: abs(gap["mean"]) <= 0.3),
+           ("int8", "sparse"): ("mean within 0.3", lambda gap: abs(gap["mean"]) <= 0.3)}
 ORDER = ("dense", "control", "zero-shot-magnitude", "zero-shot-wanda", "zero-shot-sparsegpt", "sparse", "int8")
 SPLITS = ("heldout", "dev", "extra")
 # Plan variants (engine/planner.py) that run no int8 layer: their "int8 plan" is the fp16 2:4 model.
@@ -280,7 +286,29 @@ def selection(records: list[dict]) -> str:
 
 
 def with_tables(doc: str, records: list[dict]) -> str:
+    doc = between(doc, VERDICTS_BEGIN, VERDICTS_END, verdicts(records))
     return between(doc, BEGIN, END, f"{tables(records)}\n\n{selection(records)}")
+
+
+def verdicts(records: list[dict]) -> str:
+    """The last final run's paired dev differences against issue 31's targets (TARGETS)."""
+    if (run := last_final_run(records)) is None:
+        return "No final run yet: SQuAD dev has not been scored."
+    dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
+    rows = ["| SQuAD dev, paired by seed | mean [95% interval] | seeds | target | verdict |", "|---|---|---|---|---|"]
+    for variant, reference in PAIRED:
+        target, met = TARGETS[variant, reference]
+        if len(differences := paired_differences(dev, variant, reference, "dev")) < 2:
+            continue
+        gap = interval(list(differences.values()))
+        verdict = "met" if met(gap) else "not met"
+        if reference == "control":
+            verdict += ", the control ahead" if gap["mean"] < 0 else ", 2:4 ahead"
+        if variant == "int8" and (ran := int8_in_plans(dev)):
+            verdict += f" ({ran})"
+        rows.append(f"| {GAP_NAMES[variant]} − {GAP_NAMES[reference]} | {gap_cell(dev, variant, reference)} | "
+                    f"{gap['n']} | {target} | {verdict} |")
+    return "\n".join(rows)
 
 
 def between(doc: str, begin_marker: str, end_marker: str, text: str) -> str:

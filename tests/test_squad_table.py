@@ -207,6 +207,32 @@ def test_an_int8_plan_that_runs_no_int8_layer_is_named_in_the_table_and_the_read
     assert squad_table.int8_note([record(1, "int8", 80.0)]) is None  # records from before plans were named
 
 
+def test_the_verdicts_hold_each_gap_against_issue_31s_target_and_say_which_way_the_control_goes():
+    def final_run(sparse, control, int8, plans=("int8_gelu",) * 3):
+        records = []
+        for seed, plan in zip((1, 2, 3), plans):
+            f1 = 80.0 + sparse[seed - 1]  # the 2:4 model's
+            records += [record(seed, "dense", 80.0, on="dev"), record(seed, "sparse", f1, on="dev"),
+                        record(seed, "control", f1 - control[seed - 1], on="dev"),
+                        {**record(seed, "int8", f1 + int8[seed - 1], on="dev"), "plan_variant": plan}]
+        lines = squad_table.verdicts(records).splitlines()[2:]
+        return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+    # 2:4 ahead of dense by 0.2 +- 0.1: met; the control 0.2 behind 2:4; int8 within 0.3
+    rows = final_run(sparse=(0.1, 0.2, 0.3), control=(0.2, 0.1, 0.3), int8=(-0.1, 0.0, -0.2))
+    assert [row[0] for row in rows] == ["2:4 − dense", "2:4 − dense control", "int8 plan − 2:4"]
+    assert rows[0][1] == "+0.20 [-0.05, +0.45]" and rows[0][-1] == "met"
+    assert rows[1][1].startswith("+0.20") and rows[1][-1] == "met, 2:4 ahead"
+    assert rows[2][-1] == "met"
+    # a mean at or above zero whose interval reaches below -0.3 is not met; nor a control 0.4 ahead
+    rows = final_run(sparse=(-0.5, 0.0, 0.5), control=(-0.4, -0.4, -0.4), int8=(0.0, 0.0, 0.0),
+                     plans=("int8_gelu", "dense_masked", "dense_masked"))
+    assert rows[0][1].startswith("+0.00 [-1.24") and rows[0][-1] == "not met"
+    assert rows[1][-1] == "not met, the control ahead"
+    assert rows[2][-1] == "met (int8 ran in 1 of 3 plans)"
+    assert squad_table.verdicts([record(1, "dense", 80.0)]) == "No final run yet: SQuAD dev has not been scored."
+
+
 def test_the_committed_gap_chart_is_what_the_results_give():
     records = squad_table.read_records(squad_table.RESULTS)
     assert squad_table.CHART.read_text() == squad_table.gap_chart(records), "stale: python benchmarks/squad_table.py --write"
