@@ -35,9 +35,9 @@
 #   run.log             everything printed, by every call
 # A first call does versions, accelerate (~330 s), qa and the short steps; the second the stream and
 # the benchmark, a third the profile. ENGINE_RUN_SKIP="qa stream qa-cli" (steps by name) leaves steps
-# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls. Batch sizes
-# 16 and 256 with ENGINE_RUN_TUNING_S=8 no longer fit one call: accelerate took 286 s and the benchmark,
-# which compiles each cell of the matrix at each batch size, did not finish in the 264 s left.
+# out: issue 30's figures (versions, accelerate, benchmark, profile) then take two calls. Even batch
+# sizes 16 and 256 with ENGINE_RUN_TUNING_S=8 do not fit one call: the benchmark compiles each cell of
+# the matrix at each batch size (docs/results/2026-12-07-engine-plan-h100-cslt010).
 set -uo pipefail
 : "${OUT:?set OUT to the directory the results go to}"
 mkdir -p "$OUT"
@@ -179,8 +179,8 @@ if [ -d "$WORK" ]; then
   # Four buckets a model, each a compile and a capture (eight in all; a retry reuses the compile cache).
   step stream 240 450 "$PY" benchmarks/engine_stream.py --work "$WORK" --requests 24 --passes 10 \
     --batch-buckets 16 256 --seq-buckets 192 384 --out "$RUNNING/stream/stream.json"
-  # The matrix compiles each of its cells at each batch size: on a slow host two batch sizes took over
-  # 264 s, so a call of its own may go to the cap (a retry reuses the compiles a cut-off try got through).
+  # The matrix compiles each of its cells at each batch size, on the host: it may take a call of its own
+  # (a retry reuses the compiles a cut-off try got through).
   # shellcheck disable=SC2086
   step benchmark 240 560 "$PY" benchmarks/gpu_engine.py --only benchmark --work "$WORK" --precision int8 \
     --batch-sizes $BATCH_SIZES --warmup 3 --repeats 20 --benchmark-modes $MODES --no-tutorial \
