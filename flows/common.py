@@ -55,6 +55,7 @@ LOGS_DIR = Path("logs")
 # and events, its record of a crashed run) before it exits anyway.
 EXIT_GRACE_S = 30.0
 _exit_timer: threading.Timer | None = None  # exit_within's
+_interrupt_reported = threading.Event()  # report_interrupt's line is out
 OUTPUT_FOLDERS = (Path("."), Path("models"))  # where the stages' output folders are (features, models/*)
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
 RUN_SERVER_ENV = "TWOFOUR_RUN_SERVER"  # the URL of the run's server, when PREFECT_API_URL is that
@@ -239,7 +240,7 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
         exit_without_teardown(report_failure(stage.name, err, log), log)
     except KeyboardInterrupt:  # Ctrl-C: a user's stop, not a failure with a traceback to read
         end_progress_bars()
-        print(interrupt_line(stage.name), file=sys.stderr)
+        report_interrupt(stage.name)
         exit_without_teardown(128 + signal.SIGINT, log)
     exit_without_teardown(0, log)
 
@@ -248,25 +249,30 @@ def stop_on_ctrl_c(name: str, log: Path) -> None:
     """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and from then on the stage has
     EXIT_GRACE_S to end: its way out (Prefect recording the run as crashed, threads it waits for) cannot
     hold it past that."""
+    pressed = []
+
     def on_ctrl_c(signum, frame):
-        exit_within(EXIT_GRACE_S, 128 + signum, interrupt_line(name), log)
+        exit_within(0 if pressed else EXIT_GRACE_S, 128 + signum, name, log)  # a second Ctrl-C: at once
+        pressed.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_ctrl_c)
 
 
-def exit_within(seconds: float, status: int, message: str | None, log: Path) -> None:
-    """Ends the process with `status` in `seconds` unless it has ended by then: `message` (if any) on
-    stderr, every thread's stack to `log`, for what held it up. Armed again, it replaces the last."""
+def exit_within(seconds: float, status: int, interrupted: str | None, log: Path) -> None:
+    """Ends the process with `status` in `seconds` unless it has ended by then: every thread's stack to
+    `log`, for what held it up, and, for the stage `interrupted` by Ctrl-C, its line unless it is out.
+    Armed again, it replaces the last."""
     global _exit_timer
 
     def give_up() -> None:
-        with open(log, "a") as out:
-            out.write(f"the stage had not exited {seconds:g} s after it stopped; its threads:\n")
+        with contextlib.suppress(OSError), open(log, "a") as out:  # the exit must not depend on the log
+            why = f"had not exited {seconds:g} s after it stopped" if seconds else "was stopped again"
+            out.write(f"the stage {why}; its threads:\n")
             out.flush()
             faulthandler.dump_traceback(out, all_threads=True)
-        if message:
-            os.write(sys.stderr.fileno(), f"\n{message}\n".encode())  # no Python lock a stuck thread may hold
+        if interrupted:
+            report_interrupt(interrupted, stuck=True)
         os._exit(status)
 
     if _exit_timer is not None:
@@ -282,10 +288,18 @@ def end_progress_bars() -> None:
         bar.close()
 
 
-def interrupt_line(name: str) -> str:
-    """The one line of a stage stopped with Ctrl-C."""
-    return (f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
+def report_interrupt(name: str, stuck: bool = False) -> None:
+    """The one line of a stage stopped with Ctrl-C, to stderr once. `stuck`: from exit_within's thread,
+    past any Python lock a stuck thread may hold."""
+    if _interrupt_reported.is_set():
+        return
+    _interrupt_reported.set()
+    line = (f"twofour {name}: interrupted: it published nothing, and a rerun starts it again (training from its "
             f"last checkpoint){checkout_hint(name)}")
+    if stuck:
+        os.write(sys.stderr.fileno(), f"\n{line}\n".encode())
+    else:
+        print(line, file=sys.stderr)
 
 
 def report_failure(name: str, err: BaseException, log: Path) -> int:
@@ -306,7 +320,7 @@ def exit_without_teardown(status: int, log: Path) -> NoReturn:
     Prefect are loaded): threads are joined and their exit hooks run (Prefect sends its
     last logs and events there), then the atexit handlers, then the output streams are flushed;
     within EXIT_GRACE_S, whatever a thread or hook is waiting for."""
-    exit_within(EXIT_GRACE_S, status, None, log)
+    exit_within(EXIT_GRACE_S, status, None, log)  # a stage's line is out by now
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()
     sys.stdout.flush()

@@ -213,7 +213,8 @@ def test_a_stopped_stages_line_starts_a_line_of_its_own_after_a_progress_bar(cap
     bar = tqdm(total=10, desc="training", file=sys.stderr)
     bar.update(3)  # mid-bar: its last update has no newline
     common.end_progress_bars()
-    print(common.interrupt_line("train_baseline"), file=sys.stderr)
+    common.report_interrupt("train_baseline")
+    common.report_interrupt("train_baseline")  # once: exit_within's thread may come to it too
     lines = capsys.readouterr().err.splitlines()
     assert lines[-2].startswith("training:  30%")
     assert lines[-1] == ("twofour train_baseline: interrupted: it published nothing, and a rerun starts it again "
