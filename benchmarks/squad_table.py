@@ -292,22 +292,19 @@ def with_tables(doc: str, records: list[dict]) -> str:
 
 def verdicts(records: list[dict]) -> str:
     """The last final run's paired dev differences against issue 31's targets (TARGETS)."""
-    if (run := last_final_run(records)) is None:
+    if last_final_run(records) is None:
         return "No final run yet: SQuAD dev has not been scored."
-    dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
     rows = ["| SQuAD dev, paired by seed | mean [95% interval] | seeds | target | verdict |", "|---|---|---|---|---|"]
-    for variant, reference in PAIRED:
+    for variant, reference, differences, ran in dev_gaps(records):
         target, met = TARGETS[variant, reference]
-        if len(differences := paired_differences(dev, variant, reference, "dev")) < 2:
-            continue
         gap = interval(list(differences.values()))
         verdict = "met" if met(gap) else "not met"
         if reference == "control":
             verdict += ", the control ahead" if gap["mean"] < 0 else ", 2:4 ahead"
-        if variant == "int8" and (ran := int8_in_plans(dev)):
+        if ran:
             verdict += f" ({ran})"
-        rows.append(f"| {GAP_NAMES[variant]} − {GAP_NAMES[reference]} | {gap_cell(dev, variant, reference)} | "
-                    f"{gap['n']} | {target} | {verdict} |")
+        rows.append(f"| {GAP_NAMES[variant]} − {GAP_NAMES[reference]} | {gap_text(gap)} | {gap['n']} | {target} | "
+                    f"{verdict} |")
     return "\n".join(rows)
 
 
@@ -320,7 +317,11 @@ def gap_cell(records: list[dict], variant: str, reference: str) -> str:
     """A paired difference on dev as `mean [low, high]`, or n/a where no seed has both."""
     if not (differences := paired_differences(records, variant, reference, "dev")):
         return "n/a"
-    gap = interval(list(differences.values()))
+    return gap_text(interval(list(differences.values())))
+
+
+def gap_text(gap: dict) -> str:
+    """An interval as `mean [low, high]` (the mean alone for one seed)."""
     return f"{gap['mean']:+.2f}" + ("" if gap["sd"] is None else f" [{gap['low']:+.2f}, {gap['high']:+.2f}]")
 
 
@@ -347,19 +348,29 @@ def last_final_run(records: list[dict]) -> tuple | None:
     return finals[-1] if finals else None
 
 
+def final_dev(records: list[dict]) -> list[dict]:
+    """The last final run's records on SQuAD dev ([] before one)."""
+    run = last_final_run(records)
+    return [record for record in records if run is not None and run_of(record) == run and record["on"] == "dev"]
+
+
+def dev_gaps(records: list[dict]) -> list[tuple[str, str, dict[int, float], str]]:
+    """The last final run's PAIRED differences on dev that two seeds or more have: (variant, reference,
+    difference per seed, "int8 ran in N of M plans" where the int8 row needs saying so, else "")."""
+    dev, gaps = final_dev(records), []
+    for variant, reference in PAIRED:
+        if len(differences := paired_differences(dev, variant, reference, "dev")) >= 2:
+            gaps.append((variant, reference, differences, int8_in_plans(dev) if variant == "int8" else ""))
+    return gaps
+
+
 def gap_rows(records: list[dict]) -> list[tuple[str, str, dict[int, float]]]:
     """The chart's rows, (split, label, difference per seed): each candidate's held-out 2:4 - dense
     (its latest run), then the last final run's paired differences on dev."""
     rows = [("held-out", f"{name}: 2:4 − dense", differences)
             for name, _, _, _, differences in candidate_gaps(records)[0] if len(differences) >= 2]
-    if (run := last_final_run(records)) is not None:
-        dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
-        for variant, reference in PAIRED:
-            if len(differences := paired_differences(dev, variant, reference, "dev")) >= 2:
-                label = f"{GAP_NAMES[variant]} − {GAP_NAMES[reference]}"
-                if variant == "int8" and (ran := int8_in_plans(dev)):
-                    label += f" ({ran})"
-                rows.append(("dev", label, differences))
+    for variant, reference, differences, ran in dev_gaps(records):
+        rows.append(("dev", f"{GAP_NAMES[variant]} − {GAP_NAMES[reference]}" + (f" ({ran})" if ran else ""), differences))
     return rows
 
 
@@ -400,7 +411,7 @@ def readme_summary(records: list[dict]) -> str:
     if run[0] not in (recipes := committed_recipes()):
         raise ValueError(f"the final run's recipe {run[0]} is not among the committed recipes ({RECIPES})")
     path, recipe = recipes[run[0]][0]
-    dev = [record for record in records if run_of(record) == run and record["on"] == "dev"]
+    dev = final_dev(records)
     f1 = {variant: interval([record["f1"] for record in dev if record["variant"] == variant])
           for variant in ("dense", "sparse")}
     params, heldout = recipe["params"], recipe["heldout"]
