@@ -267,7 +267,7 @@ def exit_within(seconds: float, status: int, interrupted: str | None, log: Path)
 
     def give_up() -> None:
         with contextlib.suppress(OSError), open(log, "a") as out:  # the exit must not depend on the log
-            why = f"had not exited {seconds:g} s after it stopped" if seconds else "was stopped again"
+            why = f"had not exited {seconds:g} s after it stopped" if seconds else "got Ctrl-C on its way out"
             out.write(f"the stage {why}; its threads:\n")
             out.flush()
             faulthandler.dump_traceback(out, all_threads=True)
@@ -321,6 +321,9 @@ def exit_without_teardown(status: int, log: Path) -> NoReturn:
     last logs and events there), then the atexit handlers, then the output streams are flushed;
     within EXIT_GRACE_S, whatever a thread or hook is waiting for."""
     exit_within(EXIT_GRACE_S, status, None, log)  # a stage's line is out by now
+    # Its work is over (published, failed or interrupted): Ctrl-C from here ends it at once with that
+    # outcome, not with a KeyboardInterrupt traceback from inside the teardown.
+    signal.signal(signal.SIGINT, lambda signum, frame: exit_within(0, status, None, log))
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()
     sys.stdout.flush()

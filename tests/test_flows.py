@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -246,3 +247,40 @@ def test_an_exit_held_up_by_a_thread_ends_within_the_grace_with_the_threads_stac
     assert result.stderr == ""  # a stage that is done or failed has printed its line already
     text = log.read_text()
     assert "the stage had not exited 1 s after it stopped" in text and "waits_for_ever" in text
+
+
+@pytest.mark.parametrize("status", [0, 1], ids=["done", "failed"])
+def test_ctrl_c_on_the_way_out_ends_the_stage_at_once_with_its_outcome(tmp_path, status):
+    """A finished stage's exit may wait on Prefect's last logs: Ctrl-C then ends it at once, with the status
+    its work earned and without a traceback; the log keeps what the exit was waiting for."""
+    log, ready = tmp_path / "stage.log", tmp_path / "on-its-way-out"
+    script = textwrap.dedent(f"""
+        import signal, threading, time
+        from pathlib import Path
+        from flows import common
+
+        def sends_its_last_logs():
+            while common._exit_timer is None:  # until the exit has begun
+                time.sleep(0.01)
+            time.sleep(0.5)
+            Path({str(ready)!r}).touch()
+            time.sleep(300)
+
+        common.EXIT_GRACE_S = 200
+        threading.Thread(target=sends_its_last_logs, daemon=False).start()
+        common.exit_without_teardown({status}, Path({str(log)!r}))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the exit did not begin"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    signalled = time.monotonic()
+    _, err = process.communicate(timeout=150)
+    assert time.monotonic() - signalled < 30  # not the grace's 200 s
+    assert process.returncode == status, err
+    assert err == ""  # no traceback; a stage's one line was out before its exit began
+    text = log.read_text()
+    assert "the stage got Ctrl-C on its way out" in text and "sends_its_last_logs" in text
