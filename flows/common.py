@@ -54,7 +54,7 @@ LOGS_DIR = Path("logs")
 # How long a stage that is done, failed or stopped with Ctrl-C may take to exit (Prefect's last logs
 # and events, its record of a crashed run) before it exits anyway.
 EXIT_GRACE_S = 30.0
-_exit_timer: threading.Timer | None = None  # exit_within's
+_way_out: tuple[threading.Timer, int, str | None] | None = None  # exit_within's deadline, status, stopped stage
 _interrupt_reported = threading.Event()  # report_interrupt's line is out
 OUTPUT_FOLDERS = (Path("."), Path("models"))  # where the stages' output folders are (features, models/*)
 PIPELINE_RUN_ENV = "TWOFOUR_PIPELINE_RUN"  # set by flows/pipeline.py for the stages it starts
@@ -248,12 +248,15 @@ def main(stage: StageFlow, args: argparse.Namespace) -> None:
 def stop_on_ctrl_c(name: str, log: Path) -> None:
     """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and from then on the stage has
     EXIT_GRACE_S to end: its way out (Prefect recording the run as crashed, threads it waits for) cannot
-    hold it past that."""
-    pressed = []
+    hold it past that. A Ctrl-C once the stage is on its way out (stopped, done or failed) ends it at once
+    with the status it was leaving with, not with a KeyboardInterrupt from inside its teardown."""
 
     def on_ctrl_c(signum, frame):
-        exit_within(0 if pressed else EXIT_GRACE_S, 128 + signum, name, log)  # a second Ctrl-C: at once
-        pressed.append(signum)
+        if _way_out is not None:
+            _, status, interrupted = _way_out
+            exit_within(0, status, interrupted, log)
+            return
+        exit_within(EXIT_GRACE_S, 128 + signum, name, log)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_ctrl_c)
@@ -263,7 +266,7 @@ def exit_within(seconds: float, status: int, interrupted: str | None, log: Path)
     """Ends the process with `status` in `seconds` unless it has ended by then: every thread's stack to
     `log`, for what held it up, and, for the stage `interrupted` by Ctrl-C, its line unless it is out.
     Armed again, it replaces the last."""
-    global _exit_timer
+    global _way_out
 
     def give_up() -> None:
         with contextlib.suppress(OSError), open(log, "a") as out:  # the exit must not depend on the log
@@ -275,11 +278,12 @@ def exit_within(seconds: float, status: int, interrupted: str | None, log: Path)
             report_interrupt(interrupted, stuck=True)
         os._exit(status)
 
-    if _exit_timer is not None:
-        _exit_timer.cancel()
-    _exit_timer = threading.Timer(seconds, give_up)
-    _exit_timer.daemon = True
-    _exit_timer.start()
+    if _way_out is not None:
+        _way_out[0].cancel()
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    _way_out = (timer, status, interrupted)
+    timer.start()
 
 
 def end_progress_bars() -> None:
@@ -321,9 +325,6 @@ def exit_without_teardown(status: int, log: Path) -> NoReturn:
     last logs and events there), then the atexit handlers, then the output streams are flushed;
     within EXIT_GRACE_S, whatever a thread or hook is waiting for."""
     exit_within(EXIT_GRACE_S, status, None, log)  # a stage's line is out by now
-    # Its work is over (published, failed or interrupted): Ctrl-C from here ends it at once with that
-    # outcome, not with a KeyboardInterrupt traceback from inside the teardown.
-    signal.signal(signal.SIGINT, lambda signum, frame: exit_within(0, status, None, log))
     threading._shutdown()  # what the interpreter's exit calls first
     atexit._run_exitfuncs()
     sys.stdout.flush()

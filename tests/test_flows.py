@@ -260,13 +260,14 @@ def test_ctrl_c_on_the_way_out_ends_the_stage_at_once_with_its_outcome(tmp_path,
         from flows import common
 
         def sends_its_last_logs():
-            while common._exit_timer is None:  # until the exit has begun
+            while common._way_out is None:  # until the exit has begun
                 time.sleep(0.01)
             time.sleep(0.5)
             Path({str(ready)!r}).touch()
             time.sleep(300)
 
         common.EXIT_GRACE_S = 200
+        common.stop_on_ctrl_c("demo", Path({str(log)!r}))  # as main() does
         threading.Thread(target=sends_its_last_logs, daemon=False).start()
         common.exit_without_teardown({status}, Path({str(log)!r}))
     """)
