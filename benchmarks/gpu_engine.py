@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import string
 import sys
 import tempfile
@@ -218,7 +219,7 @@ def main() -> None:
         dense_dir, sparse_dir = build_models(root, exclude)
         accelerated_dir = root / "accelerated"
         if args.only != "benchmark":
-            accelerated_dir.mkdir(exist_ok=True)
+            shutil.rmtree(accelerated_dir, ignore_errors=True)  # planned again: a plan of an earlier run gives way
             start = time.perf_counter()
             results["accelerate"] = accelerate.run(params, sparse_dir, accelerated_dir,
                                                    tuning_budget_s=args.tuning_budget_s)

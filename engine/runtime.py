@@ -102,3 +102,16 @@ def cusparselt_facts() -> dict:
         compiled = None
     return {"cusparselt": loaded_version(), "cusparselt_files": mapped_cusparselt(),
             "cusparselt_torch_compiled": compiled}
+
+
+def device_record(device) -> dict:
+    """What a plan records of the device it was made on: its type, torch, and on a GPU its name, compute
+    capability, CUDA and the cuSPARSELt loaded (not the one torch was compiled against)."""
+    import torch
+
+    record = {"device": device.type, "torch": torch.__version__}
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        record.update(gpu=torch.cuda.get_device_name(device), compute_capability=f"{major}.{minor}",
+                      cuda=torch.version.cuda, **cusparselt_facts())
+    return record

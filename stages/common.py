@@ -22,7 +22,7 @@ import torch
 from engine import common as engine_common
 from engine.common import best_device, mode_after_umask
 from engine.errors import InputError
-from engine.runtime import cusparselt_facts
+from engine.runtime import device_record
 
 from .hardware import cpu_facts
 
@@ -130,28 +130,15 @@ def seed_everything(seed: int) -> None:
 
 
 def device_facts(device: torch.device | None = None) -> dict:
-    """Device name, compute capability, the CPU's model and numeric instruction sets (they decide
-    which kernels a CPU runs, on a GPU machine too: the host computes some of it), and library
-    versions: what makes a figure comparable."""
+    """The device as a plan records it (engine.runtime.device_record), with the CPU's model and numeric
+    instruction sets (they decide which kernels a CPU runs, on a GPU machine too: the host computes some
+    of it) and library versions: what makes a figure comparable."""
     import transformers
 
     device = device or best_device()
-    facts = {
-        "device": device.type,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        **cpu_facts(),
-    }
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        facts.update(
-            gpu=torch.cuda.get_device_name(device),
-            compute_capability=f"{major}.{minor}",
-            cuda=torch.version.cuda,
-        )
-        facts.update(cusparselt_facts())  # the version loaded, not the one torch was compiled against
-    else:
+    facts = {**device_record(device), "transformers": transformers.__version__,
+             "python": platform.python_version(), **cpu_facts()}
+    if device.type != "cuda":
         facts["cpu"] = platform.processor() or platform.machine()
         facts["cpu_threads"] = torch.get_num_threads()
     return facts
