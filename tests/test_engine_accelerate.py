@@ -9,6 +9,7 @@ from engine import accelerate as engine_accelerate
 from engine.accelerate import AccelerateOptions, Calibration, accelerate
 from engine.errors import InputError
 from engine.kernels import Int8ReferenceLinear, Kernel
+from engine.models import load_tokenizer
 from engine.plan import PLAN_FILE, Plan, load_accelerated
 from engine.qa import QuestionAnswerer
 from stages.prune import prune
@@ -41,8 +42,12 @@ def test_bad_options_fail_in_one_line_naming_the_field(field, value, message):
 
 
 def test_int8_calibrated_on_the_inputs_given_and_the_result_answers_questions(pruned, tmp_path):
-    tokens = torch.Generator().manual_seed(3)
-    given = Calibration({"input_ids": torch.randint(1000, 2000, (4, 24), generator=tokens)}, "4 questions of mine")
+    tokenizer = load_tokenizer(str(pruned))  # a tokenizer's batch, padded, as docs/pipeline.md shows
+    batch = tokenizer(["Where was Ada born?", "When?", "Who wrote the notes?", "What did she study?"],
+                      ["Ada was born in London in 1815."] * 2 + ["Ada wrote the notes on the engine."] * 2,
+                      padding=True, return_tensors="pt")
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"} and not batch["attention_mask"].all()
+    given = Calibration(dict(batch), "4 questions of mine")
     options = AccelerateOptions(precision="int8", batch_sizes=(1, 2), seq_length=64)
     report = accelerate(pruned, tmp_path / "mine", options, given, device=CPU)
     default = accelerate(pruned, tmp_path / "random", options, device=CPU)
