@@ -16,8 +16,8 @@ def _from_pretrained(loader, source: str, what: str, **kwargs):
     try:
         return loader.from_pretrained(source, **kwargs)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else ""
+        from_hub = os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.isdir(source)
+        hint = " (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if from_hub else ""
         raise InputError(f"model.name={source}: cannot load the {what}{hint}: {first_line(err)}") from None
     except SafetensorError as err:  # a truncated or corrupt weights file: bad input, not worth a retry
         raise InputError(f"{source}: cannot read the {what}'s weights ({err})") from None

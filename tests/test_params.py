@@ -113,6 +113,15 @@ def test_hub_id_offline_fails_in_one_line(monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_a_local_model_that_cannot_load_names_its_file_not_the_hub(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "config.json").write_text('{"bad json')
+    with pytest.raises(InputError) as err:
+        load_qa_model(str(tmp_path))
+    assert str(err.value).startswith(f"model.name={tmp_path}: cannot load the model: ")
+    assert f"{tmp_path}/config.json" in str(err.value) and "hub" not in str(err.value)
+
+
 def test_validate_checks_model_name_offline_against_the_hub_cache(monkeypatch, tmp_path, tiny_model):
     from huggingface_hub import constants
 
