@@ -252,6 +252,36 @@ def cloned(output):
     return tuple(cloned(item) for item in output) if type(output) is tuple else output
 
 
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def prune_2of4(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], method: str = "magnitude",
+               batches: list[dict] | None = None, sequential: bool = True,
+               sparse_block_shape: tuple[int, int] = (1, GROUP), zeros_per_block: int = GROUP // 2) -> dict:
+    """The one call: `layers` of `model` pruned to 2:4 in place by `method`, the masks left in the weights
+    as their zeros (masks_in_weights finds them again). wanda and sparsegpt read `batches`, a few batches
+    of model inputs (calibration_batches). Returns the sparsity summary (sparsity_summary)."""
+    if method not in METHODS:
+        raise InputError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    if method != "magnitude" and not batches:
+        raise InputError(f"method={method} reads calibration batches: none given")
+    names = list(layers)
+    if method == "sparsegpt":
+        masks = sparsegpt_layers(model, layers, batches, zeros_per_block, sequential)
+        sparsifier = attach_sparsifier(model, names, sparse_block_shape, zeros_per_block)
+        load_masks(sparsifier, masks)
+    else:
+        input_norms = input_channel_norms(model, layers, batches) if method == "wanda" else None
+        sparsifier = attach_sparsifier(model, names, sparse_block_shape, zeros_per_block, input_norms)
+        sparsifier.step()  # keep the 2 highest-scoring weights of every 4
+    sparsifier.squash_mask()
+    summary = sparsity_summary(sparsity_report(model, names))
+    if not summary["pattern_2of4_holds"]:
+        raise InputError(f"sparse_block_shape={sparse_block_shape}, zeros_per_block={zeros_per_block} left groups of "
+                         f"{GROUP} with fewer than 2 zeros: not 2:4")
+    return summary
+
+
 def masks_in_weights(layers: dict[str, torch.nn.Linear], zeros_per_block: int) -> dict[str, torch.Tensor]:
     """The 2:4 masks a pruned model carries in its zeros, for those of `layers` whose weights hold
     the pattern (a dense layer never does): the largest GROUP - zeros_per_block |w| of every group.

@@ -1,5 +1,5 @@
 """prune: 2:4 masks on the encoder's Linears with torch.ao.pruning, per block of 4 inputs, by
-prune.method: magnitude, wanda or sparsegpt (the scores and masks are pruning/masks.py's).
+prune.method: magnitude, wanda or sparsegpt (pruning.masks.prune_2of4: the scores and masks).
 
 The filter is "every nn.Linear inside the model's transformer body, minus prune.exclude", so it
 works for BERT-family models without a layer name wired in; the QA head is never pruned.
@@ -15,15 +15,7 @@ from engine.common import best_device
 from engine.adapters import encoder_linears
 from engine.models import load_qa_model, load_tokenizer
 from engine.sparsity import GROUP
-from pruning.masks import (
-    attach_sparsifier,
-    calibration_batches,
-    input_channel_norms,
-    load_masks,
-    sparsegpt_layers,
-    sparsity_report,
-    sparsity_summary,
-)
+from pruning.masks import calibration_batches, prune_2of4
 
 from .common import StageError
 from .modeling import save_model
@@ -43,20 +35,14 @@ def prunable_linears(model: torch.nn.Module, exclude: str) -> dict[str, torch.nn
     return layers
 
 
-def mask_blocks(params) -> tuple[tuple[int, int], int]:
-    """(sparse_block_shape, zeros_per_block) of the 2:4 masks, from params' prune section."""
-    return tuple(params["prune.sparse_block_shape"]), params["prune.zeros_per_block"]
-
-
 def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("features")) -> dict:
     """2:4-prune the baseline by params' prune.method; wanda and sparsegpt calibrate on features_dir/train."""
     device = best_device()  # calibration and SparseGPT's column loop are many small ops: far faster on a GPU
     model = load_qa_model(str(baseline_dir)).to(device)
     tokenizer = load_tokenizer(str(baseline_dir))
     layers = prunable_linears(model, params["prune.exclude"])
-    names = list(layers)
     method = params["prune.method"]
-    calibration, input_norms = {}, None
+    calibration, batches = {}, None
     if method in ("wanda", "sparsegpt"):
         import datasets  # here, not at the top: the GPU box that runs accelerate has no datasets
 
@@ -66,18 +52,7 @@ def prune(params, baseline_dir: Path, out_dir: Path, features_dir: Path = Path("
                                                     params["prune.calibration_batch_size"], params["seed"])]
         calibration = {"calibration_sequences": sum(len(b["input_ids"]) for b in batches),
                        "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches)}
-    if method == "sparsegpt":
-        masks = sparsegpt_layers(model, layers, batches, params["prune.zeros_per_block"], params["prune.sequential"])
-        sparsifier = attach_sparsifier(model, names, *mask_blocks(params))
-        load_masks(sparsifier, masks)
-    else:
-        if method == "wanda":
-            input_norms = input_channel_norms(model, layers, batches)
-        sparsifier = attach_sparsifier(model, names, *mask_blocks(params), input_norms)
-        sparsifier.step()  # keep the 2 highest-scoring weights of every 4
-    sparsifier.squash_mask()
-    summary = sparsity_summary(sparsity_report(model, names))
-    if not summary["pattern_2of4_holds"]:
-        raise StageError("pruning left groups of 4 with fewer than 2 zeros; see the per-layer report")
+    summary = prune_2of4(model, layers, method, batches, params["prune.sequential"],
+                         tuple(params["prune.sparse_block_shape"]), params["prune.zeros_per_block"])
     save_model(model, tokenizer, out_dir)  # the masks are its zeros: pruning.masks.masks_in_weights
     return {"method": method, **calibration, **summary}

@@ -1,17 +1,21 @@
 """engine.accelerate, the one call a library user makes without the pipeline: its options, the calibration it
-is given, a model directory written whole or not at all, and a failed output check that keeps nothing."""
+is given, a model directory written whole or not at all, a failed output check that keeps nothing, and
+engine/README.md's walk-through run as written."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import REPO
 from engine import accelerate as engine_accelerate
 from engine.accelerate import AccelerateOptions, Calibration, accelerate
+from engine.adapters import encoder_linears
 from engine.errors import InputError
 from engine.kernels import Int8ReferenceLinear, Kernel
-from engine.models import load_tokenizer
+from engine.models import load_qa_model, load_tokenizer
 from engine.plan import PLAN_FILE, Plan, load_accelerated
 from engine.qa import QuestionAnswerer
+from engine.sparsity import two_four_violations
 from stages.prune import prune
 
 CPU = torch.device("cpu")
@@ -119,3 +123,17 @@ def test_accelerated_outputs_off_the_dense_model_fail_and_keep_nothing(pruned, t
     report = accelerate(pruned, out, AccelerateOptions(batch_sizes=(1,), seq_length=64), device=CPU)
     assert report["output_relative_error"] == {"bs1_seq64_eager": 1e-4, "bs1_seq64_graphed": 1e-3}
     assert report["layers_2of4"] == len(Plan.load(out / PLAN_FILE).layers) > 0
+
+
+def test_the_engine_readmes_walk_through_runs_from_a_dense_model_to_answers(tiny_model, tmp_path, monkeypatch, capsys):
+    """engine/README.md's code, as written, on the tiny model (the names of its directories swapped)."""
+    readme = (REPO / "engine" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"my-qa-model"', repr(str(tiny_model))), "engine/README.md", "exec"), {})
+    answer = eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "Ada Lovelace was born in London in 1815."[answer["start"]:answer["end"]] == answer["answer"] != ""
+    plan = Plan.load(tmp_path / "my-accelerated" / PLAN_FILE)
+    assert (plan.precision, plan.batch_sizes) == ("int8", [1, 16])
+    pruned = load_qa_model(str(tmp_path / "my-2of4-model"))
+    assert all(two_four_violations(linear.weight) == 0 for linear in encoder_linears(pruned).values())

@@ -5,7 +5,7 @@ import datasets
 import pytest
 import torch
 
-import stages.prune
+import pruning.masks
 from conftest import saved_masks, tiny_params
 from engine.models import load_qa_model, load_tokenizer
 from pruning.masks import calibration_batches, sparsegpt_layers
@@ -105,7 +105,7 @@ def test_wanda_masks_differ_from_magnitude_and_repeat_exactly(wanda_params, tiny
 
 def test_sparsegpt_prune_stage_holds_2of4_and_its_masks(params, tiny_model, features, tmp_path, monkeypatch):
     chosen = {}  # the masks prune computes in memory
-    monkeypatch.setattr(stages.prune, "sparsegpt_layers", lambda *args: chosen.update(sparsegpt_layers(*args)) or chosen)
+    monkeypatch.setattr(pruning.masks, "sparsegpt_layers", lambda *args: chosen.update(sparsegpt_layers(*args)) or chosen)
     params["prune"].update(method="sparsegpt", calibration_batches=2, calibration_batch_size=4)
     metrics = prune(params, tiny_model, tmp_path, features)
     assert metrics["method"] == "sparsegpt" and metrics["pattern_2of4_holds"]

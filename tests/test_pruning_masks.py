@@ -3,9 +3,11 @@ engine/sparsity.py's 2:4 check."""
 from __future__ import annotations
 
 import datasets
+import pytest
 import torch
 
 import pruning.masks
+from engine.errors import InputError
 from engine.models import load_qa_model, load_tokenizer
 from engine.sparsity import two_four_violations
 from pruning.masks import (
@@ -14,6 +16,7 @@ from pruning.masks import (
     input_channel_norms,
     input_grams,
     masks_in_weights,
+    prune_2of4,
     SPARSEGPT_DAMP,
     sparsegpt,
     sparsegpt_layers,
@@ -54,9 +57,9 @@ def test_wanda_and_magnitude_disagree_where_activations_say_so():
 class TokenwiseLinear(torch.nn.Module):
     """A model whose only Linear sees the (float) token vectors it is given, as an encoder Linear would."""
 
-    def __init__(self):
+    def __init__(self, in_features: int = 2):
         super().__init__()
-        self.dense = torch.nn.Linear(2, 1)
+        self.dense = torch.nn.Linear(in_features, 1)
 
     def forward(self, input_ids, attention_mask):
         return self.dense(input_ids)
@@ -73,6 +76,34 @@ def test_input_norms_are_per_channel_l2_over_real_tokens_only():
     # channel 0: 3, 4, 0, 0 -> 5; channel 1: 1, 2, 2, 4 -> 5
     assert torch.allclose(norms["dense"], torch.tensor([5.0, 5.0]))
     assert not model.dense._forward_pre_hooks  # hooks removed
+
+
+def test_prune_2of4_is_the_one_call_for_each_method():
+    """The masks of test_wanda_and_magnitude_disagree_where_activations_say_so, through prune_2of4: Wanda's
+    input norms now measured on a batch whose channels 0 and 1 carry activations about 100x larger."""
+    weight = [[1.0, 2.0, 3.0, 4.0, 0.5, -8.0, 0.1, 7.0]]
+    scale = torch.tensor([100.0, 100.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    tokens = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0)) * scale
+    batches = [{"input_ids": tokens, "attention_mask": torch.ones(2, 16, dtype=torch.long)}]
+    kept, output_error = {}, {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model = TokenwiseLinear(8)
+        model.dense.weight.data = torch.tensor(weight)
+        dense_output = model(**batches[0]).detach()
+        summary = prune_2of4(model, {"dense": model.dense}, method, None if method == "magnitude" else batches)
+        assert summary["pattern_2of4_holds"] and summary["sparsity_of_pruned_layers"] == 0.5
+        assert not hasattr(model.dense, "parametrizations")  # squashed: the masks are the weights' zeros
+        kept[method] = (model.dense.weight[0] != 0).nonzero().flatten().tolist()
+        output_error[method] = float((model(**batches[0]).detach() - dense_output).norm())
+    assert kept["magnitude"] == [2, 3, 5, 7] and kept["wanda"] == [0, 1, 5, 7]
+    # SparseGPT minimises the output's error on the calibration inputs, updating the weights it keeps.
+    assert output_error["sparsegpt"] < output_error["wanda"] < output_error["magnitude"]
+
+    model = TokenwiseLinear(8)
+    with pytest.raises(InputError, match=r"^method='random': expected one of magnitude, wanda, sparsegpt$"):
+        prune_2of4(model, {"dense": model.dense}, "random")
+    with pytest.raises(InputError, match=r"^method=wanda reads calibration batches: none given$"):
+        prune_2of4(model, {"dense": model.dense}, "wanda")
 
 
 def test_calibration_batches_are_seeded_samples_of_the_features(features, tiny_model):
