@@ -105,6 +105,8 @@ def int8_check(model, linears, calibration: Calibration, strength: float,
 def whole_or_nothing(out_dir: Path) -> Iterator[None]:
     """out_dir (absent or empty) filled by the block; on failure put back as it was."""
     created = not out_dir.exists()
+    if not created and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: not a directory (the accelerated model gets a directory of its own)")
     if not created and any(out_dir.iterdir()):
         raise InputError(f"{out_dir}: not empty (the accelerated model gets a directory of its own)")
     out_dir.mkdir(parents=True, exist_ok=True)

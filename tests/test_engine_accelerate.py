@@ -73,13 +73,16 @@ def test_int8_calibrated_on_the_inputs_given_and_the_result_answers_questions(pr
     assert "Ada was born in London."[answer["start"]:answer["end"]] == answer["answer"]
 
 
-def test_a_directory_that_is_not_empty_is_refused_untouched(pruned, tmp_path):
+def test_a_directory_that_is_not_empty_or_a_file_is_refused_untouched(pruned, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match=f"{out}: not empty"):
         accelerate(pruned, out, device=CPU)
     assert [item.name for item in out.iterdir()] == ["notes.txt"]
+    with pytest.raises(InputError, match=f"^{out / 'notes.txt'}: not a directory"):
+        accelerate(pruned, out / "notes.txt", device=CPU)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("exists", [False, True])
