@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -261,3 +262,21 @@ def test_the_gap_chart_draws_each_gap_at_its_mean_within_its_interval_beside_zer
     dense_gap, control_gap = (float(groups[name].find("svg:circle", ns).get("cx"))
                               for name in ("dev · 2:4 − dense", "dev · 2:4 − dense control"))
     assert control_gap < dense_gap  # -2.03 left of -0.90
+
+
+def test_docs_squad_md_prose_quotes_the_figures_the_verdicts_give():
+    """The result's hand-written bullets quote each paired gap in bold, and its heading and intro the number
+    of seeds: they must say what the generated verdicts say (another seed moves every figure)."""
+    doc = squad_table.DOC.read_text()
+    gaps = squad_table.dev_gaps(squad_table.read_records(squad_table.RESULTS))
+    names = {("sparse", "dense"): "2:4 − dense baseline", ("sparse", "control"): "2:4 − compute-matched dense control",
+             ("int8", "sparse"): "int8 plan − fp16 2:4"}
+    expected = [(names[variant, reference], squad_table.gap_text(squad_table.interval(list(differences.values()))))
+                for variant, reference, differences, _ in gaps]
+    quoted = [(name, f"{mean} {interval}") for name, mean, interval
+              in re.findall(r"\*\*([^*]+?): ([+-]\d+\.\d\d) F1 (\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\])", doc)]
+    assert quoted == expected, "docs/squad.md's bullets quote other figures than its verdicts table"
+    seeds = {len(differences) for _, _, differences, _ in gaps}
+    assert len(seeds) == 1
+    [n] = seeds
+    assert f"## The result: SQuAD dev, seeds 1-{n} of 5" in doc and f"95% t-intervals over {n} seeds" in doc
