@@ -2,7 +2,8 @@
 flows/ (tests/test_layout.py checks its import graph), and the stages import what they share from it.
 
 - accelerate: the one call from a 2:4-pruned model directory to an accelerated one (AccelerateOptions,
-  Calibration): planned, checked against the masked dense model, written whole or not at all.
+  Calibration): planned, checked against the masked dense model, written whole or not at all; also
+  `python -m engine.accelerate`.
 - config: EngineConfig, how the engine runs (cuSPARSELt library, plan cache, attention), passed to
   load_accelerated and planner.measure and recorded in the plan; the environment gives its defaults.
   A model built under a config keeps it: its Linears hold the 2:4 call it chose (no process-wide switch).

@@ -14,30 +14,47 @@ out_dir gets the model's files and the plan beside them (plan.json, and the int8
 engine.plan.load_accelerated and engine.qa.QuestionAnswerer load it. Before it returns, the accelerated
 outputs are checked against the masked dense model; a failed check, or any other failure, leaves
 out_dir as it found it (absent or empty).
+
+    python -m engine.accelerate my-2of4-model my-accelerated --precision int8 --calibration dev-v1.1.json
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import gzip
+import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
+from .runtime import load_cusparselt
 
-from .adapters import adapter_for, encoder_linears, gelu_pairs
-from .attention import use_fused_attention
-from .calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers
-from .common import best_device
-from .config import EngineConfig
-from .errors import InputError
-from .kernels import device_backend
-from .models import check_sequence_length
-from .plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated
-from .planner import MAX_INT8_RELATIVE_ERROR, MAX_RELATIVE_ERROR, TUNING_BUDGET_S, check_eager_outputs, check_outputs, \
-    measure, why_dense
-from .runtime import device_record
-from .tuning import random_ids
+load_cusparselt()  # `python -m engine.accelerate` starts here: $TWOFOUR_CUSPARSELT before torch is imported
+
+import torch  # noqa: E402
+
+from .adapters import adapter_for, encoder_linears, gelu_pairs  # noqa: E402
+from .attention import use_fused_attention  # noqa: E402
+from .calibration import MAX_LAYER_ERROR, calibrate_int8, int8_layers  # noqa: E402
+from .common import best_device, chosen_device  # noqa: E402
+from .config import EngineConfig  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .kernels import device_backend  # noqa: E402
+from .models import check_sequence_length, load_tokenizer  # noqa: E402
+from .plan import PLAN_FILE, LayerPlan, Plan, inference_model, load_accelerated  # noqa: E402
+from .planner import (  # noqa: E402
+    MAX_INT8_RELATIVE_ERROR,
+    MAX_RELATIVE_ERROR,
+    TUNING_BUDGET_S,
+    check_eager_outputs,
+    check_outputs,
+    measure,
+    why_dense,
+)
+from .runtime import device_record  # noqa: E402
+from .tuning import random_ids  # noqa: E402
 
 MODES = ("auto", "all", "none")
 PRECISIONS = ("fp16", "int8")
@@ -199,3 +216,67 @@ def _accelerate(sparse_dir: Path, out_dir: Path, options: AccelerateOptions, cal
                              f"relative error {errors[worst]:.2e} > {bound}; nothing kept in {out_dir}")
     report["device"] = device_record(device)
     return report
+
+
+# --------------------------------------------------------------------------- the command line
+def squad_calibration(path: Path, tokenizer, options: AccelerateOptions) -> Calibration:
+    """options.calibration_size questions of a SQuAD v1.1 file (.json or .json.gz), drawn seeded, with their
+    contexts, tokenized as the model reads them (question first, the context truncated to seq_length)."""
+    try:
+        raw = path.read_bytes()
+        articles = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)["data"]
+        pairs = [(qa["question"], paragraph["context"]) for article in articles
+                 for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (ValueError, KeyError, TypeError) as err:  # not JSON, not gzip, or not SQuAD's layout
+        raise InputError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
+    if not pairs:
+        raise InputError(f"{path}: holds no questions")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(options.seed))
+    questions, contexts = zip(*(pairs[i] for i in order[:options.calibration_size].tolist()))
+    batch = tokenizer(list(questions), list(contexts), truncation="only_second", max_length=options.seq_length,
+                      padding=True, return_tensors="pt")
+    return Calibration(dict(batch), f"{len(questions)} questions of {path.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = AccelerateOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.accelerate",
+        description="Plan a 2:4 question-answering model directory on this GPU (per layer and batch size, the "
+                    "fastest of dense, fp16 2:4 and int8 2:4 that passes its checks), check it against the masked "
+                    "dense model and write it with its plan to OUT_DIR; prints the plan's summary as JSON.")
+    parser.add_argument("sparse_dir", type=Path, help="a model directory whose encoder Linears are 2:4 sparse")
+    parser.add_argument("out_dir", type=Path, help="where the accelerated model goes (absent or empty)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="auto: 2:4 only where it measured faster; all: on every 2:4 layer; none: dense")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(defaults.batch_sizes))
+    parser.add_argument("--seq-length", type=int, default=defaults.seq_length)
+    parser.add_argument("--no-compile", action="store_true", help="time and serve the model uncompiled")
+    parser.add_argument("--tuning-budget-s", type=float, default=defaults.tuning_budget_s,
+                        help="seconds of kernel config timing per precision")
+    parser.add_argument("--calibration", type=Path,
+                        help="a SQuAD v1.1 file (.json, .json.gz) whose questions calibrate int8 (default: random "
+                             "tokens, which only stand in)")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: the GPU if there is one)")
+    args = parser.parse_args(argv)
+    try:
+        options = AccelerateOptions(mode=args.mode, precision=args.precision, batch_sizes=tuple(args.batch_sizes),
+                                    seq_length=args.seq_length, compile=not args.no_compile,
+                                    tuning_budget_s=args.tuning_budget_s)
+        calibration = None
+        if args.calibration is not None:
+            calibration = squad_calibration(args.calibration, load_tokenizer(str(args.sparse_dir)), options)
+        report = accelerate(args.sparse_dir, args.out_dir, options, calibration,
+                            device=chosen_device(args.device))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({key: value for key, value in report.items() if key != "layers"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import InputError
+
 
 def mode_after_umask(mode: int) -> int:
     """`mode` less the umask, as open() and mkdir() would make it: mkstemp and mkdtemp make files
@@ -53,6 +55,18 @@ def _json_default(obj):
 
 def best_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def chosen_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (None: best_device()), or an InputError in one line where torch knows no such
+    device or this machine has no CUDA."""
+    try:
+        device = torch.device(device) if device is not None else best_device()
+    except RuntimeError as err:  # torch's message lists every device type torch knows, over several lines
+        raise InputError(f"device {device!r}: not a device torch knows (cuda, cpu, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
+    return device
 
 
 def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:

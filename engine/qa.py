@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from .common import best_device  # noqa: E402
+from .common import chosen_device  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .models import check_sequence_length, load_qa_model, load_tokenizer  # noqa: E402
 from .spans import context_offsets  # noqa: E402
@@ -90,12 +90,7 @@ class QuestionAnswerer:
         if not (model_dir / "config.json").is_file():
             raise InputError(f"{model_dir}: no model there (no config.json); the pipeline writes models/accelerated "
                              "(dvc repro), or name another model directory")
-        try:
-            device = torch.device(device) if device is not None else best_device()
-        except RuntimeError as err:  # torch's message lists every device type torch knows, over several lines
-            raise InputError(f"device {device!r}: not a device torch knows (cuda, cpu, cuda:1, ...)") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {device}: no CUDA device here (torch {torch.__version__}); use cpu")
+        device = chosen_device(device)
         if (model_dir / PLAN_FILE).is_file():
             model = load_accelerated(model_dir, device)
         else:

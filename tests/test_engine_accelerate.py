@@ -3,6 +3,8 @@ is given, a model directory written whole or not at all, a failed output check t
 engine/README.md's walk-through run as written."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -140,3 +142,36 @@ def test_the_engine_readmes_walk_through_runs_from_a_dense_model_to_answers(tiny
     assert (plan.precision, plan.batch_sizes) == ("int8", [1, 16])
     pruned = load_qa_model(str(tmp_path / "my-2of4-model"))
     assert all(two_four_violations(linear.weight) == 0 for linear in encoder_linears(pruned).values())
+
+
+def test_the_command_line_calibrates_on_a_squad_file_and_prints_the_summary(pruned, tmp_path, capsys):
+    squad = REPO / "data" / "embedded" / "biographies.json"
+    status = engine_accelerate.main([str(pruned), str(tmp_path / "out"), "--precision", "int8", "--batch-sizes", "1", "2",
+                                     "--seq-length", "128", "--calibration", str(squad), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert status == 0
+    summary = json.loads(out)
+    assert summary["int8"]["calibration"] == "16 questions of biographies.json" and "layers" not in summary
+    plan = Plan.load(tmp_path / "out" / PLAN_FILE)
+    assert (plan.batch_sizes, plan.seq_length) == ([1, 2], 128)
+    assert summary["int8"]["layers_int8_ok"] == sum(layer.precision == "int8" for layer in plan.layers.values()) > 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "{tmp}/absent.json: cannot read (No such file or directory)"),
+    ("not squad", "{tmp}/other.json: not a SQuAD v1.1 file (KeyError: 'data')"),
+    ("no questions", "{tmp}/empty.json: holds no questions"),
+    ("bad device", "device 'gpu0': not a device torch knows (cuda, cpu, cuda:1, ...)"),
+    ("not empty", "{tmp}: not empty (the accelerated model gets a directory of its own)"),
+])
+def test_the_command_line_fails_in_one_line(pruned, tmp_path, capsys, case, message):
+    (tmp_path / "other.json").write_text('{"version": "1.1"}')
+    (tmp_path / "empty.json").write_text('{"data": [{"title": "t", "paragraphs": []}]}')
+    calibration = {"missing": "absent.json", "not squad": "other.json", "no questions": "empty.json"}.get(case)
+    out = tmp_path if case == "not empty" else tmp_path / "out"
+    argv = [str(pruned), str(out), "--precision", "int8", "--device", "gpu0" if case == "bad device" else "cpu"]
+    argv += ["--calibration", str(tmp_path / calibration)] if calibration else []
+    assert engine_accelerate.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "out").exists()
