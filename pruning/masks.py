@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Iterator
 
 import torch
 from torch.ao.pruning import WeightNormSparsifier
@@ -307,6 +308,20 @@ def load_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor])
         if name not in masks:
             raise InputError(f"no 2:4 mask for layer {name}")
         group["module"].parametrizations.weight[0].mask.copy_(masks[name])
+
+
+@contextlib.contextmanager
+def masks_held(model: torch.nn.Module, masks: dict[str, torch.Tensor], sparse_block_shape: tuple[int, int] = (1, GROUP),
+               zeros_per_block: int = GROUP // 2) -> Iterator[WeightNormSparsifier]:
+    """Inside, every forward multiplies the masks (layer name -> keep-mask, masks_in_weights) into those
+    layers' weights, so training keeps the pruned weights at zero; on leaving, the masks are baked into the
+    weights again (squash_mask). Yields the sparsifier (fade_masks changes what it multiplies in)."""
+    sparsifier = attach_sparsifier(model, list(masks), sparse_block_shape, zeros_per_block)
+    load_masks(sparsifier, masks)
+    try:
+        yield sparsifier
+    finally:
+        sparsifier.squash_mask()
 
 
 def fade_masks(sparsifier: WeightNormSparsifier, masks: dict[str, torch.Tensor], keep_removed: float) -> None:

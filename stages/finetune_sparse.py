@@ -17,14 +17,7 @@ import datasets
 
 from engine.adapters import encoder_linears
 from engine.models import load_qa_model, load_tokenizer
-from pruning.masks import (
-    attach_sparsifier,
-    fade_masks,
-    load_masks,
-    masks_in_weights,
-    sparsity_report,
-    sparsity_summary,
-)
+from pruning.masks import fade_masks, masks_held, masks_in_weights, sparsity_report, sparsity_summary
 
 from .common import StageError, seed_everything
 from .distributed import is_first_process, processes_to_launch, run_in_processes
@@ -45,12 +38,9 @@ def finetune_sparse(params, features_dir: Path, pruned_dir: Path, out_dir: Path,
     ramp = params["finetune.mask_ramp"]
     if ramp:
         model = load_qa_model(str(baseline_dir))  # the masks stay the pruned model's; the weights start dense
-    sparsifier = attach_sparsifier(model, list(masks), params["prune.sparse_block_shape"],
-                                   params["prune.zeros_per_block"])
-    load_masks(sparsifier, masks)
-    callbacks = [MaskRamp(lambda keep_removed: fade_masks(sparsifier, masks, keep_removed), ramp)] if ramp else []
-    stats = finetune(params, model, tokenizer, features_dir, baseline_dir, "finetune_sparse", callbacks)
-    sparsifier.squash_mask()
+    with masks_held(model, masks, tuple(params["prune.sparse_block_shape"]), params["prune.zeros_per_block"]) as held:
+        callbacks = [MaskRamp(lambda keep_removed: fade_masks(held, masks, keep_removed), ramp)] if ramp else []
+        stats = finetune(params, model, tokenizer, features_dir, baseline_dir, "finetune_sparse", callbacks)
     summary = sparsity_summary(sparsity_report(model, list(masks)))
     if not summary["pattern_2of4_holds"]:
         bad = [n for n, r in summary["layers"].items() if r["violations_2of4"]]

@@ -68,6 +68,16 @@ def saved_masks(model_dir: Path) -> dict:
     return masks_in_weights(encoder_linears(load_qa_model(str(model_dir))), zeros_per_block=2)
 
 
+@pytest.fixture(autouse=True)
+def own_checkpoints(tmp_path, monkeypatch):
+    """Training run in a test's own process checkpoints under its own folder: not the checkout's
+    .checkpoints (a killed `dvc repro` resumes from there) and not beside another test's, run at once by
+    another worker (a stage removes the checkpoints of every other configuration it finds)."""
+    import stages.training
+
+    monkeypatch.setattr(stages.training, "CHECKPOINTS", tmp_path / ".checkpoints")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))

@@ -5,6 +5,7 @@ import shutil
 
 import torch
 
+import pruning.masks
 import stages.finetune_sparse
 from conftest import saved_masks
 from engine.models import load_qa_model, load_tokenizer
@@ -24,7 +25,7 @@ def test_finetune_holds_the_masks_prune_chose(params, tiny_model, tmp_path, monk
     tokenize(params, load_tokenizer(str(tiny_model)), features)
     prune(params, tiny_model, pruned)
     held = {}  # the masks finetune_sparse holds, read from the pruned weights' zeros
-    monkeypatch.setattr(stages.finetune_sparse, "load_masks",
+    monkeypatch.setattr(pruning.masks, "load_masks",
                         lambda sparsifier, masks: held.update(masks) or load_masks(sparsifier, masks))
     params["finetune"]["learning_rate"] = 0.01  # large steps would refill zeros if masks were not held
     metrics = finetune_sparse(params, features, pruned, sparse)

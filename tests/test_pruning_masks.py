@@ -15,6 +15,7 @@ from pruning.masks import (
     calibration_batches,
     input_channel_norms,
     input_grams,
+    masks_held,
     masks_in_weights,
     prune_2of4,
     SPARSEGPT_DAMP,
@@ -104,6 +105,28 @@ def test_prune_2of4_is_the_one_call_for_each_method():
         prune_2of4(model, {"dense": model.dense}, "random")
     with pytest.raises(InputError, match=r"^method=wanda reads calibration batches: none given$"):
         prune_2of4(model, {"dense": model.dense}, "wanda")
+
+
+def test_masks_held_keep_pruned_weights_at_zero_through_training_and_bake_them_in_on_leaving():
+    model = one_layer([[0.0, 2.0, 0.0, 4.0, 0.5, 0.0, 0.0, 7.0], [1.0, 0.0, -3.0, 0.0, 0.0, 6.0, 0.2, 0.0]])
+    before = model[0].weight.detach().clone()
+    masks = masks_in_weights({"0": model[0]}, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with masks_held(model, masks) as sparsifier:
+        assert sparsifier.groups[0]["module_fqn"] == "0"
+        for _ in range(3):  # every weight gets a gradient: without the masks the zeros would move
+            optimizer.zero_grad()
+            model(torch.ones(4, 8)).sum().backward()
+            optimizer.step()
+            assert torch.equal(model[0].weight == 0, ~masks["0"])  # the weight the forward sees
+    assert not hasattr(model[0], "parametrizations")
+    weight = model[0].weight.detach()
+    assert torch.equal(weight == 0, before == 0) and not torch.equal(weight, before)  # trained, zeros kept
+
+    with pytest.raises(RuntimeError, match="stopped"):  # a failed training leaves no parametrization behind
+        with masks_held(model, masks):
+            raise RuntimeError("stopped")
+    assert not hasattr(model[0], "parametrizations")
 
 
 def test_calibration_batches_are_seeded_samples_of_the_features(features, tiny_model):
