@@ -214,7 +214,7 @@ def _accelerate(sparse_dir: Path, out_dir: Path, options: AccelerateOptions, cal
         if errors[worst] > bound:
             raise InputError(f"{sparse_dir}: accelerated outputs differ from the masked dense model at {worst}: "
                              f"relative error {errors[worst]:.2e} > {bound}; nothing kept in {out_dir}")
-    report["device"] = device_record(device)
+    report["device"] = plan.device
     return report
 
 
